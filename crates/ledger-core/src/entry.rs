@@ -1,0 +1,62 @@
+//! Ledger entries: the rows of a team's immutable ledger. Every projection (balances,
+//! alerts, invoices) is a fold over them.
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::event::{AccountEvent, Api, Event, ImageProcessed};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Entry {
+    Image(ImageProcessed),
+    Account(AccountEvent),
+    /// A `QualityRefund`, with the original event it refunds resolved at append time so
+    /// the ledger alone explains it.
+    Refund {
+        event: AccountEvent,
+        target: RefundTarget,
+    },
+    /// A cycle closed: appended once the team's clock passed its end + grace. Carries the
+    /// figures computed when it closed; replay recomputes and asserts them.
+    CycleClosed(CycleClosed),
+}
+
+/// The original image event a refund points at, as the ledger recorded it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundTarget {
+    pub seq: u64,
+    pub occurred_at: DateTime<Utc>,
+    pub api: Api,
+    pub images: u32,
+    pub sandbox: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CycleClosed {
+    pub period_start: DateTime<Utc>,
+    pub period_end: DateTime<Utc>,
+    /// The clock instant that closed it (newest event time, or the operator's `--until`).
+    pub closed_by: DateTime<Utc>,
+    pub total: Decimal,
+    pub forfeited: Decimal,
+}
+
+impl Entry {
+    /// The input event this entry records, if it records one.
+    pub fn event_id(&self) -> Option<&crate::EventId> {
+        match self {
+            Entry::Image(e) => Some(&e.event_id),
+            Entry::Account(e) | Entry::Refund { event: e, .. } => Some(&e.event_id),
+            Entry::CycleClosed(_) => None,
+        }
+    }
+
+    /// The input event as it arrived (for dedup fingerprints and exports).
+    pub fn as_event(&self) -> Option<Event> {
+        match self {
+            Entry::Image(e) => Some(Event::Image(e.clone())),
+            Entry::Account(e) | Entry::Refund { event: e, .. } => Some(Event::Account(e.clone())),
+            Entry::CycleClosed(_) => None,
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Input events in core form: what the pipeline and the account system tell us,
+//! already validated by the adapter that decoded them.
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{EventId, TeamId};
+
+/// The feature called; the meter follows it, not the plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Api {
+    RemoveBackground,
+    ImageEditing,
+    AppExport,
+    AppAi,
+}
+
+impl Api {
+    /// The key used in invoices and the catalog.
+    pub fn key(self) -> &'static str {
+        match self {
+            Api::RemoveBackground => "remove_background",
+            Api::ImageEditing => "image_editing",
+            Api::AppExport => "app_export",
+            Api::AppAi => "app_ai",
+        }
+    }
+
+    pub fn from_key(s: &str) -> Option<Api> {
+        [
+            Api::RemoveBackground,
+            Api::ImageEditing,
+            Api::AppExport,
+            Api::AppAi,
+        ]
+        .into_iter()
+        .find(|a| a.key() == s)
+    }
+
+    pub fn is_app(self) -> bool {
+        matches!(self, Api::AppExport | Api::AppAi)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Plan {
+    ApiFreeTrial,
+    ApiBasic,
+    ApiPlus,
+    ApiPartner,
+    ApiEnterprise,
+    ApiCredits,
+    AppFree,
+    AppPro,
+    AppMax,
+    AppUltra,
+}
+
+impl Plan {
+    pub const ALL: [Plan; 10] = [
+        Plan::ApiFreeTrial,
+        Plan::ApiBasic,
+        Plan::ApiPlus,
+        Plan::ApiPartner,
+        Plan::ApiEnterprise,
+        Plan::ApiCredits,
+        Plan::AppFree,
+        Plan::AppPro,
+        Plan::AppMax,
+        Plan::AppUltra,
+    ];
+
+    pub fn key(self) -> &'static str {
+        match self {
+            Plan::ApiFreeTrial => "api_free_trial",
+            Plan::ApiBasic => "api_basic",
+            Plan::ApiPlus => "api_plus",
+            Plan::ApiPartner => "api_partner",
+            Plan::ApiEnterprise => "api_enterprise",
+            Plan::ApiCredits => "api_credits",
+            Plan::AppFree => "app_free",
+            Plan::AppPro => "app_pro",
+            Plan::AppMax => "app_max",
+            Plan::AppUltra => "app_ultra",
+        }
+    }
+
+    pub fn from_key(s: &str) -> Option<Plan> {
+        Plan::ALL.into_iter().find(|p| p.key() == s)
+    }
+
+    /// Plans sold as prepaid buckets in steps of 1,000 images.
+    pub fn has_bucket(self) -> bool {
+        matches!(self, Plan::ApiBasic | Plan::ApiPlus)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpgradePolicy {
+    RestartProrated,
+    DifferenceProrated,
+}
+
+impl UpgradePolicy {
+    pub fn from_key(s: &str) -> Option<UpgradePolicy> {
+        match s {
+            "restart_prorated" => Some(UpgradePolicy::RestartProrated),
+            "difference_prorated" => Some(UpgradePolicy::DifferenceProrated),
+            _ => None,
+        }
+    }
+}
+
+/// What a team subscribes to. `bucket_images` is a positive multiple of 1,000 for
+/// bucket plans and 0 otherwise (checked at the boundary).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanTerms {
+    pub plan: Plan,
+    pub bucket_images: u64,
+    pub upgrade_policy: Option<UpgradePolicy>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageProcessed {
+    pub event_id: EventId,
+    pub team_id: TeamId,
+    pub occurred_at: DateTime<Utc>,
+    pub api: Api,
+    pub operations: Vec<String>,
+    pub images: u32,
+    pub sandbox: bool,
+    pub request_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AccountChange {
+    PlanStarted(PlanTerms),
+    PlanChanged(PlanTerms),
+    PlanCancelled,
+    QualityRefund {
+        original_event_id: EventId,
+        reason: String,
+    },
+    CreditsPurchased {
+        credits: u64,
+        amount: Decimal,
+    },
+    ContractSigned {
+        term_months: u32,
+        committed_images_per_year: u64,
+    },
+}
+
+impl AccountChange {
+    /// True for the changes that shape the plan timeline (start, change, cancel).
+    pub fn is_plan_change(&self) -> bool {
+        matches!(
+            self,
+            AccountChange::PlanStarted(_)
+                | AccountChange::PlanChanged(_)
+                | AccountChange::PlanCancelled
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountEvent {
+    pub event_id: EventId,
+    pub team_id: TeamId,
+    pub occurred_at: DateTime<Utc>,
+    pub change: AccountChange,
+}
+
+/// One input event, of either topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    Image(ImageProcessed),
+    Account(AccountEvent),
+}
+
+impl Event {
+    pub fn event_id(&self) -> &EventId {
+        match self {
+            Event::Image(e) => &e.event_id,
+            Event::Account(e) => &e.event_id,
+        }
+    }
+
+    pub fn team_id(&self) -> &TeamId {
+        match self {
+            Event::Image(e) => &e.team_id,
+            Event::Account(e) => &e.team_id,
+        }
+    }
+
+    pub fn occurred_at(&self) -> DateTime<Utc> {
+        match self {
+            Event::Image(e) => e.occurred_at,
+            Event::Account(e) => e.occurred_at,
+        }
+    }
+}

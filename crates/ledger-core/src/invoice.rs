@@ -1,0 +1,514 @@
+//! Invoices: a pure function of a closed cycle's ledger entries. Usage is drawn down in
+//! `(occurred_at, event_id)` order, so arrival order never changes a byte.
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rust_decimal::{Decimal, RoundingStrategy};
+use serde::Serialize;
+
+use crate::catalog::Version;
+use crate::event::{Api, PlanTerms};
+use crate::ids::{EventId, TeamId};
+use crate::money::{fmt_cents, fmt_exact, fmt_quantity, round_cents};
+use crate::schedule::{Allowance, ChargeKind, CycleSpec};
+
+pub fn fmt_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// One usage event as the billing fold needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageRec {
+    pub seq: u64,
+    pub at: DateTime<Utc>,
+    pub event_id: EventId,
+    pub api: Api,
+    pub images: u32,
+    pub sandbox: bool,
+    pub refunded: bool,
+}
+
+/// A line carried to the next invoice: late usage or a refund of an invoiced event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CarryLine {
+    pub kind: CarryKind,
+    pub period_start: DateTime<Utc>,
+    pub period_end: DateTime<Utc>,
+    pub api: Api,
+    pub rate: Decimal,
+    pub images: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CarryKind {
+    LateUsage,
+    RefundCredit,
+}
+
+/// What one bucket generation did in a cycle (or up to an instant of it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenFigures {
+    pub number: u32,
+    pub terms: PlanTerms,
+    pub allowance: Allowance,
+    /// Value drawn at list (or partner) rates, refunds and sandbox excluded.
+    pub consumed: Decimal,
+    /// Value of the bucket or trial allowance that usage covered.
+    pub covered: Decimal,
+    pub sandbox_images: u64,
+    pub remove_background_images: u64,
+    /// Value beyond the allowance by API, in draw-down order.
+    pub over_by_api: BTreeMap<Api, Decimal>,
+}
+
+impl GenFigures {
+    pub fn allowance_value(&self) -> Option<Decimal> {
+        match self.allowance {
+            Allowance::Bucket { value } | Allowance::Trial { value, .. } => Some(value),
+            Allowance::Partner { .. } => None,
+        }
+    }
+
+    pub fn unused(&self) -> Decimal {
+        self.allowance_value()
+            .map_or(Decimal::ZERO, |v| v - self.covered)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CycleFigures {
+    pub gens: Vec<GenFigures>,
+    pub by_api: BTreeMap<Api, (u64, Decimal)>,
+    pub billable_images: u64,
+    pub sandbox_images: u64,
+    pub refunded_images: u64,
+}
+
+impl CycleFigures {
+    /// Unused bucket value forfeited at the cycle's end (no rollover).
+    pub fn forfeited(&self) -> Decimal {
+        self.gens
+            .iter()
+            .filter(|g| matches!(g.allowance, Allowance::Bucket { .. }))
+            .map(GenFigures::unused)
+            .sum()
+    }
+}
+
+/// Folds a cycle's usage (sorted by `(at, event_id)`) through its generations.
+pub fn figures(spec: &CycleSpec, version: &Version, records: &[&UsageRec]) -> CycleFigures {
+    let mut out = CycleFigures {
+        gens: spec
+            .gens
+            .iter()
+            .map(|g| GenFigures {
+                number: g.number,
+                terms: g.terms.clone(),
+                allowance: g.allowance.clone(),
+                consumed: Decimal::ZERO,
+                covered: Decimal::ZERO,
+                sandbox_images: 0,
+                remove_background_images: 0,
+                over_by_api: BTreeMap::new(),
+            })
+            .collect(),
+        by_api: BTreeMap::new(),
+        billable_images: 0,
+        sandbox_images: 0,
+        refunded_images: 0,
+    };
+    for rec in records {
+        debug_assert!(spec.contains(rec.at));
+        let g = &mut out.gens[spec.gen_at(rec.at)];
+        let images = u64::from(rec.images);
+        if rec.sandbox {
+            g.sandbox_images += images;
+            out.sandbox_images += images;
+            continue;
+        }
+        if rec.refunded {
+            out.refunded_images += images;
+            continue;
+        }
+        let value = version
+            .rate_for(&g.terms, rec.api)
+            .expect("usage api has a rate")
+            * Decimal::from(rec.images);
+        out.billable_images += images;
+        let api = out.by_api.entry(rec.api).or_default();
+        api.0 += images;
+        api.1 += value;
+        g.consumed += value;
+        if rec.api == Api::RemoveBackground {
+            g.remove_background_images += images;
+        }
+        if let Some(limit) = g.allowance_value() {
+            let covered = value.min(limit - g.covered);
+            g.covered += covered;
+            if covered < value {
+                *g.over_by_api.entry(rec.api).or_default() += value - covered;
+            }
+        }
+    }
+    out
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Period {
+    pub start: String,
+    pub end: String,
+}
+
+impl Period {
+    pub fn new(start: DateTime<Utc>, end: DateTime<Utc>) -> Period {
+        Period {
+            start: fmt_time(start),
+            end: fmt_time(end),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Line {
+    pub kind: &'static str,
+    pub description: String,
+    pub quantity: String,
+    pub unit_price: String,
+    pub amount: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub period: Option<Period>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiUsage {
+    pub images: u64,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UsageSummary {
+    pub billable_images: u64,
+    pub sandbox_images: u64,
+    pub refunded_images: u64,
+    pub by_api: BTreeMap<&'static str, ApiUsage>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BucketSummary {
+    pub value: String,
+    pub consumed: String,
+    pub forfeited: String,
+    /// The forfeited value in images of the plan's own API, at its rate.
+    pub forfeited_images: String,
+    pub overage: String,
+    pub generations: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AllowanceSummary {
+    pub allowance: &'static str,
+    pub value: String,
+    pub consumed: String,
+    /// Usage past a free allowance: recorded, never billed.
+    pub over_allowance: String,
+    pub sandbox_images: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sandbox_cap: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LedgerRef {
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub head_hash: String,
+}
+
+/// The invoice in the shape of contract.md; every figure is explainable from the
+/// entries between `ledger.first_seq` and `ledger.last_seq`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Invoice {
+    pub team_id: String,
+    pub period: Period,
+    pub status: &'static str,
+    pub price_book_version: String,
+    pub currency: &'static str,
+    pub plan: String,
+    pub lines: Vec<Line>,
+    pub total: String,
+    pub usage: UsageSummary,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<BucketSummary>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowances: Vec<AllowanceSummary>,
+    pub effective_cost_per_image: Option<String>,
+    pub ledger: LedgerRef,
+    #[serde(skip)]
+    pub total_exact: Decimal,
+    #[serde(skip)]
+    pub forfeited_exact: Decimal,
+}
+
+impl Invoice {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("invoice serializes")
+    }
+}
+
+pub struct InvoiceInput<'a> {
+    pub team_id: &'a TeamId,
+    pub spec: &'a CycleSpec,
+    pub version: &'a Version,
+    pub figures: &'a CycleFigures,
+    pub carry: &'a [CarryLine],
+    pub draft: bool,
+    pub first_seq: u64,
+    pub last_seq: u64,
+}
+
+pub fn build(input: InvoiceInput<'_>) -> Invoice {
+    let InvoiceInput {
+        team_id,
+        spec,
+        version,
+        figures,
+        carry,
+        draft,
+        first_seq,
+        last_seq,
+    } = input;
+    let mut lines: Vec<Line> = spec
+        .charges
+        .iter()
+        .map(|c| Line {
+            kind: match c.kind {
+                ChargeKind::BucketFee => "bucket_fee",
+                ChargeKind::UpgradeCharge => "upgrade_charge",
+            },
+            description: c.description.clone(),
+            quantity: "1".into(),
+            unit_price: fmt_cents(c.amount),
+            amount: fmt_cents(c.amount),
+            period: None,
+        })
+        .collect();
+    lines.extend(usage_lines(figures, version));
+    lines.extend(carry_lines(carry));
+    let total: Decimal = lines
+        .iter()
+        .map(|l| l.amount.parse::<Decimal>().expect("amount parses"))
+        .sum();
+    let effective = (figures.billable_images > 0).then(|| {
+        let mut e = (total / Decimal::from(figures.billable_images))
+            .round_dp_with_strategy(4, RoundingStrategy::MidpointAwayFromZero);
+        e.rescale(4);
+        e.to_string()
+    });
+    Invoice {
+        team_id: team_id.to_string(),
+        period: Period::new(spec.start, spec.end),
+        status: if draft { "draft" } else { "final" },
+        price_book_version: spec.version_id.clone(),
+        currency: "USD",
+        plan: plan_name(spec),
+        lines,
+        total: fmt_cents(total),
+        usage: UsageSummary {
+            billable_images: figures.billable_images,
+            sandbox_images: figures.sandbox_images,
+            refunded_images: figures.refunded_images,
+            by_api: [Api::RemoveBackground, Api::ImageEditing]
+                .into_iter()
+                .map(|api| {
+                    let (images, value) = figures.by_api.get(&api).copied().unwrap_or_default();
+                    (
+                        api.key(),
+                        ApiUsage {
+                            images,
+                            value: fmt_exact(value),
+                        },
+                    )
+                })
+                .collect(),
+        },
+        bucket: bucket_summary(figures, version),
+        allowances: allowance_summaries(figures),
+        effective_cost_per_image: effective,
+        ledger: LedgerRef {
+            first_seq,
+            last_seq,
+            head_hash: String::new(),
+        },
+        total_exact: total,
+        forfeited_exact: figures.forfeited(),
+    }
+}
+
+fn plan_name(spec: &CycleSpec) -> String {
+    let names: Vec<String> = spec
+        .gens
+        .iter()
+        .map(|g| match g.terms.bucket_images {
+            0 => g.terms.plan.key().to_string(),
+            n => format!("{} {n}", g.terms.plan.key()),
+        })
+        .collect();
+    names.join(" -> ")
+}
+
+fn usage_lines(figures: &CycleFigures, version: &Version) -> Vec<Line> {
+    let mut lines = Vec::new();
+    let mut over: BTreeMap<Api, Decimal> = BTreeMap::new();
+    let mut partner: BTreeMap<Api, (u64, Decimal)> = BTreeMap::new();
+    let mut shortfall: Option<(u64, Decimal)> = None;
+    for g in &figures.gens {
+        match &g.allowance {
+            Allowance::Bucket { .. } => {
+                for (api, v) in &g.over_by_api {
+                    *over.entry(*api).or_default() += *v;
+                }
+            }
+            Allowance::Trial { .. } => {}
+            Allowance::Partner {
+                commitment_images,
+                rate,
+            } => {
+                for (api, (images, _)) in &figures.by_api {
+                    let r = version.rate_for(&g.terms, *api).expect("api has a rate");
+                    partner.insert(*api, (*images, r));
+                }
+                let short = commitment_images.saturating_sub(g.remove_background_images);
+                if short > 0 {
+                    shortfall = Some((short, *rate));
+                }
+            }
+        }
+    }
+    for (api, value) in over {
+        let rate = version.rate(api).expect("api has a rate");
+        lines.push(Line {
+            kind: "overage",
+            description: format!("{} beyond the bucket's value", api_label(api)),
+            quantity: fmt_quantity(value / rate),
+            unit_price: fmt_exact(rate),
+            amount: fmt_cents(value),
+            period: None,
+        });
+    }
+    for (api, (images, rate)) in partner {
+        lines.push(Line {
+            kind: "usage",
+            description: api_label(api).to_string(),
+            quantity: images.to_string(),
+            unit_price: fmt_exact(rate),
+            amount: fmt_cents(rate * Decimal::from(images)),
+            period: None,
+        });
+    }
+    if let Some((images, rate)) = shortfall {
+        lines.push(Line {
+            kind: "commitment_shortfall",
+            description: "Monthly commitment not reached (background removal images)".into(),
+            quantity: images.to_string(),
+            unit_price: fmt_exact(rate),
+            amount: fmt_cents(rate * Decimal::from(images)),
+            period: None,
+        });
+    }
+    lines
+}
+
+fn carry_lines(carry: &[CarryLine]) -> Vec<Line> {
+    let mut grouped: BTreeMap<(CarryKind, DateTime<Utc>, DateTime<Utc>, Api, Decimal), u64> =
+        BTreeMap::new();
+    for c in carry {
+        *grouped
+            .entry((c.kind, c.period_start, c.period_end, c.api, c.rate))
+            .or_default() += c.images;
+    }
+    grouped
+        .into_iter()
+        .map(|((kind, start, end, api, rate), images)| {
+            let (kind, sign, what) = match kind {
+                CarryKind::LateUsage => ("late_usage", Decimal::ONE, "late usage"),
+                CarryKind::RefundCredit => {
+                    ("refund_credit", Decimal::NEGATIVE_ONE, "money-back refund")
+                }
+            };
+            Line {
+                kind,
+                description: format!("{}, {what} of {}", api_label(api), &fmt_time(start)[..10]),
+                quantity: images.to_string(),
+                unit_price: fmt_exact(sign * rate),
+                amount: fmt_cents(sign * rate * Decimal::from(images)),
+                period: Some(Period::new(start, end)),
+            }
+        })
+        .collect()
+}
+
+fn api_label(api: Api) -> &'static str {
+    match api {
+        Api::RemoveBackground => "Background removal",
+        Api::ImageEditing => "Image editing",
+        Api::AppExport => "App export",
+        Api::AppAi => "App AI",
+    }
+}
+
+fn bucket_summary(figures: &CycleFigures, version: &Version) -> Option<BucketSummary> {
+    let buckets: Vec<&GenFigures> = figures
+        .gens
+        .iter()
+        .filter(|g| matches!(g.allowance, Allowance::Bucket { .. }))
+        .collect();
+    if buckets.is_empty() {
+        return None;
+    }
+    let value: Decimal = buckets.iter().filter_map(|g| g.allowance_value()).sum();
+    let consumed: Decimal = buckets.iter().map(|g| g.consumed).sum();
+    let overage: Decimal = buckets.iter().flat_map(|g| g.over_by_api.values()).sum();
+    let forfeited_images: Decimal = buckets
+        .iter()
+        .map(|g| {
+            let rate = match version.plan(g.terms.plan) {
+                Some(crate::catalog::PlanRule::Bucket { api, .. }) => version.rate(*api),
+                _ => None,
+            };
+            rate.map_or(Decimal::ZERO, |r| g.unused() / r)
+        })
+        .sum();
+    Some(BucketSummary {
+        value: fmt_exact(value),
+        consumed: fmt_exact(consumed),
+        forfeited: fmt_exact(figures.forfeited()),
+        forfeited_images: fmt_quantity(forfeited_images),
+        overage: fmt_exact(overage),
+        generations: buckets.len() as u32,
+    })
+}
+
+fn allowance_summaries(figures: &CycleFigures) -> Vec<AllowanceSummary> {
+    figures
+        .gens
+        .iter()
+        .filter_map(|g| match g.allowance {
+            Allowance::Trial {
+                value,
+                sandbox_images,
+            } => Some(AllowanceSummary {
+                allowance: "trial",
+                value: fmt_exact(value),
+                consumed: fmt_exact(g.consumed),
+                over_allowance: fmt_exact(g.over_by_api.values().sum()),
+                sandbox_images: g.sandbox_images,
+                sandbox_cap: sandbox_images,
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Rounds a figure the way every invoice line is rounded (for checks outside the core).
+pub fn line_amount(d: Decimal) -> Decimal {
+    round_cents(d)
+}

@@ -1,0 +1,394 @@
+//! The plan timeline turned into cycles: which plan, bucket generation and catalog
+//! version govern each instant, and the prepaid charges each cycle carries (§2).
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+
+use crate::catalog::{Catalog, PlanRule, Version};
+use crate::cycle::{cycle_start, fraction_left};
+use crate::event::{AccountChange, AccountEvent, PlanTerms, UpgradePolicy};
+use crate::ids::EventId;
+use crate::money::round_cents;
+
+/// What an allowance is worth in one bucket generation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Allowance {
+    /// Prepaid value, drawn down at the called API's rate; usage beyond it is overage.
+    Bucket { value: Decimal },
+    /// A free allowance valued at list rates; usage past it is recorded, never billed.
+    Trial {
+        value: Decimal,
+        sandbox_images: Option<u64>,
+    },
+    /// Usage billed as it comes, with a monthly commitment in background-removal images.
+    Partner {
+        commitment_images: u64,
+        rate: Decimal,
+    },
+}
+
+/// One bucket generation: the plan in force from `from` until the next one (or the
+/// cycle's end). An upgrade starts a new generation, whose alert thresholds fire afresh.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gen {
+    pub from: DateTime<Utc>,
+    pub number: u32,
+    pub terms: PlanTerms,
+    pub allowance: Allowance,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChargeKind {
+    BucketFee,
+    UpgradeCharge,
+}
+
+/// A prepaid charge of the cycle: the bucket fee at its start, or an upgrade charge.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Charge {
+    pub kind: ChargeKind,
+    pub description: String,
+    /// Rounded to cents: what the team pays, and for an upgrade what the bucket is worth.
+    pub amount: Decimal,
+    /// Share of the cycle charged (1 for a bucket fee).
+    pub fraction: Decimal,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CycleSpec {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub version_id: String,
+    pub grace_seconds: u32,
+    pub gens: Vec<Gen>,
+    pub charges: Vec<Charge>,
+}
+
+impl CycleSpec {
+    pub fn contains(&self, t: DateTime<Utc>) -> bool {
+        self.start <= t && t < self.end
+    }
+
+    /// Position of the generation in force at `t` (`t` inside the cycle).
+    pub fn gen_at(&self, t: DateTime<Utc>) -> usize {
+        self.gens.iter().rposition(|g| g.from <= t).unwrap_or(0)
+    }
+
+    pub fn closes_at(&self) -> DateTime<Utc> {
+        self.end + chrono::Duration::seconds(self.grace_seconds as i64)
+    }
+}
+
+/// A plan change the timeline cannot accept, with the event that caused it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub event_id: EventId,
+    pub reason: String,
+}
+
+enum Pending {
+    Change(PlanTerms),
+    Cancel,
+}
+
+struct Active {
+    anchor: DateTime<Utc>,
+    k: u32,
+    policy: Option<UpgradePolicy>,
+    pending: Option<Pending>,
+    cycle: CycleSpec,
+    last_event: EventId,
+}
+
+/// Derives every cycle from the first anchor up to the cycle containing `horizon`.
+/// `account` holds the plan changes sorted by `(occurred_at, event_id)`.
+pub fn derive(
+    account: &[AccountEvent],
+    catalog: &Catalog,
+    horizon: DateTime<Utc>,
+) -> Result<Vec<CycleSpec>, Violation> {
+    let mut cycles = Vec::new();
+    let mut active: Option<Active> = None;
+    let mut events = account
+        .iter()
+        .filter(|e| e.change.is_plan_change())
+        .peekable();
+    loop {
+        let next_at = events.peek().map(|e| e.occurred_at);
+        if let Some(a) = active.as_mut() {
+            let boundary = a.cycle.end;
+            if next_at.is_none_or(|t| t >= boundary) {
+                let done = next_at.is_none() && boundary > horizon;
+                let next_terms = match a.pending.take() {
+                    Some(Pending::Cancel) => None,
+                    Some(Pending::Change(terms)) => Some(terms),
+                    None => Some(
+                        a.cycle
+                            .gens
+                            .last()
+                            .expect("a cycle has a generation")
+                            .terms
+                            .clone(),
+                    ),
+                };
+                let finished = std::mem::replace(&mut a.cycle, placeholder(boundary));
+                cycles.push(finished);
+                match next_terms {
+                    Some(terms) if !done => {
+                        a.k += 1;
+                        let start = cycle_start(a.anchor, a.k);
+                        a.cycle = open_cycle(
+                            catalog,
+                            start,
+                            cycle_start(a.anchor, a.k + 1),
+                            terms,
+                            &a.last_event,
+                        )?;
+                    }
+                    _ => active = None,
+                }
+                if done {
+                    break;
+                }
+                continue;
+            }
+        }
+        let Some(e) = events.next() else { break };
+        apply_change(&mut active, e, catalog)?;
+    }
+    Ok(cycles)
+}
+
+fn placeholder(at: DateTime<Utc>) -> CycleSpec {
+    CycleSpec {
+        start: at,
+        end: at,
+        version_id: String::new(),
+        grace_seconds: 0,
+        gens: Vec::new(),
+        charges: Vec::new(),
+    }
+}
+
+fn apply_change(
+    active: &mut Option<Active>,
+    e: &AccountEvent,
+    catalog: &Catalog,
+) -> Result<(), Violation> {
+    let refuse = |reason: String| Violation {
+        event_id: e.event_id.clone(),
+        reason,
+    };
+    match (&e.change, active.as_mut()) {
+        (AccountChange::PlanStarted(_), Some(_)) => Err(refuse(
+            "PlanStarted while a plan is active; use PlanChanged".into(),
+        )),
+        (AccountChange::PlanStarted(terms), None) => {
+            let anchor = e.occurred_at;
+            let cycle = open_cycle(
+                catalog,
+                anchor,
+                cycle_start(anchor, 1),
+                terms.clone(),
+                &e.event_id,
+            )?;
+            *active = Some(Active {
+                anchor,
+                k: 0,
+                policy: terms.upgrade_policy,
+                pending: None,
+                cycle,
+                last_event: e.event_id.clone(),
+            });
+            Ok(())
+        }
+        (AccountChange::PlanChanged(_) | AccountChange::PlanCancelled, None) => {
+            Err(refuse("no active plan to change or cancel".into()))
+        }
+        (AccountChange::PlanChanged(terms), Some(a)) => {
+            a.last_event = e.event_id.clone();
+            let version = catalog
+                .version(&a.cycle.version_id)
+                .expect("cycle version exists");
+            check_plan(version, terms).map_err(refuse)?;
+            let current = &a.cycle.gens.last().expect("a cycle has a generation").terms;
+            if version.price(terms) > version.price(current) {
+                let policy = terms
+                    .upgrade_policy
+                    .or(a.policy)
+                    .unwrap_or(version.upgrade_policy);
+                upgrade(&mut a.cycle, version, terms.clone(), policy, e.occurred_at);
+                a.pending = None;
+            } else {
+                a.pending = Some(Pending::Change(terms.clone()));
+            }
+            Ok(())
+        }
+        (AccountChange::PlanCancelled, Some(a)) => {
+            a.last_event = e.event_id.clone();
+            a.pending = Some(Pending::Cancel);
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+fn check_plan(version: &Version, terms: &PlanTerms) -> Result<(), String> {
+    match version.plan(terms.plan) {
+        None => Err(format!(
+            "plan {} is not offered in catalog version {}",
+            terms.plan.key(),
+            version.id
+        )),
+        Some(PlanRule::Bucket { step_images, .. })
+            if terms.bucket_images == 0 || terms.bucket_images % step_images != 0 =>
+        {
+            Err(format!(
+                "bucket_images {} is not a positive multiple of {step_images}",
+                terms.bucket_images
+            ))
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+fn open_cycle(
+    catalog: &Catalog,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    terms: PlanTerms,
+    cause: &EventId,
+) -> Result<CycleSpec, Violation> {
+    let refuse = |reason: String| Violation {
+        event_id: cause.clone(),
+        reason,
+    };
+    let version = catalog
+        .version_at(start)
+        .ok_or_else(|| refuse(format!("no catalog version is in force at {start}")))?;
+    check_plan(version, &terms).map_err(refuse)?;
+    let price = version.price(&terms);
+    let allowance = allowance(version, &terms, price);
+    let mut charges = Vec::new();
+    if price > Decimal::ZERO {
+        charges.push(Charge {
+            kind: ChargeKind::BucketFee,
+            description: format!(
+                "{} bucket, {} images",
+                label(version, &terms),
+                terms.bucket_images
+            ),
+            amount: round_cents(price),
+            fraction: Decimal::ONE,
+        });
+    }
+    Ok(CycleSpec {
+        start,
+        end,
+        version_id: version.id.clone(),
+        grace_seconds: version.grace_seconds,
+        gens: vec![Gen {
+            from: start,
+            number: 0,
+            terms,
+            allowance,
+        }],
+        charges,
+    })
+}
+
+fn label(version: &Version, terms: &PlanTerms) -> String {
+    match version.plan(terms.plan) {
+        Some(
+            PlanRule::Bucket { label, .. }
+            | PlanRule::Trial { label, .. }
+            | PlanRule::Partner { label, .. },
+        ) => label.clone(),
+        None => terms.plan.key().to_string(),
+    }
+}
+
+fn allowance(version: &Version, terms: &PlanTerms, value: Decimal) -> Allowance {
+    match version.plan(terms.plan).expect("checked plan") {
+        PlanRule::Bucket { .. } => Allowance::Bucket { value },
+        PlanRule::Trial {
+            api,
+            allowance_images,
+            sandbox_images,
+            ..
+        } => Allowance::Trial {
+            value: version.rate(*api).expect("trial api has a rate")
+                * Decimal::from(*allowance_images),
+            sandbox_images: *sandbox_images,
+        },
+        PlanRule::Partner {
+            commitment_images,
+            remove_background_rate,
+            ..
+        } => Allowance::Partner {
+            commitment_images: *commitment_images,
+            rate: *remove_background_rate,
+        },
+    }
+}
+
+fn upgrade(
+    cycle: &mut CycleSpec,
+    version: &Version,
+    terms: PlanTerms,
+    policy: UpgradePolicy,
+    at: DateTime<Utc>,
+) {
+    let r = fraction_left(cycle.start, cycle.end, at);
+    let new_price = version.price(&terms);
+    let last = cycle.gens.last().expect("a cycle has a generation").clone();
+    let number = last.number + 1;
+    let name = format!(
+        "{} bucket, {} images",
+        label(version, &terms),
+        terms.bucket_images
+    );
+    match policy {
+        UpgradePolicy::RestartProrated => {
+            // The new bucket is worth exactly what was charged for it; the old one's
+            // unused value is forfeited.
+            let amount = round_cents(new_price * r);
+            cycle.charges.push(Charge {
+                kind: ChargeKind::UpgradeCharge,
+                description: format!(
+                    "Upgrade to {name}, {} of the cycle left (restart_prorated)",
+                    r.normalize()
+                ),
+                amount,
+                fraction: r,
+            });
+            let allowance = allowance(version, &terms, amount);
+            cycle.gens.push(Gen {
+                from: at,
+                number,
+                terms,
+                allowance,
+            });
+        }
+        UpgradePolicy::DifferenceProrated => {
+            // The bucket becomes the new size for the whole cycle; usage so far counts.
+            let amount = round_cents((new_price - version.price(&last.terms)) * r);
+            cycle.charges.push(Charge {
+                kind: ChargeKind::UpgradeCharge,
+                description: format!(
+                    "Upgrade to {name}, {} of the cycle left (difference_prorated)",
+                    r.normalize()
+                ),
+                amount,
+                fraction: r,
+            });
+            let allowance = allowance(version, &terms, new_price);
+            let gen = cycle.gens.last_mut().expect("a cycle has a generation");
+            *gen = Gen {
+                from: gen.from,
+                number,
+                terms,
+                allowance,
+            };
+        }
+    }
+}

@@ -1,0 +1,908 @@
+//! One team's ledger fold. `submit` decides which entries an event appends (closing
+//! due cycles first); `apply` folds one entry into the state and returns its effects.
+//! Replay calls `apply` alone, so live and replayed projections cannot differ.
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Duration, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+use crate::catalog::Catalog;
+use crate::entry::{CycleClosed, Entry, RefundTarget};
+use crate::event::{AccountChange, AccountEvent, Api, Event, ImageProcessed};
+use crate::ids::{EventId, TeamId};
+use crate::invoice::{
+    self, fmt_time, CarryKind, CarryLine, CycleFigures, Invoice, InvoiceInput, UsageRec,
+};
+use crate::money::fmt_exact;
+use crate::schedule::{self, Allowance, CycleSpec};
+
+/// Why an event was refused; `code` is stable (dead-letter header, metrics label).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {detail}")]
+pub struct Reject {
+    pub code: &'static str,
+    pub detail: String,
+}
+
+impl Reject {
+    fn new(code: &'static str, detail: impl Into<String>) -> Reject {
+        Reject {
+            code,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// The ledger contradicts itself: replay found an entry the fold cannot accept.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("team {team_id} seq {seq}: {reason}")]
+pub struct Fault {
+    pub team_id: TeamId,
+    pub seq: u64,
+    pub reason: String,
+}
+
+/// How the store resolved the event a `QualityRefund` points at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefundLookup {
+    Found(RefundTarget),
+    NotFound,
+    OtherTeam(TeamId),
+}
+
+/// A threshold crossed by an allowance; `alert_id` is deterministic so consumers can
+/// drop repeats.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Alert {
+    pub alert_id: String,
+    pub team_id: String,
+    pub allowance: &'static str,
+    pub cycle_start: String,
+    pub cycle_end: String,
+    pub bucket_generation: u32,
+    pub threshold_percent: u32,
+    pub consumed: String,
+    pub allowance_value: String,
+    pub triggering_event_id: String,
+    pub occurred_at: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Effects {
+    pub alerts: Vec<Alert>,
+    pub invoice: Option<Invoice>,
+}
+
+/// An entry the fold accepted, with the sequence number it takes in the team's ledger.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    pub seq: u64,
+    pub entry: Entry,
+    pub effects: Effects,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Agg {
+    value: Decimal,
+    remove_background_images: u64,
+    sandbox_images: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct AlertKey {
+    allowance: &'static str,
+    cycle_start: DateTime<Utc>,
+    generation: u32,
+    threshold: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unplanned {
+    pub event_id: String,
+    pub occurred_at: String,
+    pub api: &'static str,
+    pub images: u32,
+}
+
+#[derive(Debug)]
+pub struct Team {
+    id: TeamId,
+    next_seq: u64,
+    open_from_seq: u64,
+    clock: Option<DateTime<Utc>>,
+    /// Plan changes, sorted by `(occurred_at, event_id)`.
+    account: Vec<AccountEvent>,
+    schedule: Vec<CycleSpec>,
+    horizon: DateTime<Utc>,
+    /// `schedule[..closed]` are closed; they end at `closed_through`.
+    closed: usize,
+    closed_through: Option<DateTime<Utc>>,
+    closed_figures: Vec<CycleFigures>,
+    /// Usage not yet in a closed cycle, in ledger order.
+    pending: Vec<UsageRec>,
+    aggs: HashMap<(DateTime<Utc>, usize), Agg>,
+    fired: HashSet<AlertKey>,
+    carry: Vec<CarryLine>,
+    refunded: HashSet<EventId>,
+    unplanned: Vec<Unplanned>,
+}
+
+const HORIZON_STEP_DAYS: i64 = 62;
+
+impl Team {
+    pub fn new(id: TeamId) -> Team {
+        Team {
+            id,
+            next_seq: 1,
+            open_from_seq: 1,
+            clock: None,
+            account: Vec::new(),
+            schedule: Vec::new(),
+            horizon: DateTime::<Utc>::MIN_UTC,
+            closed: 0,
+            closed_through: None,
+            closed_figures: Vec::new(),
+            pending: Vec::new(),
+            aggs: HashMap::new(),
+            fired: HashSet::new(),
+            carry: Vec::new(),
+            refunded: HashSet::new(),
+            unplanned: Vec::new(),
+        }
+    }
+
+    pub fn id(&self) -> &TeamId {
+        &self.id
+    }
+
+    /// Sequence number of the last entry folded (0 = none).
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    pub fn clock(&self) -> Option<DateTime<Utc>> {
+        self.clock
+    }
+
+    /// Validates `event`, then appends: the `CycleClosed` markers its time makes due,
+    /// then the event itself. A rejected event changes nothing.
+    pub fn submit(
+        &mut self,
+        catalog: &Catalog,
+        event: Event,
+        refund: Option<RefundLookup>,
+    ) -> Result<Vec<Applied>, Reject> {
+        debug_assert_eq!(event.team_id(), &self.id);
+        let until = self
+            .clock
+            .map_or(event.occurred_at(), |c| c.max(event.occurred_at()));
+        let due = self.due(catalog, until);
+        let closed_through = if due > 0 {
+            Some(self.schedule[self.closed + due - 1].end)
+        } else {
+            self.closed_through
+        };
+        let entry = self.admit(catalog, event, refund, closed_through)?;
+        let mut applied = self.close_due(catalog, until, due);
+        let seq = self.next_seq;
+        let effects = self
+            .apply(catalog, seq, &entry)
+            .unwrap_or_else(|f| panic!("a validated entry must fold: {f}"));
+        applied.push(Applied {
+            seq,
+            entry,
+            effects,
+        });
+        Ok(applied)
+    }
+
+    /// Closes every cycle whose end + grace ≤ `until` (the operator's `close --until`).
+    pub fn close_until(&mut self, catalog: &Catalog, until: DateTime<Utc>) -> Vec<Applied> {
+        let due = self.due(catalog, until);
+        self.close_due(catalog, until, due)
+    }
+
+    fn close_due(
+        &mut self,
+        catalog: &Catalog,
+        closed_by: DateTime<Utc>,
+        due: usize,
+    ) -> Vec<Applied> {
+        (0..due)
+            .map(|_| {
+                let spec = &self.schedule[self.closed];
+                let invoice = self.invoice_for(catalog, self.closed, false, self.next_seq);
+                let entry = Entry::CycleClosed(CycleClosed {
+                    period_start: spec.start,
+                    period_end: spec.end,
+                    closed_by,
+                    total: invoice.total_exact,
+                    forfeited: invoice.forfeited_exact,
+                });
+                let seq = self.next_seq;
+                let effects = self
+                    .apply(catalog, seq, &entry)
+                    .unwrap_or_else(|f| panic!("a close must fold: {f}"));
+                Applied {
+                    seq,
+                    entry,
+                    effects,
+                }
+            })
+            .collect()
+    }
+
+    /// How many open cycles close by `until`.
+    fn due(&mut self, catalog: &Catalog, until: DateTime<Utc>) -> usize {
+        self.ensure_horizon(catalog, until);
+        self.schedule[self.closed..]
+            .iter()
+            .take_while(|c| c.closes_at() <= until)
+            .count()
+    }
+
+    fn admit(
+        &self,
+        catalog: &Catalog,
+        event: Event,
+        refund: Option<RefundLookup>,
+        closed_through: Option<DateTime<Utc>>,
+    ) -> Result<Entry, Reject> {
+        match event {
+            Event::Image(e) if e.api.is_app() => Err(Reject::new(
+                "unsupported",
+                format!("{} events are not priced by an API plan yet", e.api.key()),
+            )),
+            Event::Image(e) => Ok(Entry::Image(e)),
+            Event::Account(e) => match &e.change {
+                AccountChange::PlanStarted(_)
+                | AccountChange::PlanChanged(_)
+                | AccountChange::PlanCancelled => {
+                    if closed_through.is_some_and(|b| e.occurred_at < b) {
+                        return Err(Reject::new(
+                            "late_account_change",
+                            format!(
+                                "plan change at {} falls in a closed cycle (closed through {})",
+                                fmt_time(e.occurred_at),
+                                fmt_time(closed_through.unwrap())
+                            ),
+                        ));
+                    }
+                    let mut account = self.account.clone();
+                    insert_sorted(&mut account, e.clone());
+                    let horizon = self.horizon.max(e.occurred_at);
+                    schedule::derive(&account, catalog, horizon)
+                        .map_err(|v| Reject::new("plan_rule", v.reason))?;
+                    Ok(Entry::Account(e))
+                }
+                AccountChange::QualityRefund {
+                    original_event_id, ..
+                } => {
+                    let target = self.check_refund(catalog, original_event_id, refund)?;
+                    Ok(Entry::Refund { event: e, target })
+                }
+                AccountChange::CreditsPurchased { .. } | AccountChange::ContractSigned { .. } => {
+                    Err(Reject::new(
+                        "unsupported",
+                        "legacy credits and enterprise contracts are not supported yet",
+                    ))
+                }
+            },
+        }
+    }
+
+    fn check_refund(
+        &self,
+        catalog: &Catalog,
+        original: &EventId,
+        lookup: Option<RefundLookup>,
+    ) -> Result<RefundTarget, Reject> {
+        let target = match lookup {
+            Some(RefundLookup::Found(t)) => t,
+            Some(RefundLookup::OtherTeam(team)) => {
+                return Err(Reject::new(
+                    "refund_other_team",
+                    format!("event {original} belongs to team {team}"),
+                ))
+            }
+            Some(RefundLookup::NotFound) | None => {
+                return Err(Reject::new(
+                    "refund_unknown_event",
+                    format!("no image event {original} in the ledger"),
+                ))
+            }
+        };
+        if target.sandbox {
+            return Err(Reject::new(
+                "refund_sandbox",
+                format!("event {original} is a sandbox event and cost nothing"),
+            ));
+        }
+        if self.refunded.contains(original) {
+            return Err(Reject::new(
+                "refund_repeated",
+                format!("event {original} was already refunded"),
+            ));
+        }
+        if self
+            .charge_of(catalog, &target)
+            .is_none_or(|(_, _, rate)| rate.is_zero())
+        {
+            return Err(Reject::new(
+                "refund_unbilled",
+                format!("event {original} was not billed (no plan, or a free allowance)"),
+            ));
+        }
+        Ok(target)
+    }
+
+    /// The cycle, API and rate an image at `target` was billed at, if any plan priced it.
+    fn charge_of(&self, catalog: &Catalog, target: &RefundTarget) -> Option<(usize, Api, Decimal)> {
+        let c = self.cycle_at(target.occurred_at)?;
+        let spec = &self.schedule[c];
+        let gen = &spec.gens[spec.gen_at(target.occurred_at)];
+        if matches!(gen.allowance, Allowance::Trial { .. }) {
+            return Some((c, target.api, Decimal::ZERO));
+        }
+        let version = catalog.version(&spec.version_id)?;
+        Some((c, target.api, version.rate_for(&gen.terms, target.api)?))
+    }
+
+    /// Folds one ledger entry. The same function serves live appends and replay.
+    pub fn apply(&mut self, catalog: &Catalog, seq: u64, entry: &Entry) -> Result<Effects, Fault> {
+        let team_id = self.id.clone();
+        let fault = |reason: String| Fault {
+            team_id: team_id.clone(),
+            seq,
+            reason,
+        };
+        if seq != self.next_seq {
+            return Err(fault(format!("expected seq {}", self.next_seq)));
+        }
+        let effects = match entry {
+            Entry::Image(e) => self.apply_image(catalog, seq, e),
+            Entry::Account(e) => self.apply_plan_change(catalog, e).map_err(fault)?,
+            Entry::Refund { event, target } => {
+                self.apply_refund(catalog, event, target).map_err(fault)?
+            }
+            Entry::CycleClosed(m) => self.apply_close(catalog, seq, m).map_err(fault)?,
+        };
+        self.next_seq += 1;
+        Ok(effects)
+    }
+
+    fn advance_clock(&mut self, t: DateTime<Utc>) {
+        self.clock = Some(self.clock.map_or(t, |c| c.max(t)));
+    }
+
+    fn apply_image(&mut self, catalog: &Catalog, seq: u64, e: &ImageProcessed) -> Effects {
+        self.advance_clock(e.occurred_at);
+        let rec = UsageRec {
+            seq,
+            at: e.occurred_at,
+            event_id: e.event_id.clone(),
+            api: e.api,
+            images: e.images,
+            sandbox: e.sandbox,
+            refunded: false,
+        };
+        if self.closed_through.is_some_and(|b| e.occurred_at < b) {
+            self.apply_late(catalog, rec);
+            return Effects::default();
+        }
+        self.ensure_horizon(catalog, e.occurred_at);
+        let slot = self.aggregate(catalog, &rec);
+        self.pending.push(rec);
+        let mut effects = Effects::default();
+        if let Some((c, g)) = slot {
+            effects.alerts = self.check_alerts(catalog, c, g, &e.event_id, e.occurred_at);
+        }
+        effects
+    }
+
+    /// Late usage: its cycle is closed, so it becomes a line on the next invoice.
+    fn apply_late(&mut self, catalog: &Catalog, rec: UsageRec) {
+        let target = RefundTarget {
+            seq: rec.seq,
+            occurred_at: rec.at,
+            api: rec.api,
+            images: rec.images,
+            sandbox: rec.sandbox,
+        };
+        match self.charge_of(catalog, &target) {
+            Some(_) if rec.sandbox => {}
+            Some((c, api, rate)) => self.carry.push(CarryLine {
+                kind: CarryKind::LateUsage,
+                period_start: self.schedule[c].start,
+                period_end: self.schedule[c].end,
+                api,
+                rate,
+                images: u64::from(rec.images),
+            }),
+            None => self.unplanned.push(unplanned_of(&rec)),
+        }
+    }
+
+    fn apply_plan_change(
+        &mut self,
+        catalog: &Catalog,
+        e: &AccountEvent,
+    ) -> Result<Effects, String> {
+        self.advance_clock(e.occurred_at);
+        if !e.change.is_plan_change() {
+            return Err(format!(
+                "account change {:?} is not folded by this version",
+                e.change
+            ));
+        }
+        insert_sorted(&mut self.account, e.clone());
+        self.horizon = self.horizon.max(e.occurred_at);
+        self.rederive(catalog).map_err(|v| {
+            format!(
+                "plan change {} breaks the timeline: {}",
+                v.event_id, v.reason
+            )
+        })?;
+        // A change can move usage between generations: rebuild, then fire what is now crossed.
+        self.aggs.clear();
+        let pending = std::mem::take(&mut self.pending);
+        for rec in &pending {
+            self.aggregate(catalog, rec);
+        }
+        self.pending = pending;
+        let mut alerts = Vec::new();
+        for c in self.closed..self.schedule.len() {
+            for g in 0..self.schedule[c].gens.len() {
+                alerts.extend(self.check_alerts(catalog, c, g, &e.event_id, e.occurred_at));
+            }
+        }
+        Ok(Effects {
+            alerts,
+            invoice: None,
+        })
+    }
+
+    fn apply_refund(
+        &mut self,
+        catalog: &Catalog,
+        event: &AccountEvent,
+        target: &RefundTarget,
+    ) -> Result<Effects, String> {
+        self.advance_clock(event.occurred_at);
+        let AccountChange::QualityRefund {
+            original_event_id, ..
+        } = &event.change
+        else {
+            return Err("refund entry without a QualityRefund".into());
+        };
+        if !self.refunded.insert(original_event_id.clone()) {
+            return Err(format!("event {original_event_id} refunded twice"));
+        }
+        if let Some(i) = self.pending.iter().position(|r| r.seq == target.seq) {
+            // Open cycle: the value returns to the bucket (or reduces overage).
+            let rec = self.pending[i].clone();
+            self.unaggregate(catalog, &rec);
+            self.pending[i].refunded = true;
+            return Ok(Effects::default());
+        }
+        let (c, api, rate) = self
+            .charge_of(catalog, target)
+            .ok_or_else(|| format!("refunded event {original_event_id} was never billed"))?;
+        self.carry.push(CarryLine {
+            kind: CarryKind::RefundCredit,
+            period_start: self.schedule[c].start,
+            period_end: self.schedule[c].end,
+            api,
+            rate,
+            images: u64::from(target.images),
+        });
+        Ok(Effects::default())
+    }
+
+    fn apply_close(
+        &mut self,
+        catalog: &Catalog,
+        seq: u64,
+        m: &CycleClosed,
+    ) -> Result<Effects, String> {
+        self.ensure_horizon(catalog, m.closed_by);
+        let Some(spec) = self.schedule.get(self.closed) else {
+            return Err(format!(
+                "CycleClosed for {} but no open cycle",
+                fmt_time(m.period_start)
+            ));
+        };
+        if (spec.start, spec.end) != (m.period_start, m.period_end)
+            || spec.closes_at() > m.closed_by
+        {
+            return Err(format!(
+                "CycleClosed for {}..{} does not match the next due cycle",
+                fmt_time(m.period_start),
+                fmt_time(m.period_end)
+            ));
+        }
+        let invoice = self.invoice_for(catalog, self.closed, false, seq);
+        if (invoice.total_exact, invoice.forfeited_exact) != (m.total, m.forfeited) {
+            return Err(format!(
+                "recomputed total {} / forfeit {} differ from the recorded {} / {}",
+                invoice.total_exact, invoice.forfeited_exact, m.total, m.forfeited
+            ));
+        }
+        let figures = self.cycle_figures(catalog, self.closed, None);
+        let (start, end) = (spec.start, spec.end);
+        let mut kept = Vec::with_capacity(self.pending.len());
+        for rec in std::mem::take(&mut self.pending) {
+            if rec.at >= end {
+                kept.push(rec);
+            } else if rec.at < start || !self.schedule[self.closed].contains(rec.at) {
+                self.unplanned.push(unplanned_of(&rec));
+            }
+        }
+        self.pending = kept;
+        self.aggs.retain(|(s, _), _| *s != start);
+        self.fired.retain(|k| k.cycle_start != start);
+        self.carry.clear();
+        self.closed_figures.push(figures);
+        self.closed += 1;
+        self.closed_through = Some(end);
+        self.open_from_seq = seq + 1;
+        Ok(Effects {
+            alerts: Vec::new(),
+            invoice: Some(invoice),
+        })
+    }
+
+    fn ensure_horizon(&mut self, catalog: &Catalog, t: DateTime<Utc>) {
+        if t >= self.horizon {
+            self.horizon = t + Duration::days(HORIZON_STEP_DAYS);
+            self.rederive(catalog)
+                .expect("an accepted timeline derives");
+        }
+    }
+
+    fn rederive(&mut self, catalog: &Catalog) -> Result<(), schedule::Violation> {
+        let schedule = schedule::derive(&self.account, catalog, self.horizon)?;
+        debug_assert!(
+            self.schedule[..self.closed] == schedule[..self.closed],
+            "closed cycles never change"
+        );
+        self.schedule = schedule;
+        Ok(())
+    }
+
+    fn cycle_at(&self, t: DateTime<Utc>) -> Option<usize> {
+        let i = self.schedule.partition_point(|c| c.start <= t);
+        (i > 0 && self.schedule[i - 1].contains(t)).then(|| i - 1)
+    }
+
+    /// Adds `rec` to its open cycle's generation totals; returns the slot it landed in.
+    fn aggregate(&mut self, catalog: &Catalog, rec: &UsageRec) -> Option<(usize, usize)> {
+        let c = self.cycle_at(rec.at).filter(|c| *c >= self.closed)?;
+        let spec = &self.schedule[c];
+        let g = spec.gen_at(rec.at);
+        let images = u64::from(rec.images);
+        let value = if rec.sandbox || rec.refunded {
+            Decimal::ZERO
+        } else {
+            let version = catalog
+                .version(&spec.version_id)
+                .expect("cycle version exists");
+            version
+                .rate_for(&spec.gens[g].terms, rec.api)
+                .expect("api has a rate")
+                * Decimal::from(rec.images)
+        };
+        let agg = self.aggs.entry((spec.start, g)).or_default();
+        if rec.sandbox {
+            agg.sandbox_images += images;
+        } else if !rec.refunded {
+            agg.value += value;
+            if rec.api == Api::RemoveBackground {
+                agg.remove_background_images += images;
+            }
+        }
+        Some((c, g))
+    }
+
+    fn unaggregate(&mut self, catalog: &Catalog, rec: &UsageRec) {
+        let Some(c) = self.cycle_at(rec.at).filter(|c| *c >= self.closed) else {
+            return;
+        };
+        let spec = &self.schedule[c];
+        let g = spec.gen_at(rec.at);
+        let version = catalog
+            .version(&spec.version_id)
+            .expect("cycle version exists");
+        let value = version
+            .rate_for(&spec.gens[g].terms, rec.api)
+            .expect("api has a rate")
+            * Decimal::from(rec.images);
+        if let Some(agg) = self.aggs.get_mut(&(spec.start, g)) {
+            agg.value -= value;
+            if rec.api == Api::RemoveBackground {
+                agg.remove_background_images -= u64::from(rec.images);
+            }
+        }
+    }
+
+    /// Fires each threshold of generation `g` of cycle `c` that is reached for the first time.
+    fn check_alerts(
+        &mut self,
+        catalog: &Catalog,
+        c: usize,
+        g: usize,
+        trigger: &EventId,
+        at: DateTime<Utc>,
+    ) -> Vec<Alert> {
+        let spec = &self.schedule[c];
+        let gen = &spec.gens[g];
+        let Some(agg) = self.aggs.get(&(spec.start, g)) else {
+            return Vec::new();
+        };
+        let version = catalog
+            .version(&spec.version_id)
+            .expect("cycle version exists");
+        let mut meters: Vec<(&'static str, Decimal, Decimal)> = Vec::new();
+        match gen.allowance {
+            Allowance::Bucket { value } => meters.push(("bucket", agg.value, value)),
+            Allowance::Trial {
+                value,
+                sandbox_images,
+            } => {
+                meters.push(("trial", agg.value, value));
+                if let Some(cap) = sandbox_images {
+                    meters.push((
+                        "sandbox",
+                        Decimal::from(agg.sandbox_images),
+                        Decimal::from(cap),
+                    ));
+                }
+            }
+            Allowance::Partner {
+                commitment_images, ..
+            } => meters.push((
+                "commitment",
+                Decimal::from(agg.remove_background_images),
+                Decimal::from(commitment_images),
+            )),
+        }
+        let mut alerts = Vec::new();
+        for (allowance, consumed, limit) in meters {
+            if limit <= Decimal::ZERO {
+                continue;
+            }
+            for &threshold in &version.alert_thresholds {
+                let key = AlertKey {
+                    allowance,
+                    cycle_start: spec.start,
+                    generation: gen.number,
+                    threshold,
+                };
+                if consumed * Decimal::ONE_HUNDRED < Decimal::from(threshold) * limit
+                    || self.fired.contains(&key)
+                {
+                    continue;
+                }
+                self.fired.insert(key);
+                alerts.push(Alert {
+                    alert_id: format!(
+                        "{}:{allowance}:{}:g{}:{threshold}",
+                        self.id,
+                        fmt_time(spec.start),
+                        gen.number
+                    ),
+                    team_id: self.id.to_string(),
+                    allowance,
+                    cycle_start: fmt_time(spec.start),
+                    cycle_end: fmt_time(spec.end),
+                    bucket_generation: gen.number,
+                    threshold_percent: threshold,
+                    consumed: fmt_exact(consumed),
+                    allowance_value: fmt_exact(limit),
+                    triggering_event_id: trigger.to_string(),
+                    occurred_at: fmt_time(at),
+                });
+            }
+        }
+        alerts
+    }
+
+    /// Figures of cycle `c` from its pending usage, optionally only up to `at`.
+    fn cycle_figures(
+        &self,
+        catalog: &Catalog,
+        c: usize,
+        at: Option<DateTime<Utc>>,
+    ) -> CycleFigures {
+        let spec = &self.schedule[c];
+        let version = catalog
+            .version(&spec.version_id)
+            .expect("cycle version exists");
+        let mut records: Vec<&UsageRec> = self
+            .pending
+            .iter()
+            .filter(|r| spec.contains(r.at) && at.is_none_or(|t| r.at <= t))
+            .collect();
+        records.sort_by(|a, b| (a.at, &a.event_id).cmp(&(b.at, &b.event_id)));
+        invoice::figures(spec, version, &records)
+    }
+
+    fn invoice_for(&self, catalog: &Catalog, c: usize, draft: bool, last_seq: u64) -> Invoice {
+        let spec = &self.schedule[c];
+        let version = catalog
+            .version(&spec.version_id)
+            .expect("cycle version exists");
+        let figures = self.cycle_figures(catalog, c, None);
+        invoice::build(InvoiceInput {
+            team_id: &self.id,
+            spec,
+            version,
+            figures: &figures,
+            carry: &self.carry,
+            draft,
+            first_seq: self.open_from_seq,
+            last_seq,
+        })
+    }
+
+    /// The open cycle's invoice as it stands (status "draft"), if a cycle is open.
+    pub fn draft_invoice(&mut self, catalog: &Catalog) -> Option<Invoice> {
+        if let Some(clock) = self.clock {
+            self.ensure_horizon(catalog, clock);
+        }
+        let c = self
+            .clock
+            .and_then(|t| self.cycle_at(t))
+            .filter(|c| *c >= self.closed)?;
+        Some(self.invoice_for(catalog, c, true, self.last_seq()))
+    }
+
+    /// Allowances, consumed and remaining in the cycle containing `at` (default: the team's clock).
+    pub fn balance(&mut self, catalog: &Catalog, at: Option<DateTime<Utc>>) -> Balance {
+        let at = at.or(self.clock);
+        if let Some(t) = at {
+            self.ensure_horizon(catalog, t);
+        }
+        let cycle = at.and_then(|t| self.cycle_at(t));
+        let (cycle_view, allowances) = match cycle {
+            Some(c) => {
+                let spec = &self.schedule[c];
+                let closed = c < self.closed;
+                let figures = if closed {
+                    self.closed_figures[c].clone()
+                } else {
+                    self.cycle_figures(catalog, c, at)
+                };
+                let view = CycleView {
+                    start: fmt_time(spec.start),
+                    end: fmt_time(spec.end),
+                    status: if closed { "closed" } else { "open" },
+                    price_book_version: spec.version_id.clone(),
+                };
+                (Some(view), allowance_balances(&figures))
+            }
+            None => (None, Vec::new()),
+        };
+        let mut unplanned = self.unplanned.clone();
+        unplanned.extend(
+            self.pending
+                .iter()
+                .filter(|r| self.cycle_at(r.at).is_none())
+                .map(unplanned_of),
+        );
+        Balance {
+            team_id: self.id.to_string(),
+            at: at.map(fmt_time),
+            cycle: cycle_view,
+            allowances,
+            exceptions: Exceptions {
+                unplanned,
+                pending_lines: self.carry.len(),
+            },
+        }
+    }
+}
+
+fn unplanned_of(rec: &UsageRec) -> Unplanned {
+    Unplanned {
+        event_id: rec.event_id.to_string(),
+        occurred_at: fmt_time(rec.at),
+        api: rec.api.key(),
+        images: rec.images,
+    }
+}
+
+fn insert_sorted(account: &mut Vec<AccountEvent>, e: AccountEvent) {
+    let i =
+        account.partition_point(|x| (x.occurred_at, &x.event_id) <= (e.occurred_at, &e.event_id));
+    account.insert(i, e);
+}
+
+fn allowance_balances(figures: &CycleFigures) -> Vec<AllowanceBalance> {
+    let mut out = Vec::new();
+    for g in &figures.gens {
+        let (allowance, value, consumed) = match g.allowance {
+            Allowance::Bucket { value } => ("bucket", value, g.consumed),
+            Allowance::Trial {
+                value,
+                sandbox_images,
+            } => {
+                if let Some(cap) = sandbox_images {
+                    out.push(balance_row(
+                        "sandbox",
+                        g.number,
+                        Decimal::from(cap),
+                        Decimal::from(g.sandbox_images),
+                    ));
+                }
+                ("trial", value, g.consumed)
+            }
+            Allowance::Partner {
+                commitment_images, ..
+            } => (
+                "commitment",
+                Decimal::from(commitment_images),
+                Decimal::from(g.remove_background_images),
+            ),
+        };
+        out.push(balance_row(allowance, g.number, value, consumed));
+    }
+    out
+}
+
+fn balance_row(
+    allowance: &'static str,
+    generation: u32,
+    value: Decimal,
+    consumed: Decimal,
+) -> AllowanceBalance {
+    let percent = if value.is_zero() {
+        Decimal::ZERO
+    } else {
+        (consumed * Decimal::ONE_HUNDRED / value).round_dp(2)
+    };
+    AllowanceBalance {
+        allowance,
+        generation,
+        value: fmt_exact(value),
+        consumed: fmt_exact(consumed),
+        remaining: fmt_exact((value - consumed).max(Decimal::ZERO)),
+        over: fmt_exact((consumed - value).max(Decimal::ZERO)),
+        percent: fmt_exact(percent),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CycleView {
+    pub start: String,
+    pub end: String,
+    pub status: &'static str,
+    pub price_book_version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AllowanceBalance {
+    pub allowance: &'static str,
+    pub generation: u32,
+    pub value: String,
+    pub consumed: String,
+    pub remaining: String,
+    pub over: String,
+    pub percent: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Exceptions {
+    pub unplanned: Vec<Unplanned>,
+    pub pending_lines: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Balance {
+    pub team_id: String,
+    pub at: Option<String>,
+    pub cycle: Option<CycleView>,
+    pub allowances: Vec<AllowanceBalance>,
+    pub exceptions: Exceptions,
+}

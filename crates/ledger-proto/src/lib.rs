@@ -1,0 +1,356 @@
+//! Wire types generated from proto/ (prost, with pbjson for the proto3 canonical JSON
+//! mapping) and the one place they are validated into core types. Kafka and the JSONL
+//! file format share these conversions, so both paths accept and refuse the same input.
+use chrono::{DateTime, Utc};
+use ledger_core::{
+    AccountChange, AccountEvent, Api, Event, EventId, IdError, ImageProcessed, Plan, PlanTerms,
+    TeamId, UpgradePolicy,
+};
+use prost::Message as _;
+use rust_decimal::Decimal;
+
+/// Generated protobuf messages of package `usage_ledger.v1`.
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/usage_ledger.v1.rs"));
+    include!(concat!(env!("OUT_DIR"), "/usage_ledger.v1.serde.rs"));
+}
+
+pub use pbjson_types::Timestamp;
+
+/// Why an input record was refused at the boundary. `code()` is stable for dead-letter
+/// headers and metrics; the message names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    #[error("not valid JSON for LedgerInput: {0}")]
+    Json(String),
+    #[error("not a valid protobuf message: {0}")]
+    Protobuf(String),
+    #[error("LedgerInput has no event")]
+    NoEvent,
+    #[error("AccountEvent has no change")]
+    NoChange,
+    #[error("{0}")]
+    Id(#[from] IdError),
+    #[error("{0} is missing")]
+    Missing(&'static str),
+    #[error("occurred_at is out of range")]
+    BadTime,
+    #[error("api is unspecified or unknown ({0})")]
+    BadApi(i32),
+    #[error("images must be >= 1")]
+    ZeroImages,
+    #[error("unknown plan {0:?}")]
+    UnknownPlan(String),
+    #[error("bucket_images {images} is invalid for plan {plan}: {why}")]
+    BadBucket {
+        plan: &'static str,
+        images: u64,
+        why: &'static str,
+    },
+    #[error("unknown upgrade_policy {0:?}")]
+    BadPolicy(String),
+    #[error("amount {0:?} is not a decimal")]
+    BadAmount(String),
+}
+
+impl Invalid {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Invalid::Json(_) | Invalid::Protobuf(_) => "undecodable",
+            _ => "invalid",
+        }
+    }
+}
+
+/// Parses one JSONL line (proto3 canonical JSON of `LedgerInput`) into a validated event.
+pub fn parse_json_line(line: &str) -> Result<Event, Invalid> {
+    let input: pb::LedgerInput =
+        serde_json::from_str(line).map_err(|e| Invalid::Json(e.to_string()))?;
+    Event::try_from_pb(input)
+}
+
+/// Decodes a protobuf `LedgerInput`.
+pub fn decode_input(bytes: &[u8]) -> Result<Event, Invalid> {
+    let input = pb::LedgerInput::decode(bytes).map_err(|e| Invalid::Protobuf(e.to_string()))?;
+    Event::try_from_pb(input)
+}
+
+/// Decodes a record of topic images.processed.v1.
+pub fn decode_image(bytes: &[u8]) -> Result<Event, Invalid> {
+    let msg = pb::ImageProcessed::decode(bytes).map_err(|e| Invalid::Protobuf(e.to_string()))?;
+    image_from_pb(msg).map(Event::Image)
+}
+
+/// Decodes a record of topic billing.accounts.v1.
+pub fn decode_account(bytes: &[u8]) -> Result<Event, Invalid> {
+    let msg = pb::AccountEvent::decode(bytes).map_err(|e| Invalid::Protobuf(e.to_string()))?;
+    account_from_pb(msg).map(Event::Account)
+}
+
+/// Conversions from wire messages into core events (validation) and back (export).
+pub trait WireEvent: Sized {
+    fn try_from_pb(input: pb::LedgerInput) -> Result<Self, Invalid>;
+    fn to_pb(&self) -> pb::LedgerInput;
+    /// One JSONL line, canonical JSON, no trailing newline.
+    fn to_json_line(&self) -> String {
+        serde_json::to_string(&self.to_pb()).expect("LedgerInput serializes")
+    }
+}
+
+impl WireEvent for Event {
+    fn try_from_pb(input: pb::LedgerInput) -> Result<Event, Invalid> {
+        match input.event.ok_or(Invalid::NoEvent)? {
+            pb::ledger_input::Event::ImageProcessed(m) => image_from_pb(m).map(Event::Image),
+            pb::ledger_input::Event::AccountEvent(m) => account_from_pb(m).map(Event::Account),
+        }
+    }
+
+    fn to_pb(&self) -> pb::LedgerInput {
+        let event = match self {
+            Event::Image(e) => pb::ledger_input::Event::ImageProcessed(image_to_pb(e)),
+            Event::Account(e) => pb::ledger_input::Event::AccountEvent(account_to_pb(e)),
+        };
+        pb::LedgerInput { event: Some(event) }
+    }
+}
+
+fn time_from_pb(ts: Option<Timestamp>) -> Result<DateTime<Utc>, Invalid> {
+    let ts = ts.ok_or(Invalid::Missing("occurred_at"))?;
+    let nanos = u32::try_from(ts.nanos).map_err(|_| Invalid::BadTime)?;
+    DateTime::from_timestamp(ts.seconds, nanos).ok_or(Invalid::BadTime)
+}
+
+pub fn time_to_pb(t: DateTime<Utc>) -> Timestamp {
+    Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+fn api_from_pb(v: i32) -> Result<Api, Invalid> {
+    match pb::Api::try_from(v) {
+        Ok(pb::Api::RemoveBackground) => Ok(Api::RemoveBackground),
+        Ok(pb::Api::ImageEditing) => Ok(Api::ImageEditing),
+        Ok(pb::Api::AppExport) => Ok(Api::AppExport),
+        Ok(pb::Api::AppAi) => Ok(Api::AppAi),
+        Ok(pb::Api::Unspecified) | Err(_) => Err(Invalid::BadApi(v)),
+    }
+}
+
+fn api_to_pb(api: Api) -> pb::Api {
+    match api {
+        Api::RemoveBackground => pb::Api::RemoveBackground,
+        Api::ImageEditing => pb::Api::ImageEditing,
+        Api::AppExport => pb::Api::AppExport,
+        Api::AppAi => pb::Api::AppAi,
+    }
+}
+
+fn image_from_pb(m: pb::ImageProcessed) -> Result<ImageProcessed, Invalid> {
+    let event_id = EventId::new(m.event_id)?;
+    let team_id = TeamId::new(m.team_id)?;
+    let occurred_at = time_from_pb(m.occurred_at)?;
+    let api = api_from_pb(m.api)?;
+    if m.images == 0 {
+        return Err(Invalid::ZeroImages);
+    }
+    Ok(ImageProcessed {
+        event_id,
+        team_id,
+        occurred_at,
+        api,
+        operations: m.operations,
+        images: m.images,
+        sandbox: m.sandbox,
+        request_id: m.request_id,
+    })
+}
+
+fn image_to_pb(e: &ImageProcessed) -> pb::ImageProcessed {
+    pb::ImageProcessed {
+        event_id: e.event_id.to_string(),
+        team_id: e.team_id.to_string(),
+        occurred_at: Some(time_to_pb(e.occurred_at)),
+        api: api_to_pb(e.api) as i32,
+        operations: e.operations.clone(),
+        images: e.images,
+        sandbox: e.sandbox,
+        request_id: e.request_id.clone(),
+    }
+}
+
+fn terms_from_pb(plan: &str, bucket_images: u64, policy: &str) -> Result<PlanTerms, Invalid> {
+    let plan = Plan::from_key(plan).ok_or_else(|| Invalid::UnknownPlan(plan.to_string()))?;
+    let bad = |why| Invalid::BadBucket {
+        plan: plan.key(),
+        images: bucket_images,
+        why,
+    };
+    if plan.has_bucket() && (bucket_images == 0 || bucket_images % 1000 != 0) {
+        return Err(bad("must be a positive multiple of 1,000"));
+    }
+    if !plan.has_bucket() && bucket_images != 0 {
+        return Err(bad("plans without a bucket take 0"));
+    }
+    let upgrade_policy = match policy {
+        "" => None,
+        p => Some(UpgradePolicy::from_key(p).ok_or_else(|| Invalid::BadPolicy(p.to_string()))?),
+    };
+    Ok(PlanTerms {
+        plan,
+        bucket_images,
+        upgrade_policy,
+    })
+}
+
+fn policy_key(p: Option<UpgradePolicy>) -> String {
+    match p {
+        None => String::new(),
+        Some(UpgradePolicy::RestartProrated) => "restart_prorated".into(),
+        Some(UpgradePolicy::DifferenceProrated) => "difference_prorated".into(),
+    }
+}
+
+fn account_from_pb(m: pb::AccountEvent) -> Result<AccountEvent, Invalid> {
+    use pb::account_event::Change;
+    let event_id = EventId::new(m.event_id)?;
+    let team_id = TeamId::new(m.team_id)?;
+    let occurred_at = time_from_pb(m.occurred_at)?;
+    let change = match m.change.ok_or(Invalid::NoChange)? {
+        Change::PlanStarted(p) => {
+            AccountChange::PlanStarted(terms_from_pb(&p.plan, p.bucket_images, &p.upgrade_policy)?)
+        }
+        Change::PlanChanged(p) => {
+            AccountChange::PlanChanged(terms_from_pb(&p.plan, p.bucket_images, &p.upgrade_policy)?)
+        }
+        Change::PlanCancelled(_) => AccountChange::PlanCancelled,
+        Change::QualityRefund(r) => AccountChange::QualityRefund {
+            original_event_id: EventId::new(r.original_event_id)?,
+            reason: r.reason,
+        },
+        Change::CreditsPurchased(c) => AccountChange::CreditsPurchased {
+            credits: c.credits,
+            amount: c
+                .amount
+                .parse::<Decimal>()
+                .map_err(|_| Invalid::BadAmount(c.amount.clone()))?,
+        },
+        Change::ContractSigned(c) => AccountChange::ContractSigned {
+            term_months: c.term_months,
+            committed_images_per_year: c.committed_images_per_year,
+        },
+    };
+    Ok(AccountEvent {
+        event_id,
+        team_id,
+        occurred_at,
+        change,
+    })
+}
+
+fn account_to_pb(e: &AccountEvent) -> pb::AccountEvent {
+    use pb::account_event::Change;
+    let change = match &e.change {
+        AccountChange::PlanStarted(t) => Change::PlanStarted(pb::PlanStarted {
+            plan: t.plan.key().into(),
+            bucket_images: t.bucket_images,
+            upgrade_policy: policy_key(t.upgrade_policy),
+        }),
+        AccountChange::PlanChanged(t) => Change::PlanChanged(pb::PlanChanged {
+            plan: t.plan.key().into(),
+            bucket_images: t.bucket_images,
+            upgrade_policy: policy_key(t.upgrade_policy),
+        }),
+        AccountChange::PlanCancelled => Change::PlanCancelled(pb::PlanCancelled {}),
+        AccountChange::QualityRefund {
+            original_event_id,
+            reason,
+        } => Change::QualityRefund(pb::QualityRefund {
+            original_event_id: original_event_id.to_string(),
+            reason: reason.clone(),
+        }),
+        AccountChange::CreditsPurchased { credits, amount } => {
+            Change::CreditsPurchased(pb::CreditsPurchased {
+                credits: *credits,
+                amount: amount.to_string(),
+            })
+        }
+        AccountChange::ContractSigned {
+            term_months,
+            committed_images_per_year,
+        } => Change::ContractSigned(pb::ContractSigned {
+            term_months: *term_months,
+            committed_images_per_year: *committed_images_per_year,
+            ..Default::default()
+        }),
+    };
+    pb::AccountEvent {
+        event_id: e.event_id.to_string(),
+        team_id: e.team_id.to_string(),
+        occurred_at: Some(time_to_pb(e.occurred_at)),
+        change: Some(change),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contract_examples_parse_and_round_trip() {
+        let lines = [
+            r#"{"imageProcessed":{"eventId":"e1","teamId":"t1","occurredAt":"2026-04-01T00:00:01Z","api":"API_REMOVE_BACKGROUND","images":1}}"#,
+            r#"{"accountEvent":{"eventId":"a1","teamId":"t1","occurredAt":"2026-04-01T00:00:00Z","planStarted":{"plan":"api_basic","bucketImages":"2000"}}}"#,
+        ];
+        for line in lines {
+            let event = parse_json_line(line).unwrap();
+            assert_eq!(parse_json_line(&event.to_json_line()).unwrap(), event);
+            assert_eq!(decode_input(&event.to_pb().encode_to_vec()).unwrap(), event);
+        }
+    }
+
+    #[test]
+    fn malformed_lines_are_refused_with_a_reason() {
+        let cases = [
+            ("{not json", "not valid JSON"),
+            (
+                r#"{"imageProcessed":{"eventId":"e1","teamId":"t1","occurredAt":"2026-04-01T00:00:01Z","api":"API_TELEPORT","images":1}}"#,
+                "not valid JSON",
+            ),
+            (
+                r#"{"imageProcessed":{"eventId":"e1","teamId":"t1","occurredAt":"2026-04-01T00:00:01Z","api":"API_REMOVE_BACKGROUND","images":0}}"#,
+                "images must be >= 1",
+            ),
+            (
+                r#"{"imageProcessed":{"eventId":"e1","teamId":"t1","api":"API_REMOVE_BACKGROUND","images":1}}"#,
+                "occurred_at is missing",
+            ),
+            (
+                r#"{"imageProcessed":{"eventId":"e1","teamId":"t1","occurredAt":"2026-04-01T00:00:01Z","images":1}}"#,
+                "api is unspecified",
+            ),
+            (
+                r#"{"accountEvent":{"eventId":"a1","teamId":"t1","occurredAt":"2026-04-01T00:00:00Z","planStarted":{"plan":"api_basic","bucketImages":"1500"}}}"#,
+                "multiple of 1,000",
+            ),
+            (
+                r#"{"accountEvent":{"eventId":"a1","teamId":"t1","occurredAt":"2026-04-01T00:00:00Z","planStarted":{"plan":"api_gold"}}}"#,
+                "unknown plan",
+            ),
+            ("{}", "LedgerInput has no event"),
+        ];
+        for (line, want) in cases {
+            let err = parse_json_line(line).unwrap_err().to_string();
+            assert!(err.contains(want), "{line}: {err}");
+        }
+        let long = format!(
+            r#"{{"imageProcessed":{{"eventId":"{}","teamId":"t1","occurredAt":"2026-04-01T00:00:01Z","api":"API_REMOVE_BACKGROUND","images":1}}}}"#,
+            "e".repeat(129)
+        );
+        assert!(parse_json_line(&long)
+            .unwrap_err()
+            .to_string()
+            .contains("more than 128"));
+    }
+}
