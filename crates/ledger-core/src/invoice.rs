@@ -243,6 +243,8 @@ pub struct Invoice {
     pub effective_cost_per_image: Option<String>,
     pub ledger: LedgerRef,
     #[serde(skip)]
+    pub period_start: DateTime<Utc>,
+    #[serde(skip)]
     pub total_exact: Decimal,
     #[serde(skip)]
     pub forfeited_exact: Decimal,
@@ -338,6 +340,7 @@ pub fn build(input: InvoiceInput<'_>) -> Invoice {
             last_seq,
             head_hash: String::new(),
         },
+        period_start: spec.start,
         total_exact: total,
         forfeited_exact: figures.forfeited(),
     }

@@ -1,1 +1,36 @@
-//! placeholder
+//! The immutable ledger on sled (pinned 0.34.7). The only crate that names sled.
+//!
+//! One tree, keys by prefix (see `keys`): per-team entry blocks chained by SHA-256, a
+//! permanent event-id index, projections (alerts, invoices), source offsets and the
+//! outbox. Each batch is one atomic `apply_batch` followed by `flush()`: nothing is
+//! acknowledged before it is durable.
+
+mod codec;
+mod keys;
+mod ledger;
+mod store;
+mod verify;
+
+pub use codec::{StoredEntry, FORMAT_VERSION};
+pub use ledger::{BatchReport, Ledger, Outcome, Source, Submission};
+pub use store::{OutboxMsg, ReplayReport, Store};
+pub use verify::{tamper_entry, VerifyReport};
+
+/// Storage failures. Any of these stops the writer: nothing more is acknowledged.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("io on {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("corrupt store: {0}")]
+    Corrupt(String),
+    #[error("ledger fold failed: {0}")]
+    Fault(#[from] ledger_core::team::Fault),
+    #[error("data dir was written by format version {found}, this build reads {expected}")]
+    Format { found: u8, expected: u8 },
+    #[error("catalog: {0}")]
+    Catalog(#[from] ledger_core::catalog::CatalogError),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

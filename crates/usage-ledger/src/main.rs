@@ -1,1 +1,110 @@
-fn main() {}
+//! `usage-ledger`: the command line. Parses arguments, sets up tracing, wires the
+//! store to the core, and turns every failure into one line and a non-zero exit.
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand, ValueEnum};
+
+mod commands;
+mod generate;
+mod import;
+
+#[derive(Debug, Parser)]
+#[command(name = "usage-ledger", version, about = "Event-sourced usage ledger: buckets, alerts and invoices from an immutable per-team ledger")]
+struct Cli {
+    /// Where the ledger lives.
+    #[arg(long, global = true, env = "USAGE_LEDGER_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    Json,
+    Csv,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Append events from a JSONL file (`-` = stdin) exactly as the consumer would.
+    Import {
+        file: PathBuf,
+        /// Events per atomic, flushed batch.
+        #[arg(long, default_value_t = 8192)]
+        batch_events_max: usize,
+    },
+    /// Close every cycle whose end + grace ≤ the instant.
+    Close {
+        #[arg(long)]
+        until: DateTime<Utc>,
+    },
+    /// The team's invoices, oldest first.
+    Invoices {
+        #[arg(long)]
+        team: String,
+        #[arg(long, value_enum, default_value = "json")]
+        format: Format,
+        /// Also show the open cycle's invoice as it stands (status "draft").
+        #[arg(long)]
+        draft: bool,
+    },
+    /// Allowances, consumed and remaining in the cycle at an instant (default: the team's clock).
+    Balance {
+        #[arg(long)]
+        team: String,
+        #[arg(long)]
+        at: Option<DateTime<Utc>>,
+    },
+    /// Alerts raised for the team, oldest first (JSON array).
+    Alerts {
+        #[arg(long)]
+        team: String,
+    },
+    /// Rebuild every projection from the ledger alone and print a digest of all invoices.
+    Replay,
+    /// Check every team's hash chain, head and the event-id index.
+    Verify,
+    /// Write a deterministic synthetic JSONL workload (load tests, benchmarks).
+    Generate {
+        #[arg(long, default_value_t = 1000)]
+        teams: u32,
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Output file (`-` = stdout).
+        #[arg(long, default_value = "-")]
+        out: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("USAGE_LEDGER_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let dir = cli.data_dir;
+    match cli.command {
+        Command::Import { file, batch_events_max } => import::run(&dir, &file, batch_events_max),
+        Command::Close { until } => commands::close(&dir, until),
+        Command::Invoices { team, format, draft } => commands::invoices(&dir, &team, matches!(format, Format::Csv), draft),
+        Command::Balance { team, at } => commands::balance(&dir, &team, at),
+        Command::Alerts { team } => commands::alerts(&dir, &team),
+        Command::Replay => commands::replay(&dir),
+        Command::Verify => commands::verify(&dir),
+        Command::Generate { teams, events, seed, out } => generate::run(teams, events, seed, &out),
+    }
+}

@@ -1,0 +1,306 @@
+//! The write path: validated events in, one atomic sled batch out, flushed before the
+//! caller may acknowledge anything.
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash as _, Hasher};
+
+use chrono::{DateTime, Utc};
+use ledger_core::team::{Applied, Reject, RefundLookup};
+use ledger_core::{AccountChange, Catalog, Entry, Event, EventId, RefundTarget, Team, TeamId};
+use tracing::{debug, info};
+
+use crate::codec::{self, Hash, ImageSummary, IndexRec, StoredEntry};
+use crate::keys;
+use crate::store::{OutboxMsg, Store};
+use crate::{Error, Result};
+
+/// Where an event came from, for reports and dead letters (a file line, a Kafka offset).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// Offset key (`topic/partition`) whose position this batch records, if any.
+    pub stream: Option<String>,
+    pub offset: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Submission {
+    pub event: Event,
+    pub source: Source,
+}
+
+/// What happened to one submitted event. A duplicate is an outcome, not an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Appended { seq: u64 },
+    /// Same id, same content: already in the ledger; a no-op.
+    Duplicate { seq: u64 },
+    /// Same id, other content: recorded as a conflict, changes nothing.
+    Conflict { team: String, seq: u64 },
+    Rejected(Reject),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchReport {
+    pub outcomes: Vec<Outcome>,
+    pub entries: u64,
+    pub alerts: u64,
+    pub invoices: u64,
+}
+
+#[derive(Clone, Copy)]
+struct Head {
+    seq: u64,
+    hash: Hash,
+}
+
+/// The writer: the store plus every team's folded state, rebuilt from the ledger on open.
+pub struct Ledger {
+    store: Store,
+    catalog: Catalog,
+    teams: HashMap<TeamId, Team>,
+    heads: HashMap<TeamId, Head>,
+    alert_counts: HashMap<TeamId, u64>,
+    /// Cheap filter in front of the on-disk index: hashes of every event id appended.
+    seen: HashSet<u64>,
+    next_outbox: u64,
+    conflicts: u64,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger").field("dir", &self.store.dir).field("teams", &self.teams.len()).finish()
+    }
+}
+
+fn id_hash(id: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    id.hash(&mut h);
+    h.finish()
+}
+
+/// Per-batch staging: what becomes one `apply_batch`.
+#[derive(Default)]
+struct Staged {
+    batch: sled::Batch,
+    blocks: Vec<(TeamId, u64, Vec<StoredEntry>)>,
+    block_of: HashMap<TeamId, usize>,
+    index: HashMap<EventId, IndexRec>,
+    report: BatchReport,
+}
+
+impl Ledger {
+    /// Opens the store and folds the whole ledger to rebuild every team's state.
+    pub fn open(store: Store) -> Result<Ledger> {
+        let catalog = store.catalog()?;
+        let started = std::time::Instant::now();
+        let mut seen = HashSet::new();
+        let mut alert_counts: HashMap<TeamId, u64> = HashMap::new();
+        let mut n = 0u64;
+        let folded = store.fold(&catalog, &[keys::ENTRY], |team, _, entry, effects| {
+            n += 1;
+            if let Some(id) = entry.event_id() {
+                seen.insert(id_hash(id.as_str()));
+            }
+            if !effects.alerts.is_empty() {
+                *alert_counts.entry(team.id().clone()).or_default() += effects.alerts.len() as u64;
+            }
+            Ok(())
+        })?;
+        let mut teams = HashMap::with_capacity(folded.len());
+        let mut heads = HashMap::with_capacity(folded.len());
+        for (id, (team, hash)) in folded {
+            heads.insert(id.clone(), Head { seq: team.last_seq(), hash });
+            teams.insert(id, team);
+        }
+        let next_outbox = match store.tree.scan_prefix([keys::OUTBOX]).keys().next_back() {
+            Some(k) => u64::from_be_bytes(k?[1..].try_into().map_err(|_| Error::Corrupt("outbox key".into()))?) + 1,
+            None => 0,
+        };
+        info!(entries = n, teams = teams.len(), elapsed_ms = started.elapsed().as_millis() as u64, "Folded the ledger.");
+        Ok(Ledger { store, catalog, teams, heads, alert_counts, seen, next_outbox, conflicts: 0 })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub fn conflicts(&self) -> u64 {
+        self.conflicts
+    }
+
+    /// Appends a batch: dedup, validation and the core fold per event, then one atomic
+    /// write of entries, index, heads, projections, offsets and outbox, then `flush()`.
+    /// On `Err` nothing may be acknowledged and the writer must be dropped.
+    pub fn submit_batch(&mut self, submissions: Vec<Submission>) -> Result<BatchReport> {
+        let mut staged = Staged::default();
+        let mut offsets: HashMap<String, u64> = HashMap::new();
+        for sub in submissions {
+            if let Some(stream) = &sub.source.stream {
+                offsets.insert(stream.clone(), sub.source.offset + 1);
+            }
+            let outcome = self.submit_one(&mut staged, sub.event)?;
+            staged.report.outcomes.push(outcome);
+        }
+        for (stream, next) in offsets {
+            staged.batch.insert(keys::simple(keys::OFFSET, stream.as_bytes()), next.to_be_bytes().to_vec());
+        }
+        self.commit(staged)
+    }
+
+    /// Closes every cycle whose end + grace ≤ `until`, in one batch.
+    pub fn close_until(&mut self, until: DateTime<Utc>) -> Result<BatchReport> {
+        let mut staged = Staged::default();
+        let mut ids: Vec<TeamId> = self.teams.keys().cloned().collect();
+        ids.sort();
+        for id in ids {
+            let team = self.teams.get_mut(&id).expect("listed");
+            let applied = team.close_until(&self.catalog, until);
+            self.stage(&mut staged, &id, applied);
+        }
+        self.commit(staged)
+    }
+
+    fn submit_one(&mut self, staged: &mut Staged, event: Event) -> Result<Outcome> {
+        let fp = codec::fingerprint(&event);
+        if let Some(existing) = self.lookup(staged, event.event_id())? {
+            if existing.fingerprint == fp {
+                return Ok(Outcome::Duplicate { seq: existing.seq });
+            }
+            self.record_conflict(staged, &event, &existing);
+            return Ok(Outcome::Conflict { team: existing.team, seq: existing.seq });
+        }
+        let refund = match &event {
+            Event::Account(a) => match &a.change {
+                AccountChange::QualityRefund { original_event_id, .. } => Some(self.resolve_refund(staged, &a.team_id, original_event_id)?),
+                _ => None,
+            },
+            Event::Image(_) => None,
+        };
+        let team_id = event.team_id().clone();
+        let team = self.teams.entry(team_id.clone()).or_insert_with(|| Team::new(team_id.clone()));
+        match team.submit(&self.catalog, event, refund) {
+            Ok(applied) => {
+                let seq = applied.last().expect("an accepted event appends").seq;
+                self.stage_index(staged, &team_id, &applied, fp);
+                self.stage(staged, &team_id, applied);
+                Ok(Outcome::Appended { seq })
+            }
+            Err(reject) => Ok(Outcome::Rejected(reject)),
+        }
+    }
+
+    fn lookup(&self, staged: &Staged, id: &EventId) -> Result<Option<IndexRec>> {
+        if let Some(rec) = staged.index.get(id) {
+            return Ok(Some(rec.clone()));
+        }
+        if !self.seen.contains(&id_hash(id.as_str())) {
+            return Ok(None);
+        }
+        match self.store.tree.get(keys::simple(keys::INDEX, id.as_str().as_bytes()))? {
+            Some(raw) => Ok(Some(codec::decode(&raw, "index record")?)),
+            None => Ok(None),
+        }
+    }
+
+    fn resolve_refund(&self, staged: &Staged, team: &TeamId, original: &EventId) -> Result<RefundLookup> {
+        let Some(rec) = self.lookup(staged, original)? else { return Ok(RefundLookup::NotFound) };
+        if rec.team != team.as_str() {
+            return Ok(RefundLookup::OtherTeam(TeamId::new(rec.team).map_err(|e| Error::Corrupt(e.to_string()))?));
+        }
+        let Some(img) = rec.image else { return Ok(RefundLookup::NotFound) };
+        let occurred_at = DateTime::from_timestamp(img.seconds, img.nanos).ok_or_else(|| Error::Corrupt("index time".into()))?;
+        Ok(RefundLookup::Found(RefundTarget { seq: rec.seq, occurred_at, api: img.api, images: img.images, sandbox: img.sandbox }))
+    }
+
+    fn record_conflict(&mut self, staged: &mut Staged, event: &Event, existing: &IndexRec) {
+        self.conflicts += 1;
+        let team = event.team_id().as_str();
+        let mut key = keys::team_prefix(keys::CONFLICT, team);
+        key.extend_from_slice(event.event_id().as_str().as_bytes());
+        key.push(0);
+        key.extend_from_slice(&self.conflicts.to_be_bytes());
+        let record = serde_json::json!({
+            "event_id": event.event_id().as_str(),
+            "team_id": team,
+            "existing_team_id": existing.team,
+            "existing_seq": existing.seq,
+            "reason": "same event_id with different content",
+        });
+        staged.batch.insert(key, serde_json::to_vec(&record).expect("json"));
+        debug!(team_id = team, event_id = %event.event_id(), existing_seq = existing.seq, "Recorded a conflicting duplicate.");
+    }
+
+    fn stage_index(&mut self, staged: &mut Staged, team: &TeamId, applied: &[Applied], fp: [u8; 16]) {
+        let last = applied.last().expect("an accepted event appends");
+        let id = last.entry.event_id().expect("the event entry has an id").clone();
+        let image = match &last.entry {
+            Entry::Image(e) => Some(ImageSummary {
+                seconds: e.occurred_at.timestamp(),
+                nanos: e.occurred_at.timestamp_subsec_nanos(),
+                api: e.api,
+                images: e.images,
+                sandbox: e.sandbox,
+            }),
+            _ => None,
+        };
+        let rec = IndexRec { team: team.to_string(), seq: last.seq, fingerprint: fp, image };
+        staged.batch.insert(keys::simple(keys::INDEX, id.as_str().as_bytes()), codec::encode(&rec));
+        self.seen.insert(id_hash(id.as_str()));
+        staged.index.insert(id, rec);
+    }
+
+    /// Chains and stages entries, alerts and invoices one team produced.
+    fn stage(&mut self, staged: &mut Staged, team_id: &TeamId, applied: Vec<Applied>) {
+        if applied.is_empty() {
+            return;
+        }
+        let head = self.heads.entry(team_id.clone()).or_insert(Head { seq: 0, hash: [0; 32] });
+        let block = *staged.block_of.entry(team_id.clone()).or_insert_with(|| {
+            staged.blocks.push((team_id.clone(), head.seq + 1, Vec::new()));
+            staged.blocks.len() - 1
+        });
+        for a in applied {
+            assert_eq!(a.seq, head.seq + 1, "team {team_id}: entries are dense");
+            let body = codec::encode_entry(&a.entry);
+            let hash = codec::chain(&head.hash, a.seq, &body);
+            *head = Head { seq: a.seq, hash };
+            staged.blocks[block].2.push(StoredEntry { seq: a.seq, hash, body });
+            staged.report.entries += 1;
+            for alert in a.effects.alerts {
+                let n = self.alert_counts.entry(team_id.clone()).or_default();
+                let json = serde_json::to_string(&alert).expect("alert serializes");
+                staged.batch.insert(keys::team_key(keys::ALERT, team_id.as_str(), *n), json.as_bytes());
+                *n += 1;
+                staged.report.alerts += 1;
+                let msg = OutboxMsg { topic: "usage.alerts.v1".into(), key: team_id.to_string(), id: alert.alert_id, json };
+                staged.batch.insert(keys::outbox(self.next_outbox), codec::encode(&msg));
+                self.next_outbox += 1;
+            }
+            if let Some(mut invoice) = a.effects.invoice {
+                invoice.ledger.head_hash = hex::encode(hash);
+                let json = invoice.to_json();
+                let key = keys::time_key(keys::INVOICE, team_id.as_str(), invoice.period_start.timestamp());
+                staged.batch.insert(key, json.as_bytes());
+                staged.report.invoices += 1;
+                let id = format!("{}:{}", team_id, invoice.period.start);
+                let msg = OutboxMsg { topic: "billing.invoices.v1".into(), key: team_id.to_string(), id, json };
+                staged.batch.insert(keys::outbox(self.next_outbox), codec::encode(&msg));
+                self.next_outbox += 1;
+            }
+        }
+        staged.batch.insert(keys::simple(keys::HEAD, team_id.as_str().as_bytes()), codec::encode(&(head.seq, head.hash)));
+    }
+
+    fn commit(&mut self, mut staged: Staged) -> Result<BatchReport> {
+        for (team, first, entries) in std::mem::take(&mut staged.blocks) {
+            staged.batch.insert(keys::team_key(keys::ENTRY, team.as_str(), first), codec::encode_block(&entries));
+        }
+        self.store.tree.apply_batch(staged.batch)?;
+        self.store.db.flush()?;
+        Ok(staged.report)
+    }
+}

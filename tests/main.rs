@@ -1,0 +1,10 @@
+//! Integration tests: one crate, one binary, modules inside. Everything runs against
+//! real parts: sled on disk, the real `usage-ledger` binary, real process kills.
+//! Slow tests (the million-event run) run when `USAGE_LEDGER_SLOW=1`, which CI sets.
+
+mod cli;
+mod crash;
+mod properties;
+mod rules;
+mod scenarios;
+mod support;

@@ -1,0 +1,292 @@
+//! Every billing rule of billing.md as a table of small scenarios with hand-computed
+//! figures, run through the real import path into sled. One case = one `check`.
+use crate::support::{assert_text, run_scenario};
+
+fn check(script: &str, expected: &str) {
+    assert_text(&run_scenario(script), expected);
+}
+
+#[test]
+fn cycles_clamp_month_ends_from_the_original_anchor() {
+    check(
+        "start 01-31T10 api_basic 1000
+         close 06-02",
+        "invoice t1 2026-01-31 total=20.00 v=2026-01-01 | bucket_fee 1x20.00=20.00 | consumed=0.00 forfeited=20.00
+         invoice t1 2026-02-28 total=20.00 v=2026-01-01 | bucket_fee 1x20.00=20.00 | consumed=0.00 forfeited=20.00
+         invoice t1 2026-03-31 total=20.00 v=2026-01-01 | bucket_fee 1x20.00=20.00 | consumed=0.00 forfeited=20.00
+         invoice t1 2026-04-30 total=20.00 v=2026-01-01 | bucket_fee 1x20.00=20.00 | consumed=0.00 forfeited=20.00",
+    );
+}
+
+#[test]
+fn no_rollover_fee_each_cycle_and_overage_at_the_called_rate() {
+    check(
+        "start 04-01 api_basic 1000
+         rb 04-10 100
+         rb 05-10 1500
+         close 06-02",
+        "invoice t1 2026-04-01 total=20.00 v=2026-01-01 | bucket_fee 1x20.00=20.00 | consumed=2.00 forfeited=18.00
+         invoice t1 2026-05-01 total=30.00 v=2026-01-01 | bucket_fee 1x20.00=20.00, overage 500x0.02=10.00 | consumed=30.00 forfeited=0.00
+         alert t1 bucket g0 80% by x2
+         alert t1 bucket g0 100% by x2",
+    );
+}
+
+#[test]
+fn the_meter_follows_the_feature_called_not_the_plan() {
+    check(
+        "start 04-01 api_plus 1000
+         rb 04-02 100
+         ie 04-03 10
+         close 05-02",
+        "invoice t1 2026-04-01 total=100.00 v=2026-01-01 | bucket_fee 1x100.00=100.00 | consumed=3.00 forfeited=97.00",
+    );
+}
+
+#[test]
+fn a_jump_past_both_thresholds_raises_both_in_order() {
+    check(
+        "start 04-01 api_basic 1000
+         rb 04-02 700
+         rb 04-03 350
+         close 05-02",
+        "invoice t1 2026-04-01 total=21.00 v=2026-01-01 | bucket_fee 1x20.00=20.00, overage 50x0.02=1.00 | consumed=21.00 forfeited=0.00
+         alert t1 bucket g0 80% by x2
+         alert t1 bucket g0 100% by x2",
+    );
+}
+
+#[test]
+fn restart_prorated_upgrade_forfeits_the_old_bucket_and_fires_afresh() {
+    check(
+        "start 04-01 api_basic 1000
+         rb 04-05 900
+         change 04-16 api_basic 2000
+         rb 04-20 800
+         close 05-02",
+        "invoice t1 2026-04-01 total=40.00 v=2026-01-01 | bucket_fee 1x20.00=20.00, upgrade_charge 1x20.00=20.00 | consumed=34.00 forfeited=6.00
+         alert t1 bucket g0 80% by x1
+         alert t1 bucket g1 80% by x3",
+    );
+}
+
+#[test]
+fn difference_prorated_upgrade_grows_the_bucket_for_the_whole_cycle() {
+    check(
+        "start 04-01 api_basic 1000
+         rb 04-05 900
+         change 04-16 api_basic 2000 difference_prorated
+         rb 04-20 800
+         close 05-02",
+        "invoice t1 2026-04-01 total=30.00 v=2026-01-01 | bucket_fee 1x20.00=20.00, upgrade_charge 1x10.00=10.00 | consumed=34.00 forfeited=6.00
+         alert t1 bucket g0 80% by x1
+         alert t1 bucket g1 80% by x3",
+    );
+}
+
+#[test]
+fn a_downgrade_waits_for_the_next_cycle() {
+    check(
+        "start 04-01 api_basic 3000
+         change 04-10 api_basic 1000
+         rb 04-20 100
+         rb 05-05 100
+         close 06-02",
+        "invoice t1 2026-04-01 total=60.00 v=2026-01-01 | bucket_fee 1x60.00=60.00 | consumed=2.00 forfeited=58.00
+         invoice t1 2026-05-01 total=20.00 v=2026-01-01 | bucket_fee 1x20.00=20.00 | consumed=2.00 forfeited=18.00",
+    );
+}
+
+#[test]
+fn the_last_change_scheduled_before_a_cycle_wins() {
+    check(
+        "start 04-01 api_basic 3000
+         change 04-10 api_basic 2000
+         cancel 04-12
+         change 04-14 api_basic 1000
+         close 06-02",
+        "invoice t1 2026-04-01 total=60.00 v=2026-01-01 | bucket_fee 1x60.00=60.00 | consumed=0.00 forfeited=60.00
+         invoice t1 2026-05-01 total=20.00 v=2026-01-01 | bucket_fee 1x20.00=20.00 | consumed=0.00 forfeited=20.00",
+    );
+}
+
+#[test]
+fn cancel_ends_cycles_and_a_new_start_sets_a_new_anchor() {
+    check(
+        "start 04-01 api_basic 1000
+         cancel 04-10
+         rb 05-03 5 #gap
+         start 05-10 api_basic 1000
+         rb 05-12 10
+         close 06-12",
+        "invoice t1 2026-04-01 total=20.00 v=2026-01-01 | bucket_fee 1x20.00=20.00 | consumed=0.00 forfeited=20.00
+         invoice t1 2026-05-10 total=20.00 v=2026-01-01 | bucket_fee 1x20.00=20.00 | consumed=0.20 forfeited=19.80
+         unplanned t1 gap",
+    );
+}
+
+#[test]
+fn plan_changes_that_break_the_timeline_are_refused() {
+    check(
+        "start 04-01 api_basic 1000
+         start 04-05 api_plus 1000 #again
+         cancel 03-01 #early
+         close 05-02",
+        "reject again plan_rule
+         reject early plan_rule
+         invoice t1 2026-04-01 total=20.00 v=2026-01-01 | bucket_fee 1x20.00=20.00 | consumed=0.00 forfeited=20.00",
+    );
+}
+
+#[test]
+fn free_trial_2026_allowance_and_sandbox_cap_are_recorded_never_billed() {
+    check(
+        "start 04-01 api_free_trial
+         ie 04-02 2
+         rb 04-03 5
+         rb 04-04 1001 sandbox
+         close 05-02",
+        "invoice t1 2026-04-01 total=0.00 v=2026-01-01 | - | trial 0.30/0.20 over=0.10 sandbox=1001
+         alert t1 trial g0 80% by x1
+         alert t1 trial g0 100% by x1
+         alert t1 sandbox g0 80% by x3
+         alert t1 sandbox g0 100% by x3",
+    );
+}
+
+#[test]
+fn free_trial_2025_gives_200_basic_images() {
+    check(
+        "start 2025-06-01 api_free_trial
+         rb 2025-06-02 160
+         rb 2025-06-03 50
+         close 2025-07-02",
+        "invoice t1 2025-06-01 total=0.00 v=2025-02-27 | - | trial 4.20/4.00 over=0.20 sandbox=0
+         alert t1 trial g0 80% by x1
+         alert t1 trial g0 100% by x2",
+    );
+}
+
+#[test]
+fn partner_pays_its_rate_for_removal_and_plus_rate_for_editing() {
+    check(
+        "start 04-01 api_partner
+         rb 04-02 100000
+         ie 04-03 10
+         close 05-02",
+        "invoice t1 2026-04-01 total=1001.00 v=2026-01-01 | usage 100000x0.01=1000.00, usage 10x0.10=1.00
+         alert t1 commitment g0 80% by x1
+         alert t1 commitment g0 100% by x1",
+    );
+}
+
+#[test]
+fn refund_in_an_open_cycle_returns_value_to_the_bucket() {
+    check(
+        "start 04-01 api_basic 1000
+         rb 04-02 1000
+         ie 04-03 10 #e1
+         refund 04-04 e1
+         close 05-02",
+        "invoice t1 2026-04-01 total=20.00 v=2026-01-01 | bucket_fee 1x20.00=20.00 | consumed=20.00 forfeited=0.00 | refunded=10
+         alert t1 bucket g0 80% by x1
+         alert t1 bucket g0 100% by x1",
+    );
+}
+
+#[test]
+fn refund_after_close_is_a_credit_on_the_next_invoice() {
+    check(
+        "start 04-01 api_basic 1000
+         rb 04-02 10 #r1
+         close 05-02
+         refund 05-03 r1
+         close 06-02",
+        "invoice t1 2026-04-01 total=20.00 v=2026-01-01 | bucket_fee 1x20.00=20.00 | consumed=0.20 forfeited=19.80
+         invoice t1 2026-05-01 total=19.80 v=2026-01-01 | bucket_fee 1x20.00=20.00, refund_credit 10x-0.02=-0.20 (2026-04-01) | consumed=0.00 forfeited=20.00",
+    );
+}
+
+#[test]
+fn refunds_that_cannot_apply_are_refused_with_a_reason() {
+    check(
+        "start 04-01 api_basic 1000
+         @t2 start 04-01 api_basic 1000
+         rb 04-02 10 #mine
+         rb 04-02 10 sandbox #sb
+         refund 04-03 nope #r-unknown
+         @t2 refund 04-03 mine #r-other
+         refund 04-03 sb #r-sandbox
+         refund 04-04 mine #r-ok
+         refund 04-05 mine #r-again
+         @t3 start 04-01 api_free_trial
+         @t3 rb 04-02 1 #free
+         @t3 refund 04-03 free #r-free",
+        "reject r-unknown refund_unknown_event
+         reject r-other refund_other_team
+         reject r-sandbox refund_sandbox
+         reject r-again refund_repeated
+         reject r-free refund_unbilled",
+    );
+}
+
+#[test]
+fn late_usage_is_billed_on_the_next_invoice_tagged_with_its_period() {
+    check(
+        "start 04-01 api_basic 1000
+         rb 04-02 10
+         close 05-02
+         rb 04-20 50 #late
+         close 06-02",
+        "invoice t1 2026-04-01 total=20.00 v=2026-01-01 | bucket_fee 1x20.00=20.00 | consumed=0.20 forfeited=19.80
+         invoice t1 2026-05-01 total=21.00 v=2026-01-01 | bucket_fee 1x20.00=20.00, late_usage 50x0.02=1.00 (2026-04-01) | consumed=0.00 forfeited=20.00",
+    );
+}
+
+#[test]
+fn the_team_clock_closes_cycles_and_freezes_their_plan_history() {
+    check(
+        "start 04-01 api_basic 1000
+         rb 04-10 10
+         rb 05-01T02 10
+         change 04-20 api_basic 2000 #too-late",
+        "reject too-late late_account_change
+         invoice t1 2026-04-01 total=20.00 v=2026-01-01 | bucket_fee 1x20.00=20.00 | consumed=0.20 forfeited=19.80",
+    );
+}
+
+#[test]
+fn usage_that_arrives_before_its_plan_event_is_still_billed_by_time() {
+    check(
+        "rb 04-02 10
+         ie 04-03 1
+         start 04-01 api_basic 1000
+         close 05-02",
+        "invoice t1 2026-04-01 total=20.00 v=2026-01-01 | bucket_fee 1x20.00=20.00 | consumed=0.30 forfeited=19.70",
+    );
+}
+
+#[test]
+fn usage_with_no_plan_is_kept_and_reported_as_unplanned() {
+    check(
+        "rb 03-30 5 #early
+         start 04-01 api_basic 1000
+         close 05-02",
+        "invoice t1 2026-04-01 total=20.00 v=2026-01-01 | bucket_fee 1x20.00=20.00 | consumed=0.00 forfeited=20.00
+         unplanned t1 early",
+    );
+}
+
+#[test]
+fn a_repeated_event_is_a_no_op_and_a_reused_id_a_recorded_conflict() {
+    check(
+        "start 04-01 api_basic 1000
+         rb 04-02 10 #same
+         rb 04-02 10 #same
+         rb 04-02 11 #same
+         close 05-02",
+        "duplicate same
+         conflict same
+         invoice t1 2026-04-01 total=20.00 v=2026-01-01 | bucket_fee 1x20.00=20.00 | consumed=0.20 forfeited=19.80",
+    );
+}

@@ -1,0 +1,209 @@
+//! Shared helpers: run the binary, drive the ledger in-process from a tiny scenario
+//! language, and render outcomes as readable text to compare against.
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use chrono::{DateTime, Utc};
+use ledger_core::TeamId;
+use ledger_proto::parse_json_line;
+use ledger_store::{Ledger, Outcome, Source, Store, Submission};
+
+pub fn scenarios_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/scenarios")
+}
+
+pub fn slow_tests_enabled() -> bool {
+    std::env::var("USAGE_LEDGER_SLOW").is_ok_and(|v| v == "1")
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_usage-ledger"))
+}
+
+/// Runs `usage-ledger --data-dir DIR ARGS...` to completion.
+pub fn ul(dir: &Path, args: &[&str]) -> Run {
+    let out = bin()
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("the binary runs");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+pub fn ul_ok(dir: &Path, args: &[&str]) -> String {
+    let run = ul(dir, args);
+    assert_eq!(run.code, 0, "usage-ledger {args:?} failed: {}", run.stderr);
+    run.stdout
+}
+
+/// Expands a short time: `04-16` = 2026-04-16T00:00:00Z, `04-16T12` adds the hour,
+/// `2025-06-01` or a full RFC 3339 instant are taken as they are.
+pub fn time(s: &str) -> String {
+    if s.ends_with('Z') {
+        return s.to_string();
+    }
+    let (date, hour) = s.split_once('T').unwrap_or((s, "00"));
+    let date = if date.len() == 5 { format!("2026-{date}") } else { date.to_string() };
+    format!("{date}T{hour:0>2}:00:00Z")
+}
+
+/// Turns one scenario line into a JSONL line (or a `close` command).
+///
+/// ```text
+/// [@team] start|change AT PLAN [IMAGES] [POLICY] [#id]
+/// [@team] cancel AT [#id]
+/// [@team] rb|ie AT IMAGES [sandbox] [#id]          (remove background / image editing)
+/// [@team] refund AT ORIGINAL_ID [#id]
+/// close UNTIL
+/// ```
+pub enum Step {
+    Line(String),
+    Close(String),
+}
+
+pub fn step(n: usize, line: &str) -> Step {
+    let mut words: Vec<&str> = line.split_whitespace().collect();
+    let team = match words.first() {
+        Some(w) if w.starts_with('@') => words.remove(0).trim_start_matches('@').to_string(),
+        _ => "t1".to_string(),
+    };
+    let id = match words.last() {
+        Some(w) if w.starts_with('#') => words.pop().unwrap().trim_start_matches('#').to_string(),
+        _ => format!("x{n}"),
+    };
+    let at = time(words[1]);
+    let head = format!(r#""eventId":"{id}","teamId":"{team}","occurredAt":"{at}""#);
+    let plan = |w: &[&str]| {
+        let images = w.get(3).copied().unwrap_or("0");
+        let policy = w.get(4).map(|p| format!(r#","upgradePolicy":"{p}""#)).unwrap_or_default();
+        format!(r#"{{"plan":"{}","bucketImages":"{images}"{policy}}}"#, w[2])
+    };
+    let json = match words[0] {
+        "close" => return Step::Close(at),
+        "start" => format!(r#"{{"accountEvent":{{{head},"planStarted":{}}}}}"#, plan(&words)),
+        "change" => format!(r#"{{"accountEvent":{{{head},"planChanged":{}}}}}"#, plan(&words)),
+        "cancel" => format!(r#"{{"accountEvent":{{{head},"planCancelled":{{}}}}}}"#),
+        "refund" => format!(
+            r#"{{"accountEvent":{{{head},"qualityRefund":{{"originalEventId":"{}","reason":"test"}}}}}}"#,
+            words[2]
+        ),
+        api @ ("rb" | "ie") => {
+            let api = if api == "rb" { "API_REMOVE_BACKGROUND" } else { "API_IMAGE_EDITING" };
+            let sandbox = words.get(3) == Some(&"sandbox");
+            format!(r#"{{"imageProcessed":{{{head},"api":"{api}","images":{},"sandbox":{sandbox}}}}}"#, words[2])
+        }
+        other => panic!("unknown scenario word {other:?}"),
+    };
+    Step::Line(json)
+}
+
+/// Runs a scenario through the real import path into a sled store on disk and renders
+/// every outcome that is not a plain append, then each team's invoices, alerts and
+/// unplanned usage, one line each.
+pub fn run_scenario(script: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ledger = Ledger::open(Store::open(dir.path(), &ledger_core::Catalog::builtin()).unwrap()).unwrap();
+    let mut out = String::new();
+    let mut teams = std::collections::BTreeSet::new();
+    for (n, line) in script.lines().map(str::trim).filter(|l| !l.is_empty()).enumerate() {
+        match step(n, line) {
+            Step::Close(until) => {
+                ledger.close_until(until.parse::<DateTime<Utc>>().unwrap()).unwrap();
+            }
+            Step::Line(json) => {
+                let event = parse_json_line(&json).unwrap_or_else(|e| panic!("{line}: {e}"));
+                let id = event.event_id().to_string();
+                teams.insert(event.team_id().to_string());
+                let sub = Submission { event, source: Source { stream: None, offset: n as u64 } };
+                match &ledger.submit_batch(vec![sub]).unwrap().outcomes[0] {
+                    Outcome::Appended { .. } => {}
+                    Outcome::Duplicate { .. } => writeln!(out, "duplicate {id}").unwrap(),
+                    Outcome::Conflict { .. } => writeln!(out, "conflict {id}").unwrap(),
+                    Outcome::Rejected(r) => writeln!(out, "reject {id} {}", r.code).unwrap(),
+                }
+            }
+        }
+    }
+    let store = ledger.store().clone();
+    let catalog = store.catalog().unwrap();
+    for team in teams {
+        for invoice in store.invoices(&team).unwrap() {
+            out.push_str(&render_invoice(&invoice));
+        }
+        for alert in store.alerts(&team).unwrap() {
+            let a: serde_json::Value = serde_json::from_str(&alert).unwrap();
+            writeln!(
+                out,
+                "alert {team} {} g{} {}% by {}",
+                a["allowance"].as_str().unwrap(),
+                a["bucket_generation"],
+                a["threshold_percent"],
+                a["triggering_event_id"].as_str().unwrap()
+            )
+            .unwrap();
+        }
+        let mut state = store.load_team(&catalog, &TeamId::new(team.clone()).unwrap()).unwrap();
+        for u in state.balance(&catalog, None).exceptions.unplanned {
+            writeln!(out, "unplanned {team} {}", u.event_id).unwrap();
+        }
+    }
+    out
+}
+
+/// `invoice TEAM START total=T v=VERSION | kind amount, ... | forfeited=F` and, when
+/// present, the trial allowance and late/refund periods.
+pub fn render_invoice(json: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
+    let lines: Vec<String> = v["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let period = l.get("period").map(|p| format!(" ({})", &s(&p["start"])[..10])).unwrap_or_default();
+            format!("{} {}x{}={}{period}", s(&l["kind"]), s(&l["quantity"]), s(&l["unit_price"]), s(&l["amount"]))
+        })
+        .collect();
+    let mut out = format!(
+        "invoice {} {} total={} v={} | {}",
+        s(&v["team_id"]),
+        &s(&v["period"]["start"])[..10],
+        s(&v["total"]),
+        s(&v["price_book_version"]),
+        if lines.is_empty() { "-".to_string() } else { lines.join(", ") }
+    );
+    if let Some(b) = v.get("bucket") {
+        write!(out, " | consumed={} forfeited={}", s(&b["consumed"]), s(&b["forfeited"])).unwrap();
+    }
+    if let Some(a) = v.get("allowances").and_then(|a| a.as_array()) {
+        for a in a {
+            write!(out, " | {} {}/{} over={} sandbox={}", s(&a["allowance"]), s(&a["consumed"]), s(&a["value"]), s(&a["over_allowance"]), a["sandbox_images"]).unwrap();
+        }
+    }
+    let refunded = &v["usage"]["refunded_images"];
+    if refunded.as_u64() != Some(0) {
+        write!(out, " | refunded={refunded}").unwrap();
+    }
+    out.push('\n');
+    out
+}
+
+/// Asserts `actual` equals `expected` line by line, ignoring indentation.
+pub fn assert_text(actual: &str, expected: &str) {
+    let norm = |s: &str| s.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("\n");
+    let (a, e) = (norm(actual), norm(expected));
+    assert!(a == e, "\n--- expected\n{e}\n--- actual\n{a}\n");
+}
