@@ -25,6 +25,7 @@ pub enum Entry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefundTarget {
     pub seq: u64,
+    #[serde(with = "chrono::serde::ts_nanoseconds")]
     pub occurred_at: DateTime<Utc>,
     pub api: Api,
     pub images: u32,
@@ -33,9 +34,12 @@ pub struct RefundTarget {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CycleClosed {
+    #[serde(with = "chrono::serde::ts_nanoseconds")]
     pub period_start: DateTime<Utc>,
+    #[serde(with = "chrono::serde::ts_nanoseconds")]
     pub period_end: DateTime<Utc>,
     /// The clock instant that closed it (newest event time, or the operator's `--until`).
+    #[serde(with = "chrono::serde::ts_nanoseconds")]
     pub closed_by: DateTime<Utc>,
     pub total: Decimal,
     pub forfeited: Decimal,

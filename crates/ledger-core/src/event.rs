@@ -126,6 +126,7 @@ pub struct PlanTerms {
 pub struct ImageProcessed {
     pub event_id: EventId,
     pub team_id: TeamId,
+    #[serde(with = "chrono::serde::ts_nanoseconds")]
     pub occurred_at: DateTime<Utc>,
     pub api: Api,
     pub operations: Vec<String>,
@@ -169,6 +170,7 @@ impl AccountChange {
 pub struct AccountEvent {
     pub event_id: EventId,
     pub team_id: TeamId,
+    #[serde(with = "chrono::serde::ts_nanoseconds")]
     pub occurred_at: DateTime<Utc>,
     pub change: AccountChange,
 }

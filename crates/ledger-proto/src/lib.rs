@@ -34,7 +34,7 @@ pub enum Invalid {
     Id(#[from] IdError),
     #[error("{0} is missing")]
     Missing(&'static str),
-    #[error("occurred_at is out of range")]
+    #[error("occurred_at is out of range (years 2000 to 2199)")]
     BadTime,
     #[error("api is unspecified or unknown ({0})")]
     BadApi(i32),
@@ -117,7 +117,13 @@ impl WireEvent for Event {
 
 fn time_from_pb(ts: Option<Timestamp>) -> Result<DateTime<Utc>, Invalid> {
     let ts = ts.ok_or(Invalid::Missing("occurred_at"))?;
+    // The ledger stores instants as i64 nanoseconds; keep well inside that range.
+    const MIN: i64 = 946_684_800; // 2000-01-01T00:00:00Z
+    const MAX: i64 = 7_258_118_400; // 2200-01-01T00:00:00Z
     let nanos = u32::try_from(ts.nanos).map_err(|_| Invalid::BadTime)?;
+    if !(MIN..MAX).contains(&ts.seconds) || nanos >= 1_000_000_000 {
+        return Err(Invalid::BadTime);
+    }
     DateTime::from_timestamp(ts.seconds, nanos).ok_or(Invalid::BadTime)
 }
 
@@ -339,6 +345,7 @@ mod tests {
                 "unknown plan",
             ),
             ("{}", "LedgerInput has no event"),
+        (r#"{"imageProcessed":{"eventId":"e1","teamId":"t1","occurredAt":"1970-01-01T00:00:01Z","api":"API_REMOVE_BACKGROUND","images":1}}"#, "out of range"),
         ];
         for (line, want) in cases {
             let err = parse_json_line(line).unwrap_err().to_string();

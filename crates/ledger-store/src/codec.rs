@@ -1,7 +1,7 @@
 //! Versioned canonical encoding of entries and blocks, and the per-team hash chain.
 //! Entries are postcard-encoded core `Entry` values; the chain hashes exactly those
 //! bytes, so a changed byte anywhere breaks it at that entry.
-use ledger_core::{Api, Entry, Event};
+use ledger_core::{Entry, Event};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -61,23 +61,14 @@ pub fn fingerprint(event: &Event) -> [u8; 16] {
     digest[..16].try_into().expect("16 bytes")
 }
 
-/// What the event-id index keeps per event: where it is, what it was, and enough of an
-/// image event to resolve a refund without reading its block.
+/// One event of an index segment: which team's ledger holds it, at which sequence
+/// number, with which content fingerprint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexRec {
+    pub event_id: String,
     pub team: String,
     pub seq: u64,
     pub fingerprint: [u8; 16],
-    pub image: Option<ImageSummary>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImageSummary {
-    pub seconds: i64,
-    pub nanos: u32,
-    pub api: Api,
-    pub images: u32,
-    pub sandbox: bool,
 }
 
 pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {

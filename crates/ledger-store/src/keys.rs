@@ -4,8 +4,7 @@
 //! | prefix | key                               | value                         |
 //! |--------|-----------------------------------|-------------------------------|
 //! | `E`    | team 0 first_seq(u64 BE)          | block of entries (codec)      |
-//! | `H`    | team                              | head: last seq + hash         |
-//! | `I`    | event_id                          | index record (codec)          |
+//! | `I`    | batch number (u64 BE)             | index segment: the batch's events |
 //! | `A`    | team 0 n(u64 BE)                  | alert JSON                    |
 //! | `V`    | team 0 period_start(i64 BE, ^sign)| final invoice JSON            |
 //! | `X`    | n(u64 BE)                         | outbox message (codec)        |
@@ -14,7 +13,6 @@
 //! | `M`    | name                              | metadata (format, catalog)    |
 
 pub const ENTRY: u8 = b'E';
-pub const HEAD: u8 = b'H';
 pub const INDEX: u8 = b'I';
 pub const ALERT: u8 = b'A';
 pub const INVOICE: u8 = b'V';

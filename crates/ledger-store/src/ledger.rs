@@ -1,15 +1,14 @@
 //! The write path: validated events in, one atomic sled batch out, flushed before the
 //! caller may acknowledge anything.
-use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashMap, HashSet};
-use std::hash::{Hash as _, Hasher};
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use ledger_core::team::{Applied, Reject, RefundLookup};
 use ledger_core::{AccountChange, Catalog, Entry, Event, EventId, RefundTarget, Team, TeamId};
 use tracing::{debug, info};
 
-use crate::codec::{self, Hash, ImageSummary, IndexRec, StoredEntry};
+use crate::codec::{self, Hash, IndexRec, StoredEntry};
+use crate::index::{id_hash, Index};
 use crate::keys;
 use crate::store::{OutboxMsg, Store};
 use crate::{Error, Result};
@@ -60,8 +59,7 @@ pub struct Ledger {
     teams: HashMap<TeamId, Team>,
     heads: HashMap<TeamId, Head>,
     alert_counts: HashMap<TeamId, u64>,
-    /// Cheap filter in front of the on-disk index: hashes of every event id appended.
-    seen: HashSet<u64>,
+    index: Index,
     next_outbox: u64,
     conflicts: u64,
 }
@@ -72,10 +70,24 @@ impl std::fmt::Debug for Ledger {
     }
 }
 
-fn id_hash(id: &str) -> u64 {
-    let mut h = DefaultHasher::new();
-    id.hash(&mut h);
-    h.finish()
+/// An event already in the ledger (or earlier in this batch).
+#[derive(Clone)]
+struct Known {
+    team: TeamId,
+    seq: u64,
+    fingerprint: [u8; 16],
+    /// Set for image events: what a refund of it needs.
+    image: Option<RefundTarget>,
+}
+
+impl Known {
+    fn of(team: &TeamId, seq: u64, fingerprint: [u8; 16], entry: &Entry) -> Known {
+        let image = match entry {
+            Entry::Image(e) => Some(RefundTarget { seq, occurred_at: e.occurred_at, api: e.api, images: e.images, sandbox: e.sandbox }),
+            _ => None,
+        };
+        Known { team: team.clone(), seq, fingerprint, image }
+    }
 }
 
 /// Per-batch staging: what becomes one `apply_batch`.
@@ -84,7 +96,8 @@ struct Staged {
     batch: sled::Batch,
     blocks: Vec<(TeamId, u64, Vec<StoredEntry>)>,
     block_of: HashMap<TeamId, usize>,
-    index: HashMap<EventId, IndexRec>,
+    known: HashMap<EventId, Known>,
+    segment: Vec<IndexRec>,
     report: BatchReport,
 }
 
@@ -93,14 +106,12 @@ impl Ledger {
     pub fn open(store: Store) -> Result<Ledger> {
         let catalog = store.catalog()?;
         let started = std::time::Instant::now();
-        let mut seen = HashSet::new();
+        let index = Index::load(&store)?;
         let mut alert_counts: HashMap<TeamId, u64> = HashMap::new();
-        let mut n = 0u64;
+        let (mut n, mut events) = (0u64, 0u64);
         let folded = store.fold(&catalog, &[keys::ENTRY], |team, _, entry, effects| {
             n += 1;
-            if let Some(id) = entry.event_id() {
-                seen.insert(id_hash(id.as_str()));
-            }
+            events += u64::from(entry.event_id().is_some());
             if !effects.alerts.is_empty() {
                 *alert_counts.entry(team.id().clone()).or_default() += effects.alerts.len() as u64;
             }
@@ -116,8 +127,11 @@ impl Ledger {
             Some(k) => u64::from_be_bytes(k?[1..].try_into().map_err(|_| Error::Corrupt("outbox key".into()))?) + 1,
             None => 0,
         };
+        if events != index.len {
+            return Err(Error::Corrupt(format!("the ledger holds {events} events but the index {}; run verify", index.len)));
+        }
         info!(entries = n, teams = teams.len(), elapsed_ms = started.elapsed().as_millis() as u64, "Folded the ledger.");
-        Ok(Ledger { store, catalog, teams, heads, alert_counts, seen, next_outbox, conflicts: 0 })
+        Ok(Ledger { store, catalog, teams, heads, alert_counts, index, next_outbox, conflicts: 0 })
     }
 
     pub fn store(&self) -> &Store {
@@ -171,7 +185,7 @@ impl Ledger {
                 return Ok(Outcome::Duplicate { seq: existing.seq });
             }
             self.record_conflict(staged, &event, &existing);
-            return Ok(Outcome::Conflict { team: existing.team, seq: existing.seq });
+            return Ok(Outcome::Conflict { team: existing.team.to_string(), seq: existing.seq });
         }
         let refund = match &event {
             Event::Account(a) => match &a.change {
@@ -193,30 +207,37 @@ impl Ledger {
         }
     }
 
-    fn lookup(&self, staged: &Staged, id: &EventId) -> Result<Option<IndexRec>> {
-        if let Some(rec) = staged.index.get(id) {
-            return Ok(Some(rec.clone()));
+    /// Finds an event by id: this batch first, then the index, confirmed on the entry.
+    fn lookup(&self, staged: &Staged, id: &EventId) -> Result<Option<Known>> {
+        if let Some(known) = staged.known.get(id) {
+            return Ok(Some(known.clone()));
         }
-        if !self.seen.contains(&id_hash(id.as_str())) {
-            return Ok(None);
+        for loc in self.index.candidates(id_hash(id.as_str())) {
+            let team = self.index.team(loc.team);
+            let Some(entry) = self.store.read_entry(team.as_str(), loc.seq)? else {
+                // Appended earlier in this very batch (a 64-bit hash collision), or lost.
+                if staged.block_of.contains_key(team) {
+                    continue;
+                }
+                return Err(Error::Corrupt(format!("team {team} seq {}: indexed but not in the ledger", loc.seq)));
+            };
+            if entry.event_id() == Some(id) {
+                let event = entry.as_event().expect("indexed entries record events");
+                return Ok(Some(Known::of(team, loc.seq, codec::fingerprint(&event), &entry)));
+            }
         }
-        match self.store.tree.get(keys::simple(keys::INDEX, id.as_str().as_bytes()))? {
-            Some(raw) => Ok(Some(codec::decode(&raw, "index record")?)),
-            None => Ok(None),
-        }
+        Ok(None)
     }
 
     fn resolve_refund(&self, staged: &Staged, team: &TeamId, original: &EventId) -> Result<RefundLookup> {
-        let Some(rec) = self.lookup(staged, original)? else { return Ok(RefundLookup::NotFound) };
-        if rec.team != team.as_str() {
-            return Ok(RefundLookup::OtherTeam(TeamId::new(rec.team).map_err(|e| Error::Corrupt(e.to_string()))?));
+        let Some(known) = self.lookup(staged, original)? else { return Ok(RefundLookup::NotFound) };
+        if known.team != *team {
+            return Ok(RefundLookup::OtherTeam(known.team));
         }
-        let Some(img) = rec.image else { return Ok(RefundLookup::NotFound) };
-        let occurred_at = DateTime::from_timestamp(img.seconds, img.nanos).ok_or_else(|| Error::Corrupt("index time".into()))?;
-        Ok(RefundLookup::Found(RefundTarget { seq: rec.seq, occurred_at, api: img.api, images: img.images, sandbox: img.sandbox }))
+        Ok(known.image.map_or(RefundLookup::NotFound, RefundLookup::Found))
     }
 
-    fn record_conflict(&mut self, staged: &mut Staged, event: &Event, existing: &IndexRec) {
+    fn record_conflict(&mut self, staged: &mut Staged, event: &Event, existing: &Known) {
         self.conflicts += 1;
         let team = event.team_id().as_str();
         let mut key = keys::team_prefix(keys::CONFLICT, team);
@@ -226,7 +247,7 @@ impl Ledger {
         let record = serde_json::json!({
             "event_id": event.event_id().as_str(),
             "team_id": team,
-            "existing_team_id": existing.team,
+            "existing_team_id": existing.team.as_str(),
             "existing_seq": existing.seq,
             "reason": "same event_id with different content",
         });
@@ -237,20 +258,9 @@ impl Ledger {
     fn stage_index(&mut self, staged: &mut Staged, team: &TeamId, applied: &[Applied], fp: [u8; 16]) {
         let last = applied.last().expect("an accepted event appends");
         let id = last.entry.event_id().expect("the event entry has an id").clone();
-        let image = match &last.entry {
-            Entry::Image(e) => Some(ImageSummary {
-                seconds: e.occurred_at.timestamp(),
-                nanos: e.occurred_at.timestamp_subsec_nanos(),
-                api: e.api,
-                images: e.images,
-                sandbox: e.sandbox,
-            }),
-            _ => None,
-        };
-        let rec = IndexRec { team: team.to_string(), seq: last.seq, fingerprint: fp, image };
-        staged.batch.insert(keys::simple(keys::INDEX, id.as_str().as_bytes()), codec::encode(&rec));
-        self.seen.insert(id_hash(id.as_str()));
-        staged.index.insert(id, rec);
+        self.index.insert(id_hash(id.as_str()), team, last.seq);
+        staged.segment.push(IndexRec { event_id: id.to_string(), team: team.to_string(), seq: last.seq, fingerprint: fp });
+        staged.known.insert(id, Known::of(team, last.seq, fp, &last.entry));
     }
 
     /// Chains and stages entries, alerts and invoices one team produced.
@@ -292,12 +302,15 @@ impl Ledger {
                 self.next_outbox += 1;
             }
         }
-        staged.batch.insert(keys::simple(keys::HEAD, team_id.as_str().as_bytes()), codec::encode(&(head.seq, head.hash)));
     }
 
     fn commit(&mut self, mut staged: Staged) -> Result<BatchReport> {
         for (team, first, entries) in std::mem::take(&mut staged.blocks) {
             staged.batch.insert(keys::team_key(keys::ENTRY, team.as_str(), first), codec::encode_block(&entries));
+        }
+        if !staged.segment.is_empty() {
+            staged.batch.insert(keys::simple(keys::INDEX, &self.index.next_segment.to_be_bytes()), codec::encode(&staged.segment));
+            self.index.next_segment += 1;
         }
         self.store.tree.apply_batch(staged.batch)?;
         self.store.db.flush()?;

@@ -6,6 +6,7 @@
 //! acknowledged before it is durable.
 
 mod codec;
+mod index;
 mod keys;
 mod ledger;
 mod store;

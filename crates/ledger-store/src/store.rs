@@ -149,12 +149,17 @@ impl Store {
         Ok(())
     }
 
-    pub fn team_ids(&self) -> Result<Vec<String>> {
-        self.tree
-            .scan_prefix([keys::HEAD])
-            .keys()
-            .map(|k| Ok(String::from_utf8(k?[1..].to_vec()).map_err(|e| Error::Corrupt(e.to_string()))?))
-            .collect()
+    /// Reads entry `seq` of `team` from the block that holds it.
+    pub fn read_entry(&self, team: &str, seq: u64) -> Result<Option<Entry>> {
+        let upper = keys::team_key(keys::ENTRY, team, seq);
+        let lower = keys::team_prefix(keys::ENTRY, team);
+        let Some(kv) = self.tree.range(lower..=upper).next_back() else { return Ok(None) };
+        let (_, v) = kv?;
+        let entries = codec::decode_block(&v)?;
+        match entries.iter().find(|e| e.seq == seq) {
+            Some(stored) => Ok(Some(codec::decode_entry(&stored.body).map_err(|e| Error::Corrupt(format!("team {team} seq {seq}: {e}")))?)),
+            None => Ok(None),
+        }
     }
 
     /// Every team's entries in ledger order, chain-checked, as `(team, stored entries)`

@@ -57,46 +57,29 @@ impl Store {
             }
         }
         report.teams = chains.len() as u64;
-        self.verify_heads(&chains, &mut report)?;
         self.verify_index(&mut events, &mut report)?;
         Ok(report)
     }
 
-    fn verify_heads(&self, chains: &HashMap<String, (u64, Hash)>, report: &mut VerifyReport) -> Result<()> {
-        for kv in self.tree.scan_prefix([keys::HEAD]) {
-            let (k, v) = kv?;
-            let team = String::from_utf8_lossy(&k[1..]).to_string();
-            let head: (u64, Hash) = codec::decode(&v, "head")?;
-            match chains.get(&team) {
-                Some(chain) if *chain == head => {}
-                Some(chain) => report.faults.push(format!("team {team} seq {}: head says seq {} with another hash", chain.0, head.0)),
-                None => report.faults.push(format!("team {team} seq {}: head without entries", head.0)),
-            }
-        }
-        for team in chains.keys() {
-            if self.tree.get(keys::simple(keys::HEAD, team.as_bytes()))?.is_none() {
-                report.faults.push(format!("team {team}: entries without a head"));
-            }
-        }
-        Ok(())
-    }
-
+    /// Every index record points at an entry recording that event, and every event
+    /// entry is indexed exactly once.
     fn verify_index(&self, events: &mut HashMap<(String, u64), String>, report: &mut VerifyReport) -> Result<()> {
         for kv in self.tree.scan_prefix([keys::INDEX]) {
             let (k, v) = kv?;
-            report.index_records += 1;
-            let id = String::from_utf8_lossy(&k[1..]).to_string();
-            let rec: IndexRec = match codec::decode(&v, "index record") {
-                Ok(r) => r,
+            let segment: Vec<IndexRec> = match codec::decode(&v, "index segment") {
+                Ok(s) => s,
                 Err(e) => {
-                    report.faults.push(format!("event {id}: {e}"));
+                    report.faults.push(format!("index segment {}: {e}", hex::encode(&k[1..])));
                     continue;
                 }
             };
-            match events.remove(&(rec.team.clone(), rec.seq)) {
-                Some(found) if found == id => {}
-                Some(found) => report.faults.push(format!("team {} seq {}: index says event {id}, entry is {found}", rec.team, rec.seq)),
-                None => report.faults.push(format!("team {} seq {}: index points at event {id}, no such entry", rec.team, rec.seq)),
+            for rec in segment {
+                report.index_records += 1;
+                match events.remove(&(rec.team.clone(), rec.seq)) {
+                    Some(found) if found == rec.event_id => {}
+                    Some(found) => report.faults.push(format!("team {} seq {}: index says event {}, entry is {found}", rec.team, rec.seq, rec.event_id)),
+                    None => report.faults.push(format!("team {} seq {}: index points at event {}, no such entry (or indexed twice)", rec.team, rec.seq, rec.event_id)),
+                }
             }
         }
         let mut missing: Vec<_> = events.drain().collect();

@@ -40,6 +40,7 @@ pub fn run(teams: u32, events: u64, seed: u64, out: &Path) -> anyhow::Result<Exi
     let mut w = BufWriter::with_capacity(1 << 20, sink);
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let teams = teams.max(1);
+    let mut billed = vec![true; teams as usize];
     for t in 0..teams {
         let (plan, bucket) = match rng.below(10) {
             0..=4 => ("api_basic", (1 + rng.below(10)) * 1000),
@@ -47,6 +48,7 @@ pub fn run(teams: u32, events: u64, seed: u64, out: &Path) -> anyhow::Result<Exi
             8 => ("api_partner", 0),
             _ => ("api_free_trial", 0),
         };
+        billed[t as usize] = plan != "api_free_trial";
         writeln!(
             w,
             r#"{{"accountEvent":{{"eventId":"g{t}-start","teamId":"team-{t:04}","occurredAt":"{}","planStarted":{{"plan":"{plan}","bucketImages":"{bucket}"}}}}}}"#,
@@ -65,7 +67,8 @@ pub fn run(teams: u32, events: u64, seed: u64, out: &Path) -> anyhow::Result<Exi
             r#"{{"imageProcessed":{{"eventId":"e{n}","teamId":"team-{t:04}","occurredAt":"{}","api":"{api}","operations":["crop"],"images":{images},"sandbox":{sandbox},"requestId":"r{n}"}}}}"#,
             ts(at)
         )?;
-        if n % 50_000 == 49_999 {
+        // Now and then a money-back refund of a billed event.
+        if n % 50_000 == 49_999 && billed[t as usize] && !sandbox {
             writeln!(
                 w,
                 r#"{{"accountEvent":{{"eventId":"g-refund-{n}","teamId":"team-{t:04}","occurredAt":"{}","qualityRefund":{{"originalEventId":"e{n}","reason":"halo around hair"}}}}}}"#,

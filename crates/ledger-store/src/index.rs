@@ -1,0 +1,101 @@
+//! The event-id index. On disk: one immutable segment per batch (`I` + batch number),
+//! listing every event the batch appended. In memory: a compact map from a 64-bit hash
+//! of the id to where the event lives, about 28 bytes an event. A hash hit is confirmed
+//! against the entry itself, so a collision can never turn into a wrong dedup.
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, DefaultHasher, Hash, Hasher};
+
+use ledger_core::TeamId;
+
+use crate::codec::{self, IndexRec};
+use crate::keys;
+use crate::store::Store;
+use crate::{Error, Result};
+
+/// Keys are already hashes: pass them through.
+#[derive(Default)]
+pub(crate) struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, _: &[u8]) {
+        unreachable!("only u64 keys")
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type FastMap<V> = HashMap<u64, V, BuildHasherDefault<PassThrough>>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Loc {
+    pub team: u32,
+    pub seq: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Index {
+    teams: Vec<TeamId>,
+    team_no: HashMap<TeamId, u32>,
+    primary: FastMap<Loc>,
+    /// Further events whose id hash equals one in `primary` (rare).
+    overflow: FastMap<Vec<Loc>>,
+    pub next_segment: u64,
+    pub len: u64,
+}
+
+pub(crate) fn id_hash(id: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    id.hash(&mut h);
+    h.finish()
+}
+
+impl Index {
+    /// Loads every segment.
+    pub fn load(store: &Store) -> Result<Index> {
+        let mut index = Index::default();
+        for kv in store.tree.scan_prefix([keys::INDEX]) {
+            let (k, v) = kv?;
+            let n = u64::from_be_bytes(k[1..].try_into().map_err(|_| Error::Corrupt("index segment key".into()))?);
+            let segment: Vec<IndexRec> = codec::decode(&v, "index segment")?;
+            for rec in segment {
+                let team = TeamId::new(rec.team).map_err(|e| Error::Corrupt(format!("index segment {n}: {e}")))?;
+                index.insert(id_hash(&rec.event_id), &team, rec.seq);
+            }
+            index.next_segment = n + 1;
+        }
+        Ok(index)
+    }
+
+    pub fn team(&self, no: u32) -> &TeamId {
+        &self.teams[no as usize]
+    }
+
+    pub fn insert(&mut self, hash: u64, team: &TeamId, seq: u64) {
+        let no = match self.team_no.get(team) {
+            Some(no) => *no,
+            None => {
+                let no = self.teams.len() as u32;
+                self.teams.push(team.clone());
+                self.team_no.insert(team.clone(), no);
+                no
+            }
+        };
+        let loc = Loc { team: no, seq };
+        match self.primary.entry(hash) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(loc);
+            }
+            std::collections::hash_map::Entry::Occupied(_) => self.overflow.entry(hash).or_default().push(loc),
+        }
+        self.len += 1;
+    }
+
+    /// Where events whose id hashes to `hash` live (usually none, at most one).
+    pub fn candidates(&self, hash: u64) -> impl Iterator<Item = Loc> + '_ {
+        self.primary.get(&hash).copied().into_iter().chain(self.overflow.get(&hash).into_iter().flatten().copied())
+    }
+}
