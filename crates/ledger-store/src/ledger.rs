@@ -142,6 +142,11 @@ impl Ledger {
         &self.catalog
     }
 
+    /// Where an event is in the ledger, if it was appended.
+    pub fn find(&self, id: &EventId) -> Result<Option<(TeamId, u64)>> {
+        Ok(self.lookup(&Staged::default(), id)?.map(|k| (k.team, k.seq)))
+    }
+
     pub fn conflicts(&self) -> u64 {
         self.conflicts
     }

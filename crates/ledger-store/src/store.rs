@@ -47,13 +47,35 @@ fn fsync_dir(path: &Path) -> Result<()> {
     std::fs::File::open(path).and_then(|f| f.sync_all()).map_err(io(path))
 }
 
+/// Opens sled, waiting up to 3 s for the directory lock: a process that just exited
+/// (or sled's own I/O threads after a drop) can hold it for a moment.
+fn open_locked(dir: &Path) -> Result<sled::Db> {
+    let config = sled::Config::new().path(dir).cache_capacity(256 << 20).flush_every_ms(None);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        match config.open() {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                if std::time::Instant::now() > deadline {
+                    return Err(Error::Io { path: dir.display().to_string(), source: std::io::Error::other("the data dir is in use by another process") });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 impl Store {
     /// Opens (creating if needed) the data directory. On first creation the directory
     /// and its parent are fsynced, which sled 0.34.7 does not do itself.
     pub fn open(dir: &Path, catalog: &Catalog) -> Result<Store> {
         let created = !dir.join("db").exists();
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let db = sled::Config::new().path(dir).cache_capacity(256 << 20).open()?;
+        // No background flusher: every batch is flushed explicitly before it is
+        // acknowledged, and the flusher thread would hold the directory lock for up to
+        // its period after the handle is dropped.
+        let db = open_locked(dir)?;
         let tree = db.open_tree("ledger")?;
         if created {
             db.flush()?;

@@ -27,7 +27,7 @@ struct Tally {
     invoices: u64,
 }
 
-pub fn run(dir: &Path, file: &Path, batch_events_max: usize) -> anyhow::Result<ExitCode> {
+pub fn run(dir: &Path, file: &Path, batch_events_max: usize, report_acks: bool) -> anyhow::Result<ExitCode> {
     let (input, size): (Box<dyn Read + Send>, Option<u64>) = if file == Path::new("-") {
         (Box::new(std::io::stdin()), None)
     } else {
@@ -42,8 +42,12 @@ pub fn run(dir: &Path, file: &Path, batch_events_max: usize) -> anyhow::Result<E
     let reader = std::thread::spawn(move || parse_lines(input, batch_events_max.max(1), tx));
     let mut tally = Tally::default();
     for (parsed, bytes) in rx {
+        let last_line = parsed.last().map(|(n, _)| *n);
         submit(&mut ledger, parsed, &mut tally)?;
         progress.inc(bytes);
+        if let (true, Some(n)) = (report_acks, last_line) {
+            println!("ack {n}");
+        }
     }
     reader.join().expect("the parsing thread does not panic")?;
     progress.finish_and_clear();

@@ -37,8 +37,11 @@ enum Command {
     Import {
         file: PathBuf,
         /// Events per atomic, flushed batch.
-        #[arg(long, default_value_t = 8192)]
+        #[arg(long, default_value_t = 32768)]
         batch_events_max: usize,
+        /// Print `ack N` on stdout once every line up to N is durable (for tooling).
+        #[arg(long)]
+        report_acks: bool,
     },
     /// Close every cycle whose end + grace ≤ the instant.
     Close {
@@ -103,7 +106,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let dir = cli.data_dir;
     match cli.command {
-        Command::Import { file, batch_events_max } => import::run(&dir, &file, batch_events_max),
+        Command::Import { file, batch_events_max, report_acks } => import::run(&dir, &file, batch_events_max, report_acks),
         Command::Close { until } => commands::close(&dir, until),
         Command::Invoices { team, format, draft } => commands::invoices(&dir, &team, matches!(format, Format::Csv), draft),
         Command::Balance { team, at } => commands::balance(&dir, &team, at),
