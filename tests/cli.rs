@@ -1,1 +1,146 @@
-//! placeholder
+//! The command line as an operator meets it: bad input refused line by line with the
+//! rest imported, tampering caught by `verify`, replay digests stable across runs and
+//! stores, and one-line errors with a non-zero exit.
+use std::io::Write;
+use std::process::Stdio;
+
+use crate::support::{bin, scenarios_dir, slow_tests_enabled, ul, ul_ok};
+
+const GOOD_START: &str = r#"{"accountEvent":{"eventId":"a1","teamId":"t1","occurredAt":"2026-04-01T00:00:00Z","planStarted":{"plan":"api_basic","bucketImages":"1000"}}}"#;
+
+fn image(id: &str, extra: &str) -> String {
+    format!(
+        r#"{{"imageProcessed":{{"eventId":"{id}","teamId":"t1","occurredAt":"2026-04-02T00:00:00Z","api":"API_REMOVE_BACKGROUND","images":1{extra}}}}}"#
+    )
+}
+
+#[test]
+fn malformed_lines_are_refused_with_a_reason_and_the_rest_imported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let long_id = "x".repeat(129);
+    let lines = [
+        GOOD_START.to_string(),
+        image("ok-1", ""),
+        "{this is not json".to_string(),
+        image("bad-api", "").replace("API_REMOVE_BACKGROUND", "API_TELEPORT"),
+        image("zero", "").replace(r#""images":1"#, r#""images":0"#),
+        image("no-time", "").replace(r#""occurredAt":"2026-04-02T00:00:00Z","#, ""),
+        image(&long_id, ""),
+        image("ok-2", ""),
+    ];
+    let file = tmp.path().join("mixed.jsonl");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let dir = tmp.path().join("data");
+    let run = ul(&dir, &["import", file.to_str().unwrap()]);
+    assert_eq!(run.code, 2, "partial import exits 2: {}", run.stderr);
+    for (line, reason) in [
+        (3, "not valid JSON"),
+        (4, "unknown variant `API_TELEPORT`"),
+        (5, "images must be >= 1"),
+        (6, "occurred_at is missing"),
+        (7, "event_id is 129 bytes, more than 128"),
+    ] {
+        assert!(
+            run.stderr.contains(&format!("line {line}: ")) && run.stderr.contains(reason),
+            "line {line} ({reason}) in:\n{}",
+            run.stderr
+        );
+    }
+    assert!(run.stderr.lines().last().unwrap().starts_with("error: 5 of 8 lines were rejected"), "{}", run.stderr);
+    let balance: serde_json::Value = serde_json::from_str(&ul_ok(&dir, &["balance", "--team", "t1"])).unwrap();
+    assert_eq!(balance["allowances"][0]["consumed"], "0.04", "the two good image lines were imported");
+}
+
+#[test]
+fn rule_refusals_name_the_line_team_and_event() {
+    let tmp = tempfile::tempdir().unwrap();
+    let refund = r#"{"accountEvent":{"eventId":"r1","teamId":"t1","occurredAt":"2026-04-03T00:00:00Z","qualityRefund":{"originalEventId":"ghost"}}}"#;
+    let file = tmp.path().join("refund.jsonl");
+    std::fs::write(&file, format!("{GOOD_START}\n{refund}\n")).unwrap();
+    let run = ul(&tmp.path().join("data"), &["import", file.to_str().unwrap()]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("line 2 (team t1, event r1): refund_unknown_event: no image event ghost in the ledger"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn import_reads_stdin_and_prints_csv_invoices() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mut child = bin()
+        .arg("--data-dir")
+        .arg(&dir)
+        .args(["import", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(std::fs::read(scenarios_dir().join("E2.jsonl")).unwrap().as_slice()).unwrap();
+    assert!(child.wait().unwrap().success());
+    ul_ok(&dir, &["close", "--until", "2026-05-02T00:00:00Z"]);
+    let csv = ul_ok(&dir, &["invoices", "--team", "t1", "--format", "csv"]);
+    let rows: Vec<&str> = csv.lines().collect();
+    assert!(rows[0].starts_with("team_id,period_start,period_end,status,price_book_version,kind,"));
+    assert_eq!(
+        rows[1],
+        r#"t1,2026-04-01T00:00:00Z,2026-05-01T00:00:00Z,final,2026-01-01,bucket_fee,"Basic bucket, 2000 images",1,40.00,40.00,,"#
+    );
+    assert_eq!(rows[2], "t1,2026-04-01T00:00:00Z,2026-05-01T00:00:00Z,final,2026-01-01,total,,,,40.00,,");
+}
+
+#[test]
+fn verify_names_the_team_and_sequence_of_a_flipped_byte() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    ul_ok(&dir, &["import", scenarios_dir().join("E1.jsonl").to_str().unwrap()]);
+    assert!(ul_ok(&dir, &["verify"]).starts_with("ok: 1 teams, 1001 entries, 1001 index records"));
+    ledger_store::tamper_entry(&dir, "t1", 417).unwrap();
+    let run = ul(&dir, &["verify"]);
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("team t1 seq 417: hash chain broken"), "{}", run.stderr);
+    assert!(run.stderr.lines().last().unwrap().starts_with("error: "), "{}", run.stderr);
+    // A writer refuses a ledger whose chain is broken instead of building on it.
+    let again = ul(&dir, &["import", scenarios_dir().join("E1.jsonl").to_str().unwrap()]);
+    assert_eq!(again.code, 1);
+    assert!(again.stderr.contains("team t1 seq 417"), "{}", again.stderr);
+}
+
+#[test]
+fn errors_are_one_line_and_non_zero() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("nowhere");
+    for args in [vec!["invoices", "--team", "t1"], vec!["verify"], vec!["replay"]] {
+        let run = ul(&missing, &args);
+        assert_eq!(run.code, 1, "{args:?}");
+        assert_eq!(run.stderr.lines().count(), 1, "{args:?}: {}", run.stderr);
+        assert!(run.stderr.starts_with("error: no ledger at"), "{}", run.stderr);
+    }
+    let run = ul(&missing, &["import", "/no/such/file.jsonl"]);
+    assert_eq!((run.code, run.stderr.lines().count()), (1, 1), "{}", run.stderr);
+    let dir = tmp.path().join("data");
+    ul_ok(&dir, &["import", scenarios_dir().join("E7.jsonl").to_str().unwrap()]);
+    let run = ul(&dir, &["balance", "--team", "bad/team"]);
+    assert_eq!((run.code, run.stderr.lines().count()), (1, 1), "{}", run.stderr);
+    assert!(run.stderr.contains("character outside"), "{}", run.stderr);
+    assert_ne!(ul(&dir, &["close", "--until", "yesterday"]).code, 0);
+}
+
+#[test]
+fn replay_digest_is_stable_across_runs_and_stores() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("load.jsonl");
+    let (teams, events) = if slow_tests_enabled() { ("1000", "1000000") } else { ("100", "50000") };
+    ul_ok(tmp.path(), &["generate", "--teams", teams, "--events", events, "--out", file.to_str().unwrap()]);
+    let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
+    ul_ok(&one, &["import", file.to_str().unwrap()]);
+    ul_ok(&two, &["import", "--batch-events-max", "5000", file.to_str().unwrap()]);
+    let first = ul_ok(&one, &["replay"]);
+    assert!(first.starts_with("digest: ") && first.trim().len() == "digest: ".len() + 64, "{first}");
+    assert_eq!(ul_ok(&one, &["replay"]), first, "same digest twice");
+    assert_eq!(ul_ok(&two, &["replay"]), first, "same digest on a second store built from the same file");
+    let invoices = ul_ok(&one, &["invoices", "--team", "team-0001"]);
+    assert!(invoices.contains(r#""status": "final""#), "the generated May traffic closed April: {invoices}");
+}

@@ -73,7 +73,10 @@ fn kill_9_mid_import_loses_no_acknowledged_batch_and_applies_nothing_twice() {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("load.jsonl");
     let events = if slow_tests_enabled() { "120000" } else { "40000" };
-    ul_ok(tmp.path(), &["generate", "--teams", "40", "--events", events, "--seed", "7", "--out", file.to_str().unwrap()]);
+    ul_ok(
+        tmp.path(),
+        &["generate", "--teams", "40", "--events", events, "--seed", "7", "--out", file.to_str().unwrap()],
+    );
     let lines: Vec<String> = std::fs::read_to_string(&file).unwrap().lines().map(String::from).collect();
     let crashed = tmp.path().join("crashed");
     let kills = if slow_tests_enabled() { 20 } else { 10 };

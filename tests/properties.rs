@@ -82,7 +82,10 @@ fn import(ledger: &mut Ledger, lines: &[String]) -> Vec<Outcome> {
     let batch = lines
         .iter()
         .enumerate()
-        .map(|(n, l)| Submission { event: parse_json_line(l).unwrap(), source: Source { stream: None, offset: n as u64 } })
+        .map(|(n, l)| Submission {
+            event: parse_json_line(l).unwrap(),
+            source: Source { stream: None, offset: n as u64 },
+        })
         .collect();
     ledger.submit_batch(batch).unwrap().outcomes
 }
@@ -92,7 +95,9 @@ fn close(ledger: &mut Ledger) {
 }
 
 fn projections(store: &Store) -> Vec<String> {
-    (0..4).flat_map(|t| [store.invoices(&format!("t{t}")).unwrap(), store.alerts(&format!("t{t}")).unwrap()].concat()).collect()
+    (0..4)
+        .flat_map(|t| [store.invoices(&format!("t{t}")).unwrap(), store.alerts(&format!("t{t}")).unwrap()].concat())
+        .collect()
 }
 
 fn invoices_without_ledger_ref(store: &Store) -> Vec<serde_json::Value> {

@@ -30,7 +30,8 @@ fn scenario_file(name: &str, tmp: &Path) -> std::path::PathBuf {
     let needle = r#""bucketImages":"3000"}"#;
     assert!(e3.contains(needle), "E3 has its upgrade");
     let path = tmp.join("E3b.jsonl");
-    std::fs::write(&path, e3.replace(needle, r#""bucketImages":"3000","upgradePolicy":"difference_prorated"}"#)).unwrap();
+    std::fs::write(&path, e3.replace(needle, r#""bucketImages":"3000","upgradePolicy":"difference_prorated"}"#))
+        .unwrap();
     path
 }
 
@@ -63,8 +64,12 @@ fn worked_examples_give_finance_totals() {
         assert_eq!(invoice["effective_cost_per_image"], effective, "{name}");
         assert_eq!(invoice["status"], "final", "{name}");
         assert_eq!(invoice["currency"], "USD", "{name}");
-        let lines_sum: rust_decimal::Decimal =
-            invoice["lines"].as_array().unwrap().iter().map(|l| l["amount"].as_str().unwrap().parse::<rust_decimal::Decimal>().unwrap()).sum();
+        let lines_sum: rust_decimal::Decimal = invoice["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["amount"].as_str().unwrap().parse::<rust_decimal::Decimal>().unwrap())
+            .sum();
         assert_eq!(lines_sum.to_string(), total, "{name}: total is the sum of its lines");
     }
 }

@@ -29,13 +29,7 @@ pub fn bin() -> Command {
 
 /// Runs `usage-ledger --data-dir DIR ARGS...` to completion.
 pub fn ul(dir: &Path, args: &[&str]) -> Run {
-    let out = bin()
-        .arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("the binary runs");
+    let out = bin().arg("--data-dir").arg(dir).args(args).stdin(Stdio::null()).output().expect("the binary runs");
     Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -190,7 +184,16 @@ pub fn render_invoice(json: &str) -> String {
     }
     if let Some(a) = v.get("allowances").and_then(|a| a.as_array()) {
         for a in a {
-            write!(out, " | {} {}/{} over={} sandbox={}", s(&a["allowance"]), s(&a["consumed"]), s(&a["value"]), s(&a["over_allowance"]), a["sandbox_images"]).unwrap();
+            write!(
+                out,
+                " | {} {}/{} over={} sandbox={}",
+                s(&a["allowance"]),
+                s(&a["consumed"]),
+                s(&a["value"]),
+                s(&a["over_allowance"]),
+                a["sandbox_images"]
+            )
+            .unwrap();
         }
     }
     let refunded = &v["usage"]["refunded_images"];

@@ -51,31 +51,16 @@ pub struct Rates {
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum PlanRule {
     /// Prepaid bucket bought in steps of `step_images` images of the plan's own API.
-    Bucket {
-        api: Api,
-        label: String,
-        step_images: u64,
-        step_price: Decimal,
-    },
+    Bucket { api: Api, label: String, step_images: u64, step_price: Decimal },
     /// A free monthly allowance of `allowance_images` images of `api`, valued at its rate.
-    Trial {
-        api: Api,
-        label: String,
-        allowance_images: u64,
-        sandbox_images: Option<u64>,
-    },
+    Trial { api: Api, label: String, allowance_images: u64, sandbox_images: Option<u64> },
     /// Background removal at a partner rate with a monthly commitment in images.
-    Partner {
-        label: String,
-        remove_background_rate: Decimal,
-        commitment_images: u64,
-    },
+    Partner { label: String, remove_background_rate: Decimal, commitment_images: u64 },
 }
 
 impl Catalog {
     pub fn from_toml(text: &str) -> Result<Catalog, CatalogError> {
-        let catalog: Catalog =
-            toml::from_str(text).map_err(|e| CatalogError::Parse(e.to_string()))?;
+        let catalog: Catalog = toml::from_str(text).map_err(|e| CatalogError::Parse(e.to_string()))?;
         catalog.validate()?;
         Ok(catalog)
     }
@@ -89,50 +74,30 @@ impl Catalog {
             return Err(CatalogError::Empty);
         }
         for (i, v) in self.versions.iter().enumerate() {
-            let bad = |reason: &str| CatalogError::Invalid {
-                id: v.id.clone(),
-                reason: reason.to_string(),
-            };
+            let bad = |reason: &str| CatalogError::Invalid { id: v.id.clone(), reason: reason.to_string() };
             if i > 0 && self.versions[i - 1].effective_from >= v.effective_from {
-                return Err(bad(
-                    "versions must be in strictly increasing effective_from order",
-                ));
+                return Err(bad("versions must be in strictly increasing effective_from order"));
             }
-            if v.alert_thresholds.is_empty() || v.alert_thresholds.windows(2).any(|w| w[0] >= w[1])
-            {
-                return Err(bad(
-                    "alert_thresholds must be non-empty and strictly ascending",
-                ));
+            if v.alert_thresholds.is_empty() || v.alert_thresholds.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(bad("alert_thresholds must be non-empty and strictly ascending"));
             }
-            if v.rates.remove_background <= Decimal::ZERO || v.rates.image_editing <= Decimal::ZERO
-            {
+            if v.rates.remove_background <= Decimal::ZERO || v.rates.image_editing <= Decimal::ZERO {
                 return Err(bad("rates must be positive"));
             }
             for (name, rule) in &v.plans {
-                let plan =
-                    Plan::from_key(name).ok_or_else(|| bad(&format!("unknown plan {name}")))?;
+                let plan = Plan::from_key(name).ok_or_else(|| bad(&format!("unknown plan {name}")))?;
                 match rule {
-                    PlanRule::Bucket {
-                        step_images,
-                        step_price,
-                        api,
-                        ..
-                    } => {
-                        if !plan.has_bucket()
-                            || *step_images == 0
-                            || *step_price <= Decimal::ZERO
-                            || api.is_app()
-                        {
-                            return Err(bad(&format!("plan {name}: bucket needs a bucket plan, an API and positive steps")));
-                        }
+                    PlanRule::Bucket { step_images, step_price, api, .. }
+                        if !plan.has_bucket() || *step_images == 0 || *step_price <= Decimal::ZERO || api.is_app() =>
+                    {
+                        return Err(bad(&format!(
+                            "plan {name}: bucket needs a bucket plan, an API and positive steps"
+                        )));
                     }
                     PlanRule::Trial { api, .. } if api.is_app() => {
                         return Err(bad(&format!("plan {name}: trial allowance must be an API")));
                     }
-                    PlanRule::Partner {
-                        remove_background_rate,
-                        ..
-                    } if *remove_background_rate <= Decimal::ZERO => {
+                    PlanRule::Partner { remove_background_rate, .. } if *remove_background_rate <= Decimal::ZERO => {
                         return Err(bad(&format!("plan {name}: partner rate must be positive")));
                     }
                     _ => {}
@@ -170,13 +135,9 @@ impl Version {
     /// partner's own background-removal rate.
     pub fn rate_for(&self, terms: &PlanTerms, api: Api) -> Option<Decimal> {
         match (self.plan(terms.plan), api) {
-            (
-                Some(PlanRule::Partner {
-                    remove_background_rate,
-                    ..
-                }),
-                Api::RemoveBackground,
-            ) => Some(*remove_background_rate),
+            (Some(PlanRule::Partner { remove_background_rate, .. }), Api::RemoveBackground) => {
+                Some(*remove_background_rate)
+            }
             _ => self.rate(api),
         }
     }
@@ -184,11 +145,9 @@ impl Version {
     /// The prepaid price of `terms` for one cycle: what decides upgrade vs downgrade.
     pub fn price(&self, terms: &PlanTerms) -> Decimal {
         match self.plan(terms.plan) {
-            Some(PlanRule::Bucket {
-                step_images,
-                step_price,
-                ..
-            }) => *step_price * Decimal::from(terms.bucket_images / step_images),
+            Some(PlanRule::Bucket { step_images, step_price, .. }) => {
+                *step_price * Decimal::from(terms.bucket_images / step_images)
+            }
             _ => Decimal::ZERO,
         }
     }
@@ -201,46 +160,25 @@ mod tests {
     #[test]
     fn builtin_catalog_carries_the_seed_numbers() {
         let c = Catalog::builtin();
-        let v = c
-            .version_at("2025-06-01T00:00:00Z".parse().unwrap())
-            .unwrap();
+        let v = c.version_at("2025-06-01T00:00:00Z".parse().unwrap()).unwrap();
         assert_eq!(v.id, "2025-02-27");
         assert_eq!(v.rate(Api::RemoveBackground).unwrap().to_string(), "0.02");
-        let basic = PlanTerms {
-            plan: Plan::ApiBasic,
-            bucket_images: 3000,
-            upgrade_policy: None,
-        };
+        let basic = PlanTerms { plan: Plan::ApiBasic, bucket_images: 3000, upgrade_policy: None };
         assert_eq!(v.price(&basic).to_string(), "60.00");
-        let v26 = c
-            .version_at("2026-04-01T00:00:00Z".parse().unwrap())
-            .unwrap();
+        let v26 = c.version_at("2026-04-01T00:00:00Z".parse().unwrap()).unwrap();
         assert!(matches!(
             v26.plan(Plan::ApiFreeTrial),
-            Some(PlanRule::Trial {
-                allowance_images: 10,
-                sandbox_images: Some(1000),
-                ..
-            })
+            Some(PlanRule::Trial { allowance_images: 10, sandbox_images: Some(1000), .. })
         ));
-        assert!(c
-            .version_at("2025-01-01T00:00:00Z".parse().unwrap())
-            .is_none());
+        assert!(c.version_at("2025-01-01T00:00:00Z".parse().unwrap()).is_none());
     }
 
     #[test]
     fn invalid_catalogs_are_refused_with_a_reason() {
-        let broken = DEFAULT_TOML.replace(
-            "alert_thresholds = [80, 100]",
-            "alert_thresholds = [100, 80]",
-        );
+        let broken = DEFAULT_TOML.replace("alert_thresholds = [80, 100]", "alert_thresholds = [100, 80]");
         let err = Catalog::from_toml(&broken).unwrap_err();
         assert!(err.to_string().contains("strictly ascending"), "{err}");
-        let unknown =
-            DEFAULT_TOML.replacen("[versions.plans.api_basic]", "[versions.plans.api_gold]", 1);
-        assert!(Catalog::from_toml(&unknown)
-            .unwrap_err()
-            .to_string()
-            .contains("unknown plan api_gold"));
+        let unknown = DEFAULT_TOML.replacen("[versions.plans.api_basic]", "[versions.plans.api_gold]", 1);
+        assert!(Catalog::from_toml(&unknown).unwrap_err().to_string().contains("unknown plan api_gold"));
     }
 }

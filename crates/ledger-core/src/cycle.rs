@@ -4,11 +4,7 @@ use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use rust_decimal::Decimal;
 
 fn days_in_month(year: i32, month: u32) -> u32 {
-    let (ny, nm) = if month == 12 {
-        (year + 1, 1)
-    } else {
-        (year, month + 1)
-    };
+    let (ny, nm) = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
     let first_next = NaiveDate::from_ymd_opt(ny, nm, 1).expect("valid month");
     first_next.pred_opt().expect("has a previous day").day()
 }
@@ -19,17 +15,13 @@ pub fn cycle_start(anchor: DateTime<Utc>, k: u32) -> DateTime<Utc> {
     let year = anchor.year() + (months0 / 12) as i32;
     let month = (months0 % 12) as u32 + 1;
     let day = anchor.day().min(days_in_month(year, month));
-    NaiveDate::from_ymd_opt(year, month, day)
-        .expect("clamped day is valid")
-        .and_time(anchor.time())
-        .and_utc()
+    NaiveDate::from_ymd_opt(year, month, day).expect("clamped day is valid").and_time(anchor.time()).and_utc()
 }
 
 /// The index of the cycle containing `t` (`t >= anchor`).
 pub fn cycle_index_at(anchor: DateTime<Utc>, t: DateTime<Utc>) -> u32 {
     debug_assert!(t >= anchor);
-    let months =
-        (t.year() - anchor.year()) as i64 * 12 + t.month0() as i64 - anchor.month0() as i64;
+    let months = (t.year() - anchor.year()) as i64 * 12 + t.month0() as i64 - anchor.month0() as i64;
     let mut k = months.max(0) as u32;
     while k > 0 && cycle_start(anchor, k) > t {
         k -= 1;
@@ -44,8 +36,7 @@ pub fn cycle_index_at(anchor: DateTime<Utc>, t: DateTime<Utc>) -> u32 {
 pub fn fraction_left(start: DateTime<Utc>, end: DateTime<Utc>, t: DateTime<Utc>) -> Decimal {
     let nanos = |a: DateTime<Utc>, b: DateTime<Utc>| {
         let d = b - a;
-        Decimal::from(d.num_seconds()) * Decimal::from(1_000_000_000u64)
-            + Decimal::from(d.subsec_nanos())
+        Decimal::from(d.num_seconds()) * Decimal::from(1_000_000_000u64) + Decimal::from(d.subsec_nanos())
     };
     let total = nanos(start, end);
     if total.is_zero() {
@@ -76,10 +67,7 @@ mod tests {
                 "2026-05-31T10:00:00+00:00"
             ]
         );
-        assert_eq!(
-            cycle_start(t("2028-01-31T10:00:00Z"), 1),
-            t("2028-02-29T10:00:00Z")
-        );
+        assert_eq!(cycle_start(t("2028-01-31T10:00:00Z"), 1), t("2028-02-29T10:00:00Z"));
         assert_eq!(cycle_start(a, 12), t("2027-01-31T10:00:00Z"));
     }
 
@@ -95,11 +83,7 @@ mod tests {
 
     #[test]
     fn fraction_left_is_exact() {
-        let r = fraction_left(
-            t("2026-04-01T00:00:00Z"),
-            t("2026-05-01T00:00:00Z"),
-            t("2026-04-16T00:00:00Z"),
-        );
+        let r = fraction_left(t("2026-04-01T00:00:00Z"), t("2026-05-01T00:00:00Z"), t("2026-04-16T00:00:00Z"));
         assert_eq!(r.normalize().to_string(), "0.5");
     }
 }

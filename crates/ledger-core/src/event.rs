@@ -28,14 +28,7 @@ impl Api {
     }
 
     pub fn from_key(s: &str) -> Option<Api> {
-        [
-            Api::RemoveBackground,
-            Api::ImageEditing,
-            Api::AppExport,
-            Api::AppAi,
-        ]
-        .into_iter()
-        .find(|a| a.key() == s)
+        [Api::RemoveBackground, Api::ImageEditing, Api::AppExport, Api::AppAi].into_iter().find(|a| a.key() == s)
     }
 
     pub fn is_app(self) -> bool {
@@ -140,29 +133,15 @@ pub enum AccountChange {
     PlanStarted(PlanTerms),
     PlanChanged(PlanTerms),
     PlanCancelled,
-    QualityRefund {
-        original_event_id: EventId,
-        reason: String,
-    },
-    CreditsPurchased {
-        credits: u64,
-        amount: Decimal,
-    },
-    ContractSigned {
-        term_months: u32,
-        committed_images_per_year: u64,
-    },
+    QualityRefund { original_event_id: EventId, reason: String },
+    CreditsPurchased { credits: u64, amount: Decimal },
+    ContractSigned { term_months: u32, committed_images_per_year: u64 },
 }
 
 impl AccountChange {
     /// True for the changes that shape the plan timeline (start, change, cancel).
     pub fn is_plan_change(&self) -> bool {
-        matches!(
-            self,
-            AccountChange::PlanStarted(_)
-                | AccountChange::PlanChanged(_)
-                | AccountChange::PlanCancelled
-        )
+        matches!(self, AccountChange::PlanStarted(_) | AccountChange::PlanChanged(_) | AccountChange::PlanCancelled)
     }
 }
 

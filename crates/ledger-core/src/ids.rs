@@ -8,11 +8,7 @@ pub enum IdError {
     #[error("{what} is empty")]
     Empty { what: &'static str },
     #[error("{what} is {len} bytes, more than {max}")]
-    TooLong {
-        what: &'static str,
-        len: usize,
-        max: usize,
-    },
+    TooLong { what: &'static str, len: usize, max: usize },
     #[error("{what} has a character outside [A-Za-z0-9._:-] at byte {at}")]
     BadChar { what: &'static str, at: usize },
 }
@@ -22,16 +18,9 @@ fn check(what: &'static str, s: &str, max: usize) -> Result<(), IdError> {
         return Err(IdError::Empty { what });
     }
     if s.len() > max {
-        return Err(IdError::TooLong {
-            what,
-            len: s.len(),
-            max,
-        });
+        return Err(IdError::TooLong { what, len: s.len(), max });
     }
-    match s
-        .bytes()
-        .position(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-')))
-    {
+    match s.bytes().position(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))) {
         Some(at) => Err(IdError::BadChar { what, at }),
         None => Ok(()),
     }
@@ -95,18 +84,9 @@ mod tests {
     fn ids_accept_the_contract_alphabet_and_refuse_the_rest() {
         assert!(TeamId::new("team-1.eu:prod_2").is_ok());
         assert_eq!(TeamId::new(""), Err(IdError::Empty { what: "team_id" }));
-        assert_eq!(
-            TeamId::new("a/b"),
-            Err(IdError::BadChar {
-                what: "team_id",
-                at: 1
-            })
-        );
+        assert_eq!(TeamId::new("a/b"), Err(IdError::BadChar { what: "team_id", at: 1 }));
         assert!(TeamId::new("x".repeat(64)).is_ok());
-        assert!(matches!(
-            TeamId::new("x".repeat(65)),
-            Err(IdError::TooLong { len: 65, .. })
-        ));
+        assert!(matches!(TeamId::new("x".repeat(65)), Err(IdError::TooLong { len: 65, .. })));
         assert!(EventId::new("e".repeat(128)).is_ok());
         assert!(EventId::new("e".repeat(129)).is_err());
     }

@@ -70,8 +70,7 @@ impl GenFigures {
     }
 
     pub fn unused(&self) -> Decimal {
-        self.allowance_value()
-            .map_or(Decimal::ZERO, |v| v - self.covered)
+        self.allowance_value().map_or(Decimal::ZERO, |v| v - self.covered)
     }
 }
 
@@ -87,11 +86,7 @@ pub struct CycleFigures {
 impl CycleFigures {
     /// Unused bucket value forfeited at the cycle's end (no rollover).
     pub fn forfeited(&self) -> Decimal {
-        self.gens
-            .iter()
-            .filter(|g| matches!(g.allowance, Allowance::Bucket { .. }))
-            .map(GenFigures::unused)
-            .sum()
+        self.gens.iter().filter(|g| matches!(g.allowance, Allowance::Bucket { .. })).map(GenFigures::unused).sum()
     }
 }
 
@@ -130,10 +125,7 @@ pub fn figures(spec: &CycleSpec, version: &Version, records: &[&UsageRec]) -> Cy
             out.refunded_images += images;
             continue;
         }
-        let value = version
-            .rate_for(&g.terms, rec.api)
-            .expect("usage api has a rate")
-            * Decimal::from(rec.images);
+        let value = version.rate_for(&g.terms, rec.api).expect("usage api has a rate") * Decimal::from(rec.images);
         out.billable_images += images;
         let api = out.by_api.entry(rec.api).or_default();
         api.0 += images;
@@ -161,10 +153,7 @@ pub struct Period {
 
 impl Period {
     pub fn new(start: DateTime<Utc>, end: DateTime<Utc>) -> Period {
-        Period {
-            start: fmt_time(start),
-            end: fmt_time(end),
-        }
+        Period { start: fmt_time(start), end: fmt_time(end) }
     }
 }
 
@@ -268,16 +257,7 @@ pub struct InvoiceInput<'a> {
 }
 
 pub fn build(input: InvoiceInput<'_>) -> Invoice {
-    let InvoiceInput {
-        team_id,
-        spec,
-        version,
-        figures,
-        carry,
-        draft,
-        first_seq,
-        last_seq,
-    } = input;
+    let InvoiceInput { team_id, spec, version, figures, carry, draft, first_seq, last_seq } = input;
     let mut lines: Vec<Line> = spec
         .charges
         .iter()
@@ -295,10 +275,7 @@ pub fn build(input: InvoiceInput<'_>) -> Invoice {
         .collect();
     lines.extend(usage_lines(figures, version));
     lines.extend(carry_lines(carry));
-    let total: Decimal = lines
-        .iter()
-        .map(|l| l.amount.parse::<Decimal>().expect("amount parses"))
-        .sum();
+    let total: Decimal = lines.iter().map(|l| l.amount.parse::<Decimal>().expect("amount parses")).sum();
     let effective = (figures.billable_images > 0).then(|| {
         let mut e = (total / Decimal::from(figures.billable_images))
             .round_dp_with_strategy(4, RoundingStrategy::MidpointAwayFromZero);
@@ -322,24 +299,14 @@ pub fn build(input: InvoiceInput<'_>) -> Invoice {
                 .into_iter()
                 .map(|api| {
                     let (images, value) = figures.by_api.get(&api).copied().unwrap_or_default();
-                    (
-                        api.key(),
-                        ApiUsage {
-                            images,
-                            value: fmt_exact(value),
-                        },
-                    )
+                    (api.key(), ApiUsage { images, value: fmt_exact(value) })
                 })
                 .collect(),
         },
         bucket: bucket_summary(figures, version),
         allowances: allowance_summaries(figures),
         effective_cost_per_image: effective,
-        ledger: LedgerRef {
-            first_seq,
-            last_seq,
-            head_hash: String::new(),
-        },
+        ledger: LedgerRef { first_seq, last_seq, head_hash: String::new() },
         period_start: spec.start,
         total_exact: total,
         forfeited_exact: figures.forfeited(),
@@ -371,10 +338,7 @@ fn usage_lines(figures: &CycleFigures, version: &Version) -> Vec<Line> {
                 }
             }
             Allowance::Trial { .. } => {}
-            Allowance::Partner {
-                commitment_images,
-                rate,
-            } => {
+            Allowance::Partner { commitment_images, rate } => {
                 for (api, (images, _)) in &figures.by_api {
                     let r = version.rate_for(&g.terms, *api).expect("api has a rate");
                     partner.insert(*api, (*images, r));
@@ -420,22 +384,20 @@ fn usage_lines(figures: &CycleFigures, version: &Version) -> Vec<Line> {
     lines
 }
 
+/// Carried lines group by kind, period, API and rate.
+type CarryKey = (CarryKind, DateTime<Utc>, DateTime<Utc>, Api, Decimal);
+
 fn carry_lines(carry: &[CarryLine]) -> Vec<Line> {
-    let mut grouped: BTreeMap<(CarryKind, DateTime<Utc>, DateTime<Utc>, Api, Decimal), u64> =
-        BTreeMap::new();
+    let mut grouped: BTreeMap<CarryKey, u64> = BTreeMap::new();
     for c in carry {
-        *grouped
-            .entry((c.kind, c.period_start, c.period_end, c.api, c.rate))
-            .or_default() += c.images;
+        *grouped.entry((c.kind, c.period_start, c.period_end, c.api, c.rate)).or_default() += c.images;
     }
     grouped
         .into_iter()
         .map(|((kind, start, end, api, rate), images)| {
             let (kind, sign, what) = match kind {
                 CarryKind::LateUsage => ("late_usage", Decimal::ONE, "late usage"),
-                CarryKind::RefundCredit => {
-                    ("refund_credit", Decimal::NEGATIVE_ONE, "money-back refund")
-                }
+                CarryKind::RefundCredit => ("refund_credit", Decimal::NEGATIVE_ONE, "money-back refund"),
             };
             Line {
                 kind,
@@ -459,11 +421,8 @@ fn api_label(api: Api) -> &'static str {
 }
 
 fn bucket_summary(figures: &CycleFigures, version: &Version) -> Option<BucketSummary> {
-    let buckets: Vec<&GenFigures> = figures
-        .gens
-        .iter()
-        .filter(|g| matches!(g.allowance, Allowance::Bucket { .. }))
-        .collect();
+    let buckets: Vec<&GenFigures> =
+        figures.gens.iter().filter(|g| matches!(g.allowance, Allowance::Bucket { .. })).collect();
     if buckets.is_empty() {
         return None;
     }
@@ -495,10 +454,7 @@ fn allowance_summaries(figures: &CycleFigures) -> Vec<AllowanceSummary> {
         .gens
         .iter()
         .filter_map(|g| match g.allowance {
-            Allowance::Trial {
-                value,
-                sandbox_images,
-            } => Some(AllowanceSummary {
+            Allowance::Trial { value, sandbox_images } => Some(AllowanceSummary {
                 allowance: "trial",
                 value: fmt_exact(value),
                 consumed: fmt_exact(g.consumed),

@@ -15,15 +15,9 @@ pub enum Allowance {
     /// Prepaid value, drawn down at the called API's rate; usage beyond it is overage.
     Bucket { value: Decimal },
     /// A free allowance valued at list rates; usage past it is recorded, never billed.
-    Trial {
-        value: Decimal,
-        sandbox_images: Option<u64>,
-    },
+    Trial { value: Decimal, sandbox_images: Option<u64> },
     /// Usage billed as it comes, with a monthly commitment in background-removal images.
-    Partner {
-        commitment_images: u64,
-        rate: Decimal,
-    },
+    Partner { commitment_images: u64, rate: Decimal },
 }
 
 /// One bucket generation: the plan in force from `from` until the next one (or the
@@ -108,10 +102,7 @@ pub fn derive(
 ) -> Result<Vec<CycleSpec>, Violation> {
     let mut cycles = Vec::new();
     let mut active: Option<Active> = None;
-    let mut events = account
-        .iter()
-        .filter(|e| e.change.is_plan_change())
-        .peekable();
+    let mut events = account.iter().filter(|e| e.change.is_plan_change()).peekable();
     loop {
         let next_at = events.peek().map(|e| e.occurred_at);
         if let Some(a) = active.as_mut() {
@@ -121,14 +112,7 @@ pub fn derive(
                 let next_terms = match a.pending.take() {
                     Some(Pending::Cancel) => None,
                     Some(Pending::Change(terms)) => Some(terms),
-                    None => Some(
-                        a.cycle
-                            .gens
-                            .last()
-                            .expect("a cycle has a generation")
-                            .terms
-                            .clone(),
-                    ),
+                    None => Some(a.cycle.gens.last().expect("a cycle has a generation").terms.clone()),
                 };
                 let finished = std::mem::replace(&mut a.cycle, placeholder(boundary));
                 cycles.push(finished);
@@ -136,13 +120,7 @@ pub fn derive(
                     Some(terms) if !done => {
                         a.k += 1;
                         let start = cycle_start(a.anchor, a.k);
-                        a.cycle = open_cycle(
-                            catalog,
-                            start,
-                            cycle_start(a.anchor, a.k + 1),
-                            terms,
-                            &a.last_event,
-                        )?;
+                        a.cycle = open_cycle(catalog, start, cycle_start(a.anchor, a.k + 1), terms, &a.last_event)?;
                     }
                     _ => active = None,
                 }
@@ -159,38 +137,18 @@ pub fn derive(
 }
 
 fn placeholder(at: DateTime<Utc>) -> CycleSpec {
-    CycleSpec {
-        start: at,
-        end: at,
-        version_id: String::new(),
-        grace_seconds: 0,
-        gens: Vec::new(),
-        charges: Vec::new(),
-    }
+    CycleSpec { start: at, end: at, version_id: String::new(), grace_seconds: 0, gens: Vec::new(), charges: Vec::new() }
 }
 
-fn apply_change(
-    active: &mut Option<Active>,
-    e: &AccountEvent,
-    catalog: &Catalog,
-) -> Result<(), Violation> {
-    let refuse = |reason: String| Violation {
-        event_id: e.event_id.clone(),
-        reason,
-    };
+fn apply_change(active: &mut Option<Active>, e: &AccountEvent, catalog: &Catalog) -> Result<(), Violation> {
+    let refuse = |reason: String| Violation { event_id: e.event_id.clone(), reason };
     match (&e.change, active.as_mut()) {
-        (AccountChange::PlanStarted(_), Some(_)) => Err(refuse(
-            "PlanStarted while a plan is active; use PlanChanged".into(),
-        )),
+        (AccountChange::PlanStarted(_), Some(_)) => {
+            Err(refuse("PlanStarted while a plan is active; use PlanChanged".into()))
+        }
         (AccountChange::PlanStarted(terms), None) => {
             let anchor = e.occurred_at;
-            let cycle = open_cycle(
-                catalog,
-                anchor,
-                cycle_start(anchor, 1),
-                terms.clone(),
-                &e.event_id,
-            )?;
+            let cycle = open_cycle(catalog, anchor, cycle_start(anchor, 1), terms.clone(), &e.event_id)?;
             *active = Some(Active {
                 anchor,
                 k: 0,
@@ -206,16 +164,11 @@ fn apply_change(
         }
         (AccountChange::PlanChanged(terms), Some(a)) => {
             a.last_event = e.event_id.clone();
-            let version = catalog
-                .version(&a.cycle.version_id)
-                .expect("cycle version exists");
+            let version = catalog.version(&a.cycle.version_id).expect("cycle version exists");
             check_plan(version, terms).map_err(refuse)?;
             let current = &a.cycle.gens.last().expect("a cycle has a generation").terms;
             if version.price(terms) > version.price(current) {
-                let policy = terms
-                    .upgrade_policy
-                    .or(a.policy)
-                    .unwrap_or(version.upgrade_policy);
+                let policy = terms.upgrade_policy.or(a.policy).unwrap_or(version.upgrade_policy);
                 upgrade(&mut a.cycle, version, terms.clone(), policy, e.occurred_at);
                 a.pending = None;
             } else {
@@ -234,18 +187,11 @@ fn apply_change(
 
 fn check_plan(version: &Version, terms: &PlanTerms) -> Result<(), String> {
     match version.plan(terms.plan) {
-        None => Err(format!(
-            "plan {} is not offered in catalog version {}",
-            terms.plan.key(),
-            version.id
-        )),
+        None => Err(format!("plan {} is not offered in catalog version {}", terms.plan.key(), version.id)),
         Some(PlanRule::Bucket { step_images, .. })
             if terms.bucket_images == 0 || terms.bucket_images % step_images != 0 =>
         {
-            Err(format!(
-                "bucket_images {} is not a positive multiple of {step_images}",
-                terms.bucket_images
-            ))
+            Err(format!("bucket_images {} is not a positive multiple of {step_images}", terms.bucket_images))
         }
         Some(_) => Ok(()),
     }
@@ -258,13 +204,9 @@ fn open_cycle(
     terms: PlanTerms,
     cause: &EventId,
 ) -> Result<CycleSpec, Violation> {
-    let refuse = |reason: String| Violation {
-        event_id: cause.clone(),
-        reason,
-    };
-    let version = catalog
-        .version_at(start)
-        .ok_or_else(|| refuse(format!("no catalog version is in force at {start}")))?;
+    let refuse = |reason: String| Violation { event_id: cause.clone(), reason };
+    let version =
+        catalog.version_at(start).ok_or_else(|| refuse(format!("no catalog version is in force at {start}")))?;
     check_plan(version, &terms).map_err(refuse)?;
     let price = version.price(&terms);
     let allowance = allowance(version, &terms, price);
@@ -272,11 +214,7 @@ fn open_cycle(
     if price > Decimal::ZERO {
         charges.push(Charge {
             kind: ChargeKind::BucketFee,
-            description: format!(
-                "{} bucket, {} images",
-                label(version, &terms),
-                terms.bucket_images
-            ),
+            description: format!("{} bucket, {} images", label(version, &terms), terms.bucket_images),
             amount: round_cents(price),
             fraction: Decimal::ONE,
         });
@@ -286,23 +224,16 @@ fn open_cycle(
         end,
         version_id: version.id.clone(),
         grace_seconds: version.grace_seconds,
-        gens: vec![Gen {
-            from: start,
-            number: 0,
-            terms,
-            allowance,
-        }],
+        gens: vec![Gen { from: start, number: 0, terms, allowance }],
         charges,
     })
 }
 
 fn label(version: &Version, terms: &PlanTerms) -> String {
     match version.plan(terms.plan) {
-        Some(
-            PlanRule::Bucket { label, .. }
-            | PlanRule::Trial { label, .. }
-            | PlanRule::Partner { label, .. },
-        ) => label.clone(),
+        Some(PlanRule::Bucket { label, .. } | PlanRule::Trial { label, .. } | PlanRule::Partner { label, .. }) => {
+            label.clone()
+        }
         None => terms.plan.key().to_string(),
     }
 }
@@ -310,43 +241,22 @@ fn label(version: &Version, terms: &PlanTerms) -> String {
 fn allowance(version: &Version, terms: &PlanTerms, value: Decimal) -> Allowance {
     match version.plan(terms.plan).expect("checked plan") {
         PlanRule::Bucket { .. } => Allowance::Bucket { value },
-        PlanRule::Trial {
-            api,
-            allowance_images,
-            sandbox_images,
-            ..
-        } => Allowance::Trial {
-            value: version.rate(*api).expect("trial api has a rate")
-                * Decimal::from(*allowance_images),
+        PlanRule::Trial { api, allowance_images, sandbox_images, .. } => Allowance::Trial {
+            value: version.rate(*api).expect("trial api has a rate") * Decimal::from(*allowance_images),
             sandbox_images: *sandbox_images,
         },
-        PlanRule::Partner {
-            commitment_images,
-            remove_background_rate,
-            ..
-        } => Allowance::Partner {
-            commitment_images: *commitment_images,
-            rate: *remove_background_rate,
-        },
+        PlanRule::Partner { commitment_images, remove_background_rate, .. } => {
+            Allowance::Partner { commitment_images: *commitment_images, rate: *remove_background_rate }
+        }
     }
 }
 
-fn upgrade(
-    cycle: &mut CycleSpec,
-    version: &Version,
-    terms: PlanTerms,
-    policy: UpgradePolicy,
-    at: DateTime<Utc>,
-) {
+fn upgrade(cycle: &mut CycleSpec, version: &Version, terms: PlanTerms, policy: UpgradePolicy, at: DateTime<Utc>) {
     let r = fraction_left(cycle.start, cycle.end, at);
     let new_price = version.price(&terms);
     let last = cycle.gens.last().expect("a cycle has a generation").clone();
     let number = last.number + 1;
-    let name = format!(
-        "{} bucket, {} images",
-        label(version, &terms),
-        terms.bucket_images
-    );
+    let name = format!("{} bucket, {} images", label(version, &terms), terms.bucket_images);
     match policy {
         UpgradePolicy::RestartProrated => {
             // The new bucket is worth exactly what was charged for it; the old one's
@@ -354,41 +264,25 @@ fn upgrade(
             let amount = round_cents(new_price * r);
             cycle.charges.push(Charge {
                 kind: ChargeKind::UpgradeCharge,
-                description: format!(
-                    "Upgrade to {name}, {} of the cycle left (restart_prorated)",
-                    r.normalize()
-                ),
+                description: format!("Upgrade to {name}, {} of the cycle left (restart_prorated)", r.normalize()),
                 amount,
                 fraction: r,
             });
             let allowance = allowance(version, &terms, amount);
-            cycle.gens.push(Gen {
-                from: at,
-                number,
-                terms,
-                allowance,
-            });
+            cycle.gens.push(Gen { from: at, number, terms, allowance });
         }
         UpgradePolicy::DifferenceProrated => {
             // The bucket becomes the new size for the whole cycle; usage so far counts.
             let amount = round_cents((new_price - version.price(&last.terms)) * r);
             cycle.charges.push(Charge {
                 kind: ChargeKind::UpgradeCharge,
-                description: format!(
-                    "Upgrade to {name}, {} of the cycle left (difference_prorated)",
-                    r.normalize()
-                ),
+                description: format!("Upgrade to {name}, {} of the cycle left (difference_prorated)", r.normalize()),
                 amount,
                 fraction: r,
             });
             let allowance = allowance(version, &terms, new_price);
             let gen = cycle.gens.last_mut().expect("a cycle has a generation");
-            *gen = Gen {
-                from: gen.from,
-                number,
-                terms,
-                allowance,
-            };
+            *gen = Gen { from: gen.from, number, terms, allowance };
         }
     }
 }

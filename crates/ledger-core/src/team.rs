@@ -11,9 +11,7 @@ use crate::catalog::Catalog;
 use crate::entry::{CycleClosed, Entry, RefundTarget};
 use crate::event::{AccountChange, AccountEvent, Api, Event, ImageProcessed};
 use crate::ids::{EventId, TeamId};
-use crate::invoice::{
-    self, fmt_time, CarryKind, CarryLine, CycleFigures, Invoice, InvoiceInput, UsageRec,
-};
+use crate::invoice::{self, fmt_time, CarryKind, CarryLine, CycleFigures, Invoice, InvoiceInput, UsageRec};
 use crate::money::fmt_exact;
 use crate::schedule::{self, Allowance, CycleSpec};
 
@@ -27,10 +25,7 @@ pub struct Reject {
 
 impl Reject {
     fn new(code: &'static str, detail: impl Into<String>) -> Reject {
-        Reject {
-            code,
-            detail: detail.into(),
-        }
+        Reject { code, detail: detail.into() }
     }
 }
 
@@ -174,26 +169,14 @@ impl Team {
         refund: Option<RefundLookup>,
     ) -> Result<Vec<Applied>, Reject> {
         debug_assert_eq!(event.team_id(), &self.id);
-        let until = self
-            .clock
-            .map_or(event.occurred_at(), |c| c.max(event.occurred_at()));
+        let until = self.clock.map_or(event.occurred_at(), |c| c.max(event.occurred_at()));
         let due = self.due(catalog, until);
-        let closed_through = if due > 0 {
-            Some(self.schedule[self.closed + due - 1].end)
-        } else {
-            self.closed_through
-        };
+        let closed_through = if due > 0 { Some(self.schedule[self.closed + due - 1].end) } else { self.closed_through };
         let entry = self.admit(catalog, event, refund, closed_through)?;
         let mut applied = self.close_due(catalog, until, due);
         let seq = self.next_seq;
-        let effects = self
-            .apply(catalog, seq, &entry)
-            .unwrap_or_else(|f| panic!("a validated entry must fold: {f}"));
-        applied.push(Applied {
-            seq,
-            entry,
-            effects,
-        });
+        let effects = self.apply(catalog, seq, &entry).unwrap_or_else(|f| panic!("a validated entry must fold: {f}"));
+        applied.push(Applied { seq, entry, effects });
         Ok(applied)
     }
 
@@ -203,12 +186,7 @@ impl Team {
         self.close_due(catalog, until, due)
     }
 
-    fn close_due(
-        &mut self,
-        catalog: &Catalog,
-        closed_by: DateTime<Utc>,
-        due: usize,
-    ) -> Vec<Applied> {
+    fn close_due(&mut self, catalog: &Catalog, closed_by: DateTime<Utc>, due: usize) -> Vec<Applied> {
         (0..due)
             .map(|_| {
                 let spec = &self.schedule[self.closed];
@@ -221,14 +199,8 @@ impl Team {
                     forfeited: invoice.forfeited_exact,
                 });
                 let seq = self.next_seq;
-                let effects = self
-                    .apply(catalog, seq, &entry)
-                    .unwrap_or_else(|f| panic!("a close must fold: {f}"));
-                Applied {
-                    seq,
-                    entry,
-                    effects,
-                }
+                let effects = self.apply(catalog, seq, &entry).unwrap_or_else(|f| panic!("a close must fold: {f}"));
+                Applied { seq, entry, effects }
             })
             .collect()
     }
@@ -236,10 +208,7 @@ impl Team {
     /// How many open cycles close by `until`.
     fn due(&mut self, catalog: &Catalog, until: DateTime<Utc>) -> usize {
         self.ensure_horizon(catalog, until);
-        self.schedule[self.closed..]
-            .iter()
-            .take_while(|c| c.closes_at() <= until)
-            .count()
+        self.schedule[self.closed..].iter().take_while(|c| c.closes_at() <= until).count()
     }
 
     fn admit(
@@ -250,15 +219,12 @@ impl Team {
         closed_through: Option<DateTime<Utc>>,
     ) -> Result<Entry, Reject> {
         match event {
-            Event::Image(e) if e.api.is_app() => Err(Reject::new(
-                "unsupported",
-                format!("{} events are not priced by an API plan yet", e.api.key()),
-            )),
+            Event::Image(e) if e.api.is_app() => {
+                Err(Reject::new("unsupported", format!("{} events are not priced by an API plan yet", e.api.key())))
+            }
             Event::Image(e) => Ok(Entry::Image(e)),
             Event::Account(e) => match &e.change {
-                AccountChange::PlanStarted(_)
-                | AccountChange::PlanChanged(_)
-                | AccountChange::PlanCancelled => {
+                AccountChange::PlanStarted(_) | AccountChange::PlanChanged(_) | AccountChange::PlanCancelled => {
                     if closed_through.is_some_and(|b| e.occurred_at < b) {
                         return Err(Reject::new(
                             "late_account_change",
@@ -272,21 +238,15 @@ impl Team {
                     let mut account = self.account.clone();
                     insert_sorted(&mut account, e.clone());
                     let horizon = self.horizon.max(e.occurred_at);
-                    schedule::derive(&account, catalog, horizon)
-                        .map_err(|v| Reject::new("plan_rule", v.reason))?;
+                    schedule::derive(&account, catalog, horizon).map_err(|v| Reject::new("plan_rule", v.reason))?;
                     Ok(Entry::Account(e))
                 }
-                AccountChange::QualityRefund {
-                    original_event_id, ..
-                } => {
+                AccountChange::QualityRefund { original_event_id, .. } => {
                     let target = self.check_refund(catalog, original_event_id, refund)?;
                     Ok(Entry::Refund { event: e, target })
                 }
                 AccountChange::CreditsPurchased { .. } | AccountChange::ContractSigned { .. } => {
-                    Err(Reject::new(
-                        "unsupported",
-                        "legacy credits and enterprise contracts are not supported yet",
-                    ))
+                    Err(Reject::new("unsupported", "legacy credits and enterprise contracts are not supported yet"))
                 }
             },
         }
@@ -301,34 +261,19 @@ impl Team {
         let target = match lookup {
             Some(RefundLookup::Found(t)) => t,
             Some(RefundLookup::OtherTeam(team)) => {
-                return Err(Reject::new(
-                    "refund_other_team",
-                    format!("event {original} belongs to team {team}"),
-                ))
+                return Err(Reject::new("refund_other_team", format!("event {original} belongs to team {team}")))
             }
             Some(RefundLookup::NotFound) | None => {
-                return Err(Reject::new(
-                    "refund_unknown_event",
-                    format!("no image event {original} in the ledger"),
-                ))
+                return Err(Reject::new("refund_unknown_event", format!("no image event {original} in the ledger")))
             }
         };
         if target.sandbox {
-            return Err(Reject::new(
-                "refund_sandbox",
-                format!("event {original} is a sandbox event and cost nothing"),
-            ));
+            return Err(Reject::new("refund_sandbox", format!("event {original} is a sandbox event and cost nothing")));
         }
         if self.refunded.contains(original) {
-            return Err(Reject::new(
-                "refund_repeated",
-                format!("event {original} was already refunded"),
-            ));
+            return Err(Reject::new("refund_repeated", format!("event {original} was already refunded")));
         }
-        if self
-            .charge_of(catalog, &target)
-            .is_none_or(|(_, _, rate)| rate.is_zero())
-        {
+        if self.charge_of(catalog, &target).is_none_or(|(_, _, rate)| rate.is_zero()) {
             return Err(Reject::new(
                 "refund_unbilled",
                 format!("event {original} was not billed (no plan, or a free allowance)"),
@@ -352,20 +297,14 @@ impl Team {
     /// Folds one ledger entry. The same function serves live appends and replay.
     pub fn apply(&mut self, catalog: &Catalog, seq: u64, entry: &Entry) -> Result<Effects, Fault> {
         let team_id = self.id.clone();
-        let fault = |reason: String| Fault {
-            team_id: team_id.clone(),
-            seq,
-            reason,
-        };
+        let fault = |reason: String| Fault { team_id: team_id.clone(), seq, reason };
         if seq != self.next_seq {
             return Err(fault(format!("expected seq {}", self.next_seq)));
         }
         let effects = match entry {
             Entry::Image(e) => self.apply_image(catalog, seq, e),
             Entry::Account(e) => self.apply_plan_change(catalog, e).map_err(fault)?,
-            Entry::Refund { event, target } => {
-                self.apply_refund(catalog, event, target).map_err(fault)?
-            }
+            Entry::Refund { event, target } => self.apply_refund(catalog, event, target).map_err(fault)?,
             Entry::CycleClosed(m) => self.apply_close(catalog, seq, m).map_err(fault)?,
         };
         self.next_seq += 1;
@@ -403,13 +342,8 @@ impl Team {
 
     /// Late usage: its cycle is closed, so it becomes a line on the next invoice.
     fn apply_late(&mut self, catalog: &Catalog, rec: UsageRec) {
-        let target = RefundTarget {
-            seq: rec.seq,
-            occurred_at: rec.at,
-            api: rec.api,
-            images: rec.images,
-            sandbox: rec.sandbox,
-        };
+        let target =
+            RefundTarget { seq: rec.seq, occurred_at: rec.at, api: rec.api, images: rec.images, sandbox: rec.sandbox };
         match self.charge_of(catalog, &target) {
             Some(_) if rec.sandbox => {}
             Some((c, api, rate)) => self.carry.push(CarryLine {
@@ -424,26 +358,14 @@ impl Team {
         }
     }
 
-    fn apply_plan_change(
-        &mut self,
-        catalog: &Catalog,
-        e: &AccountEvent,
-    ) -> Result<Effects, String> {
+    fn apply_plan_change(&mut self, catalog: &Catalog, e: &AccountEvent) -> Result<Effects, String> {
         self.advance_clock(e.occurred_at);
         if !e.change.is_plan_change() {
-            return Err(format!(
-                "account change {:?} is not folded by this version",
-                e.change
-            ));
+            return Err(format!("account change {:?} is not folded by this version", e.change));
         }
         insert_sorted(&mut self.account, e.clone());
         self.horizon = self.horizon.max(e.occurred_at);
-        self.rederive(catalog).map_err(|v| {
-            format!(
-                "plan change {} breaks the timeline: {}",
-                v.event_id, v.reason
-            )
-        })?;
+        self.rederive(catalog).map_err(|v| format!("plan change {} breaks the timeline: {}", v.event_id, v.reason))?;
         // A change can move usage between generations: rebuild, then fire what is now crossed.
         self.aggs.clear();
         let pending = std::mem::take(&mut self.pending);
@@ -457,10 +379,7 @@ impl Team {
                 alerts.extend(self.check_alerts(catalog, c, g, &e.event_id, e.occurred_at));
             }
         }
-        Ok(Effects {
-            alerts,
-            invoice: None,
-        })
+        Ok(Effects { alerts, invoice: None })
     }
 
     fn apply_refund(
@@ -470,10 +389,7 @@ impl Team {
         target: &RefundTarget,
     ) -> Result<Effects, String> {
         self.advance_clock(event.occurred_at);
-        let AccountChange::QualityRefund {
-            original_event_id, ..
-        } = &event.change
-        else {
+        let AccountChange::QualityRefund { original_event_id, .. } = &event.change else {
             return Err("refund entry without a QualityRefund".into());
         };
         if !self.refunded.insert(original_event_id.clone()) {
@@ -500,22 +416,12 @@ impl Team {
         Ok(Effects::default())
     }
 
-    fn apply_close(
-        &mut self,
-        catalog: &Catalog,
-        seq: u64,
-        m: &CycleClosed,
-    ) -> Result<Effects, String> {
+    fn apply_close(&mut self, catalog: &Catalog, seq: u64, m: &CycleClosed) -> Result<Effects, String> {
         self.ensure_horizon(catalog, m.closed_by);
         let Some(spec) = self.schedule.get(self.closed) else {
-            return Err(format!(
-                "CycleClosed for {} but no open cycle",
-                fmt_time(m.period_start)
-            ));
+            return Err(format!("CycleClosed for {} but no open cycle", fmt_time(m.period_start)));
         };
-        if (spec.start, spec.end) != (m.period_start, m.period_end)
-            || spec.closes_at() > m.closed_by
-        {
+        if (spec.start, spec.end) != (m.period_start, m.period_end) || spec.closes_at() > m.closed_by {
             return Err(format!(
                 "CycleClosed for {}..{} does not match the next due cycle",
                 fmt_time(m.period_start),
@@ -547,26 +453,19 @@ impl Team {
         self.closed += 1;
         self.closed_through = Some(end);
         self.open_from_seq = seq + 1;
-        Ok(Effects {
-            alerts: Vec::new(),
-            invoice: Some(invoice),
-        })
+        Ok(Effects { alerts: Vec::new(), invoice: Some(invoice) })
     }
 
     fn ensure_horizon(&mut self, catalog: &Catalog, t: DateTime<Utc>) {
         if t >= self.horizon {
             self.horizon = t + Duration::days(HORIZON_STEP_DAYS);
-            self.rederive(catalog)
-                .expect("an accepted timeline derives");
+            self.rederive(catalog).expect("an accepted timeline derives");
         }
     }
 
     fn rederive(&mut self, catalog: &Catalog) -> Result<(), schedule::Violation> {
         let schedule = schedule::derive(&self.account, catalog, self.horizon)?;
-        debug_assert!(
-            self.schedule[..self.closed] == schedule[..self.closed],
-            "closed cycles never change"
-        );
+        debug_assert!(self.schedule[..self.closed] == schedule[..self.closed], "closed cycles never change");
         self.schedule = schedule;
         Ok(())
     }
@@ -585,13 +484,8 @@ impl Team {
         let value = if rec.sandbox || rec.refunded {
             Decimal::ZERO
         } else {
-            let version = catalog
-                .version(&spec.version_id)
-                .expect("cycle version exists");
-            version
-                .rate_for(&spec.gens[g].terms, rec.api)
-                .expect("api has a rate")
-                * Decimal::from(rec.images)
+            let version = catalog.version(&spec.version_id).expect("cycle version exists");
+            version.rate_for(&spec.gens[g].terms, rec.api).expect("api has a rate") * Decimal::from(rec.images)
         };
         let agg = self.aggs.entry((spec.start, g)).or_default();
         if rec.sandbox {
@@ -611,13 +505,8 @@ impl Team {
         };
         let spec = &self.schedule[c];
         let g = spec.gen_at(rec.at);
-        let version = catalog
-            .version(&spec.version_id)
-            .expect("cycle version exists");
-        let value = version
-            .rate_for(&spec.gens[g].terms, rec.api)
-            .expect("api has a rate")
-            * Decimal::from(rec.images);
+        let version = catalog.version(&spec.version_id).expect("cycle version exists");
+        let value = version.rate_for(&spec.gens[g].terms, rec.api).expect("api has a rate") * Decimal::from(rec.images);
         if let Some(agg) = self.aggs.get_mut(&(spec.start, g)) {
             agg.value -= value;
             if rec.api == Api::RemoveBackground {
@@ -640,28 +529,17 @@ impl Team {
         let Some(agg) = self.aggs.get(&(spec.start, g)) else {
             return Vec::new();
         };
-        let version = catalog
-            .version(&spec.version_id)
-            .expect("cycle version exists");
+        let version = catalog.version(&spec.version_id).expect("cycle version exists");
         let mut meters: Vec<(&'static str, Decimal, Decimal)> = Vec::new();
         match gen.allowance {
             Allowance::Bucket { value } => meters.push(("bucket", agg.value, value)),
-            Allowance::Trial {
-                value,
-                sandbox_images,
-            } => {
+            Allowance::Trial { value, sandbox_images } => {
                 meters.push(("trial", agg.value, value));
                 if let Some(cap) = sandbox_images {
-                    meters.push((
-                        "sandbox",
-                        Decimal::from(agg.sandbox_images),
-                        Decimal::from(cap),
-                    ));
+                    meters.push(("sandbox", Decimal::from(agg.sandbox_images), Decimal::from(cap)));
                 }
             }
-            Allowance::Partner {
-                commitment_images, ..
-            } => meters.push((
+            Allowance::Partner { commitment_images, .. } => meters.push((
                 "commitment",
                 Decimal::from(agg.remove_background_images),
                 Decimal::from(commitment_images),
@@ -673,25 +551,13 @@ impl Team {
                 continue;
             }
             for &threshold in &version.alert_thresholds {
-                let key = AlertKey {
-                    allowance,
-                    cycle_start: spec.start,
-                    generation: gen.number,
-                    threshold,
-                };
-                if consumed * Decimal::ONE_HUNDRED < Decimal::from(threshold) * limit
-                    || self.fired.contains(&key)
-                {
+                let key = AlertKey { allowance, cycle_start: spec.start, generation: gen.number, threshold };
+                if consumed * Decimal::ONE_HUNDRED < Decimal::from(threshold) * limit || self.fired.contains(&key) {
                     continue;
                 }
                 self.fired.insert(key);
                 alerts.push(Alert {
-                    alert_id: format!(
-                        "{}:{allowance}:{}:g{}:{threshold}",
-                        self.id,
-                        fmt_time(spec.start),
-                        gen.number
-                    ),
+                    alert_id: format!("{}:{allowance}:{}:g{}:{threshold}", self.id, fmt_time(spec.start), gen.number),
                     team_id: self.id.to_string(),
                     allowance,
                     cycle_start: fmt_time(spec.start),
@@ -709,30 +575,18 @@ impl Team {
     }
 
     /// Figures of cycle `c` from its pending usage, optionally only up to `at`.
-    fn cycle_figures(
-        &self,
-        catalog: &Catalog,
-        c: usize,
-        at: Option<DateTime<Utc>>,
-    ) -> CycleFigures {
+    fn cycle_figures(&self, catalog: &Catalog, c: usize, at: Option<DateTime<Utc>>) -> CycleFigures {
         let spec = &self.schedule[c];
-        let version = catalog
-            .version(&spec.version_id)
-            .expect("cycle version exists");
-        let mut records: Vec<&UsageRec> = self
-            .pending
-            .iter()
-            .filter(|r| spec.contains(r.at) && at.is_none_or(|t| r.at <= t))
-            .collect();
+        let version = catalog.version(&spec.version_id).expect("cycle version exists");
+        let mut records: Vec<&UsageRec> =
+            self.pending.iter().filter(|r| spec.contains(r.at) && at.is_none_or(|t| r.at <= t)).collect();
         records.sort_by(|a, b| (a.at, &a.event_id).cmp(&(b.at, &b.event_id)));
         invoice::figures(spec, version, &records)
     }
 
     fn invoice_for(&self, catalog: &Catalog, c: usize, draft: bool, last_seq: u64) -> Invoice {
         let spec = &self.schedule[c];
-        let version = catalog
-            .version(&spec.version_id)
-            .expect("cycle version exists");
+        let version = catalog.version(&spec.version_id).expect("cycle version exists");
         let figures = self.cycle_figures(catalog, c, None);
         invoice::build(InvoiceInput {
             team_id: &self.id,
@@ -751,10 +605,7 @@ impl Team {
         if let Some(clock) = self.clock {
             self.ensure_horizon(catalog, clock);
         }
-        let c = self
-            .clock
-            .and_then(|t| self.cycle_at(t))
-            .filter(|c| *c >= self.closed)?;
+        let c = self.clock.and_then(|t| self.cycle_at(t)).filter(|c| *c >= self.closed)?;
         Some(self.invoice_for(catalog, c, true, self.last_seq()))
     }
 
@@ -769,11 +620,7 @@ impl Team {
             Some(c) => {
                 let spec = &self.schedule[c];
                 let closed = c < self.closed;
-                let figures = if closed {
-                    self.closed_figures[c].clone()
-                } else {
-                    self.cycle_figures(catalog, c, at)
-                };
+                let figures = if closed { self.closed_figures[c].clone() } else { self.cycle_figures(catalog, c, at) };
                 let view = CycleView {
                     start: fmt_time(spec.start),
                     end: fmt_time(spec.end),
@@ -785,21 +632,13 @@ impl Team {
             None => (None, Vec::new()),
         };
         let mut unplanned = self.unplanned.clone();
-        unplanned.extend(
-            self.pending
-                .iter()
-                .filter(|r| self.cycle_at(r.at).is_none())
-                .map(unplanned_of),
-        );
+        unplanned.extend(self.pending.iter().filter(|r| self.cycle_at(r.at).is_none()).map(unplanned_of));
         Balance {
             team_id: self.id.to_string(),
             at: at.map(fmt_time),
             cycle: cycle_view,
             allowances,
-            exceptions: Exceptions {
-                unplanned,
-                pending_lines: self.carry.len(),
-            },
+            exceptions: Exceptions { unplanned, pending_lines: self.carry.len() },
         }
     }
 }
@@ -814,8 +653,7 @@ fn unplanned_of(rec: &UsageRec) -> Unplanned {
 }
 
 fn insert_sorted(account: &mut Vec<AccountEvent>, e: AccountEvent) {
-    let i =
-        account.partition_point(|x| (x.occurred_at, &x.event_id) <= (e.occurred_at, &e.event_id));
+    let i = account.partition_point(|x| (x.occurred_at, &x.event_id) <= (e.occurred_at, &e.event_id));
     account.insert(i, e);
 }
 
@@ -824,44 +662,23 @@ fn allowance_balances(figures: &CycleFigures) -> Vec<AllowanceBalance> {
     for g in &figures.gens {
         let (allowance, value, consumed) = match g.allowance {
             Allowance::Bucket { value } => ("bucket", value, g.consumed),
-            Allowance::Trial {
-                value,
-                sandbox_images,
-            } => {
+            Allowance::Trial { value, sandbox_images } => {
                 if let Some(cap) = sandbox_images {
-                    out.push(balance_row(
-                        "sandbox",
-                        g.number,
-                        Decimal::from(cap),
-                        Decimal::from(g.sandbox_images),
-                    ));
+                    out.push(balance_row("sandbox", g.number, Decimal::from(cap), Decimal::from(g.sandbox_images)));
                 }
                 ("trial", value, g.consumed)
             }
-            Allowance::Partner {
-                commitment_images, ..
-            } => (
-                "commitment",
-                Decimal::from(commitment_images),
-                Decimal::from(g.remove_background_images),
-            ),
+            Allowance::Partner { commitment_images, .. } => {
+                ("commitment", Decimal::from(commitment_images), Decimal::from(g.remove_background_images))
+            }
         };
         out.push(balance_row(allowance, g.number, value, consumed));
     }
     out
 }
 
-fn balance_row(
-    allowance: &'static str,
-    generation: u32,
-    value: Decimal,
-    consumed: Decimal,
-) -> AllowanceBalance {
-    let percent = if value.is_zero() {
-        Decimal::ZERO
-    } else {
-        (consumed * Decimal::ONE_HUNDRED / value).round_dp(2)
-    };
+fn balance_row(allowance: &'static str, generation: u32, value: Decimal, consumed: Decimal) -> AllowanceBalance {
+    let percent = if value.is_zero() { Decimal::ZERO } else { (consumed * Decimal::ONE_HUNDRED / value).round_dp(2) };
     AllowanceBalance {
         allowance,
         generation,

@@ -3,8 +3,7 @@
 //! file format share these conversions, so both paths accept and refuse the same input.
 use chrono::{DateTime, Utc};
 use ledger_core::{
-    AccountChange, AccountEvent, Api, Event, EventId, IdError, ImageProcessed, Plan, PlanTerms,
-    TeamId, UpgradePolicy,
+    AccountChange, AccountEvent, Api, Event, EventId, IdError, ImageProcessed, Plan, PlanTerms, TeamId, UpgradePolicy,
 };
 use prost::Message as _;
 use rust_decimal::Decimal;
@@ -43,11 +42,7 @@ pub enum Invalid {
     #[error("unknown plan {0:?}")]
     UnknownPlan(String),
     #[error("bucket_images {images} is invalid for plan {plan}: {why}")]
-    BadBucket {
-        plan: &'static str,
-        images: u64,
-        why: &'static str,
-    },
+    BadBucket { plan: &'static str, images: u64, why: &'static str },
     #[error("unknown upgrade_policy {0:?}")]
     BadPolicy(String),
     #[error("amount {0:?} is not a decimal")]
@@ -65,8 +60,7 @@ impl Invalid {
 
 /// Parses one JSONL line (proto3 canonical JSON of `LedgerInput`) into a validated event.
 pub fn parse_json_line(line: &str) -> Result<Event, Invalid> {
-    let input: pb::LedgerInput =
-        serde_json::from_str(line).map_err(|e| Invalid::Json(e.to_string()))?;
+    let input: pb::LedgerInput = serde_json::from_str(line).map_err(|e| Invalid::Json(e.to_string()))?;
     Event::try_from_pb(input)
 }
 
@@ -128,10 +122,7 @@ fn time_from_pb(ts: Option<Timestamp>) -> Result<DateTime<Utc>, Invalid> {
 }
 
 pub fn time_to_pb(t: DateTime<Utc>) -> Timestamp {
-    Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
-    }
+    Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
 }
 
 fn api_from_pb(v: i32) -> Result<Api, Invalid> {
@@ -188,11 +179,7 @@ fn image_to_pb(e: &ImageProcessed) -> pb::ImageProcessed {
 
 fn terms_from_pb(plan: &str, bucket_images: u64, policy: &str) -> Result<PlanTerms, Invalid> {
     let plan = Plan::from_key(plan).ok_or_else(|| Invalid::UnknownPlan(plan.to_string()))?;
-    let bad = |why| Invalid::BadBucket {
-        plan: plan.key(),
-        images: bucket_images,
-        why,
-    };
+    let bad = |why| Invalid::BadBucket { plan: plan.key(), images: bucket_images, why };
     if plan.has_bucket() && (bucket_images == 0 || bucket_images % 1000 != 0) {
         return Err(bad("must be a positive multiple of 1,000"));
     }
@@ -203,11 +190,7 @@ fn terms_from_pb(plan: &str, bucket_images: u64, policy: &str) -> Result<PlanTer
         "" => None,
         p => Some(UpgradePolicy::from_key(p).ok_or_else(|| Invalid::BadPolicy(p.to_string()))?),
     };
-    Ok(PlanTerms {
-        plan,
-        bucket_images,
-        upgrade_policy,
-    })
+    Ok(PlanTerms { plan, bucket_images, upgrade_policy })
 }
 
 fn policy_key(p: Option<UpgradePolicy>) -> String {
@@ -231,28 +214,19 @@ fn account_from_pb(m: pb::AccountEvent) -> Result<AccountEvent, Invalid> {
             AccountChange::PlanChanged(terms_from_pb(&p.plan, p.bucket_images, &p.upgrade_policy)?)
         }
         Change::PlanCancelled(_) => AccountChange::PlanCancelled,
-        Change::QualityRefund(r) => AccountChange::QualityRefund {
-            original_event_id: EventId::new(r.original_event_id)?,
-            reason: r.reason,
-        },
+        Change::QualityRefund(r) => {
+            AccountChange::QualityRefund { original_event_id: EventId::new(r.original_event_id)?, reason: r.reason }
+        }
         Change::CreditsPurchased(c) => AccountChange::CreditsPurchased {
             credits: c.credits,
-            amount: c
-                .amount
-                .parse::<Decimal>()
-                .map_err(|_| Invalid::BadAmount(c.amount.clone()))?,
+            amount: c.amount.parse::<Decimal>().map_err(|_| Invalid::BadAmount(c.amount.clone()))?,
         },
         Change::ContractSigned(c) => AccountChange::ContractSigned {
             term_months: c.term_months,
             committed_images_per_year: c.committed_images_per_year,
         },
     };
-    Ok(AccountEvent {
-        event_id,
-        team_id,
-        occurred_at,
-        change,
-    })
+    Ok(AccountEvent { event_id, team_id, occurred_at, change })
 }
 
 fn account_to_pb(e: &AccountEvent) -> pb::AccountEvent {
@@ -269,27 +243,20 @@ fn account_to_pb(e: &AccountEvent) -> pb::AccountEvent {
             upgrade_policy: policy_key(t.upgrade_policy),
         }),
         AccountChange::PlanCancelled => Change::PlanCancelled(pb::PlanCancelled {}),
-        AccountChange::QualityRefund {
-            original_event_id,
-            reason,
-        } => Change::QualityRefund(pb::QualityRefund {
+        AccountChange::QualityRefund { original_event_id, reason } => Change::QualityRefund(pb::QualityRefund {
             original_event_id: original_event_id.to_string(),
             reason: reason.clone(),
         }),
         AccountChange::CreditsPurchased { credits, amount } => {
-            Change::CreditsPurchased(pb::CreditsPurchased {
-                credits: *credits,
-                amount: amount.to_string(),
+            Change::CreditsPurchased(pb::CreditsPurchased { credits: *credits, amount: amount.to_string() })
+        }
+        AccountChange::ContractSigned { term_months, committed_images_per_year } => {
+            Change::ContractSigned(pb::ContractSigned {
+                term_months: *term_months,
+                committed_images_per_year: *committed_images_per_year,
+                ..Default::default()
             })
         }
-        AccountChange::ContractSigned {
-            term_months,
-            committed_images_per_year,
-        } => Change::ContractSigned(pb::ContractSigned {
-            term_months: *term_months,
-            committed_images_per_year: *committed_images_per_year,
-            ..Default::default()
-        }),
     };
     pb::AccountEvent {
         event_id: e.event_id.to_string(),
@@ -345,7 +312,10 @@ mod tests {
                 "unknown plan",
             ),
             ("{}", "LedgerInput has no event"),
-        (r#"{"imageProcessed":{"eventId":"e1","teamId":"t1","occurredAt":"1970-01-01T00:00:01Z","api":"API_REMOVE_BACKGROUND","images":1}}"#, "out of range"),
+            (
+                r#"{"imageProcessed":{"eventId":"e1","teamId":"t1","occurredAt":"1970-01-01T00:00:01Z","api":"API_REMOVE_BACKGROUND","images":1}}"#,
+                "out of range",
+            ),
         ];
         for (line, want) in cases {
             let err = parse_json_line(line).unwrap_err().to_string();
@@ -355,9 +325,6 @@ mod tests {
             r#"{{"imageProcessed":{{"eventId":"{}","teamId":"t1","occurredAt":"2026-04-01T00:00:01Z","api":"API_REMOVE_BACKGROUND","images":1}}}}"#,
             "e".repeat(129)
         );
-        assert!(parse_json_line(&long)
-            .unwrap_err()
-            .to_string()
-            .contains("more than 128"));
+        assert!(parse_json_line(&long).unwrap_err().to_string().contains("more than 128"));
     }
 }

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use ledger_core::team::{Applied, Reject, RefundLookup};
+use ledger_core::team::{Applied, RefundLookup, Reject};
 use ledger_core::{AccountChange, Catalog, Entry, Event, EventId, RefundTarget, Team, TeamId};
 use tracing::{debug, info};
 
@@ -30,11 +30,18 @@ pub struct Submission {
 /// What happened to one submitted event. A duplicate is an outcome, not an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Appended { seq: u64 },
+    Appended {
+        seq: u64,
+    },
     /// Same id, same content: already in the ledger; a no-op.
-    Duplicate { seq: u64 },
+    Duplicate {
+        seq: u64,
+    },
     /// Same id, other content: recorded as a conflict, changes nothing.
-    Conflict { team: String, seq: u64 },
+    Conflict {
+        team: String,
+        seq: u64,
+    },
     Rejected(Reject),
 }
 
@@ -83,7 +90,9 @@ struct Known {
 impl Known {
     fn of(team: &TeamId, seq: u64, fingerprint: [u8; 16], entry: &Entry) -> Known {
         let image = match entry {
-            Entry::Image(e) => Some(RefundTarget { seq, occurred_at: e.occurred_at, api: e.api, images: e.images, sandbox: e.sandbox }),
+            Entry::Image(e) => {
+                Some(RefundTarget { seq, occurred_at: e.occurred_at, api: e.api, images: e.images, sandbox: e.sandbox })
+            }
             _ => None,
         };
         Known { team: team.clone(), seq, fingerprint, image }
@@ -128,9 +137,17 @@ impl Ledger {
             None => 0,
         };
         if events != index.len {
-            return Err(Error::Corrupt(format!("the ledger holds {events} events but the index {}; run verify", index.len)));
+            return Err(Error::Corrupt(format!(
+                "the ledger holds {events} events but the index {}; run verify",
+                index.len
+            )));
         }
-        info!(entries = n, teams = teams.len(), elapsed_ms = started.elapsed().as_millis() as u64, "Folded the ledger.");
+        info!(
+            entries = n,
+            teams = teams.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "Folded the ledger."
+        );
         Ok(Ledger { store, catalog, teams, heads, alert_counts, index, next_outbox, conflicts: 0 })
     }
 
@@ -194,7 +211,9 @@ impl Ledger {
         }
         let refund = match &event {
             Event::Account(a) => match &a.change {
-                AccountChange::QualityRefund { original_event_id, .. } => Some(self.resolve_refund(staged, &a.team_id, original_event_id)?),
+                AccountChange::QualityRefund { original_event_id, .. } => {
+                    Some(self.resolve_refund(staged, &a.team_id, original_event_id)?)
+                }
                 _ => None,
             },
             Event::Image(_) => None,
@@ -264,7 +283,12 @@ impl Ledger {
         let last = applied.last().expect("an accepted event appends");
         let id = last.entry.event_id().expect("the event entry has an id").clone();
         self.index.insert(id_hash(id.as_str()), team, last.seq);
-        staged.segment.push(IndexRec { event_id: id.to_string(), team: team.to_string(), seq: last.seq, fingerprint: fp });
+        staged.segment.push(IndexRec {
+            event_id: id.to_string(),
+            team: team.to_string(),
+            seq: last.seq,
+            fingerprint: fp,
+        });
         staged.known.insert(id, Known::of(team, last.seq, fp, &last.entry));
     }
 
@@ -291,7 +315,8 @@ impl Ledger {
                 staged.batch.insert(keys::team_key(keys::ALERT, team_id.as_str(), *n), json.as_bytes());
                 *n += 1;
                 staged.report.alerts += 1;
-                let msg = OutboxMsg { topic: "usage.alerts.v1".into(), key: team_id.to_string(), id: alert.alert_id, json };
+                let msg =
+                    OutboxMsg { topic: "usage.alerts.v1".into(), key: team_id.to_string(), id: alert.alert_id, json };
                 staged.batch.insert(keys::outbox(self.next_outbox), codec::encode(&msg));
                 self.next_outbox += 1;
             }
@@ -314,7 +339,10 @@ impl Ledger {
             staged.batch.insert(keys::team_key(keys::ENTRY, team.as_str(), first), codec::encode_block(&entries));
         }
         if !staged.segment.is_empty() {
-            staged.batch.insert(keys::simple(keys::INDEX, &self.index.next_segment.to_be_bytes()), codec::encode(&staged.segment));
+            staged.batch.insert(
+                keys::simple(keys::INDEX, &self.index.next_segment.to_be_bytes()),
+                codec::encode(&staged.segment),
+            );
             self.index.next_segment += 1;
         }
         self.store.tree.apply_batch(staged.batch)?;

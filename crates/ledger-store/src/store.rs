@@ -57,7 +57,10 @@ fn open_locked(dir: &Path) -> Result<sled::Db> {
             Ok(db) => return Ok(db),
             Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
                 if std::time::Instant::now() > deadline {
-                    return Err(Error::Io { path: dir.display().to_string(), source: std::io::Error::other("the data dir is in use by another process") });
+                    return Err(Error::Io {
+                        path: dir.display().to_string(),
+                        source: std::io::Error::other("the data dir is in use by another process"),
+                    });
                 }
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
@@ -101,7 +104,10 @@ impl Store {
             None => {
                 let mut batch = sled::Batch::default();
                 batch.insert(format_key, vec![FORMAT_VERSION]);
-                batch.insert(keys::simple(keys::META, b"catalog"), codec::encode(&serde_json::to_string(catalog).expect("catalog serializes")));
+                batch.insert(
+                    keys::simple(keys::META, b"catalog"),
+                    codec::encode(&serde_json::to_string(catalog).expect("catalog serializes")),
+                );
                 self.tree.apply_batch(batch)?;
                 self.db.flush()?;
                 Ok(())
@@ -112,7 +118,10 @@ impl Store {
     /// The catalog recorded when the store was created: a replay never depends on a
     /// catalog file that changed later.
     pub fn catalog(&self) -> Result<Catalog> {
-        let raw = self.tree.get(keys::simple(keys::META, b"catalog"))?.ok_or_else(|| Error::Corrupt("no catalog recorded".into()))?;
+        let raw = self
+            .tree
+            .get(keys::simple(keys::META, b"catalog"))?
+            .ok_or_else(|| Error::Corrupt("no catalog recorded".into()))?;
         let json: String = codec::decode(&raw, "catalog")?;
         serde_json::from_str(&json).map_err(|e| Error::Corrupt(format!("recorded catalog: {e}")))
     }
@@ -121,7 +130,7 @@ impl Store {
         self.tree
             .scan_prefix(prefix)
             .values()
-            .map(|v| Ok(String::from_utf8(v?.to_vec()).map_err(|e| Error::Corrupt(e.to_string()))?))
+            .map(|v| String::from_utf8(v?.to_vec()).map_err(|e| Error::Corrupt(e.to_string())))
             .collect()
     }
 
@@ -142,9 +151,10 @@ impl Store {
 
     /// The next offset to consume for a source (topic/partition), if one was recorded.
     pub fn offset(&self, source: &str) -> Result<Option<u64>> {
-        Ok(self.tree.get(keys::simple(keys::OFFSET, source.as_bytes()))?.map(|v| {
-            u64::from_be_bytes(v.as_ref().try_into().expect("offsets are 8 bytes"))
-        }))
+        Ok(self
+            .tree
+            .get(keys::simple(keys::OFFSET, source.as_bytes()))?
+            .map(|v| u64::from_be_bytes(v.as_ref().try_into().expect("offsets are 8 bytes"))))
     }
 
     /// Unsent outbox messages, oldest first, with their outbox numbers.
@@ -179,7 +189,9 @@ impl Store {
         let (_, v) = kv?;
         let entries = codec::decode_block(&v)?;
         match entries.iter().find(|e| e.seq == seq) {
-            Some(stored) => Ok(Some(codec::decode_entry(&stored.body).map_err(|e| Error::Corrupt(format!("team {team} seq {seq}: {e}")))?)),
+            Some(stored) => Ok(Some(
+                codec::decode_entry(&stored.body).map_err(|e| Error::Corrupt(format!("team {team} seq {seq}: {e}")))?,
+            )),
             None => Ok(None),
         }
     }
@@ -190,7 +202,8 @@ impl Store {
         self.tree.scan_prefix(prefix).map(|kv| {
             let (k, v) = kv?;
             let (team, first) = keys::split_team_key(&k).ok_or_else(|| Error::Corrupt("entry key".into()))?;
-            let entries = codec::decode_block(&v).map_err(|e| Error::Corrupt(format!("team {team} block at seq {first}: {e}")))?;
+            let entries = codec::decode_block(&v)
+                .map_err(|e| Error::Corrupt(format!("team {team} block at seq {first}: {e}")))?;
             Ok((team.to_string(), first, entries))
         })
     }
@@ -219,8 +232,9 @@ impl Store {
                 if codec::chain(head, stored.seq, &stored.body) != stored.hash {
                     return Err(Error::Corrupt(format!("team {team} seq {}: hash chain broken", stored.seq)));
                 }
-                let entry = codec::decode_entry(&stored.body)
-                    .map_err(|e| Error::Corrupt(format!("team {team} seq {}: entry does not decode: {e}", stored.seq)))?;
+                let entry = codec::decode_entry(&stored.body).map_err(|e| {
+                    Error::Corrupt(format!("team {team} seq {}: entry does not decode: {e}", stored.seq))
+                })?;
                 let effects = state.apply(catalog, stored.seq, &entry)?;
                 *head = stored.hash;
                 visit(state, stored, &entry, effects)?;
@@ -249,12 +263,18 @@ impl Store {
             let team_id = team.id().as_str();
             for alert in effects.alerts {
                 let n = alert_no.entry(team_id.to_string()).or_default();
-                rebuilt.push((keys::team_key(keys::ALERT, team_id, *n), serde_json::to_vec(&alert).expect("alert serializes")));
+                rebuilt.push((
+                    keys::team_key(keys::ALERT, team_id, *n),
+                    serde_json::to_vec(&alert).expect("alert serializes"),
+                ));
                 *n += 1;
             }
             if let Some(mut invoice) = effects.invoice {
                 invoice.ledger.head_hash = hex::encode(stored.hash);
-                rebuilt.push((keys::time_key(keys::INVOICE, team_id, invoice.period_start.timestamp()), invoice.to_json().into_bytes()));
+                rebuilt.push((
+                    keys::time_key(keys::INVOICE, team_id, invoice.period_start.timestamp()),
+                    invoice.to_json().into_bytes(),
+                ));
             }
             Ok(())
         })?;
@@ -288,7 +308,14 @@ impl Store {
         mismatched += stored_keys.saturating_sub(rebuilt.len() as u64);
         self.tree.apply_batch(batch)?;
         self.db.flush()?;
-        Ok(ReplayReport { teams: teams.len() as u64, entries, invoices, alerts, mismatched, digest: hex::encode(digest.finalize()) })
+        Ok(ReplayReport {
+            teams: teams.len() as u64,
+            entries,
+            invoices,
+            alerts,
+            mismatched,
+            digest: hex::encode(digest.finalize()),
+        })
     }
 
     /// Bytes the data directory takes on disk.

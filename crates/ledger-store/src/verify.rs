@@ -40,7 +40,11 @@ impl Store {
             for stored in entries {
                 report.entries += 1;
                 if stored.seq != chain.0 + 1 {
-                    report.faults.push(format!("team {team} seq {}: found seq {} (gap or repeat)", chain.0 + 1, stored.seq));
+                    report.faults.push(format!(
+                        "team {team} seq {}: found seq {} (gap or repeat)",
+                        chain.0 + 1,
+                        stored.seq
+                    ));
                 }
                 if codec::chain(&chain.1, stored.seq, &stored.body) != stored.hash {
                     report.faults.push(format!("team {team} seq {}: hash chain broken (entry altered)", stored.seq));
@@ -77,8 +81,14 @@ impl Store {
                 report.index_records += 1;
                 match events.remove(&(rec.team.clone(), rec.seq)) {
                     Some(found) if found == rec.event_id => {}
-                    Some(found) => report.faults.push(format!("team {} seq {}: index says event {}, entry is {found}", rec.team, rec.seq, rec.event_id)),
-                    None => report.faults.push(format!("team {} seq {}: index points at event {}, no such entry (or indexed twice)", rec.team, rec.seq, rec.event_id)),
+                    Some(found) => report.faults.push(format!(
+                        "team {} seq {}: index says event {}, entry is {found}",
+                        rec.team, rec.seq, rec.event_id
+                    )),
+                    None => report.faults.push(format!(
+                        "team {} seq {}: index points at event {}, no such entry (or indexed twice)",
+                        rec.team, rec.seq, rec.event_id
+                    )),
                 }
             }
         }

@@ -6,6 +6,7 @@
 //!  - open: folding the ledger back into memory (what a restart costs);
 //!  - replay: `usage-ledger replay`, twice, digests compared;
 //!  - bytes on disk per event.
+//!
 //! Run: `cargo bench -p usage-ledger --bench ledger`.
 use std::path::Path;
 use std::process::Command;
@@ -34,7 +35,8 @@ fn run(args: &[&str]) -> (f64, String, String) {
     let started = Instant::now();
     let out = Command::new(BIN).args(args).output().expect("binary runs");
     let secs = started.elapsed().as_secs_f64();
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
     assert!(out.status.success(), "usage-ledger {args:?}: {stderr}");
     (secs, stdout, stderr)
 }
@@ -54,7 +56,8 @@ fn main() {
     println!("workload: {lines} lines ({events} image events, 1000 teams), {} bytes of JSONL", text.len());
 
     let started = Instant::now();
-    let parsed: Vec<Event> = text.lines().map(|l| ledger_proto::parse_json_line(l).expect("generated lines are valid")).collect();
+    let parsed: Vec<Event> =
+        text.lines().map(|l| ledger_proto::parse_json_line(l).expect("generated lines are valid")).collect();
     report("parse", lines, started.elapsed().as_secs_f64(), "events");
     drop(text);
 

@@ -66,17 +66,41 @@ fn to_csv(items: &[String]) -> anyhow::Result<String> {
     for item in items {
         let v: serde_json::Value = serde_json::from_str(item)?;
         let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
-        let head = [s(&v["team_id"]), s(&v["period"]["start"]), s(&v["period"]["end"]), s(&v["status"]), s(&v["price_book_version"])];
+        let head = [
+            s(&v["team_id"]),
+            s(&v["period"]["start"]),
+            s(&v["period"]["end"]),
+            s(&v["status"]),
+            s(&v["price_book_version"]),
+        ];
         let mut rows: Vec<[String; 7]> = v["lines"]
             .as_array()
             .map(|lines| {
                 lines
                     .iter()
-                    .map(|l| [s(&l["kind"]), s(&l["description"]), s(&l["quantity"]), s(&l["unit_price"]), s(&l["amount"]), s(&l["period"]["start"]), s(&l["period"]["end"])])
+                    .map(|l| {
+                        [
+                            s(&l["kind"]),
+                            s(&l["description"]),
+                            s(&l["quantity"]),
+                            s(&l["unit_price"]),
+                            s(&l["amount"]),
+                            s(&l["period"]["start"]),
+                            s(&l["period"]["end"]),
+                        ]
+                    })
                     .collect()
             })
             .unwrap_or_default();
-        rows.push(["total".into(), String::new(), String::new(), String::new(), s(&v["total"]), String::new(), String::new()]);
+        rows.push([
+            "total".into(),
+            String::new(),
+            String::new(),
+            String::new(),
+            s(&v["total"]),
+            String::new(),
+            String::new(),
+        ]);
         for row in rows {
             let fields: Vec<String> = head.iter().chain(row.iter()).map(|f| csv_field(f)).collect();
             out.push_str(&fields.join(","));

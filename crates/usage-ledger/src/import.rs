@@ -64,7 +64,10 @@ pub fn run(dir: &Path, file: &Path, batch_events_max: usize, report_acks: bool) 
         tally.invoices
     );
     if tally.rejected > 0 {
-        eprintln!("error: {} of {} lines were rejected (listed above); the rest were imported", tally.rejected, tally.lines);
+        eprintln!(
+            "error: {} of {} lines were rejected (listed above); the rest were imported",
+            tally.rejected, tally.lines
+        );
         return Ok(ExitCode::from(2));
     }
     Ok(ExitCode::SUCCESS)
@@ -75,9 +78,11 @@ fn progress_bar(size: Option<u64>) -> ProgressBar {
         Some(len) if len > 1 << 20 => {
             let bar = ProgressBar::new(len);
             bar.set_style(
-                ProgressStyle::with_template("{spinner} importing [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                    .expect("valid template")
-                    .progress_chars("=> "),
+                ProgressStyle::with_template(
+                    "{spinner} importing [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
             );
             bar
         }

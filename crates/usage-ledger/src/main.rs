@@ -12,11 +12,16 @@ use clap::{Parser, Subcommand, ValueEnum};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod commands;
+mod demo;
 mod generate;
 mod import;
 
 #[derive(Debug, Parser)]
-#[command(name = "usage-ledger", version, about = "Event-sourced usage ledger: buckets, alerts and invoices from an immutable per-team ledger")]
+#[command(
+    name = "usage-ledger",
+    version,
+    about = "Event-sourced usage ledger: buckets, alerts and invoices from an immutable per-team ledger"
+)]
 struct Cli {
     /// Where the ledger lives.
     #[arg(long, global = true, env = "USAGE_LEDGER_DATA_DIR", default_value = "./data")]
@@ -74,6 +79,8 @@ enum Command {
     Replay,
     /// Check every team's hash chain, head and the event-id index.
     Verify,
+    /// Play a month of sample traffic for three teams, printing alerts, balances and invoices.
+    Demo,
     /// Write a deterministic synthetic JSONL workload (load tests, benchmarks).
     Generate {
         #[arg(long, default_value_t = 1000)]
@@ -91,7 +98,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("USAGE_LEDGER_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("USAGE_LEDGER_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     match run(cli) {
@@ -106,13 +115,18 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let dir = cli.data_dir;
     match cli.command {
-        Command::Import { file, batch_events_max, report_acks } => import::run(&dir, &file, batch_events_max, report_acks),
+        Command::Import { file, batch_events_max, report_acks } => {
+            import::run(&dir, &file, batch_events_max, report_acks)
+        }
         Command::Close { until } => commands::close(&dir, until),
-        Command::Invoices { team, format, draft } => commands::invoices(&dir, &team, matches!(format, Format::Csv), draft),
+        Command::Invoices { team, format, draft } => {
+            commands::invoices(&dir, &team, matches!(format, Format::Csv), draft)
+        }
         Command::Balance { team, at } => commands::balance(&dir, &team, at),
         Command::Alerts { team } => commands::alerts(&dir, &team),
         Command::Replay => commands::replay(&dir),
         Command::Verify => commands::verify(&dir),
+        Command::Demo => demo::run(&dir),
         Command::Generate { teams, events, seed, out } => generate::run(teams, events, seed, &out),
     }
 }

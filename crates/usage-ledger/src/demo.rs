@@ -1,0 +1,137 @@
+//! `demo`: sample traffic for a few teams played through the ledger in time order,
+//! printing alerts and balances as they happen, then the month's invoices.
+use std::path::Path;
+use std::process::ExitCode;
+
+use chrono::{DateTime, Duration, Utc};
+use ledger_core::{Catalog, Event, TeamId};
+use ledger_proto::parse_json_line;
+use ledger_store::{Ledger, Outcome, Source, Store, Submission};
+
+const TEAMS: [(&str, &str, u64, u32); 3] = [
+    // team, plan, bucket images, removals per day
+    ("acme-shop", "api_basic", 2000, 70),
+    ("studio-north", "api_plus", 1000, 12),
+    ("hobby-dev", "api_free_trial", 0, 1),
+];
+
+fn line(kind: &str, id: &str, team: &str, at: DateTime<Utc>, body: &str) -> String {
+    let at = at.format("%Y-%m-%dT%H:%M:%SZ");
+    format!(r#"{{"{kind}":{{"eventId":"{id}","teamId":"{team}","occurredAt":"{at}",{body}}}}}"#)
+}
+
+/// A month of traffic: plan starts, then each team's daily usage, in time order.
+fn traffic(start: DateTime<Utc>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (team, plan, bucket, _) in TEAMS {
+        out.push(line(
+            "accountEvent",
+            &format!("{team}-start"),
+            team,
+            start,
+            &format!(r#""planStarted":{{"plan":"{plan}","bucketImages":"{bucket}"}}"#),
+        ));
+    }
+    for hour in 1..(32 * 24) {
+        let at = start + Duration::hours(hour);
+        for (t, (team, _, _, per_day)) in TEAMS.iter().enumerate() {
+            let n = (hour as u32 * 7 + t as u32 * 13) % 24;
+            if n < per_day % 24 || (per_day / 24 > 0) {
+                let api = if (hour + t as i64) % 5 == 0 { "API_IMAGE_EDITING" } else { "API_REMOVE_BACKGROUND" };
+                let images = 1 + per_day / 24;
+                out.push(line(
+                    "imageProcessed",
+                    &format!("{team}-{hour}"),
+                    team,
+                    at,
+                    &format!(r#""api":"{api}","images":{images},"operations":["crop"]"#),
+                ));
+            }
+        }
+    }
+    out
+}
+
+pub fn run(dir: &Path) -> anyhow::Result<ExitCode> {
+    if dir.join("db").exists() {
+        anyhow::bail!("{} already holds a ledger; the demo wants a fresh --data-dir", dir.display());
+    }
+    let mut ledger = Ledger::open(Store::open(dir, &Catalog::builtin())?)?;
+    let start: DateTime<Utc> = "2026-04-01T00:00:00Z".parse()?;
+    println!("usage-ledger demo: {} teams, one month of traffic, ledger in {}\n", TEAMS.len(), dir.display());
+    let events: Vec<Event> = traffic(start).iter().map(|l| parse_json_line(l)).collect::<Result<_, _>>()?;
+    let (mut appended, mut day) = (0usize, 0);
+    let mut seen = [0usize; TEAMS.len()];
+    for chunk in events.chunks(24) {
+        let batch = chunk
+            .iter()
+            .cloned()
+            .map(|event| Submission { event, source: Source { stream: None, offset: 0 } })
+            .collect();
+        let report = ledger.submit_batch(batch)?;
+        appended += report.outcomes.iter().filter(|o| matches!(o, Outcome::Appended { .. })).count();
+        let now = chunk.last().expect("non-empty").occurred_at();
+        for (t, (team, _, _, _)) in TEAMS.iter().enumerate() {
+            let alerts = ledger.store().alerts(team)?;
+            for alert in &alerts[seen[t]..] {
+                let a: serde_json::Value = serde_json::from_str(alert)?;
+                let s = |k: &str| a[k].as_str().unwrap_or("").to_string();
+                println!(
+                    "{}  ALERT   {team:<13} {} {}% reached: ${} of ${}",
+                    &s("occurred_at")[..16],
+                    s("allowance"),
+                    a["threshold_percent"],
+                    s("consumed"),
+                    s("allowance_value")
+                );
+            }
+            seen[t] = alerts.len();
+        }
+        let today = (now - start).num_days();
+        if today != day && today % 7 == 0 {
+            day = today;
+            print_balances(&ledger, now)?;
+        }
+    }
+    // The teams' clocks passed May 1 + grace, which closed April; close anything left.
+    ledger.close_until(start + Duration::days(31))?;
+    println!("\n{appended} events appended. April 2026 closed; its invoices:");
+    for (team, _, _, _) in TEAMS {
+        for invoice in ledger.store().invoices(team)? {
+            let v: serde_json::Value = serde_json::from_str(&invoice)?;
+            let lines: Vec<String> = v["lines"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|l| format!("{} {}", l["kind"].as_str().unwrap_or(""), l["amount"].as_str().unwrap_or("")))
+                .collect();
+            println!(
+                "  {team:<13} total ${:>7}  ({})  effective ${} per image",
+                v["total"].as_str().unwrap_or(""),
+                lines.join(", "),
+                v["effective_cost_per_image"].as_str().unwrap_or("-")
+            );
+        }
+    }
+    println!("\nTry: usage-ledger --data-dir {} invoices --team acme-shop", dir.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_balances(ledger: &Ledger, at: DateTime<Utc>) -> anyhow::Result<()> {
+    let catalog = ledger.catalog();
+    for (team, _, _, _) in TEAMS {
+        let mut state = ledger.store().load_team(catalog, &TeamId::new(team)?)?;
+        let balance = state.balance(catalog, Some(at));
+        if let Some(a) = balance.allowances.last() {
+            println!(
+                "{}  balance {team:<13} {:<7} consumed ${:>6} of ${:>6} ({:>6}%)",
+                &at.to_rfc3339()[..16],
+                a.allowance,
+                a.consumed,
+                a.value,
+                a.percent
+            );
+        }
+    }
+    Ok(())
+}
