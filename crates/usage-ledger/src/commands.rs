@@ -45,9 +45,9 @@ pub fn invoices(dir: &Path, team: &str, csv: bool, draft: bool) -> anyhow::Resul
         }
     }
     if csv {
-        print!("{}", to_csv(&items)?);
+        crate::emit(to_csv(&items)?.trim_end())?;
     } else {
-        println!("{}", json_array(&items));
+        crate::emit(&json_array(&items))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -118,7 +118,7 @@ pub fn balance(dir: &Path, team: &str, at: Option<DateTime<Utc>>) -> anyhow::Res
     if state.last_seq() == 0 {
         bail!("team {id} has no ledger entries");
     }
-    println!("{}", serde_json::to_string_pretty(&state.balance(&catalog, at))?);
+    crate::emit(&serde_json::to_string_pretty(&state.balance(&catalog, at))?)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -130,7 +130,7 @@ pub fn alerts(dir: &Path, team: &str) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|a| Ok(serde_json::to_string_pretty(&serde_json::from_str::<serde_json::Value>(a)?)?))
         .collect::<anyhow::Result<_>>()?;
-    println!("{}", json_array(&alerts));
+    crate::emit(&json_array(&alerts))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -149,7 +149,7 @@ pub fn replay(dir: &Path) -> anyhow::Result<ExitCode> {
         report.alerts,
         report.mismatched
     );
-    println!("digest: {}", report.digest);
+    crate::emit(&format!("digest: {}", report.digest))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -160,7 +160,10 @@ pub fn verify(dir: &Path) -> anyhow::Result<ExitCode> {
         eprintln!("fault: {fault}");
     }
     if report.faults.is_empty() {
-        println!("ok: {} teams, {} entries, {} index records", report.teams, report.entries, report.index_records);
+        crate::emit(&format!(
+            "ok: {} teams, {} entries, {} index records",
+            report.teams, report.entries, report.index_records
+        ))?;
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!("error: {} fault(s) found; first: {}", report.faults.len(), report.faults[0]);
