@@ -189,7 +189,7 @@ fn check_plan(version: &Version, terms: &PlanTerms) -> Result<(), String> {
     match version.plan(terms.plan) {
         None => Err(format!("plan {} is not offered in catalog version {}", terms.plan.key(), version.id)),
         Some(PlanRule::Bucket { step_images, .. })
-            if terms.bucket_images == 0 || terms.bucket_images % step_images != 0 =>
+            if terms.bucket_images == 0 || !terms.bucket_images.is_multiple_of(*step_images) =>
         {
             Err(format!("bucket_images {} is not a positive multiple of {step_images}", terms.bucket_images))
         }

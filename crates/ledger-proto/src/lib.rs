@@ -180,7 +180,7 @@ fn image_to_pb(e: &ImageProcessed) -> pb::ImageProcessed {
 fn terms_from_pb(plan: &str, bucket_images: u64, policy: &str) -> Result<PlanTerms, Invalid> {
     let plan = Plan::from_key(plan).ok_or_else(|| Invalid::UnknownPlan(plan.to_string()))?;
     let bad = |why| Invalid::BadBucket { plan: plan.key(), images: bucket_images, why };
-    if plan.has_bucket() && (bucket_images == 0 || bucket_images % 1000 != 0) {
+    if plan.has_bucket() && (bucket_images == 0 || !bucket_images.is_multiple_of(1000)) {
         return Err(bad("must be a positive multiple of 1,000"));
     }
     if !plan.has_bucket() && bucket_images != 0 {
