@@ -61,14 +61,12 @@ pub fn fingerprint(event: &Event) -> [u8; 16] {
     digest[..16].try_into().expect("16 bytes")
 }
 
-/// One event of an index segment: which team's ledger holds it, at which sequence
-/// number, with which content fingerprint.
+/// One team's part of an index segment: the events a batch appended to its ledger,
+/// with their sequence numbers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IndexRec {
-    pub event_id: String,
+pub struct IndexRun {
     pub team: String,
-    pub seq: u64,
-    pub fingerprint: [u8; 16],
+    pub events: Vec<(String, u64)>,
 }
 
 pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {

@@ -7,7 +7,7 @@ use std::hash::{BuildHasherDefault, DefaultHasher, Hash, Hasher};
 
 use ledger_core::TeamId;
 
-use crate::codec::{self, IndexRec};
+use crate::codec::{self, IndexRun};
 use crate::keys;
 use crate::store::Store;
 use crate::{Error, Result};
@@ -60,10 +60,12 @@ impl Index {
         for kv in store.tree.scan_prefix([keys::INDEX]) {
             let (k, v) = kv?;
             let n = u64::from_be_bytes(k[1..].try_into().map_err(|_| Error::Corrupt("index segment key".into()))?);
-            let segment: Vec<IndexRec> = codec::decode(&v, "index segment")?;
-            for rec in segment {
-                let team = TeamId::new(rec.team).map_err(|e| Error::Corrupt(format!("index segment {n}: {e}")))?;
-                index.insert(id_hash(&rec.event_id), &team, rec.seq);
+            let segment: Vec<IndexRun> = codec::decode(&v, "index segment")?;
+            for run in segment {
+                let team = TeamId::new(run.team).map_err(|e| Error::Corrupt(format!("index segment {n}: {e}")))?;
+                for (event_id, seq) in run.events {
+                    index.insert(id_hash(&event_id), &team, seq);
+                }
             }
             index.next_segment = n + 1;
         }

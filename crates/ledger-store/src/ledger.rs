@@ -7,7 +7,7 @@ use ledger_core::team::{Applied, RefundLookup, Reject};
 use ledger_core::{AccountChange, Catalog, Entry, Event, EventId, RefundTarget, Team, TeamId};
 use tracing::{debug, info};
 
-use crate::codec::{self, Hash, IndexRec, StoredEntry};
+use crate::codec::{self, Hash, IndexRun, StoredEntry};
 use crate::index::{id_hash, Index};
 use crate::keys;
 use crate::store::{OutboxMsg, Store};
@@ -77,37 +77,59 @@ impl std::fmt::Debug for Ledger {
     }
 }
 
-/// An event already in the ledger (or earlier in this batch).
-#[derive(Clone)]
+/// An event already in the ledger (or earlier in this batch), read back from its entry.
 struct Known {
     team: TeamId,
     seq: u64,
-    fingerprint: [u8; 16],
-    /// Set for image events: what a refund of it needs.
-    image: Option<RefundTarget>,
+    entry: Entry,
 }
 
 impl Known {
-    fn of(team: &TeamId, seq: u64, fingerprint: [u8; 16], entry: &Entry) -> Known {
-        let image = match entry {
-            Entry::Image(e) => {
-                Some(RefundTarget { seq, occurred_at: e.occurred_at, api: e.api, images: e.images, sandbox: e.sandbox })
-            }
-            _ => None,
-        };
-        Known { team: team.clone(), seq, fingerprint, image }
+    fn fingerprint(&self) -> [u8; 16] {
+        codec::fingerprint(&self.entry.as_event().expect("indexed entries record events"))
     }
+
+    /// What a refund of this event needs, if it is an image event.
+    fn refund_target(&self) -> Option<RefundTarget> {
+        match &self.entry {
+            Entry::Image(e) => Some(RefundTarget {
+                seq: self.seq,
+                occurred_at: e.occurred_at,
+                api: e.api,
+                images: e.images,
+                sandbox: e.sandbox,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// One team's part of a batch: its new entries (one block) and their index records.
+struct StagedBlock {
+    team: TeamId,
+    first_seq: u64,
+    entries: Vec<StoredEntry>,
+    events: Vec<(String, u64)>,
 }
 
 /// Per-batch staging: what becomes one `apply_batch`.
 #[derive(Default)]
 struct Staged {
     batch: sled::Batch,
-    blocks: Vec<(TeamId, u64, Vec<StoredEntry>)>,
+    blocks: Vec<StagedBlock>,
     block_of: HashMap<TeamId, usize>,
-    known: HashMap<EventId, Known>,
-    segment: Vec<IndexRec>,
     report: BatchReport,
+}
+
+impl Staged {
+    /// Entry `seq` of `team` if this batch appended it.
+    fn entry(&self, team: &TeamId, seq: u64) -> Result<Option<Entry>> {
+        let Some(block) = self.block_of.get(team).map(|b| &self.blocks[*b]) else { return Ok(None) };
+        let Some(stored) = seq.checked_sub(block.first_seq).and_then(|i| block.entries.get(i as usize)) else {
+            return Ok(None);
+        };
+        codec::decode_entry(&stored.body).map(Some).map_err(|e| Error::Corrupt(format!("staged entry: {e}")))
+    }
 }
 
 impl Ledger {
@@ -116,16 +138,22 @@ impl Ledger {
         let catalog = store.catalog()?;
         let started = std::time::Instant::now();
         let index = Index::load(&store)?;
-        let mut alert_counts: HashMap<TeamId, u64> = HashMap::new();
-        let (mut n, mut events) = (0u64, 0u64);
-        let folded = store.fold(&catalog, &[keys::ENTRY], |team, _, entry, effects| {
-            n += 1;
-            events += u64::from(entry.event_id().is_some());
+        #[derive(Default)]
+        struct Acc {
+            entries: u64,
+            events: u64,
+            alert_counts: HashMap<TeamId, u64>,
+        }
+        let (folded, accs) = store.fold_all(&catalog, |acc: &mut Acc, team, _, entry, effects| {
+            acc.entries += 1;
+            acc.events += u64::from(entry.event_id().is_some());
             if !effects.alerts.is_empty() {
-                *alert_counts.entry(team.id().clone()).or_default() += effects.alerts.len() as u64;
+                *acc.alert_counts.entry(team.id().clone()).or_default() += effects.alerts.len() as u64;
             }
             Ok(())
         })?;
+        let (n, events) = accs.iter().fold((0, 0), |(n, e), a| (n + a.entries, e + a.events));
+        let alert_counts: HashMap<TeamId, u64> = accs.into_iter().flat_map(|a| a.alert_counts).collect();
         let mut teams = HashMap::with_capacity(folded.len());
         let mut heads = HashMap::with_capacity(folded.len());
         for (id, (team, hash)) in folded {
@@ -161,7 +189,7 @@ impl Ledger {
 
     /// Where an event is in the ledger, if it was appended.
     pub fn find(&self, id: &EventId) -> Result<Option<(TeamId, u64)>> {
-        Ok(self.lookup(&Staged::default(), id)?.map(|k| (k.team, k.seq)))
+        Ok(self.lookup(&Staged::default(), id, id_hash(id.as_str()))?.map(|k| (k.team, k.seq)))
     }
 
     pub fn conflicts(&self) -> u64 {
@@ -201,9 +229,9 @@ impl Ledger {
     }
 
     fn submit_one(&mut self, staged: &mut Staged, event: Event) -> Result<Outcome> {
-        let fp = codec::fingerprint(&event);
-        if let Some(existing) = self.lookup(staged, event.event_id())? {
-            if existing.fingerprint == fp {
+        let hash = id_hash(event.event_id().as_str());
+        if let Some(existing) = self.lookup(staged, event.event_id(), hash)? {
+            if existing.fingerprint() == codec::fingerprint(&event) {
                 return Ok(Outcome::Duplicate { seq: existing.seq });
             }
             self.record_conflict(staged, &event, &existing);
@@ -218,12 +246,16 @@ impl Ledger {
             },
             Event::Image(_) => None,
         };
+        if !self.teams.contains_key(event.team_id()) {
+            let id = event.team_id().clone();
+            self.teams.insert(id.clone(), Team::new(id));
+        }
         let team_id = event.team_id().clone();
-        let team = self.teams.entry(team_id.clone()).or_insert_with(|| Team::new(team_id.clone()));
+        let team = self.teams.get_mut(&team_id).expect("inserted above");
         match team.submit(&self.catalog, event, refund) {
             Ok(applied) => {
                 let seq = applied.last().expect("an accepted event appends").seq;
-                self.stage_index(staged, &team_id, &applied, fp);
+                self.index.insert(hash, &team_id, seq);
                 self.stage(staged, &team_id, applied);
                 Ok(Outcome::Appended { seq })
             }
@@ -231,34 +263,32 @@ impl Ledger {
         }
     }
 
-    /// Finds an event by id: this batch first, then the index, confirmed on the entry.
-    fn lookup(&self, staged: &Staged, id: &EventId) -> Result<Option<Known>> {
-        if let Some(known) = staged.known.get(id) {
-            return Ok(Some(known.clone()));
-        }
-        for loc in self.index.candidates(id_hash(id.as_str())) {
+    /// Finds an event by id through the index, confirmed on the entry itself (in this
+    /// batch or in the store): a 64-bit hash collision is never taken for a match.
+    fn lookup(&self, staged: &Staged, id: &EventId, hash: u64) -> Result<Option<Known>> {
+        for loc in self.index.candidates(hash) {
             let team = self.index.team(loc.team);
-            let Some(entry) = self.store.read_entry(team.as_str(), loc.seq)? else {
-                // Appended earlier in this very batch (a 64-bit hash collision), or lost.
-                if staged.block_of.contains_key(team) {
-                    continue;
-                }
-                return Err(Error::Corrupt(format!("team {team} seq {}: indexed but not in the ledger", loc.seq)));
+            let entry = match staged.entry(team, loc.seq)? {
+                Some(entry) => entry,
+                None => self.store.read_entry(team.as_str(), loc.seq)?.ok_or_else(|| {
+                    Error::Corrupt(format!("team {team} seq {}: indexed for event {id} but not in the ledger", loc.seq))
+                })?,
             };
             if entry.event_id() == Some(id) {
-                let event = entry.as_event().expect("indexed entries record events");
-                return Ok(Some(Known::of(team, loc.seq, codec::fingerprint(&event), &entry)));
+                return Ok(Some(Known { team: team.clone(), seq: loc.seq, entry }));
             }
         }
         Ok(None)
     }
 
     fn resolve_refund(&self, staged: &Staged, team: &TeamId, original: &EventId) -> Result<RefundLookup> {
-        let Some(known) = self.lookup(staged, original)? else { return Ok(RefundLookup::NotFound) };
+        let Some(known) = self.lookup(staged, original, id_hash(original.as_str()))? else {
+            return Ok(RefundLookup::NotFound);
+        };
         if known.team != *team {
             return Ok(RefundLookup::OtherTeam(known.team));
         }
-        Ok(known.image.map_or(RefundLookup::NotFound, RefundLookup::Found))
+        Ok(known.refund_target().map_or(RefundLookup::NotFound, RefundLookup::Found))
     }
 
     fn record_conflict(&mut self, staged: &mut Staged, event: &Event, existing: &Known) {
@@ -279,35 +309,38 @@ impl Ledger {
         debug!(team_id = team, event_id = %event.event_id(), existing_seq = existing.seq, "Recorded a conflicting duplicate.");
     }
 
-    fn stage_index(&mut self, staged: &mut Staged, team: &TeamId, applied: &[Applied], fp: [u8; 16]) {
-        let last = applied.last().expect("an accepted event appends");
-        let id = last.entry.event_id().expect("the event entry has an id").clone();
-        self.index.insert(id_hash(id.as_str()), team, last.seq);
-        staged.segment.push(IndexRec {
-            event_id: id.to_string(),
-            team: team.to_string(),
-            seq: last.seq,
-            fingerprint: fp,
-        });
-        staged.known.insert(id, Known::of(team, last.seq, fp, &last.entry));
-    }
-
-    /// Chains and stages entries, alerts and invoices one team produced.
+    /// Chains and stages entries, index records, alerts and invoices one team produced.
     fn stage(&mut self, staged: &mut Staged, team_id: &TeamId, applied: Vec<Applied>) {
         if applied.is_empty() {
             return;
         }
-        let head = self.heads.entry(team_id.clone()).or_insert(Head { seq: 0, hash: [0; 32] });
-        let block = *staged.block_of.entry(team_id.clone()).or_insert_with(|| {
-            staged.blocks.push((team_id.clone(), head.seq + 1, Vec::new()));
-            staged.blocks.len() - 1
-        });
+        if !self.heads.contains_key(team_id) {
+            self.heads.insert(team_id.clone(), Head { seq: 0, hash: [0; 32] });
+        }
+        let head = self.heads.get_mut(team_id).expect("inserted above");
+        let block = match staged.block_of.get(team_id) {
+            Some(b) => *b,
+            None => {
+                staged.blocks.push(StagedBlock {
+                    team: team_id.clone(),
+                    first_seq: head.seq + 1,
+                    entries: Vec::new(),
+                    events: Vec::new(),
+                });
+                staged.block_of.insert(team_id.clone(), staged.blocks.len() - 1);
+                staged.blocks.len() - 1
+            }
+        };
         for a in applied {
             assert_eq!(a.seq, head.seq + 1, "team {team_id}: entries are dense");
             let body = codec::encode_entry(&a.entry);
             let hash = codec::chain(&head.hash, a.seq, &body);
             *head = Head { seq: a.seq, hash };
-            staged.blocks[block].2.push(StoredEntry { seq: a.seq, hash, body });
+            let block = &mut staged.blocks[block];
+            if let Some(id) = a.entry.event_id() {
+                block.events.push((id.to_string(), a.seq));
+            }
+            block.entries.push(StoredEntry { seq: a.seq, hash, body });
             staged.report.entries += 1;
             for alert in a.effects.alerts {
                 let n = self.alert_counts.entry(team_id.clone()).or_default();
@@ -335,14 +368,17 @@ impl Ledger {
     }
 
     fn commit(&mut self, mut staged: Staged) -> Result<BatchReport> {
-        for (team, first, entries) in std::mem::take(&mut staged.blocks) {
-            staged.batch.insert(keys::team_key(keys::ENTRY, team.as_str(), first), codec::encode_block(&entries));
+        let mut segment: Vec<IndexRun> = Vec::with_capacity(staged.blocks.len());
+        for block in std::mem::take(&mut staged.blocks) {
+            let key = keys::team_key(keys::ENTRY, block.team.as_str(), block.first_seq);
+            staged.batch.insert(key, codec::encode_block(&block.entries));
+            if !block.events.is_empty() {
+                segment.push(IndexRun { team: block.team.to_string(), events: block.events });
+            }
         }
-        if !staged.segment.is_empty() {
-            staged.batch.insert(
-                keys::simple(keys::INDEX, &self.index.next_segment.to_be_bytes()),
-                codec::encode(&staged.segment),
-            );
+        if !segment.is_empty() {
+            let key = keys::simple(keys::INDEX, &self.index.next_segment.to_be_bytes());
+            staged.batch.insert(key, codec::encode(&segment));
             self.index.next_segment += 1;
         }
         self.store.tree.apply_batch(staged.batch)?;

@@ -199,7 +199,17 @@ impl Store {
     /// Every team's entries in ledger order, chain-checked, as `(team, stored entries)`
     /// runs (one per block).
     pub(crate) fn blocks(&self, prefix: &[u8]) -> impl Iterator<Item = Result<(String, u64, Vec<StoredEntry>)>> + '_ {
-        self.tree.scan_prefix(prefix).map(|kv| {
+        let mut upper = prefix.to_vec();
+        upper.push(0xff);
+        self.blocks_in(prefix.to_vec(), upper)
+    }
+
+    fn blocks_in(
+        &self,
+        lower: Vec<u8>,
+        upper: Vec<u8>,
+    ) -> impl Iterator<Item = Result<(String, u64, Vec<StoredEntry>)>> + '_ {
+        self.tree.range(lower..upper).map(|kv| {
             let (k, v) = kv?;
             let (team, first) = keys::split_team_key(&k).ok_or_else(|| Error::Corrupt("entry key".into()))?;
             let entries = codec::decode_block(&v)
@@ -216,9 +226,83 @@ impl Store {
         prefix: &[u8],
         mut visit: impl FnMut(&mut Team, &StoredEntry, &Entry, Effects) -> Result<()>,
     ) -> Result<HashMap<TeamId, (Team, Hash)>> {
+        let mut upper = prefix.to_vec();
+        upper.push(0xff);
+        self.fold_range(catalog, prefix.to_vec(), upper, &mut visit)
+    }
+
+    /// Folds every team's entries on all cores: the key space is cut at team boundaries
+    /// into one contiguous range per thread (teams are independent). Each range gets
+    /// its own accumulator; they come back in key order.
+    pub(crate) fn fold_all<A: Default + Send>(
+        &self,
+        catalog: &Catalog,
+        visit: impl Fn(&mut A, &mut Team, &StoredEntry, &Entry, Effects) -> Result<()> + Sync,
+    ) -> Result<(HashMap<TeamId, (Team, Hash)>, Vec<A>)> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+        let bounds = self.team_bounds(threads)?;
+        let results: Vec<Result<(HashMap<TeamId, (Team, Hash)>, A)>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = bounds
+                .windows(2)
+                .map(|w| {
+                    let (lower, upper) = (w[0].clone(), w[1].clone());
+                    let visit = &visit;
+                    scope.spawn(move || {
+                        let mut acc = A::default();
+                        let teams =
+                            self.fold_range(catalog, lower, upper, &mut |t, s, e, fx| visit(&mut acc, t, s, e, fx))?;
+                        Ok((teams, acc))
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("fold threads do not panic")).collect()
+        });
+        let mut teams = HashMap::new();
+        let mut accs = Vec::with_capacity(results.len());
+        for r in results {
+            let (t, acc) = r?;
+            teams.extend(t);
+            accs.push(acc);
+        }
+        Ok((teams, accs))
+    }
+
+    /// `parts + 1` keys cutting the entry key space at team boundaries into `parts`
+    /// ranges with about the same number of blocks.
+    fn team_bounds(&self, parts: usize) -> Result<Vec<Vec<u8>>> {
+        let mut starts: Vec<(Vec<u8>, usize)> = Vec::new();
+        let mut blocks = 0usize;
+        for k in self.tree.scan_prefix([keys::ENTRY]).keys() {
+            let k = k?;
+            let team_end = k.iter().position(|b| *b == 0).unwrap_or(k.len());
+            if starts.last().is_none_or(|(t, _)| t.as_slice() != &k[..=team_end.min(k.len() - 1)]) {
+                starts.push((k[..=team_end.min(k.len() - 1)].to_vec(), blocks));
+            }
+            blocks += 1;
+        }
+        let mut bounds = vec![vec![keys::ENTRY]];
+        for part in 1..parts {
+            let target = blocks * part / parts;
+            if let Some((key, _)) = starts.iter().find(|(_, at)| *at >= target) {
+                if bounds.last().is_some_and(|b| b < key) {
+                    bounds.push(key.clone());
+                }
+            }
+        }
+        bounds.push(vec![keys::ENTRY + 1]);
+        Ok(bounds)
+    }
+
+    fn fold_range(
+        &self,
+        catalog: &Catalog,
+        lower: Vec<u8>,
+        upper: Vec<u8>,
+        visit: &mut dyn FnMut(&mut Team, &StoredEntry, &Entry, Effects) -> Result<()>,
+    ) -> Result<HashMap<TeamId, (Team, Hash)>> {
         let mut teams: HashMap<TeamId, (Team, Hash)> = HashMap::new();
         let mut current: Option<(TeamId, Team, Hash)> = None;
-        for block in self.blocks(prefix) {
+        for block in self.blocks_in(lower, upper) {
             let (team, _, entries) = block?;
             if current.as_ref().is_none_or(|(id, _, _)| id.as_str() != team) {
                 if let Some((id, t, h)) = current.take() {
@@ -255,15 +339,18 @@ impl Store {
     /// Rebuilds every projection (alerts, invoices) from the ledger alone, replaces the
     /// stored ones, and returns a digest of all invoices.
     pub fn replay(&self, catalog: &Catalog) -> Result<ReplayReport> {
-        let mut rebuilt: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        let mut alert_no: HashMap<String, u64> = HashMap::new();
-        let mut entries = 0u64;
-        let teams = self.fold(catalog, &[keys::ENTRY], |team, stored, _, effects| {
-            entries += 1;
+        #[derive(Default)]
+        struct Acc {
+            entries: u64,
+            rebuilt: Vec<(Vec<u8>, Vec<u8>)>,
+            alert_no: HashMap<String, u64>,
+        }
+        let (teams, accs) = self.fold_all(catalog, |acc: &mut Acc, team, stored, _, effects| {
+            acc.entries += 1;
             let team_id = team.id().as_str();
             for alert in effects.alerts {
-                let n = alert_no.entry(team_id.to_string()).or_default();
-                rebuilt.push((
+                let n = acc.alert_no.entry(team_id.to_string()).or_default();
+                acc.rebuilt.push((
                     keys::team_key(keys::ALERT, team_id, *n),
                     serde_json::to_vec(&alert).expect("alert serializes"),
                 ));
@@ -271,13 +358,13 @@ impl Store {
             }
             if let Some(mut invoice) = effects.invoice {
                 invoice.ledger.head_hash = hex::encode(stored.hash);
-                rebuilt.push((
-                    keys::time_key(keys::INVOICE, team_id, invoice.period_start.timestamp()),
-                    invoice.to_json().into_bytes(),
-                ));
+                let key = keys::time_key(keys::INVOICE, team_id, invoice.period_start.timestamp());
+                acc.rebuilt.push((key, invoice.to_json().into_bytes()));
             }
             Ok(())
         })?;
+        let entries: u64 = accs.iter().map(|a| a.entries).sum();
+        let mut rebuilt: Vec<(Vec<u8>, Vec<u8>)> = accs.into_iter().flat_map(|a| a.rebuilt).collect();
         let mut mismatched = 0u64;
         let mut stored_keys = 0u64;
         for prefix in [keys::ALERT, keys::INVOICE] {

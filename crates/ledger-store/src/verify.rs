@@ -5,7 +5,7 @@ use std::path::Path;
 
 use ledger_core::Catalog;
 
-use crate::codec::{self, Hash, IndexRec};
+use crate::codec::{self, Hash, IndexRun};
 use crate::keys;
 use crate::store::Store;
 use crate::{Error, Result};
@@ -70,25 +70,26 @@ impl Store {
     fn verify_index(&self, events: &mut HashMap<(String, u64), String>, report: &mut VerifyReport) -> Result<()> {
         for kv in self.tree.scan_prefix([keys::INDEX]) {
             let (k, v) = kv?;
-            let segment: Vec<IndexRec> = match codec::decode(&v, "index segment") {
+            let segment: Vec<IndexRun> = match codec::decode(&v, "index segment") {
                 Ok(s) => s,
                 Err(e) => {
                     report.faults.push(format!("index segment {}: {e}", hex::encode(&k[1..])));
                     continue;
                 }
             };
-            for rec in segment {
-                report.index_records += 1;
-                match events.remove(&(rec.team.clone(), rec.seq)) {
-                    Some(found) if found == rec.event_id => {}
-                    Some(found) => report.faults.push(format!(
-                        "team {} seq {}: index says event {}, entry is {found}",
-                        rec.team, rec.seq, rec.event_id
-                    )),
-                    None => report.faults.push(format!(
-                        "team {} seq {}: index points at event {}, no such entry (or indexed twice)",
-                        rec.team, rec.seq, rec.event_id
-                    )),
+            for run in segment {
+                for (event_id, seq) in run.events {
+                    report.index_records += 1;
+                    let team = &run.team;
+                    match events.remove(&(team.clone(), seq)) {
+                        Some(found) if found == event_id => {}
+                        Some(found) => report
+                            .faults
+                            .push(format!("team {team} seq {seq}: index says event {event_id}, entry is {found}")),
+                        None => report.faults.push(format!(
+                            "team {team} seq {seq}: index points at event {event_id}, no such entry (or indexed twice)"
+                        )),
+                    }
                 }
             }
         }
