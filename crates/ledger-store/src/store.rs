@@ -39,6 +39,9 @@ pub struct ReplayReport {
     pub digest: String,
 }
 
+/// Every team's folded state with its chain head.
+pub(crate) type Folded = HashMap<TeamId, (Team, Hash)>;
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io { path: path.display().to_string(), source }
 }
@@ -225,7 +228,7 @@ impl Store {
         catalog: &Catalog,
         prefix: &[u8],
         mut visit: impl FnMut(&mut Team, &StoredEntry, &Entry, Effects) -> Result<()>,
-    ) -> Result<HashMap<TeamId, (Team, Hash)>> {
+    ) -> Result<Folded> {
         let mut upper = prefix.to_vec();
         upper.push(0xff);
         self.fold_range(catalog, prefix.to_vec(), upper, &mut visit)
@@ -238,10 +241,10 @@ impl Store {
         &self,
         catalog: &Catalog,
         visit: impl Fn(&mut A, &mut Team, &StoredEntry, &Entry, Effects) -> Result<()> + Sync,
-    ) -> Result<(HashMap<TeamId, (Team, Hash)>, Vec<A>)> {
+    ) -> Result<(Folded, Vec<A>)> {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
         let bounds = self.team_bounds(threads)?;
-        let results: Vec<Result<(HashMap<TeamId, (Team, Hash)>, A)>> = std::thread::scope(|scope| {
+        let results: Vec<Result<(Folded, A)>> = std::thread::scope(|scope| {
             let handles: Vec<_> = bounds
                 .windows(2)
                 .map(|w| {
@@ -299,8 +302,8 @@ impl Store {
         lower: Vec<u8>,
         upper: Vec<u8>,
         visit: &mut dyn FnMut(&mut Team, &StoredEntry, &Entry, Effects) -> Result<()>,
-    ) -> Result<HashMap<TeamId, (Team, Hash)>> {
-        let mut teams: HashMap<TeamId, (Team, Hash)> = HashMap::new();
+    ) -> Result<Folded> {
+        let mut teams: Folded = HashMap::new();
         let mut current: Option<(TeamId, Team, Hash)> = None;
         for block in self.blocks_in(lower, upper) {
             let (team, _, entries) = block?;
