@@ -4,6 +4,7 @@
 
 mod cli;
 mod crash;
+mod kafka;
 mod properties;
 mod rules;
 mod scenarios;

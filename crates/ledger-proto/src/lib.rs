@@ -82,6 +82,76 @@ pub fn decode_account(bytes: &[u8]) -> Result<Event, Invalid> {
     account_from_pb(msg).map(Event::Account)
 }
 
+/// The record value for an event's own topic: an `ImageProcessed` (images.processed.v1)
+/// or an `AccountEvent` (billing.accounts.v1), protobuf-encoded.
+pub fn encode_event(event: &Event) -> Vec<u8> {
+    match event {
+        Event::Image(e) => image_to_pb(e).encode_to_vec(),
+        Event::Account(e) => account_to_pb(e).encode_to_vec(),
+    }
+}
+
+fn json_time(v: &serde_json::Value, field: &'static str) -> Result<Option<Timestamp>, Invalid> {
+    let s = v[field].as_str().ok_or(Invalid::Missing(field))?;
+    let t: DateTime<Utc> = s.parse().map_err(|_| Invalid::BadTime)?;
+    Ok(Some(time_to_pb(t)))
+}
+
+fn json_str(v: &serde_json::Value, field: &'static str) -> Result<String, Invalid> {
+    v[field].as_str().map(str::to_string).ok_or(Invalid::Missing(field))
+}
+
+/// An alert as the ledger stores it (JSON) → the `UsageThresholdCrossed` message.
+pub fn alert_to_pb(json: &str) -> Result<pb::UsageThresholdCrossed, Invalid> {
+    let v: serde_json::Value = serde_json::from_str(json).map_err(|e| Invalid::Json(e.to_string()))?;
+    Ok(pb::UsageThresholdCrossed {
+        alert_id: json_str(&v, "alert_id")?,
+        team_id: json_str(&v, "team_id")?,
+        allowance: json_str(&v, "allowance")?,
+        cycle_start: json_time(&v, "cycle_start")?,
+        cycle_end: json_time(&v, "cycle_end")?,
+        threshold_percent: v["threshold_percent"].as_u64().ok_or(Invalid::Missing("threshold_percent"))? as u32,
+        consumed: json_str(&v, "consumed")?,
+        allowance_value: json_str(&v, "allowance_value")?,
+        triggering_event_id: json_str(&v, "triggering_event_id")?,
+        occurred_at: json_time(&v, "occurred_at")?,
+        bucket_generation: v["bucket_generation"].as_u64().unwrap_or(0) as u32,
+    })
+}
+
+/// A `UsageThresholdCrossed` record as one line for people.
+pub fn describe_alert(bytes: &[u8]) -> Result<String, Invalid> {
+    let a = pb::UsageThresholdCrossed::decode(bytes).map_err(|e| Invalid::Protobuf(e.to_string()))?;
+    Ok(format!(
+        "{} {} {}% reached: {} of {} (event {}, alert id {})",
+        a.team_id, a.allowance, a.threshold_percent, a.consumed, a.allowance_value, a.triggering_event_id, a.alert_id
+    ))
+}
+
+/// `alert_to_pb`, encoded.
+pub fn alert_bytes(json: &str) -> Result<Vec<u8>, Invalid> {
+    Ok(alert_to_pb(json)?.encode_to_vec())
+}
+
+/// `invoice_to_pb`, encoded.
+pub fn invoice_bytes(json: &str, invoice_id: &str) -> Result<Vec<u8>, Invalid> {
+    Ok(invoice_to_pb(json, invoice_id)?.encode_to_vec())
+}
+
+/// A final invoice (JSON, exactly as `invoices` prints it) → `InvoiceFinalized`.
+pub fn invoice_to_pb(json: &str, invoice_id: &str) -> Result<pb::InvoiceFinalized, Invalid> {
+    let v: serde_json::Value = serde_json::from_str(json).map_err(|e| Invalid::Json(e.to_string()))?;
+    Ok(pb::InvoiceFinalized {
+        team_id: json_str(&v, "team_id")?,
+        period_start: json_time(&v["period"], "start")?,
+        period_end: json_time(&v["period"], "end")?,
+        total: json_str(&v, "total")?,
+        currency: json_str(&v, "currency")?,
+        invoice_json: json.to_string(),
+        invoice_id: invoice_id.to_string(),
+    })
+}
+
 /// Conversions from wire messages into core events (validation) and back (export).
 pub trait WireEvent: Sized {
     fn try_from_pb(input: pb::LedgerInput) -> Result<Self, Invalid>;

@@ -200,17 +200,36 @@ impl Ledger {
     /// write of entries, index, heads, projections, offsets and outbox, then `flush()`.
     /// On `Err` nothing may be acknowledged and the writer must be dropped.
     pub fn submit_batch(&mut self, submissions: Vec<Submission>) -> Result<BatchReport> {
-        let mut staged = Staged::default();
-        let mut offsets: HashMap<String, u64> = HashMap::new();
-        for sub in submissions {
+        let mut positions: HashMap<String, u64> = HashMap::new();
+        for sub in &submissions {
             if let Some(stream) = &sub.source.stream {
-                offsets.insert(stream.clone(), sub.source.offset + 1);
+                positions.insert(stream.clone(), sub.source.offset + 1);
             }
+        }
+        let positions: Vec<(String, u64)> = positions.into_iter().collect();
+        self.submit_batch_with(submissions, &positions, |_| Vec::new())
+    }
+
+    /// `submit_batch` with explicit source positions (`stream` → next offset, covering
+    /// records that never became submissions) and outbox messages the caller derives from
+    /// the outcomes (dead letters), all in the same atomic write.
+    pub fn submit_batch_with(
+        &mut self,
+        submissions: Vec<Submission>,
+        positions: &[(String, u64)],
+        extra: impl FnOnce(&[Outcome]) -> Vec<OutboxMsg>,
+    ) -> Result<BatchReport> {
+        let mut staged = Staged::default();
+        for sub in submissions {
             let outcome = self.submit_one(&mut staged, sub.event)?;
             staged.report.outcomes.push(outcome);
         }
-        for (stream, next) in offsets {
+        for (stream, next) in positions {
             staged.batch.insert(keys::simple(keys::OFFSET, stream.as_bytes()), next.to_be_bytes().to_vec());
+        }
+        for msg in extra(&staged.report.outcomes) {
+            staged.batch.insert(keys::outbox(self.next_outbox), codec::encode(&msg));
+            self.next_outbox += 1;
         }
         self.commit(staged)
     }
@@ -348,8 +367,14 @@ impl Ledger {
                 staged.batch.insert(keys::team_key(keys::ALERT, team_id.as_str(), *n), json.as_bytes());
                 *n += 1;
                 staged.report.alerts += 1;
-                let msg =
-                    OutboxMsg { topic: "usage.alerts.v1".into(), key: team_id.to_string(), id: alert.alert_id, json };
+                let msg = OutboxMsg {
+                    topic: "usage.alerts.v1".into(),
+                    key: team_id.to_string(),
+                    id: alert.alert_id,
+                    json,
+                    payload: Vec::new(),
+                    headers: Vec::new(),
+                };
                 staged.batch.insert(keys::outbox(self.next_outbox), codec::encode(&msg));
                 self.next_outbox += 1;
             }
@@ -360,7 +385,14 @@ impl Ledger {
                 staged.batch.insert(key, json.as_bytes());
                 staged.report.invoices += 1;
                 let id = format!("{}:{}", team_id, invoice.period.start);
-                let msg = OutboxMsg { topic: "billing.invoices.v1".into(), key: team_id.to_string(), id, json };
+                let msg = OutboxMsg {
+                    topic: "billing.invoices.v1".into(),
+                    key: team_id.to_string(),
+                    id,
+                    json,
+                    payload: Vec::new(),
+                    headers: Vec::new(),
+                };
                 staged.batch.insert(keys::outbox(self.next_outbox), codec::encode(&msg));
                 self.next_outbox += 1;
             }

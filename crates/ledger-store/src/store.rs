@@ -15,9 +15,14 @@ use crate::{Error, Result};
 pub struct OutboxMsg {
     pub topic: String,
     pub key: String,
-    /// Deterministic id (alert id, invoice id): consumers drop repeats by it.
+    /// Deterministic id (alert id, invoice id, dead letter source): consumers drop
+    /// repeats by it.
     pub id: String,
+    /// The projection as JSON (alerts, invoices); empty for dead letters.
     pub json: String,
+    /// Raw bytes to publish as they are (dead letters: the original record).
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone)]

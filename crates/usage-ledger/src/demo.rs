@@ -135,3 +135,60 @@ fn print_balances(ledger: &Ledger, at: DateTime<Utc>) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `run --demo`: a pipeline simulator producing the sample month to the input topics in
+/// small bursts, and a watcher printing every alert the service publishes. Stops the
+/// service a few seconds after the last burst.
+pub fn spawn_live(brokers: String, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<()> {
+    use std::sync::atomic::Ordering;
+    std::thread::spawn(move || {
+        let result = (|| -> anyhow::Result<()> {
+            let producer = ledger_kafka::Producer::new(&brokers)?;
+            let watcher = ledger_kafka::Consumer::new(
+                &brokers,
+                &format!("usage-ledger-demo-{}", std::process::id()),
+                &[ledger_kafka::ALERTS],
+                std::sync::Arc::new(|_, _| None),
+            )?;
+            let lines = traffic("2026-04-01T00:00:00Z".parse()?);
+            println!("demo: producing {} events for {} teams in bursts", lines.len(), TEAMS.len());
+            let mut produced = 0;
+            for chunk in lines.chunks(40) {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let mut messages = Vec::with_capacity(chunk.len());
+                for line in chunk {
+                    let event = parse_json_line(line)?;
+                    let topic =
+                        if matches!(event, Event::Image(_)) { ledger_kafka::IMAGES } else { ledger_kafka::ACCOUNTS };
+                    messages.push(ledger_kafka::Outgoing {
+                        topic: topic.into(),
+                        key: event.team_id().to_string().into_bytes(),
+                        payload: ledger_proto::encode_event(&event),
+                        headers: Vec::new(),
+                    });
+                }
+                producer.send_all(&messages)?;
+                produced += messages.len();
+                print_alerts(&watcher, std::time::Duration::from_millis(250))?;
+            }
+            println!("demo: produced {produced} events; waiting for the last alerts");
+            for _ in 0..12 {
+                print_alerts(&watcher, std::time::Duration::from_millis(250))?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            eprintln!("demo: {e:#}");
+        }
+        stop.store(true, Ordering::SeqCst);
+    })
+}
+
+fn print_alerts(watcher: &ledger_kafka::Consumer, wait: std::time::Duration) -> anyhow::Result<()> {
+    for record in watcher.poll_batch(100, wait)? {
+        println!("ALERT  {}", ledger_proto::describe_alert(&record.payload)?);
+    }
+    Ok(())
+}

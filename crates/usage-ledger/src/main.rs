@@ -11,10 +11,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod broker;
 mod commands;
 mod demo;
 mod generate;
 mod import;
+mod service;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -38,6 +40,15 @@ enum Format {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The service: consume the input topics, append, publish alerts, invoices and dead
+    /// letters. With no brokers configured it starts an embedded broker and says where.
+    Run(service::RunArgs),
+    /// Send a JSONL file to the input topics as protobuf, keyed by team.
+    Produce {
+        #[arg(long, env = "USAGE_LEDGER_BROKERS")]
+        brokers: String,
+        file: PathBuf,
+    },
     /// Append events from a JSONL file (`-` = stdin) exactly as the consumer would.
     Import {
         file: PathBuf,
@@ -130,6 +141,8 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let dir = cli.data_dir;
     match cli.command {
+        Command::Run(args) => service::run(&dir, args),
+        Command::Produce { brokers, file } => service::produce(&brokers, &file),
         Command::Import { file, batch_events_max, report_acks } => {
             import::run(&dir, &file, batch_events_max, report_acks)
         }

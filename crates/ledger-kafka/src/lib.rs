@@ -1,0 +1,345 @@
+//! The Kafka adapter (rdkafka). The only crate that names rdkafka; it knows nothing of
+//! the store. Positions live outside Kafka: the consumer asks the caller where each
+//! partition stands when it is assigned, and Kafka's committed offset is only advisory.
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _, ProducerContext};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::{info, warn};
+
+pub const IMAGES: &str = "images.processed.v1";
+pub const ACCOUNTS: &str = "billing.accounts.v1";
+pub const ALERTS: &str = "usage.alerts.v1";
+pub const INVOICES: &str = "billing.invoices.v1";
+pub const DEADLETTER: &str = "usage.deadletter.v1";
+pub const ALL_TOPICS: [&str; 5] = [IMAGES, ACCOUNTS, ALERTS, INVOICES, DEADLETTER];
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("topic {topic}: {reason}")]
+    Topic { topic: String, reason: String },
+    #[error("{failed} of {total} messages were not delivered: {first}")]
+    Delivery { failed: usize, total: usize, first: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Where a partition stands in the durable ledger: the next offset to consume.
+pub type Positions = Arc<dyn Fn(&str, i32) -> Option<i64> + Send + Sync>;
+
+/// One consumed record, owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Record {
+    /// The position key (`topic/partition`) the store records offsets under.
+    pub fn stream(&self) -> String {
+        format!("{}/{}", self.topic, self.partition)
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+}
+
+struct GroupContext {
+    positions: Positions,
+    owned: Mutex<HashSet<(String, i32)>>,
+    rebalances: AtomicU64,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    /// Assignment: every partition starts at the position the ledger recorded (Kafka's
+    /// committed offset is only a hint). Revocation: the partition is forgotten, so
+    /// records of it still in the current batch are dropped, never applied.
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        self.rebalances.fetch_add(1, Ordering::SeqCst);
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let parts: Vec<(String, i32)> =
+                    tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+                for (topic, partition) in &parts {
+                    if let Some(next) = (self.positions)(topic, *partition) {
+                        if let Err(e) = tpl.set_partition_offset(topic, *partition, Offset::Offset(next)) {
+                            warn!(topic, partition, error = %e, "Could not set the stored position.");
+                        }
+                    }
+                    self.owned.lock().expect("not poisoned").insert((topic.clone(), *partition));
+                }
+                info!(partitions = ?parts, cooperative, "Partitions assigned at the ledger's positions.");
+                if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let mut owned = self.owned.lock().expect("not poisoned");
+                for e in tpl.elements() {
+                    owned.remove(&(e.topic().to_string(), e.partition()));
+                }
+                if !cooperative {
+                    owned.clear();
+                }
+                info!(partitions = tpl.count(), cooperative, "Partitions revoked.");
+                if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                }
+            }
+            other => {
+                warn!(error = ?other, "Rebalance error.");
+                consumer.unassign()
+            }
+        };
+        if let Err(e) = result {
+            warn!(error = %e, "Applying the rebalance failed.");
+        }
+    }
+}
+
+/// A consumer-group member on the input topics.
+pub struct Consumer {
+    inner: BaseConsumer<GroupContext>,
+}
+
+impl Consumer {
+    pub fn new(brokers: &str, group: &str, topics: &[&str], positions: Positions) -> Result<Consumer> {
+        let context = GroupContext { positions, owned: Mutex::new(HashSet::new()), rebalances: AtomicU64::new(0) };
+        let inner: BaseConsumer<GroupContext> = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            .create_with_context(context)?;
+        inner.subscribe(topics)?;
+        Ok(Consumer { inner })
+    }
+
+    /// Polls up to `max` records, waiting at most `wait` for the first ones. Records of
+    /// partitions revoked meanwhile are dropped.
+    pub fn poll_batch(&self, max: usize, wait: Duration) -> Result<Vec<Record>> {
+        let deadline = Instant::now() + wait;
+        let mut batch = Vec::new();
+        while batch.len() < max {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let timeout = if batch.is_empty() { left.min(Duration::from_millis(100)) } else { Duration::ZERO };
+            match self.inner.poll(timeout) {
+                Some(Ok(m)) => batch.push(Record {
+                    topic: m.topic().to_string(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                    headers: m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|Header { key, value }| (key.to_string(), value.unwrap_or_default().to_vec()))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                }),
+                Some(Err(e)) => warn!(error = %e, "Consumer error; continuing."),
+                None if !batch.is_empty() || Instant::now() >= deadline => break,
+                None => {}
+            }
+        }
+        let owned = self.inner.context().owned.lock().expect("not poisoned");
+        batch.retain(|r| owned.contains(&(r.topic.clone(), r.partition)));
+        Ok(batch)
+    }
+
+    /// Tells Kafka how far the ledger got (advisory; the ledger's own positions rule).
+    pub fn commit(&self, next_offsets: &[(String, i32, i64)]) -> Result<()> {
+        if next_offsets.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition, next) in next_offsets {
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+        }
+        match self.inner.commit(&tpl, CommitMode::Async) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                warn!(error = %e, "Advisory offset commit failed; the ledger's positions are authoritative.");
+                Ok(())
+            }
+        }
+    }
+
+    /// Partitions this member owns now.
+    pub fn owned(&self) -> Vec<(String, i32)> {
+        let mut v: Vec<_> = self.inner.context().owned.lock().expect("not poisoned").iter().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Leaves the group cleanly so partitions move to another member at once.
+    pub fn close(self) {
+        self.inner.unsubscribe();
+        let _ = self.inner.poll(Duration::from_millis(100));
+    }
+}
+
+/// A message to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    pub topic: String,
+    pub key: Vec<u8>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+#[derive(Default)]
+struct DeliveryContext {
+    failures: Mutex<Vec<String>>,
+}
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.failures.lock().expect("not poisoned").push(e.to_string());
+        }
+    }
+}
+
+/// Publishes and waits for every delivery: `send_all` returns only when each message
+/// is acknowledged by the broker, or fails.
+pub struct Producer {
+    inner: BaseProducer<DeliveryContext>,
+}
+
+impl Producer {
+    pub fn new(brokers: &str) -> Result<Producer> {
+        let inner = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", "30000")
+            .create_with_context(DeliveryContext::default())?;
+        Ok(Producer { inner })
+    }
+
+    pub fn send_all(&self, messages: &[Outgoing]) -> Result<()> {
+        self.inner.context().failures.lock().expect("not poisoned").clear();
+        for m in messages {
+            let mut headers = OwnedHeaders::new();
+            for (k, v) in &m.headers {
+                headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
+            }
+            let mut record = BaseRecord::to(&m.topic).key(&m.key).payload(&m.payload).headers(headers);
+            loop {
+                match self.inner.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        record = r;
+                        self.inner.poll(Duration::from_millis(10));
+                    }
+                    Err((e, _)) => return Err(e.into()),
+                }
+            }
+        }
+        self.inner.flush(Duration::from_secs(30))?;
+        let failures = self.inner.context().failures.lock().expect("not poisoned");
+        match failures.first() {
+            None => Ok(()),
+            Some(first) => Err(Error::Delivery { failed: failures.len(), total: messages.len(), first: first.clone() }),
+        }
+    }
+}
+
+/// Creates the topics (input topics with `partitions` partitions); existing ones are fine.
+pub fn create_topics(brokers: &str, partitions: i32) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    let specs: Vec<NewTopic<'_>> = ALL_TOPICS
+        .iter()
+        .map(|t| {
+            NewTopic::new(t, if *t == IMAGES || *t == ACCOUNTS { partitions } else { 1 }, TopicReplication::Fixed(1))
+        })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = futures_executor::block_on(admin.create_topics(specs.iter(), &opts))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(Error::Topic { topic, reason: code.to_string() }),
+        }
+    }
+    Ok(())
+}
+
+/// Reads every record of `topic` from the beginning until `idle` passes with nothing new
+/// (tools and tests: what did the ledger publish?).
+pub fn read_topic(brokers: &str, topic: &str, idle: Duration) -> Result<Vec<Record>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("usage-ledger-reader-{}", std::process::id()))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut tpl = TopicPartitionList::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+        }
+    }
+    consumer.assign(&tpl)?;
+    let mut out = Vec::new();
+    let mut last = Instant::now();
+    while last.elapsed() < idle {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                last = Instant::now();
+                out.push(Record {
+                    topic: m.topic().to_string(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                    headers: m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|Header { key, value }| (key.to_string(), value.unwrap_or_default().to_vec()))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                });
+            }
+            Some(Err(e)) => warn!(error = %e, "Reader error; continuing."),
+            None => {}
+        }
+    }
+    Ok(out)
+}

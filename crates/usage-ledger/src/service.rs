@@ -1,0 +1,260 @@
+//! `run`: the service. Consume a batch → decode and validate → one atomic, flushed sled
+//! commit holding entries, positions and dead letters → publish the outbox → tell Kafka
+//! (advisory). `produce`: a JSONL file onto the input topics as protobuf.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use ledger_core::{Catalog, Event};
+use ledger_kafka::{Consumer, Outgoing, Producer, Record, ACCOUNTS, ALERTS, DEADLETTER, IMAGES, INVOICES};
+use ledger_store::{Ledger, OutboxMsg, Outcome, Source, Store, Submission};
+use tracing::{info, warn};
+
+use crate::broker::EmbeddedBroker;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Kafka bootstrap servers; without them an embedded broker is started.
+    #[arg(long, env = "USAGE_LEDGER_BROKERS")]
+    pub brokers: Option<String>,
+    /// Port of the embedded broker.
+    #[arg(long, default_value_t = 9092)]
+    pub broker_port: u16,
+    #[arg(long, default_value = "usage-ledger")]
+    pub group: String,
+    /// Partitions of the input topics when this service creates them.
+    #[arg(long, default_value_t = 4)]
+    pub partitions: i32,
+    #[arg(long, default_value_t = 5000)]
+    pub batch_events_max: usize,
+    #[arg(long, default_value_t = 200)]
+    pub batch_wait_ms: u64,
+    /// Also close cycles by wall-clock time (not only by the teams' event clocks).
+    #[arg(long)]
+    pub close_on_wall_clock: bool,
+    /// Run a pipeline simulator beside the service and print balances and alerts.
+    #[arg(long)]
+    pub demo: bool,
+    /// Drain and exit once no record arrived for this long (back-fills, tests).
+    #[arg(long)]
+    pub exit_when_idle_ms: Option<u64>,
+}
+
+/// Counters the service reports as it goes.
+#[derive(Debug, Default)]
+struct Stats {
+    records: u64,
+    appended: u64,
+    duplicates: u64,
+    dead_letters: u64,
+    published: u64,
+}
+
+pub fn run(dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the signal handler")?;
+    let _broker;
+    let brokers = match &args.brokers {
+        Some(b) => b.clone(),
+        None => {
+            let broker = EmbeddedBroker::start(&dir.join("broker"), args.broker_port)?;
+            eprintln!("usage-ledger: embedded Kafka-protocol broker (tansu) listening on {}", broker.address);
+            let address = broker.address.clone();
+            _broker = broker;
+            address
+        }
+    };
+    ledger_kafka::create_topics(&brokers, args.partitions)?;
+    let store = Store::open(dir, &Catalog::builtin())?;
+    let mut ledger = Ledger::open(store.clone())?;
+    let positions_store = store.clone();
+    let positions: ledger_kafka::Positions = Arc::new(move |topic, partition| {
+        positions_store.offset(&format!("{topic}/{partition}")).ok().flatten().map(|n| n as i64)
+    });
+    let consumer = Consumer::new(&brokers, &args.group, &[IMAGES, ACCOUNTS], positions)?;
+    let producer = Producer::new(&brokers)?;
+    let mut stats = Stats::default();
+    stats.published += publish_outbox(&store, &producer)?;
+    eprintln!(
+        "usage-ledger: consuming {IMAGES} and {ACCOUNTS} from {brokers} as group {}; ledger in {}",
+        args.group,
+        dir.display()
+    );
+    let demo = args.demo.then(|| crate::demo::spawn_live(brokers.clone(), Arc::clone(&stop)));
+    let mut last_report = Instant::now();
+    let mut last_record = Instant::now();
+    while !stop.load(Ordering::SeqCst) {
+        let records = consumer.poll_batch(args.batch_events_max, Duration::from_millis(args.batch_wait_ms))?;
+        if !records.is_empty() {
+            process(&mut ledger, &records, &mut stats)?;
+            last_record = Instant::now();
+        } else if args.exit_when_idle_ms.is_some_and(|ms| last_record.elapsed() > Duration::from_millis(ms)) {
+            stop.store(true, Ordering::SeqCst);
+        }
+        if args.close_on_wall_clock {
+            ledger.close_until(chrono::Utc::now())?;
+        }
+        stats.published += publish_outbox(&store, &producer)?;
+        consumer.commit(&next_offsets(&records))?;
+        if last_report.elapsed() > Duration::from_secs(10) {
+            info!(?stats, owned = ?consumer.owned(), "Progress.");
+            last_report = Instant::now();
+        }
+    }
+    info!(?stats, "Stopping: the last batch is durable and published.");
+    consumer.close();
+    if let Some(handle) = demo {
+        let _ = handle.join();
+    }
+    eprintln!(
+        "usage-ledger: stopped after {} records ({} appended, {} duplicates, {} dead letters)",
+        stats.records, stats.appended, stats.duplicates, stats.dead_letters
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn next_offsets(records: &[Record]) -> Vec<(String, i32, i64)> {
+    let mut next: HashMap<(String, i32), i64> = HashMap::new();
+    for r in records {
+        let e = next.entry((r.topic.clone(), r.partition)).or_default();
+        *e = (*e).max(r.offset + 1);
+    }
+    next.into_iter().map(|((t, p), n)| (t, p, n)).collect()
+}
+
+/// A dead letter: the original bytes, with the source and the reason in headers.
+fn dead_letter(r: &Record, code: &str, reason: &str, who: Option<(&str, &str)>) -> OutboxMsg {
+    let mut headers = vec![
+        ("source.topic".to_string(), r.topic.clone()),
+        ("source.partition".to_string(), r.partition.to_string()),
+        ("source.offset".to_string(), r.offset.to_string()),
+        ("reason.code".to_string(), code.to_string()),
+        ("reason".to_string(), reason.to_string()),
+    ];
+    if let Some((team, event)) = who {
+        headers.push(("team_id".to_string(), team.to_string()));
+        headers.push(("event_id".to_string(), event.to_string()));
+    }
+    warn!(topic = %r.topic, partition = r.partition, offset = r.offset, team_id = who.map(|w| w.0), event_id = who.map(|w| w.1), code, reason, "Dead-lettered a record.");
+    OutboxMsg {
+        topic: DEADLETTER.to_string(),
+        key: String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned(),
+        id: format!("{}/{}/{}", r.topic, r.partition, r.offset),
+        json: String::new(),
+        payload: r.payload.clone(),
+        headers,
+    }
+}
+
+fn decode(r: &Record) -> Result<Event, ledger_proto::Invalid> {
+    match r.topic.as_str() {
+        IMAGES => ledger_proto::decode_image(&r.payload),
+        _ => ledger_proto::decode_account(&r.payload),
+    }
+}
+
+fn process(ledger: &mut Ledger, records: &[Record], stats: &mut Stats) -> anyhow::Result<()> {
+    stats.records += records.len() as u64;
+    let mut submissions = Vec::with_capacity(records.len());
+    let mut origin = Vec::with_capacity(records.len());
+    let mut dead = Vec::new();
+    let mut positions: HashMap<String, u64> = HashMap::new();
+    for (i, r) in records.iter().enumerate() {
+        positions.insert(r.stream(), r.offset as u64 + 1);
+        match decode(r) {
+            Ok(event) => {
+                submissions
+                    .push(Submission { event, source: Source { stream: Some(r.stream()), offset: r.offset as u64 } });
+                origin.push(i);
+            }
+            Err(e) => dead.push(dead_letter(r, e.code(), &e.to_string(), None)),
+        }
+    }
+    let who: Vec<(String, String)> =
+        submissions.iter().map(|s| (s.event.team_id().to_string(), s.event.event_id().to_string())).collect();
+    let positions: Vec<(String, u64)> = positions.into_iter().collect();
+    let report = ledger.submit_batch_with(submissions, &positions, |outcomes| {
+        for (k, outcome) in outcomes.iter().enumerate() {
+            let r = &records[origin[k]];
+            let who = Some((who[k].0.as_str(), who[k].1.as_str()));
+            match outcome {
+                Outcome::Rejected(reject) => dead.push(dead_letter(r, reject.code, &reject.detail, who)),
+                Outcome::Conflict { team, seq } => {
+                    let reason = format!("event id already used by team {team} seq {seq} with other content");
+                    dead.push(dead_letter(r, "conflict", &reason, who));
+                }
+                Outcome::Appended { .. } | Outcome::Duplicate { .. } => {}
+            }
+        }
+        dead
+    })?;
+    for outcome in &report.outcomes {
+        match outcome {
+            Outcome::Appended { .. } => stats.appended += 1,
+            Outcome::Duplicate { .. } => stats.duplicates += 1,
+            _ => stats.dead_letters += 1,
+        }
+    }
+    stats.dead_letters += (records.len() - report.outcomes.len()) as u64;
+    Ok(())
+}
+
+/// Publishes every outbox message (alerts, invoices, dead letters), then marks them sent.
+/// After a crash, unsent ones go again with the same ids.
+fn publish_outbox(store: &Store, producer: &Producer) -> anyhow::Result<u64> {
+    let mut sent = 0;
+    loop {
+        let batch = store.outbox(1000)?;
+        if batch.is_empty() {
+            return Ok(sent);
+        }
+        let messages = batch
+            .iter()
+            .map(|(_, m)| {
+                let payload = match m.topic.as_str() {
+                    ALERTS => ledger_proto::alert_bytes(&m.json)?,
+                    INVOICES => ledger_proto::invoice_bytes(&m.json, &m.id)?,
+                    _ => m.payload.clone(),
+                };
+                let mut headers = m.headers.clone();
+                headers.push(("id".to_string(), m.id.clone()));
+                Ok(Outgoing { topic: m.topic.clone(), key: m.key.clone().into_bytes(), payload, headers })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        producer.send_all(&messages)?;
+        store.ack_outbox(&batch.iter().map(|(n, _)| *n).collect::<Vec<_>>())?;
+        sent += messages.len() as u64;
+    }
+}
+
+/// `produce`: each JSONL line to its topic as protobuf, keyed by team.
+pub fn produce(brokers: &str, file: &PathBuf) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    ledger_kafka::create_topics(brokers, 4)?;
+    let producer = Producer::new(brokers)?;
+    let mut messages = Vec::new();
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let event = ledger_proto::parse_json_line(line).with_context(|| format!("line {}", n + 1))?;
+        let topic = match event {
+            Event::Image(_) => IMAGES,
+            Event::Account(_) => ACCOUNTS,
+        };
+        let payload = ledger_proto::encode_event(&event);
+        messages.push(Outgoing {
+            topic: topic.into(),
+            key: event.team_id().to_string().into_bytes(),
+            payload,
+            headers: Vec::new(),
+        });
+    }
+    for chunk in messages.chunks(10_000) {
+        producer.send_all(chunk)?;
+    }
+    eprintln!("produced {} records to {brokers}", messages.len());
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,288 @@
+//! The Kafka service against a real Kafka-protocol broker (tansu, over TCP, durable on
+//! SQLite), with the service and the broker as separate processes.
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ledger_kafka::{Outgoing, Producer, DEADLETTER};
+use prost::Message as _;
+
+use crate::support::{bin, scenarios_dir, ul, ul_ok};
+
+/// A tansu broker on a free loopback port; killed on drop, restartable on the same data.
+pub struct Broker {
+    child: Option<Child>,
+    pub address: String,
+    db: PathBuf,
+}
+
+fn tansu() -> PathBuf {
+    let home = std::env::var("HOME").unwrap_or_default();
+    let candidates = [PathBuf::from(format!("{home}/.cargo/bin/tansu")), PathBuf::from("/usr/local/bin/tansu")];
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .expect("tansu is installed (`cargo install tansu --locked --features libsql`; .ci/run does it)")
+}
+
+impl Broker {
+    pub fn start(dir: &Path) -> Broker {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut broker = Broker { child: None, address: format!("127.0.0.1:{port}"), db: dir.join("broker.sqlite") };
+        broker.spawn();
+        broker
+    }
+
+    fn spawn(&mut self) {
+        let url = format!("tcp://{}", self.address);
+        let child = Command::new(tansu())
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine"])
+            .arg(format!("sqlite://{}", self.db.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&self.address).is_err() {
+            assert!(Instant::now() < deadline, "tansu listens within 30 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// kill -9 and start again on the same storage.
+    pub fn restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+        self.spawn();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn service(dir: &Path, brokers: &str, extra: &[&str]) -> Child {
+    bin()
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["run", "--brokers", brokers, "--batch-wait-ms", "100"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Runs the service until it has been idle for 3 s, and returns its stderr.
+pub fn drain(dir: &Path, brokers: &str) -> String {
+    let out = service(dir, brokers, &["--exit-when-idle-ms", "3000"]).wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "service failed: {stderr}");
+    stderr
+}
+
+/// Invoices without their `ledger` reference: two ledgers built in different arrival
+/// orders are different ledgers, with the same billing.
+pub fn billing(dir: &Path, team: &str) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(&ul_ok(dir, &["invoices", "--team", team])).unwrap();
+    for invoice in v.as_array_mut().unwrap() {
+        invoice.as_object_mut().unwrap().remove("ledger");
+    }
+    serde_json::to_string_pretty(&v).unwrap()
+}
+
+#[test]
+fn a_scenario_through_kafka_bills_like_import() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(tmp.path());
+    let file = scenarios_dir().join("E4.jsonl");
+    ul_ok(tmp.path(), &["produce", "--brokers", &broker.address, file.to_str().unwrap()]);
+    let (via_kafka, via_import) = (tmp.path().join("kafka"), tmp.path().join("import"));
+    drain(&via_kafka, &broker.address);
+    ul_ok(&via_import, &["import", file.to_str().unwrap()]);
+    for dir in [&via_kafka, &via_import] {
+        ul_ok(dir, &["close", "--until", "2026-05-02T00:00:00Z"]);
+    }
+    let kafka = billing(&via_kafka, "t1");
+    assert!(kafka.contains(r#""total": "440.00""#), "{kafka}");
+    assert_eq!(kafka, billing(&via_import, "t1"));
+    assert!(ul_ok(&via_kafka, &["verify"]).starts_with("ok: 1 teams, 10002 entries, 10001 index records"));
+}
+
+fn raw(topic: &str, key: &str, payload: Vec<u8>) -> Outgoing {
+    Outgoing { topic: topic.into(), key: key.as_bytes().to_vec(), payload, headers: Vec::new() }
+}
+
+fn image(id: &str, team: &str, api: i32, images: u32, sandbox: bool) -> Vec<u8> {
+    ledger_proto::pb::ImageProcessed {
+        event_id: id.into(),
+        team_id: team.into(),
+        occurred_at: Some(ledger_proto::Timestamp { seconds: 1_775_100_000, nanos: 0 }),
+        api,
+        images,
+        sandbox,
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+fn account(id: &str, team: &str, seconds: i64, change: ledger_proto::pb::account_event::Change) -> Vec<u8> {
+    ledger_proto::pb::AccountEvent {
+        event_id: id.into(),
+        team_id: team.into(),
+        occurred_at: Some(ledger_proto::Timestamp { seconds, nanos: 0 }),
+        change: Some(change),
+    }
+    .encode_to_vec()
+}
+
+#[test]
+fn every_dead_letter_reason_reaches_the_topic_with_source_and_bytes() {
+    use ledger_proto::pb::{self, account_event::Change};
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(tmp.path());
+    ledger_kafka::create_topics(&broker.address, 1).unwrap();
+    let (images, accounts) = (ledger_kafka::IMAGES, ledger_kafka::ACCOUNTS);
+    let april = 1_775_001_600; // 2026-04-01T00:00:00Z
+    let start = |plan: &str, n: u64| {
+        Change::PlanStarted(pb::PlanStarted { plan: plan.into(), bucket_images: n, upgrade_policy: String::new() })
+    };
+    let refund =
+        |id: &str| Change::QualityRefund(pb::QualityRefund { original_event_id: id.into(), reason: "halo".into() });
+    let plan_first = [
+        raw(accounts, "t1", account("a1", "t1", april, start("api_basic", 1000))),
+        raw(accounts, "t2", account("a2", "t2", april, start("api_basic", 1000))),
+        raw(accounts, "t3", account("a3", "t3", april, start("api_free_trial", 0))),
+    ];
+    // (record, expected reason code, or None when it must be appended)
+    let rest: [(Outgoing, Option<&str>); 14] = [
+        (raw(images, "t1", vec![0xff, 0x01, 0x02]), Some("undecodable")),
+        (raw(images, "t1", image("zero", "t1", 1, 0, false)), Some("invalid")),
+        (raw(images, "t1", image("e1", "t1", 1, 5, false)), None),
+        (raw(images, "t1", image("e1", "t1", 1, 6, false)), Some("conflict")),
+        (raw(images, "t1", image("sb", "t1", 1, 5, true)), None),
+        (raw(images, "t3", image("free", "t3", 1, 1, false)), None),
+        (raw(images, "t1", image("app", "t1", 4, 1, false)), Some("unsupported")),
+        (raw(accounts, "t1", account("a4", "t1", april + 10, start("api_plus", 1000))), Some("plan_rule")),
+        (raw(accounts, "t1", account("r1", "t1", april + 20, refund("ghost"))), Some("refund_unknown_event")),
+        (raw(accounts, "t2", account("r2", "t2", april + 20, refund("e1"))), Some("refund_other_team")),
+        (raw(accounts, "t1", account("r3", "t1", april + 20, refund("sb"))), Some("refund_sandbox")),
+        (raw(accounts, "t1", account("r4", "t1", april + 20, refund("e1"))), None),
+        (raw(accounts, "t1", account("r5", "t1", april + 21, refund("e1"))), Some("refund_repeated")),
+        (raw(accounts, "t3", account("r6", "t3", april + 21, refund("free"))), Some("refund_unbilled")),
+    ];
+    let producer = Producer::new(&broker.address).unwrap();
+    producer.send_all(&plan_first).unwrap();
+    let dir = tmp.path().join("data");
+    drain(&dir, &broker.address);
+    producer.send_all(&rest.iter().map(|(m, _)| m.clone()).collect::<Vec<_>>()).unwrap();
+    // A cancel dated May 3 moves t2's clock past April's end + grace, closing April; a
+    // plan change dated in April then comes too late.
+    let may = account("late", "t2", april + 32 * 86_400, Change::PlanCancelled(pb::PlanCancelled {}));
+    let late = account("late-change", "t2", april + 86_400, start("api_plus", 1000));
+    let late_change = [raw(accounts, "t2", may), raw(accounts, "t2", late.clone())];
+    producer.send_all(&late_change).unwrap();
+    drain(&dir, &broker.address);
+
+    let dead = ledger_kafka::read_topic(&broker.address, DEADLETTER, Duration::from_secs(3)).unwrap();
+    let mut expected: Vec<(&str, Vec<u8>)> =
+        rest.iter().filter_map(|(m, code)| code.map(|c| (c, m.payload.clone()))).collect();
+    expected.push(("late_account_change", late));
+    let mut seen: Vec<(String, Vec<u8>)> =
+        dead.iter().map(|r| (r.header("reason.code").unwrap().to_string(), r.payload.clone())).collect();
+    seen.sort();
+    seen.dedup();
+    let mut want: Vec<(String, Vec<u8>)> = expected.iter().map(|(c, p)| (c.to_string(), p.clone())).collect();
+    want.sort();
+    assert_eq!(seen, want, "every refused record is dead-lettered once, with its original bytes and reason");
+    for r in &dead {
+        assert!(r.header("source.topic").is_some_and(|t| t == images || t == accounts), "{r:?}");
+        assert!(r.header("source.partition").is_some() && r.header("source.offset").is_some(), "{r:?}");
+        assert!(!r.header("reason").unwrap_or_default().is_empty(), "{r:?}");
+    }
+    // Nothing else was lost: the appended events are all in the ledger.
+    assert!(ul_ok(&dir, &["verify"]).starts_with("ok: 3 teams"), "verify");
+    let balance: serde_json::Value =
+        serde_json::from_str(&ul_ok(&dir, &["balance", "--team", "t1", "--at", "2026-04-02T00:00:00Z"])).unwrap();
+    assert_eq!(balance["allowances"][0]["consumed"], "0.00", "e1 was refunded, the sandbox call is free");
+}
+
+#[test]
+fn kill_9_of_the_service_loses_nothing_and_alerts_stay_unique() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(tmp.path());
+    let file = tmp.path().join("load.jsonl");
+    ul_ok(
+        tmp.path(),
+        &["generate", "--teams", "30", "--events", "30000", "--seed", "11", "--out", file.to_str().unwrap()],
+    );
+    ul_ok(tmp.path(), &["produce", "--brokers", &broker.address, file.to_str().unwrap()]);
+    let dir = tmp.path().join("crashed");
+    for i in 0..10u64 {
+        let mut child = service(&dir, &broker.address, &["--batch-events-max", "500"]);
+        std::thread::sleep(Duration::from_millis(700 + (i * 211) % 900));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+    drain(&dir, &broker.address);
+    let clean = tmp.path().join("clean");
+    ul_ok(&clean, &["import", file.to_str().unwrap()]);
+    let verify = ul_ok(&dir, &["verify"]);
+    let events = std::fs::read_to_string(&file).unwrap().lines().count();
+    assert!(verify.contains(&format!("{events} index records")), "every event exactly once: {verify}");
+    let teams: Vec<String> = (0..30).map(|t| format!("team-{t:04}")).collect();
+    let mut stored_alert_ids = Vec::new();
+    for t in &teams {
+        assert_eq!(billing(&dir, t), billing(&clean, t), "{t}");
+        let alerts: Vec<serde_json::Value> = serde_json::from_str(&ul_ok(&dir, &["alerts", "--team", t])).unwrap();
+        stored_alert_ids.extend(alerts.iter().map(|a| a["alert_id"].as_str().unwrap().to_string()));
+    }
+    let published = ledger_kafka::read_topic(&broker.address, ledger_kafka::ALERTS, Duration::from_secs(3)).unwrap();
+    let mut ids: Vec<String> = published.iter().map(|r| r.header("id").unwrap().to_string()).collect();
+    ids.sort();
+    ids.dedup();
+    stored_alert_ids.sort();
+    assert!(!ids.is_empty());
+    assert_eq!(ids, stored_alert_ids, "the topic holds every alert, unique by id");
+    let _ = ul(&dir, &["replay"]);
+}
+
+#[test]
+fn a_broker_restart_mid_stream_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(tmp.path());
+    let file = tmp.path().join("load.jsonl");
+    ul_ok(
+        tmp.path(),
+        &["generate", "--teams", "20", "--events", "20000", "--seed", "5", "--out", file.to_str().unwrap()],
+    );
+    let lines: Vec<String> = std::fs::read_to_string(&file).unwrap().lines().map(String::from).collect();
+    let (first, second) = (tmp.path().join("first.jsonl"), tmp.path().join("second.jsonl"));
+    std::fs::write(&first, lines[..lines.len() / 2].join("\n")).unwrap();
+    std::fs::write(&second, lines[lines.len() / 2..].join("\n")).unwrap();
+    ul_ok(tmp.path(), &["produce", "--brokers", &broker.address, first.to_str().unwrap()]);
+    let dir = tmp.path().join("data");
+    let svc = service(&dir, &broker.address, &["--exit-when-idle-ms", "10000", "--batch-events-max", "1000"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    broker.restart();
+    ul_ok(tmp.path(), &["produce", "--brokers", &broker.address, second.to_str().unwrap()]);
+    let out = svc.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let clean = tmp.path().join("clean");
+    ul_ok(&clean, &["import", file.to_str().unwrap()]);
+    let verify = ul_ok(&dir, &["verify"]);
+    assert!(verify.contains(&format!("{} index records", lines.len())), "{verify}");
+    for t in 0..20 {
+        let team = format!("team-{t:04}");
+        assert_eq!(billing(&dir, &team), billing(&clean, &team), "{team}");
+    }
+}
