@@ -38,7 +38,9 @@ impl Broker {
         let url = format!("tcp://{}", self.address);
         let child = Command::new(tansu())
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine"])
-            .arg(format!("sqlite://{}", self.db.display()))
+            // tansu resolves the URL's path against its working directory.
+            .arg("sqlite://broker.sqlite")
+            .current_dir(self.db.parent().unwrap())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -181,10 +183,15 @@ fn every_dead_letter_reason_reaches_the_topic_with_source_and_bytes() {
         (raw(accounts, "t3", account("r6", "t3", april + 21, refund("free"))), Some("refund_unbilled")),
     ];
     let producer = Producer::new(&broker.address).unwrap();
-    producer.send_all(&plan_first).unwrap();
     let dir = tmp.path().join("data");
+    // Plans, then images, then refunds: the topics interleave freely within a batch.
+    producer.send_all(&plan_first).unwrap();
     drain(&dir, &broker.address);
-    producer.send_all(&rest.iter().map(|(m, _)| m.clone()).collect::<Vec<_>>()).unwrap();
+    let (on_images, on_accounts): (Vec<_>, Vec<_>) =
+        rest.iter().map(|(m, _)| m.clone()).partition(|m| m.topic == images);
+    producer.send_all(&on_images).unwrap();
+    drain(&dir, &broker.address);
+    producer.send_all(&on_accounts).unwrap();
     // A cancel dated May 3 moves t2's clock past April's end + grace, closing April; a
     // plan change dated in April then comes too late.
     let may = account("late", "t2", april + 32 * 86_400, Change::PlanCancelled(pb::PlanCancelled {}));
@@ -229,7 +236,7 @@ fn kill_9_of_the_service_loses_nothing_and_alerts_stay_unique() {
     let dir = tmp.path().join("crashed");
     for i in 0..10u64 {
         let mut child = service(&dir, &broker.address, &["--batch-events-max", "500"]);
-        std::thread::sleep(Duration::from_millis(700 + (i * 211) % 900));
+        std::thread::sleep(Duration::from_millis(2000 + (i * 397) % 2500));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
     }

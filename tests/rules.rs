@@ -290,3 +290,13 @@ fn a_repeated_event_is_a_no_op_and_a_reused_id_a_recorded_conflict() {
          invoice t1 2026-04-01 total=20.00 v=2026-01-01 | bucket_fee 1x20.00=20.00 | consumed=0.20 forfeited=19.80",
     );
 }
+
+#[test]
+fn a_plan_that_arrives_after_its_usage_closes_the_cycles_the_clock_passed() {
+    check(
+        "rb 04-10 10
+         rb 05-03 20
+         start 04-01 api_basic 1000",
+        "invoice t1 2026-04-01 total=20.00 v=2026-01-01 | bucket_fee 1x20.00=20.00 | consumed=0.20 forfeited=19.80",
+    );
+}

@@ -177,6 +177,12 @@ impl Team {
         let seq = self.next_seq;
         let effects = self.apply(catalog, seq, &entry).unwrap_or_else(|f| panic!("a validated entry must fold: {f}"));
         applied.push(Applied { seq, entry, effects });
+        // A plan event can create cycles the clock has already passed (its usage arrived
+        // first): close those now rather than waiting for the next event.
+        if let Some(clock) = self.clock {
+            let due = self.due(catalog, clock);
+            applied.extend(self.close_due(catalog, clock, due));
+        }
         Ok(applied)
     }
 

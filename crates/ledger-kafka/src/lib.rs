@@ -135,7 +135,7 @@ impl Consumer {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", "10000")
+            .set("session.timeout.ms", "6000")
             .set("heartbeat.interval.ms", "1000")
             .create_with_context(context)?;
         inner.subscribe(topics)?;

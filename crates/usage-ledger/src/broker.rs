@@ -38,7 +38,9 @@ impl EmbeddedBroker {
         let log = std::fs::File::create(dir.join("broker.log"))?;
         let child = Command::new(tansu)
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine"])
-            .arg(format!("sqlite://{}", dir.join("broker.sqlite").display()))
+            // tansu resolves the URL's path against its working directory.
+            .arg("sqlite://broker.sqlite")
+            .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -93,6 +93,10 @@ pub fn run(dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
         if !records.is_empty() {
             process(&mut ledger, &records, &mut stats)?;
             last_record = Instant::now();
+        } else if consumer.owned().is_empty() {
+            // Not idle while waiting for an assignment (a rebalance after a crash takes
+            // up to the session timeout).
+            last_record = Instant::now();
         } else if args.exit_when_idle_ms.is_some_and(|ms| last_record.elapsed() > Duration::from_millis(ms)) {
             stop.store(true, Ordering::SeqCst);
         }
