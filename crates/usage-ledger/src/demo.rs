@@ -95,7 +95,15 @@ pub fn run(dir: &Path) -> anyhow::Result<ExitCode> {
     }
     // The teams' clocks passed May 1 + grace, which closed April; close anything left.
     ledger.close_until(start + Duration::days(31))?;
-    println!("\n{appended} events appended. April 2026 closed; its invoices:");
+    println!("\n{appended} events appended.");
+    print_invoices(&ledger)?;
+    println!("\nTry: usage-ledger --data-dir {} invoices --team acme-shop", dir.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The final invoices of the demo teams, one line each.
+pub fn print_invoices(ledger: &Ledger) -> anyhow::Result<()> {
+    println!("April 2026 closed; its invoices:");
     for (team, _, _, _) in TEAMS {
         for invoice in ledger.store().invoices(team)? {
             let v: serde_json::Value = serde_json::from_str(&invoice)?;
@@ -113,8 +121,32 @@ pub fn run(dir: &Path) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    println!("\nTry: usage-ledger --data-dir {} invoices --team acme-shop", dir.display());
-    Ok(ExitCode::SUCCESS)
+    Ok(())
+}
+
+/// `run --demo`: the balance of each team the last batch touched, as of its newest event.
+pub fn print_live_balances(ledger: &Ledger, records: &[ledger_kafka::Record]) -> anyhow::Result<()> {
+    let mut teams: Vec<String> =
+        records.iter().filter_map(|r| r.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned())).collect();
+    teams.sort();
+    teams.dedup();
+    let catalog = ledger.catalog();
+    for team in teams {
+        let Ok(id) = TeamId::new(team.clone()) else { continue };
+        let mut state = ledger.store().load_team(catalog, &id)?;
+        let balance = state.balance(catalog, None);
+        if let (Some(a), Some(at)) = (balance.allowances.last(), balance.at) {
+            println!(
+                "BALANCE {team:<13} at {}  {:<7} consumed ${:>6} of ${:>6} ({:>6}%)",
+                &at[..16],
+                a.allowance,
+                a.consumed,
+                a.value,
+                a.percent
+            );
+        }
+    }
+    Ok(())
 }
 
 fn print_balances(ledger: &Ledger, at: DateTime<Utc>) -> anyhow::Result<()> {

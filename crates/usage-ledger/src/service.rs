@@ -88,11 +88,16 @@ pub fn run(dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
     let demo = args.demo.then(|| crate::demo::spawn_live(brokers.clone(), Arc::clone(&stop)));
     let mut last_report = Instant::now();
     let mut last_record = Instant::now();
+    let mut last_balances = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         let records = consumer.poll_batch(args.batch_events_max, Duration::from_millis(args.batch_wait_ms))?;
         if !records.is_empty() {
             process(&mut ledger, &records, &mut stats)?;
             last_record = Instant::now();
+            if args.demo && last_balances.elapsed() > Duration::from_secs(1) {
+                crate::demo::print_live_balances(&ledger, &records)?;
+                last_balances = Instant::now();
+            }
         } else if consumer.owned().is_empty() {
             // Not idle while waiting for an assignment (a rebalance after a crash takes
             // up to the session timeout).
@@ -114,6 +119,7 @@ pub fn run(dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
     consumer.close();
     if let Some(handle) = demo {
         let _ = handle.join();
+        crate::demo::print_invoices(&ledger)?;
     }
     eprintln!(
         "usage-ledger: stopped after {} records ({} appended, {} duplicates, {} dead letters)",
