@@ -5,7 +5,10 @@
 //!  - import: the whole `usage-ledger import` command (parse thread + writer);
 //!  - open: folding the ledger back into memory (what a restart costs);
 //!  - replay: `usage-ledger replay`, twice, digests compared;
-//!  - bytes on disk per event.
+//!  - bytes on disk per event;
+//!  - kafka (when tansu is installed): produce the workload to a tansu broker, then
+//!    `usage-ledger run` drains it into a fresh ledger (events/s into the durable
+//!    ledger), and the time from producing an event to its alert on usage.alerts.v1.
 //!
 //! Run: `cargo bench -p usage-ledger --bench ledger`.
 use std::path::Path;
@@ -92,4 +95,135 @@ fn main() {
     report("replay", lines, secs1.min(secs2), "entries");
     assert_eq!(digest1, digest2, "replay is deterministic");
     println!("disk     {bytes} bytes, {:.1} bytes/event; {}", bytes as f64 / lines as f64, digest1.trim());
+    kafka(tmp.path(), &file, lines);
+}
+
+fn tansu() -> Option<std::path::PathBuf> {
+    let home = std::env::var("HOME").unwrap_or_default();
+    Some(std::path::PathBuf::from(format!("{home}/.cargo/bin/tansu"))).filter(|p| p.is_file())
+}
+
+fn kafka(tmp: &Path, file: &Path, lines: u64) {
+    let Some(tansu) = tansu() else {
+        println!("kafka    skipped: tansu is not installed");
+        return;
+    };
+    let dir = tmp.join("broker");
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let brokers = format!("127.0.0.1:{port}");
+    let url = format!("tcp://{brokers}");
+    let mut broker = Command::new(tansu)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "sqlite://broker.sqlite",
+        ])
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    while std::net::TcpStream::connect(&brokers).is_err() {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (secs, _, _) = run(&["produce", "--brokers", &brokers, file.to_str().unwrap()]);
+    report("produce", lines, secs, "records");
+    // Drain into a fresh ledger; the service reports what it appended. Runs again until
+    // every record is in (an idle gap longer than the timeout ends a run early).
+    let data = tmp.join("service");
+    let idle_ms = 3000u64;
+    let (mut secs, mut appended) = (0.0, 0u64);
+    for _ in 0..5 {
+        let (s, _, stderr) = run(&[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "run",
+            "--brokers",
+            &brokers,
+            "--batch-events-max",
+            "20000",
+            "--exit-when-idle-ms",
+            &idle_ms.to_string(),
+        ]);
+        secs += s - idle_ms as f64 / 1000.0;
+        appended += stderr
+            .split("records (")
+            .nth(1)
+            .and_then(|t| t.split(' ').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .expect("the service reports what it appended");
+        if appended >= lines {
+            break;
+        }
+    }
+    assert_eq!(appended, lines, "the service appended every record");
+    report("consume", appended, secs, "events");
+    alert_latency(&brokers, &tmp.join("latency"));
+    let _ = broker.kill();
+    let _ = broker.wait();
+}
+
+/// Time from producing an event that crosses a threshold to its alert on the topic.
+fn alert_latency(brokers: &str, data: &Path) {
+    use ledger_kafka::{Consumer, Outgoing, Producer, ACCOUNTS, ALERTS, IMAGES};
+    let mut service = Command::new(BIN)
+        .args([
+            "--data-dir",
+            data.to_str().unwrap(),
+            "run",
+            "--brokers",
+            brokers,
+            "--group",
+            "latency",
+            "--batch-wait-ms",
+            "20",
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let producer = Producer::new(brokers).unwrap();
+    let watcher = Consumer::new(brokers, "latency-watch", &[ALERTS], std::sync::Arc::new(|_, _| None)).unwrap();
+    while !watcher.poll_batch(10_000, std::time::Duration::from_secs(1)).unwrap().is_empty() {}
+    let mut samples = Vec::new();
+    for i in 0..8 {
+        let team = format!("latency-{i}");
+        let line = |json: String| {
+            let event = ledger_proto::parse_json_line(&json).unwrap();
+            let topic = if json.contains("accountEvent") { ACCOUNTS } else { IMAGES };
+            Outgoing {
+                topic: topic.into(),
+                key: team.clone().into_bytes(),
+                payload: ledger_proto::encode_event(&event),
+                headers: Vec::new(),
+            }
+        };
+        producer.send_all(&[line(format!(r#"{{"accountEvent":{{"eventId":"{team}-a","teamId":"{team}","occurredAt":"2026-04-01T00:00:00Z","planStarted":{{"plan":"api_basic","bucketImages":"1000"}}}}}}"#))]).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let started = Instant::now();
+        producer.send_all(&[line(format!(r#"{{"imageProcessed":{{"eventId":"{team}-e","teamId":"{team}","occurredAt":"2026-04-02T00:00:00Z","api":"API_REMOVE_BACKGROUND","images":900}}}}"#))]).unwrap();
+        let sent = started.elapsed();
+        loop {
+            if !watcher.poll_batch(10, std::time::Duration::from_millis(5)).unwrap().is_empty() {
+                samples.push(started.elapsed().as_secs_f64() * 1000.0);
+                break;
+            }
+            assert!(started.elapsed().as_secs() < 30, "alert within 30 s");
+        }
+        let _ = sent;
+    }
+    samples.remove(0); // the first includes the service joining the group
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!(
+        "alert    event produced → alert consumed: median {:.0} ms, max {:.0} ms over {} samples",
+        samples[samples.len() / 2],
+        samples[samples.len() - 1],
+        samples.len()
+    );
+    let _ = service.kill();
+    let _ = service.wait();
 }
