@@ -76,7 +76,8 @@ pub fn service(dir: &Path, brokers: &str, extra: &[&str]) -> Child {
     bin()
         .arg("--data-dir")
         .arg(dir)
-        .args(["run", "--brokers", brokers, "--batch-wait-ms", "100"])
+        // A short session so a killed member's partitions move on quickly.
+        .args(["run", "--brokers", brokers, "--batch-wait-ms", "100", "--session-timeout-ms", "6000"])
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -352,14 +352,7 @@ impl Team {
             RefundTarget { seq: rec.seq, occurred_at: rec.at, api: rec.api, images: rec.images, sandbox: rec.sandbox };
         match self.charge_of(catalog, &target) {
             Some(_) if rec.sandbox => {}
-            Some((c, api, rate)) => self.carry.push(CarryLine {
-                kind: CarryKind::LateUsage,
-                period_start: self.schedule[c].start,
-                period_end: self.schedule[c].end,
-                api,
-                rate,
-                images: u64::from(rec.images),
-            }),
+            Some((c, api, rate)) => self.carry_line(CarryKind::LateUsage, c, api, rate, rec.images),
             None => self.unplanned.push(unplanned_of(&rec)),
         }
     }
@@ -411,15 +404,14 @@ impl Team {
         let (c, api, rate) = self
             .charge_of(catalog, target)
             .ok_or_else(|| format!("refunded event {original_event_id} was never billed"))?;
-        self.carry.push(CarryLine {
-            kind: CarryKind::RefundCredit,
-            period_start: self.schedule[c].start,
-            period_end: self.schedule[c].end,
-            api,
-            rate,
-            images: u64::from(target.images),
-        });
+        self.carry_line(CarryKind::RefundCredit, c, api, rate, target.images);
         Ok(Effects::default())
+    }
+
+    /// Carries a line for closed cycle `c` to the next invoice.
+    fn carry_line(&mut self, kind: CarryKind, c: usize, api: Api, rate: Decimal, images: u32) {
+        let (period_start, period_end) = (self.schedule[c].start, self.schedule[c].end);
+        self.carry.push(CarryLine { kind, period_start, period_end, api, rate, images: u64::from(images) });
     }
 
     fn apply_close(&mut self, catalog: &Catalog, seq: u64, m: &CycleClosed) -> Result<Effects, String> {

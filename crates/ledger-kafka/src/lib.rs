@@ -51,6 +51,24 @@ pub struct Record {
 }
 
 impl Record {
+    fn from_message(m: &impl Message) -> Record {
+        Record {
+            topic: m.topic().to_string(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().unwrap_or_default().to_vec(),
+            headers: m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|Header { key, value }| (key.to_string(), value.unwrap_or_default().to_vec()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
     /// The position key (`topic/partition`) the store records offsets under.
     pub fn stream(&self) -> String {
         format!("{}/{}", self.topic, self.partition)
@@ -127,7 +145,15 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    pub fn new(brokers: &str, group: &str, topics: &[&str], positions: Positions) -> Result<Consumer> {
+    /// `session_timeout_ms`: how long the group waits for a silent member (a crashed
+    /// one) before moving its partitions; too short and a busy broker evicts live members.
+    pub fn new(
+        brokers: &str,
+        group: &str,
+        topics: &[&str],
+        session_timeout_ms: u32,
+        positions: Positions,
+    ) -> Result<Consumer> {
         let context = GroupContext { positions, owned: Mutex::new(HashSet::new()), rebalances: AtomicU64::new(0) };
         let inner: BaseConsumer<GroupContext> = ClientConfig::new()
             .set("bootstrap.servers", brokers)
@@ -135,8 +161,8 @@ impl Consumer {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", "6000")
-            .set("heartbeat.interval.ms", "1000")
+            .set("session.timeout.ms", session_timeout_ms.to_string())
+            .set("heartbeat.interval.ms", (session_timeout_ms / 10).clamp(100, 3000).to_string())
             .create_with_context(context)?;
         inner.subscribe(topics)?;
         Ok(Consumer { inner })
@@ -151,21 +177,7 @@ impl Consumer {
             let left = deadline.saturating_duration_since(Instant::now());
             let timeout = if batch.is_empty() { left.min(Duration::from_millis(100)) } else { Duration::ZERO };
             match self.inner.poll(timeout) {
-                Some(Ok(m)) => batch.push(Record {
-                    topic: m.topic().to_string(),
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().map(<[u8]>::to_vec),
-                    payload: m.payload().unwrap_or_default().to_vec(),
-                    headers: m
-                        .headers()
-                        .map(|h| {
-                            h.iter()
-                                .map(|Header { key, value }| (key.to_string(), value.unwrap_or_default().to_vec()))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                }),
+                Some(Ok(m)) => batch.push(Record::from_message(&m)),
                 Some(Err(e)) => warn!(error = %e, "Consumer error; continuing."),
                 None if !batch.is_empty() || Instant::now() >= deadline => break,
                 None => {}
@@ -321,21 +333,7 @@ pub fn read_topic(brokers: &str, topic: &str, idle: Duration) -> Result<Vec<Reco
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 last = Instant::now();
-                out.push(Record {
-                    topic: m.topic().to_string(),
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().map(<[u8]>::to_vec),
-                    payload: m.payload().unwrap_or_default().to_vec(),
-                    headers: m
-                        .headers()
-                        .map(|h| {
-                            h.iter()
-                                .map(|Header { key, value }| (key.to_string(), value.unwrap_or_default().to_vec()))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                });
+                out.push(Record::from_message(&m));
             }
             Some(Err(e)) => warn!(error = %e, "Reader error; continuing."),
             None => {}

@@ -180,6 +180,7 @@ pub fn spawn_live(brokers: String, stop: std::sync::Arc<std::sync::atomic::Atomi
                 &brokers,
                 &format!("usage-ledger-demo-{}", std::process::id()),
                 &[ledger_kafka::ALERTS],
+                10_000,
                 std::sync::Arc::new(|_, _| None),
             )?;
             let lines = traffic("2026-04-01T00:00:00Z".parse()?);

@@ -26,6 +26,9 @@ pub struct RunArgs {
     pub broker_port: u16,
     #[arg(long, default_value = "usage-ledger")]
     pub group: String,
+    /// How long the group waits for a silent member before moving its partitions.
+    #[arg(long, default_value_t = 45_000)]
+    pub session_timeout_ms: u32,
     /// Partitions of the input topics when this service creates them.
     #[arg(long, default_value_t = 4)]
     pub partitions: i32,
@@ -76,7 +79,7 @@ pub fn run(dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
     let positions: ledger_kafka::Positions = Arc::new(move |topic, partition| {
         positions_store.offset(&format!("{topic}/{partition}")).ok().flatten().map(|n| n as i64)
     });
-    let consumer = Consumer::new(&brokers, &args.group, &[IMAGES, ACCOUNTS], positions)?;
+    let consumer = Consumer::new(&brokers, &args.group, &[IMAGES, ACCOUNTS], args.session_timeout_ms, positions)?;
     let producer = Producer::new(&brokers)?;
     let mut stats = Stats::default();
     stats.published += publish_outbox(&store, &producer)?;
