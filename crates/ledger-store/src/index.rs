@@ -1,6 +1,6 @@
 //! The event-id index. On disk: one immutable segment per batch (`I` + batch number),
 //! listing every event the batch appended. In memory: a compact map from a 64-bit hash
-//! of the id to where the event lives, about 28 bytes an event. A hash hit is confirmed
+//! of the id to where the event lives (a u64 key and a 12-byte location per event). A hash hit is confirmed
 //! against the entry itself, so a collision can never turn into a wrong dedup.
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, DefaultHasher, Hash, Hasher};

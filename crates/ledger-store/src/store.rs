@@ -278,22 +278,23 @@ impl Store {
     /// `parts + 1` keys cutting the entry key space at team boundaries into `parts`
     /// ranges with about the same number of blocks.
     fn team_bounds(&self, parts: usize) -> Result<Vec<Vec<u8>>> {
+        // Each team's key prefix (`E` team 0) with the number of blocks before it.
         let mut starts: Vec<(Vec<u8>, usize)> = Vec::new();
         let mut blocks = 0usize;
         for k in self.tree.scan_prefix([keys::ENTRY]).keys() {
             let k = k?;
-            let team_end = k.iter().position(|b| *b == 0).unwrap_or(k.len());
-            if starts.last().is_none_or(|(t, _)| t.as_slice() != &k[..=team_end.min(k.len() - 1)]) {
-                starts.push((k[..=team_end.min(k.len() - 1)].to_vec(), blocks));
+            let prefix_len = k.iter().position(|b| *b == 0).map_or(k.len(), |zero| zero + 1);
+            if starts.last().is_none_or(|(p, _)| p.as_slice() != &k[..prefix_len]) {
+                starts.push((k[..prefix_len].to_vec(), blocks));
             }
             blocks += 1;
         }
         let mut bounds = vec![vec![keys::ENTRY]];
         for part in 1..parts {
             let target = blocks * part / parts;
-            if let Some((key, _)) = starts.iter().find(|(_, at)| *at >= target) {
-                if bounds.last().is_some_and(|b| b < key) {
-                    bounds.push(key.clone());
+            if let Some((prefix, _)) = starts.iter().find(|(_, before)| *before >= target) {
+                if bounds.last().is_some_and(|b| b < prefix) {
+                    bounds.push(prefix.clone());
                 }
             }
         }
