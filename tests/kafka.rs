@@ -308,3 +308,27 @@ fn a_broker_restart_mid_stream_loses_nothing() {
         assert_eq!(billing(&dir, &team), billing(&clean, &team), "{team}");
     }
 }
+
+#[test]
+fn sigterm_finishes_the_batch_in_hand_and_leaves_a_resumable_ledger() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(tmp.path());
+    let file = tmp.path().join("load.jsonl");
+    ul_ok(
+        tmp.path(),
+        &["generate", "--teams", "10", "--events", "20000", "--seed", "3", "--out", file.to_str().unwrap()],
+    );
+    ul_ok(tmp.path(), &["produce", "--brokers", &broker.address, file.to_str().unwrap()]);
+    let dir = tmp.path().join("data");
+    let svc = service(&dir, &broker.address, &["--batch-events-max", "500"]);
+    std::thread::sleep(Duration::from_millis(2500));
+    let term = Command::new("kill").args(["-TERM", &svc.id().to_string()]).status().unwrap();
+    assert!(term.success());
+    let out = svc.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "SIGTERM is a clean stop: {stderr}");
+    assert!(stderr.contains("usage-ledger: stopped after"), "{stderr}");
+    assert!(ul_ok(&dir, &["verify"]).starts_with("ok: "), "the ledger is consistent after the stop");
+    let events = std::fs::read_to_string(&file).unwrap().lines().count();
+    drain_until(&dir, &broker.address, events);
+}
