@@ -332,3 +332,44 @@ fn sigterm_finishes_the_batch_in_hand_and_leaves_a_resumable_ledger() {
     let events = std::fs::read_to_string(&file).unwrap().lines().count();
     drain_until(&dir, &broker.address, events);
 }
+
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut conn) = std::net::TcpStream::connect(addr) else { return String::new() };
+    conn.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
+    let mut body = String::new();
+    let _ = conn.read_to_string(&mut body);
+    body
+}
+
+#[test]
+fn metrics_count_records_appends_and_dead_letters_by_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(tmp.path());
+    ledger_kafka::create_topics(&broker.address, 1).unwrap();
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut svc = service(&tmp.path().join("data"), &broker.address, &["--metrics-addr", &addr]);
+    let producer = Producer::new(&broker.address).unwrap();
+    producer
+        .send_all(&[
+            raw(ledger_kafka::IMAGES, "t1", image("ok", "t1", 1, 3, false)),
+            raw(ledger_kafka::IMAGES, "t1", vec![0xff, 0xfe]),
+        ])
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut text = String::new();
+    while Instant::now() < deadline {
+        text = scrape(&addr);
+        if text.contains("usage_ledger_records_total 2") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    svc.kill().unwrap();
+    svc.wait().unwrap();
+    assert!(text.contains("usage_ledger_records_total 2"), "{text}");
+    assert!(text.contains("usage_ledger_appended_total 1"), "{text}");
+    assert!(text.contains(r#"usage_ledger_dead_letters_total{reason="undecodable"} 1"#), "{text}");
+    assert!(text.contains("usage_ledger_batch_seconds_count"), "{text}");
+}

@@ -16,6 +16,7 @@ mod commands;
 mod demo;
 mod generate;
 mod import;
+mod metrics;
 mod service;
 
 #[derive(Debug, Parser)]

@@ -42,6 +42,9 @@ pub struct RunArgs {
     /// Run a pipeline simulator beside the service and print balances and alerts.
     #[arg(long)]
     pub demo: bool,
+    /// Serve Prometheus metrics on `GET /metrics` at this address (e.g. 127.0.0.1:9464).
+    #[arg(long)]
+    pub metrics_addr: Option<String>,
     /// Drain and exit once no record arrived for this long (back-fills, tests).
     #[arg(long)]
     pub exit_when_idle_ms: Option<u64>,
@@ -82,6 +85,11 @@ pub fn run(dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
     let consumer = Consumer::new(&brokers, &args.group, &[IMAGES, ACCOUNTS], args.session_timeout_ms, positions)?;
     let producer = Producer::new(&brokers)?;
     let mut stats = Stats::default();
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    if let Some(addr) = &args.metrics_addr {
+        let bound = crate::metrics::serve(addr, Arc::clone(&metrics))?;
+        eprintln!("usage-ledger: metrics on http://{bound}/metrics");
+    }
     stats.published += publish_outbox(&store, &producer)?;
     eprintln!(
         "usage-ledger: consuming {IMAGES} and {ACCOUNTS} from {brokers} as group {}; ledger in {}",
@@ -94,8 +102,9 @@ pub fn run(dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut last_balances = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         let records = consumer.poll_batch(args.batch_events_max, Duration::from_millis(args.batch_wait_ms))?;
+        let batch_started = Instant::now();
         if !records.is_empty() {
-            process(&mut ledger, &records, &mut stats)?;
+            process(&mut ledger, &records, &mut stats, &metrics)?;
             last_record = Instant::now();
             if args.demo && last_balances.elapsed() > Duration::from_secs(1) {
                 crate::demo::print_live_balances(&ledger, &records)?;
@@ -111,8 +120,13 @@ pub fn run(dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
         if args.close_on_wall_clock {
             ledger.close_until(chrono::Utc::now())?;
         }
-        stats.published += publish_outbox(&store, &producer)?;
+        let published = publish_outbox(&store, &producer)?;
+        stats.published += published;
+        metrics.published.inc_by(published);
         consumer.commit(&next_offsets(&records))?;
+        if !records.is_empty() {
+            metrics.batch_seconds.observe(batch_started.elapsed().as_secs_f64());
+        }
         if last_report.elapsed() > Duration::from_secs(10) {
             info!(?stats, owned = ?consumer.owned(), "Progress.");
             last_report = Instant::now();
@@ -171,8 +185,14 @@ fn decode(r: &Record) -> Result<Event, ledger_proto::Invalid> {
     }
 }
 
-fn process(ledger: &mut Ledger, records: &[Record], stats: &mut Stats) -> anyhow::Result<()> {
+fn process(
+    ledger: &mut Ledger,
+    records: &[Record],
+    stats: &mut Stats,
+    metrics: &crate::metrics::Metrics,
+) -> anyhow::Result<()> {
     stats.records += records.len() as u64;
+    metrics.records.inc_by(records.len() as u64);
     let mut submissions = Vec::with_capacity(records.len());
     let mut origin = Vec::with_capacity(records.len());
     let mut dead = Vec::new();
@@ -204,16 +224,26 @@ fn process(ledger: &mut Ledger, records: &[Record], stats: &mut Stats) -> anyhow
                 Outcome::Appended { .. } | Outcome::Duplicate { .. } => {}
             }
         }
+        for msg in &dead {
+            let reason = msg.headers.iter().find(|(k, _)| k == "reason.code").map_or("", |(_, v)| v.as_str());
+            metrics.dead_letters.get_or_create(&crate::metrics::Reason { reason: reason.to_string() }).inc();
+        }
+        stats.dead_letters += dead.len() as u64;
         dead
     })?;
     for outcome in &report.outcomes {
         match outcome {
-            Outcome::Appended { .. } => stats.appended += 1,
-            Outcome::Duplicate { .. } => stats.duplicates += 1,
-            _ => stats.dead_letters += 1,
+            Outcome::Appended { .. } => {
+                stats.appended += 1;
+                metrics.appended.inc();
+            }
+            Outcome::Duplicate { .. } => {
+                stats.duplicates += 1;
+                metrics.duplicates.inc();
+            }
+            _ => {}
         }
     }
-    stats.dead_letters += (records.len() - report.outcomes.len()) as u64;
     Ok(())
 }
 

@@ -1,0 +1,83 @@
+//! The service's Prometheus metrics, served as text on `GET /metrics` when
+//! `run --metrics-addr` is given.
+use std::sync::Arc;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tracing::warn;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    pub reason: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub records: Counter,
+    pub appended: Counter,
+    pub duplicates: Counter,
+    pub dead_letters: Family<Reason, Counter>,
+    pub published: Counter,
+    pub batch_seconds: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("usage_ledger");
+        let m = Metrics {
+            records: Counter::default(),
+            appended: Counter::default(),
+            duplicates: Counter::default(),
+            dead_letters: Family::default(),
+            published: Counter::default(),
+            batch_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            registry: Registry::default(),
+        };
+        registry.register("records", "Records consumed from the input topics", m.records.clone());
+        registry.register("appended", "Events appended to the ledger", m.appended.clone());
+        registry.register("duplicates", "Events already in the ledger (no-ops)", m.duplicates.clone());
+        registry.register("dead_letters", "Records sent to usage.deadletter.v1, by reason", m.dead_letters.clone());
+        registry.register(
+            "published",
+            "Outbox messages published (alerts, invoices, dead letters)",
+            m.published.clone(),
+        );
+        registry.register(
+            "batch_seconds",
+            "Decode, append, flush and publish time of one batch",
+            m.batch_seconds.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("metrics encode");
+        out
+    }
+}
+
+/// Serves `GET /metrics` on `addr` from a background thread; returns the bound address.
+pub fn serve(addr: &str, metrics: Arc<Metrics>) -> anyhow::Result<String> {
+    let server = tiny_http::Server::http(addr).map_err(|e| anyhow::anyhow!("metrics listener on {addr}: {e}"))?;
+    let bound = server.server_addr().to_ip().map(|a| a.to_string()).unwrap_or_else(|| addr.to_string());
+    std::thread::spawn(move || {
+        for request in server.incoming_requests() {
+            let response = if request.url() == "/metrics" {
+                let header =
+                    tiny_http::Header::from_bytes("Content-Type", "text/plain; version=0.0.4").expect("valid header");
+                tiny_http::Response::from_string(metrics.text()).with_header(header)
+            } else {
+                tiny_http::Response::from_string("not found\n").with_status_code(404)
+            };
+            if let Err(e) = request.respond(response) {
+                warn!(error = %e, "Metrics response failed.");
+            }
+        }
+    });
+    Ok(bound)
+}
