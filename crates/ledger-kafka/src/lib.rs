@@ -36,8 +36,23 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Where a partition stands in the durable ledger: the next offset to consume.
-pub type Positions = Arc<dyn Fn(&str, i32) -> Option<i64> + Send + Sync>;
+/// The consumer's owner: told of partitions coming and going, on the polling thread,
+/// inside `poll`, before any record of a new assignment is returned and after the last
+/// record of a revoked one.
+pub trait Partitions: Send + Sync {
+    /// Partitions just assigned: the next offset of each, as the ledger recorded it
+    /// (`None`: nothing consumed yet, start at the beginning).
+    fn assigned(&self, partitions: &[(String, i32)]) -> Vec<Option<i64>>;
+    /// Partitions just revoked or lost.
+    fn revoked(&self, _partitions: &[(String, i32)]) {}
+}
+
+/// A plain position lookup is an owner that keeps nothing open.
+impl<F: Fn(&str, i32) -> Option<i64> + Send + Sync> Partitions for F {
+    fn assigned(&self, partitions: &[(String, i32)]) -> Vec<Option<i64>> {
+        partitions.iter().map(|(topic, partition)| self(topic, *partition)).collect()
+    }
+}
 
 /// One consumed record, owned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,12 +95,16 @@ impl Record {
 }
 
 struct GroupContext {
-    positions: Positions,
+    owner: Arc<dyn Partitions>,
     owned: Mutex<HashSet<(String, i32)>>,
     rebalances: AtomicU64,
 }
 
 impl ClientContext for GroupContext {}
+
+fn parts_of(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+    tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect()
+}
 
 impl ConsumerContext for GroupContext {
     /// Assignment: every partition starts at the position the ledger recorded (Kafka's
@@ -96,13 +115,12 @@ impl ConsumerContext for GroupContext {
         self.rebalances.fetch_add(1, Ordering::SeqCst);
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let parts: Vec<(String, i32)> =
-                    tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
-                for (topic, partition) in &parts {
-                    if let Some(next) = (self.positions)(topic, *partition) {
-                        if let Err(e) = tpl.set_partition_offset(topic, *partition, Offset::Offset(next)) {
-                            warn!(topic, partition, error = %e, "Could not set the stored position.");
-                        }
+                let parts = parts_of(tpl);
+                let positions = self.owner.assigned(&parts);
+                for ((topic, partition), next) in parts.iter().zip(positions) {
+                    let offset = next.map_or(Offset::Beginning, Offset::Offset);
+                    if let Err(e) = tpl.set_partition_offset(topic, *partition, offset) {
+                        warn!(topic, partition, error = %e, "Could not set the stored position.");
                     }
                     self.owned.lock().expect("not poisoned").insert((topic.clone(), *partition));
                 }
@@ -114,14 +132,22 @@ impl ConsumerContext for GroupContext {
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                let mut owned = self.owned.lock().expect("not poisoned");
-                for e in tpl.elements() {
-                    owned.remove(&(e.topic().to_string(), e.partition()));
-                }
-                if !cooperative {
-                    owned.clear();
-                }
-                info!(partitions = tpl.count(), cooperative, "Partitions revoked.");
+                let lost = consumer.assignment_lost();
+                let revoked = {
+                    let mut owned = self.owned.lock().expect("not poisoned");
+                    let mut revoked = parts_of(tpl);
+                    if !cooperative {
+                        revoked.extend(owned.drain());
+                        revoked.sort();
+                        revoked.dedup();
+                    }
+                    for p in &revoked {
+                        owned.remove(p);
+                    }
+                    revoked
+                };
+                self.owner.revoked(&revoked);
+                info!(partitions = ?revoked, cooperative, lost, "Partitions revoked.");
                 if cooperative {
                     consumer.incremental_unassign(tpl)
                 } else {
@@ -129,7 +155,9 @@ impl ConsumerContext for GroupContext {
                 }
             }
             other => {
-                warn!(error = ?other, "Rebalance error.");
+                warn!(error = ?other, "Rebalance error; giving up every partition.");
+                let revoked: Vec<_> = self.owned.lock().expect("not poisoned").drain().collect();
+                self.owner.revoked(&revoked);
                 consumer.unassign()
             }
         };
@@ -152,15 +180,19 @@ impl Consumer {
         group: &str,
         topics: &[&str],
         session_timeout_ms: u32,
-        positions: Positions,
+        owner: Arc<dyn Partitions>,
     ) -> Result<Consumer> {
-        let context = GroupContext { positions, owned: Mutex::new(HashSet::new()), rebalances: AtomicU64::new(0) };
+        let context = GroupContext { owner, owned: Mutex::new(HashSet::new()), rebalances: AtomicU64::new(0) };
         let inner: BaseConsumer<GroupContext> = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
+            // Range keeps partition N of every subscribed topic on one member when the
+            // topics have the same partition count (cooperative-sticky does not), so a
+            // team's images and account events meet in one member's ledger.
+            .set("partition.assignment.strategy", "range")
             .set("session.timeout.ms", session_timeout_ms.to_string())
             .set("heartbeat.interval.ms", (session_timeout_ms / 10).clamp(100, 3000).to_string())
             .create_with_context(context)?;
@@ -308,6 +340,18 @@ pub fn create_topics(brokers: &str, partitions: i32) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// How many partitions each topic has (0: unknown to the broker).
+pub fn partition_counts(brokers: &str, topics: &[&str]) -> Result<Vec<usize>> {
+    let client: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    topics
+        .iter()
+        .map(|topic| {
+            let metadata = client.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+            Ok(metadata.topics().iter().map(|t| t.partitions().len()).sum())
+        })
+        .collect()
 }
 
 /// Reads every record of `topic` from the beginning until `idle` passes with nothing new

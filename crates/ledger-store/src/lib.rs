@@ -6,6 +6,7 @@
 //! acknowledged before it is durable.
 
 mod codec;
+mod datadir;
 mod index;
 mod keys;
 mod ledger;
@@ -13,8 +14,9 @@ mod store;
 mod verify;
 
 pub use codec::{StoredEntry, FORMAT_VERSION};
+pub use datadir::{layout, open_all, partition_dir, replay_all, verify_all, Layout};
 pub use ledger::{BatchReport, Ledger, Outcome, Source, Submission};
-pub use store::{OutboxMsg, ReplayReport, Store};
+pub use store::{OpenOptions, OutboxMsg, ReplayReport, Store};
 pub use verify::{tamper_entry, VerifyReport};
 
 /// Storage failures. Any of these stops the writer: nothing more is acknowledged.

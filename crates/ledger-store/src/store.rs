@@ -41,7 +41,46 @@ pub struct ReplayReport {
     pub alerts: u64,
     /// Stored projections that differed from the rebuilt ones (0 on a healthy store).
     pub mismatched: u64,
+    /// SHA-256 over every final invoice (key, JSON) in key order: the same for the same
+    /// ledger however its teams are spread over data directories.
     pub digest: String,
+    /// The rebuilt invoices (key, JSON), kept to merge reports of several stores.
+    pub(crate) invoice_items: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl ReplayReport {
+    /// One report for several stores (the partitions of one ledger).
+    pub fn merge(reports: Vec<ReplayReport>) -> ReplayReport {
+        let mut all = ReplayReport {
+            teams: 0,
+            entries: 0,
+            invoices: 0,
+            alerts: 0,
+            mismatched: 0,
+            digest: String::new(),
+            invoice_items: Vec::new(),
+        };
+        for r in reports {
+            all.teams += r.teams;
+            all.entries += r.entries;
+            all.invoices += r.invoices;
+            all.alerts += r.alerts;
+            all.mismatched += r.mismatched;
+            all.invoice_items.extend(r.invoice_items);
+        }
+        all.invoice_items.sort();
+        all.digest = digest(&all.invoice_items);
+        all
+    }
+}
+
+fn digest(items: &[(Vec<u8>, Vec<u8>)]) -> String {
+    let mut digest = Sha256::new();
+    for (k, v) in items {
+        digest.update(k);
+        digest.update(v);
+    }
+    hex::encode(digest.finalize())
 }
 
 /// Every team's folded state with its chain head.
@@ -55,11 +94,25 @@ fn fsync_dir(path: &Path) -> Result<()> {
     std::fs::File::open(path).and_then(|f| f.sync_all()).map_err(io(path))
 }
 
-/// Opens sled, waiting up to 3 s for the directory lock: a process that just exited
-/// (or sled's own I/O threads after a drop) can hold it for a moment.
-fn open_locked(dir: &Path) -> Result<sled::Db> {
-    let config = sled::Config::new().path(dir).cache_capacity(256 << 20).flush_every_ms(None);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+/// How to open a data directory.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenOptions {
+    /// How long to wait for the directory lock held by another process (or, for a
+    /// moment, by sled's own threads after a drop) before giving up.
+    pub lock_wait: std::time::Duration,
+    /// sled's page cache.
+    pub cache_bytes: u64,
+}
+
+impl Default for OpenOptions {
+    fn default() -> OpenOptions {
+        OpenOptions { lock_wait: std::time::Duration::from_secs(3), cache_bytes: 256 << 20 }
+    }
+}
+
+fn open_locked(dir: &Path, options: OpenOptions) -> Result<sled::Db> {
+    let config = sled::Config::new().path(dir).cache_capacity(options.cache_bytes).flush_every_ms(None);
+    let deadline = std::time::Instant::now() + options.lock_wait;
     loop {
         match config.open() {
             Ok(db) => return Ok(db),
@@ -81,12 +134,16 @@ impl Store {
     /// Opens (creating if needed) the data directory. On first creation the directory
     /// and its parent are fsynced, which sled 0.34.7 does not do itself.
     pub fn open(dir: &Path, catalog: &Catalog) -> Result<Store> {
+        Store::open_with(dir, catalog, OpenOptions::default())
+    }
+
+    pub fn open_with(dir: &Path, catalog: &Catalog, options: OpenOptions) -> Result<Store> {
         let created = !dir.join("db").exists();
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         // No background flusher: every batch is flushed explicitly before it is
         // acknowledged, and the flusher thread would hold the directory lock for up to
         // its period after the handle is dropped.
-        let db = open_locked(dir)?;
+        let db = open_locked(dir, options)?;
         let tree = db.open_tree("ledger")?;
         if created {
             db.flush()?;
@@ -339,6 +396,24 @@ impl Store {
         Ok(teams)
     }
 
+    /// Whether the team has entries here.
+    pub fn has_team(&self, team: &str) -> Result<bool> {
+        Ok(self.tree.scan_prefix(keys::team_prefix(keys::ENTRY, team)).next().transpose()?.is_some())
+    }
+
+    /// Every team with entries here, in key order.
+    pub fn teams(&self) -> Result<Vec<String>> {
+        let mut teams: Vec<String> = Vec::new();
+        for k in self.tree.scan_prefix([keys::ENTRY]).keys() {
+            let k = k?;
+            let (team, _) = keys::split_team_key(&k).ok_or_else(|| Error::Corrupt("entry key".into()))?;
+            if teams.last().is_none_or(|t| t != team) {
+                teams.push(team.to_string());
+            }
+        }
+        Ok(teams)
+    }
+
     /// One team's state folded from its entries alone (for balances and drafts).
     pub fn load_team(&self, catalog: &Catalog, team: &TeamId) -> Result<Team> {
         let mut teams = self.fold(catalog, &keys::team_prefix(keys::ENTRY, team.as_str()), |_, _, _, _| Ok(()))?;
@@ -385,17 +460,15 @@ impl Store {
                 batch.remove(k?);
             }
         }
-        let mut digest = Sha256::new();
-        let (mut invoices, mut alerts) = (0u64, 0u64);
+        let mut invoice_items = Vec::new();
+        let mut alerts = 0u64;
         rebuilt.sort();
         for (k, v) in &rebuilt {
             if self.tree.get(k)?.as_deref() != Some(v.as_slice()) {
                 mismatched += 1;
             }
             if k[0] == keys::INVOICE {
-                invoices += 1;
-                digest.update(k);
-                digest.update(v);
+                invoice_items.push((k.clone(), v.clone()));
             } else {
                 alerts += 1;
             }
@@ -407,10 +480,11 @@ impl Store {
         Ok(ReplayReport {
             teams: teams.len() as u64,
             entries,
-            invoices,
+            invoices: invoice_items.len() as u64,
             alerts,
             mismatched,
-            digest: hex::encode(digest.finalize()),
+            digest: digest(&invoice_items),
+            invoice_items,
         })
     }
 

@@ -6,14 +6,26 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 use ledger_core::{Catalog, TeamId};
-use ledger_store::{Ledger, Store};
+use ledger_store::{Ledger, OpenOptions, Store};
 
-/// Opens an existing data directory (read commands never create one).
-pub fn open_existing(dir: &Path) -> anyhow::Result<Store> {
-    if !dir.join("db").exists() {
+/// Opens every ledger of an existing data directory: one (`import`) or one per input
+/// partition (the service). Read commands never create one.
+pub fn open_existing(dir: &Path) -> anyhow::Result<Vec<Store>> {
+    let stores = ledger_store::open_all(dir, &Catalog::builtin(), OpenOptions::default())?;
+    if stores.is_empty() {
         bail!("no ledger at {} (import something first, or pass --data-dir)", dir.display());
     }
-    Ok(Store::open(dir, &Catalog::builtin())?)
+    Ok(stores)
+}
+
+/// The ledger that holds the team (teams have one owner), if any does.
+fn team_store(stores: Vec<Store>, team: &TeamId) -> anyhow::Result<Option<Store>> {
+    for store in stores {
+        if store.has_team(team.as_str())? {
+            return Ok(Some(store));
+        }
+    }
+    Ok(None)
 }
 
 fn team_id(team: &str) -> anyhow::Result<TeamId> {
@@ -21,9 +33,13 @@ fn team_id(team: &str) -> anyhow::Result<TeamId> {
 }
 
 pub fn close(dir: &Path, until: DateTime<Utc>) -> anyhow::Result<ExitCode> {
-    let mut ledger = Ledger::open(open_existing(dir)?)?;
-    let report = ledger.close_until(until)?;
-    eprintln!("closed {} cycle(s) until {}: {} entries appended", report.invoices, until.to_rfc3339(), report.entries);
+    let (mut invoices, mut entries) = (0, 0);
+    for store in open_existing(dir)? {
+        let report = Ledger::open(store)?.close_until(until)?;
+        invoices += report.invoices;
+        entries += report.entries;
+    }
+    eprintln!("closed {invoices} cycle(s) until {}: {entries} entries appended", until.to_rfc3339());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -36,12 +52,14 @@ fn json_array(items: &[String]) -> String {
 
 pub fn invoices(dir: &Path, team: &str, csv: bool, draft: bool) -> anyhow::Result<ExitCode> {
     let id = team_id(team)?;
-    let store = open_existing(dir)?;
-    let mut items = store.invoices(id.as_str())?;
-    if draft {
-        let catalog = store.catalog()?;
-        if let Some(invoice) = store.load_team(&catalog, &id)?.draft_invoice(&catalog) {
-            items.push(invoice.to_json());
+    let mut items = Vec::new();
+    if let Some(store) = team_store(open_existing(dir)?, &id)? {
+        items = store.invoices(id.as_str())?;
+        if draft {
+            let catalog = store.catalog()?;
+            if let Some(invoice) = store.load_team(&catalog, &id)?.draft_invoice(&catalog) {
+                items.push(invoice.to_json());
+            }
         }
     }
     if csv {
@@ -112,21 +130,20 @@ fn to_csv(items: &[String]) -> anyhow::Result<String> {
 
 pub fn balance(dir: &Path, team: &str, at: Option<DateTime<Utc>>) -> anyhow::Result<ExitCode> {
     let id = team_id(team)?;
-    let store = open_existing(dir)?;
+    let Some(store) = team_store(open_existing(dir)?, &id)? else { bail!("team {id} has no ledger entries") };
     let catalog = store.catalog()?;
     let mut state = store.load_team(&catalog, &id)?;
-    if state.last_seq() == 0 {
-        bail!("team {id} has no ledger entries");
-    }
     crate::emit(&serde_json::to_string_pretty(&state.balance(&catalog, at))?)?;
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn alerts(dir: &Path, team: &str) -> anyhow::Result<ExitCode> {
     let id = team_id(team)?;
-    let store = open_existing(dir)?;
-    let alerts: Vec<String> = store
-        .alerts(id.as_str())?
+    let alerts = match team_store(open_existing(dir)?, &id)? {
+        Some(store) => store.alerts(id.as_str())?,
+        None => Vec::new(),
+    };
+    let alerts: Vec<String> = alerts
         .iter()
         .map(|a| Ok(serde_json::to_string_pretty(&serde_json::from_str::<serde_json::Value>(a)?)?))
         .collect::<anyhow::Result<_>>()?;
@@ -135,10 +152,9 @@ pub fn alerts(dir: &Path, team: &str) -> anyhow::Result<ExitCode> {
 }
 
 pub fn replay(dir: &Path) -> anyhow::Result<ExitCode> {
-    let store = open_existing(dir)?;
-    let catalog = store.catalog()?;
+    let stores = open_existing(dir)?;
     let started = Instant::now();
-    let report = store.replay(&catalog)?;
+    let report = ledger_store::replay_all(&stores)?;
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
         "replayed {} entries of {} teams in {secs:.2} s ({:.0} entries/s): {} invoices, {} alerts, {} stored projections differed",
@@ -154,8 +170,7 @@ pub fn replay(dir: &Path) -> anyhow::Result<ExitCode> {
 }
 
 pub fn verify(dir: &Path) -> anyhow::Result<ExitCode> {
-    let store = open_existing(dir)?;
-    let report = store.verify()?;
+    let report = ledger_store::verify_all(&open_existing(dir)?)?;
     for fault in &report.faults {
         eprintln!("fault: {fault}");
     }

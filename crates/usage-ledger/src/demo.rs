@@ -53,7 +53,7 @@ fn traffic(start: DateTime<Utc>) -> Vec<String> {
 }
 
 pub fn run(dir: &Path) -> anyhow::Result<ExitCode> {
-    if dir.join("db").exists() {
+    if ledger_store::layout(dir)? != ledger_store::Layout::Empty {
         anyhow::bail!("{} already holds a ledger; the demo wants a fresh --data-dir", dir.display());
     }
     let mut ledger = Ledger::open(Store::open(dir, &Catalog::builtin())?)?;
@@ -96,16 +96,16 @@ pub fn run(dir: &Path) -> anyhow::Result<ExitCode> {
     // The teams' clocks passed May 1 + grace, which closed April; close anything left.
     ledger.close_until(start + Duration::days(31))?;
     println!("\n{appended} events appended.");
-    print_invoices(&ledger)?;
+    print_invoices(std::slice::from_ref(ledger.store()))?;
     println!("\nTry: usage-ledger --data-dir {} invoices --team acme-shop", dir.display());
     Ok(ExitCode::SUCCESS)
 }
 
 /// The final invoices of the demo teams, one line each.
-pub fn print_invoices(ledger: &Ledger) -> anyhow::Result<()> {
+pub fn print_invoices(stores: &[Store]) -> anyhow::Result<()> {
     println!("April 2026 closed; its invoices:");
     for (team, _, _, _) in TEAMS {
-        for invoice in ledger.store().invoices(team)? {
+        for invoice in stores.iter().map(|s| s.invoices(team)).collect::<Result<Vec<_>, _>>()?.concat() {
             let v: serde_json::Value = serde_json::from_str(&invoice)?;
             let lines: Vec<String> = v["lines"]
                 .as_array()
@@ -181,7 +181,7 @@ pub fn spawn_live(brokers: String, stop: std::sync::Arc<std::sync::atomic::Atomi
                 &format!("usage-ledger-demo-{}", std::process::id()),
                 &[ledger_kafka::ALERTS],
                 10_000,
-                std::sync::Arc::new(|_, _| None),
+                std::sync::Arc::new(|_: &str, _: i32| None),
             )?;
             let lines = traffic("2026-04-01T00:00:00Z".parse()?);
             println!("demo: producing {} events for {} teams in bursts", lines.len(), TEAMS.len());

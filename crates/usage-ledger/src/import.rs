@@ -35,6 +35,12 @@ pub fn run(dir: &Path, file: &Path, batch_events_max: usize, report_acks: bool) 
         let size = f.metadata().ok().map(|m| m.len());
         (Box::new(f), size)
     };
+    if let ledger_store::Layout::Partitioned(_) = ledger_store::layout(dir)? {
+        anyhow::bail!(
+            "{} holds the service's per-partition ledgers; import would put teams in a second ledger: use `produce`, or another --data-dir",
+            dir.display()
+        );
+    }
     let mut ledger = Ledger::open(Store::open(dir, &Catalog::builtin())?)?;
     let progress = progress_bar(size);
     let started = Instant::now();

@@ -1,17 +1,17 @@
 //! `run`: the service. Consume a batch → decode and validate → one atomic, flushed sled
 //! commit holding entries, positions and dead letters → publish the outbox → tell Kafka
 //! (advisory). `produce`: a JSONL file onto the input topics as protobuf.
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use ledger_core::{Catalog, Event};
-use ledger_kafka::{Consumer, Outgoing, Producer, Record, ACCOUNTS, ALERTS, DEADLETTER, IMAGES, INVOICES};
-use ledger_store::{Ledger, OutboxMsg, Outcome, Source, Store, Submission};
+use ledger_kafka::{Consumer, Outgoing, Partitions, Producer, Record, ACCOUNTS, ALERTS, DEADLETTER, IMAGES, INVOICES};
+use ledger_store::{Ledger, OpenOptions, OutboxMsg, Outcome, Source, Store, Submission};
 use tracing::{info, warn};
 
 use crate::broker::EmbeddedBroker;
@@ -60,7 +60,73 @@ struct Stats {
     published: u64,
 }
 
+/// The ledgers of the partitions this member owns: one per input partition number, so
+/// that partition N of both input topics (range assignment keeps them on one member)
+/// lands in one ledger, and a team, keyed to one partition number, in one ledger.
+/// Opened when assigned, flushed and closed when revoked; sled's file lock keeps a
+/// second process from writing a ledger it was not handed yet.
+struct Shards {
+    dir: PathBuf,
+    catalog: Catalog,
+    open: BTreeMap<i32, Ledger>,
+    owned: BTreeSet<(String, i32)>,
+    /// Why an assigned partition's ledger could not be opened: the service stops on it.
+    failure: Option<String>,
+}
+
+impl Shards {
+    fn open_ledger(&mut self, partition: i32) -> anyhow::Result<&mut Ledger> {
+        if !self.open.contains_key(&partition) {
+            let dir = ledger_store::partition_dir(&self.dir, partition);
+            // The previous owner may still be closing it: wait for its lock.
+            let options = OpenOptions { lock_wait: Duration::from_secs(60), cache_bytes: 64 << 20 };
+            let started = Instant::now();
+            let ledger = Ledger::open(Store::open_with(&dir, &self.catalog, options)?)?;
+            info!(partition, dir = %dir.display(), ms = started.elapsed().as_millis() as u64, "Opened the partition's ledger.");
+            self.open.insert(partition, ledger);
+        }
+        Ok(self.open.get_mut(&partition).expect("inserted above"))
+    }
+}
+
+struct Owner(Arc<Mutex<Shards>>);
+
+impl Partitions for Owner {
+    fn assigned(&self, partitions: &[(String, i32)]) -> Vec<Option<i64>> {
+        let mut shards = self.0.lock().expect("not poisoned");
+        partitions
+            .iter()
+            .map(|(topic, partition)| {
+                shards.owned.insert((topic.clone(), *partition));
+                let position = shards
+                    .open_ledger(*partition)
+                    .and_then(|ledger| Ok(ledger.store().offset(&format!("{topic}/{partition}"))?.map(|n| n as i64)));
+                position.unwrap_or_else(|e| {
+                    shards.failure.get_or_insert(format!("partition {partition} of {topic}: {e:#}"));
+                    None
+                })
+            })
+            .collect()
+    }
+
+    fn revoked(&self, partitions: &[(String, i32)]) {
+        let mut shards = self.0.lock().expect("not poisoned");
+        for p in partitions {
+            shards.owned.remove(p);
+        }
+        let keep: BTreeSet<i32> = shards.owned.iter().map(|(_, p)| *p).collect();
+        // Every batch was flushed before it was acknowledged; dropping closes sled.
+        shards.open.retain(|p, _| keep.contains(p));
+    }
+}
+
 pub fn run(dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
+    if ledger_store::layout(dir)? == ledger_store::Layout::Single {
+        bail!(
+            "{} holds a ledger written by `import`; the service keeps one ledger per partition: use another --data-dir",
+            dir.display()
+        );
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the signal handler")?;
@@ -76,13 +142,23 @@ pub fn run(dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
     ledger_kafka::create_topics(&brokers, args.partitions)?;
-    let store = Store::open(dir, &Catalog::builtin())?;
-    let mut ledger = Ledger::open(store.clone())?;
-    let positions_store = store.clone();
-    let positions: ledger_kafka::Positions = Arc::new(move |topic, partition| {
-        positions_store.offset(&format!("{topic}/{partition}")).ok().flatten().map(|n| n as i64)
-    });
-    let consumer = Consumer::new(&brokers, &args.group, &[IMAGES, ACCOUNTS], args.session_timeout_ms, positions)?;
+    let counts = ledger_kafka::partition_counts(&brokers, &[IMAGES, ACCOUNTS])?;
+    if counts[0] != counts[1] || counts[0] == 0 {
+        bail!(
+            "{IMAGES} has {} partitions and {ACCOUNTS} {}: a team's events must meet in one partition number",
+            counts[0],
+            counts[1]
+        );
+    }
+    let shards = Arc::new(Mutex::new(Shards {
+        dir: dir.to_path_buf(),
+        catalog: Catalog::builtin(),
+        open: BTreeMap::new(),
+        owned: BTreeSet::new(),
+        failure: None,
+    }));
+    let owner = Arc::new(Owner(Arc::clone(&shards)));
+    let consumer = Consumer::new(&brokers, &args.group, &[IMAGES, ACCOUNTS], args.session_timeout_ms, owner)?;
     let producer = Producer::new(&brokers)?;
     let mut stats = Stats::default();
     let metrics = Arc::new(crate::metrics::Metrics::new());
@@ -90,11 +166,10 @@ pub fn run(dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
         let bound = crate::metrics::serve(addr, Arc::clone(&metrics))?;
         eprintln!("usage-ledger: metrics on http://{bound}/metrics");
     }
-    stats.published += publish_outbox(&store, &producer)?;
     eprintln!(
-        "usage-ledger: consuming {IMAGES} and {ACCOUNTS} from {brokers} as group {}; ledger in {}",
+        "usage-ledger: consuming {IMAGES} and {ACCOUNTS} from {brokers} as group {}; ledgers in {}",
         args.group,
-        dir.display()
+        ledger_store::partition_dir(dir, 0).parent().expect("has a parent").display()
     );
     let demo = args.demo.then(|| crate::demo::spawn_live(brokers.clone(), Arc::clone(&stop)));
     let mut last_report = Instant::now();
@@ -103,32 +178,48 @@ pub fn run(dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
     while !stop.load(Ordering::SeqCst) {
         let records = consumer.poll_batch(args.batch_events_max, Duration::from_millis(args.batch_wait_ms))?;
         let batch_started = Instant::now();
+        let next = next_offsets(&records);
+        let mut shards = shards.lock().expect("not poisoned");
+        if let Some(why) = &shards.failure {
+            bail!("cannot take over {why}");
+        }
         if !records.is_empty() {
-            process(&mut ledger, &records, &mut stats, &metrics)?;
             last_record = Instant::now();
-            if args.demo && last_balances.elapsed() > Duration::from_secs(1) {
-                crate::demo::print_live_balances(&ledger, &records)?;
-                last_balances = Instant::now();
+            let show_balances = args.demo && last_balances.elapsed() > Duration::from_secs(1);
+            for (partition, records) in by_partition(records) {
+                let ledger = shards
+                    .open
+                    .get_mut(&partition)
+                    .with_context(|| format!("records of partition {partition} arrived, its ledger is not open"))?;
+                process(ledger, &records, &mut stats, &metrics)?;
+                if show_balances {
+                    crate::demo::print_live_balances(ledger, &records)?;
+                    last_balances = Instant::now();
+                }
             }
-        } else if consumer.owned().is_empty() {
+        } else if shards.owned.is_empty() {
             // Not idle while waiting for an assignment (a rebalance after a crash takes
             // up to the session timeout).
             last_record = Instant::now();
         } else if args.exit_when_idle_ms.is_some_and(|ms| last_record.elapsed() > Duration::from_millis(ms)) {
             stop.store(true, Ordering::SeqCst);
         }
-        if args.close_on_wall_clock {
-            ledger.close_until(chrono::Utc::now())?;
+        for ledger in shards.open.values_mut() {
+            if args.close_on_wall_clock {
+                ledger.close_until(chrono::Utc::now())?;
+            }
+            let published = publish_outbox(ledger.store(), &producer)?;
+            stats.published += published;
+            metrics.published.inc_by(published);
         }
-        let published = publish_outbox(&store, &producer)?;
-        stats.published += published;
-        metrics.published.inc_by(published);
-        consumer.commit(&next_offsets(&records))?;
-        if !records.is_empty() {
+        let owned: Vec<i32> = shards.open.keys().copied().collect();
+        drop(shards);
+        consumer.commit(&next)?;
+        if !next.is_empty() {
             metrics.batch_seconds.observe(batch_started.elapsed().as_secs_f64());
         }
         if last_report.elapsed() > Duration::from_secs(10) {
-            info!(?stats, owned = ?consumer.owned(), "Progress.");
+            info!(?stats, partitions = ?owned, "Progress.");
             last_report = Instant::now();
         }
     }
@@ -136,13 +227,22 @@ pub fn run(dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
     consumer.close();
     if let Some(handle) = demo {
         let _ = handle.join();
-        crate::demo::print_invoices(&ledger)?;
+        crate::demo::print_invoices(&ledger_store::open_all(dir, &Catalog::builtin(), OpenOptions::default())?)?;
     }
     eprintln!(
         "usage-ledger: stopped after {} records ({} appended, {} duplicates, {} dead letters)",
         stats.records, stats.appended, stats.duplicates, stats.dead_letters
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The batch cut by input partition number, in record order within each.
+fn by_partition(records: Vec<Record>) -> BTreeMap<i32, Vec<Record>> {
+    let mut parts: BTreeMap<i32, Vec<Record>> = BTreeMap::new();
+    for r in records {
+        parts.entry(r.partition).or_default().push(r);
+    }
+    parts
 }
 
 fn next_offsets(records: &[Record]) -> Vec<(String, i32, i64)> {
