@@ -192,7 +192,9 @@ fn alert_latency(brokers: &str, data: &Path) {
         .spawn()
         .unwrap();
     let producer = Producer::new(brokers).unwrap();
-    let watcher = Consumer::new(brokers, "latency-watch", &[ALERTS], 10_000, std::sync::Arc::new(|_, _| None)).unwrap();
+    let watcher =
+        Consumer::new(brokers, "latency-watch", &[ALERTS], 10_000, std::sync::Arc::new(ledger_kafka::FromBeginning))
+            .unwrap();
     while !watcher.poll_batch(10_000, std::time::Duration::from_secs(1)).unwrap().is_empty() {}
     let mut samples = Vec::new();
     for i in 0..8 {

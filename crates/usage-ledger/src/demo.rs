@@ -181,7 +181,7 @@ pub fn spawn_live(brokers: String, stop: std::sync::Arc<std::sync::atomic::Atomi
                 &format!("usage-ledger-demo-{}", std::process::id()),
                 &[ledger_kafka::ALERTS],
                 10_000,
-                std::sync::Arc::new(|_: &str, _: i32| None),
+                std::sync::Arc::new(ledger_kafka::FromBeginning),
             )?;
             let lines = traffic("2026-04-01T00:00:00Z".parse()?);
             println!("demo: producing {} events for {} teams in bursts", lines.len(), TEAMS.len());
