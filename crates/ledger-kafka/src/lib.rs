@@ -57,6 +57,46 @@ impl Partitions for FromBeginning {
     }
 }
 
+/// One consumed record, owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Record {
+    fn from_message(m: &impl Message) -> Record {
+        Record {
+            topic: m.topic().to_string(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().unwrap_or_default().to_vec(),
+            headers: m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|Header { key, value }| (key.to_string(), value.unwrap_or_default().to_vec()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The position key (`topic/partition`) the store records offsets under.
+    pub fn stream(&self) -> String {
+        format!("{}/{}", self.topic, self.partition)
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+}
+
 struct GroupContext {
     owner: Arc<dyn Partitions>,
     owned: Mutex<HashSet<(String, i32)>>,
