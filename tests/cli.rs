@@ -144,3 +144,69 @@ fn replay_digest_is_stable_across_runs_and_stores() {
     let invoices = ul_ok(&one, &["invoices", "--team", "team-0001"]);
     assert!(invoices.contains(r#""status": "final""#), "the generated May traffic closed April: {invoices}");
 }
+
+#[test]
+fn a_partitioned_data_dir_reads_as_one_ledger_and_keeps_one_owner_per_team() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let other = r#"{"accountEvent":{"eventId":"b1","teamId":"t2","occurredAt":"2026-04-01T00:00:00Z","planStarted":{"plan":"api_plus","bucketImages":"1000"}}}"#;
+    let (f1, f2) = (tmp.path().join("t1.jsonl"), tmp.path().join("t2.jsonl"));
+    std::fs::write(&f1, format!("{GOOD_START}\n{}\n", image("i1", ""))).unwrap();
+    std::fs::write(&f2, format!("{other}\n")).unwrap();
+    // The service's layout: one ledger per input partition number.
+    ul_ok(&dir.join("partitions/0000"), &["import", f1.to_str().unwrap()]);
+    ul_ok(&dir.join("partitions/0003"), &["import", f2.to_str().unwrap()]);
+    assert!(ul_ok(&dir, &["verify"]).starts_with("ok: 2 teams, 3 entries, 3 index records"));
+    let balance: serde_json::Value = serde_json::from_str(&ul_ok(&dir, &["balance", "--team", "t2"])).unwrap();
+    assert_eq!(balance["allowances"][0]["value"], "100.00", "Plus: 1,000 images at $0.10");
+    ul_ok(&dir, &["close", "--until", "2026-05-02T00:00:00Z"]);
+    let invoices: serde_json::Value = serde_json::from_str(&ul_ok(&dir, &["invoices", "--team", "t1"])).unwrap();
+    assert_eq!(invoices.as_array().unwrap().len(), 1);
+    assert!(ul_ok(&dir, &["replay"]).starts_with("digest: "));
+
+    let refused = ul(&dir, &["import", f1.to_str().unwrap()]);
+    assert_eq!(refused.code, 1);
+    assert!(refused.stderr.contains("per-partition ledgers"), "{}", refused.stderr);
+    let single = tmp.path().join("single");
+    ul_ok(&single, &["import", f1.to_str().unwrap()]);
+    let refused = ul(&single, &["run", "--brokers", "127.0.0.1:1"]);
+    assert_eq!(refused.code, 1);
+    assert!(refused.stderr.contains("holds a ledger written by `import`"), "{}", refused.stderr);
+
+    // A team in two partitions' ledgers is a fault: each team has one owner.
+    ul_ok(&dir.join("partitions/0001"), &["import", f2.to_str().unwrap()]);
+    let verify = ul(&dir, &["verify"]);
+    assert_eq!(verify.code, 1);
+    assert!(verify.stderr.contains("team t2: entries in two ledgers"), "{}", verify.stderr);
+}
+
+#[test]
+fn replay_digest_does_not_depend_on_how_teams_are_spread_over_ledgers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("load.jsonl");
+    ul_ok(tmp.path(), &["generate", "--teams", "12", "--events", "3000", "--out", file.to_str().unwrap()]);
+    let text = std::fs::read_to_string(&file).unwrap();
+    let (one, spread) = (tmp.path().join("one"), tmp.path().join("spread"));
+    ul_ok(&one, &["import", file.to_str().unwrap()]);
+    // Each team into its own partition's ledger, by a hash of the team id.
+    let mut parts: std::collections::BTreeMap<usize, String> = Default::default();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let body = v.as_object().unwrap().values().next().unwrap();
+        let team = body["teamId"].as_str().unwrap();
+        let p = team.bytes().map(usize::from).sum::<usize>() % 4;
+        parts.entry(p).or_default().push_str(&format!("{line}\n"));
+    }
+    for (p, lines) in &parts {
+        let f = tmp.path().join(format!("p{p}.jsonl"));
+        std::fs::write(&f, lines).unwrap();
+        ul_ok(&spread.join(format!("partitions/{p:04}")), &["import", f.to_str().unwrap()]);
+    }
+    for dir in [&one, &spread] {
+        ul_ok(dir, &["close", "--until", "2030-01-01T00:00:00Z"]);
+    }
+    assert_eq!(parts.len(), 4);
+    let digest = ul_ok(&one, &["replay"]);
+    assert_eq!(digest, ul_ok(&spread, &["replay"]));
+    assert!(ul(&one, &["replay"]).stderr.contains("12 teams"));
+}

@@ -373,3 +373,118 @@ fn metrics_count_records_appends_and_dead_letters_by_reason() {
     assert!(text.contains(r#"usage_ledger_dead_letters_total{reason="undecodable"} 1"#), "{text}");
     assert!(text.contains("usage_ledger_batch_seconds_count"), "{text}");
 }
+
+/// A service process whose stderr lines are collected as they come.
+struct Member {
+    child: Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Member {
+    fn start(dir: &Path, brokers: &str, extra: &[&str]) -> Member {
+        use std::io::BufRead;
+        let mut child = service(dir, brokers, extra);
+        let stderr = child.stderr.take().unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&lines);
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Member { child, lines, reader }
+    }
+
+    /// The partition numbers it said it owned last.
+    fn owns(&self) -> Option<String> {
+        let lines = self.lines.lock().unwrap();
+        lines
+            .iter()
+            .rev()
+            .find_map(|l| l.split("owns ").nth(1).map(|o| o.trim_start_matches("partitions ").to_string()))
+    }
+
+    fn wait_until_owns(&self, what: impl Fn(&str) -> bool, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.owns().is_some_and(|o| what(&o)) {
+            let seen = self.lines.lock().unwrap().clone();
+            assert!(Instant::now() < deadline, "ownership never came; stderr: {seen:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits for the exit; returns the stderr and how many events this member appended.
+    fn finish(mut self) -> (String, u64) {
+        let status = self.child.wait().unwrap();
+        self.reader.join().unwrap();
+        let stderr = self.lines.lock().unwrap().join("\n");
+        assert!(status.success(), "member failed: {stderr}");
+        let appended = stderr
+            .split("records (")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no final count: {stderr}"));
+        (stderr, appended)
+    }
+}
+
+#[test]
+fn two_members_share_the_partitions_and_hand_them_over_on_exit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(tmp.path());
+    let file = tmp.path().join("load.jsonl");
+    ul_ok(
+        tmp.path(),
+        &["generate", "--teams", "40", "--events", "40000", "--seed", "17", "--out", file.to_str().unwrap()],
+    );
+    let lines: Vec<String> = std::fs::read_to_string(&file).unwrap().lines().map(String::from).collect();
+    let (first, second) = (tmp.path().join("first.jsonl"), tmp.path().join("second.jsonl"));
+    std::fs::write(&first, lines[..lines.len() / 2].join("\n")).unwrap();
+    std::fs::write(&second, lines[lines.len() / 2..].join("\n")).unwrap();
+    ul_ok(tmp.path(), &["produce", "--brokers", &broker.address, first.to_str().unwrap()]);
+    let dir = tmp.path().join("shared");
+    let slow = ["--batch-events-max", "300"];
+    let a = Member::start(&dir, &broker.address, &slow);
+    a.wait_until_owns(|o| o == "[0, 1, 2, 3]", Duration::from_secs(30));
+    let b = Member::start(&dir, &broker.address, &[&slow[..], &["--exit-when-idle-ms", "8000"]].concat());
+    // Partition N of both input topics goes to one member: two ledgers each.
+    let half = |o: &str| o.matches(',').count() == 1;
+    b.wait_until_owns(half, Duration::from_secs(60));
+    a.wait_until_owns(half, Duration::from_secs(30));
+    let (a_owns, b_owns) = (a.owns().unwrap(), b.owns().unwrap());
+    let numbers = |o: &str| o.trim_matches(['[', ']']).split(", ").map(String::from).collect::<Vec<_>>();
+    let mut all = [numbers(&a_owns), numbers(&b_owns)].concat();
+    all.sort();
+    assert_eq!(all, ["0", "1", "2", "3"], "each partition has one owner: {a_owns} and {b_owns}");
+    ul_ok(tmp.path(), &["produce", "--brokers", &broker.address, second.to_str().unwrap()]);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(Command::new("kill").args(["-TERM", &a.child.id().to_string()]).status().unwrap().success());
+    let (a_log, a_appended) = a.finish();
+    assert!(a_log.contains("handed over partitions; owns []"), "{a_log}");
+    b.wait_until_owns(|o| o == "[0, 1, 2, 3]", Duration::from_secs(60));
+    let (_, b_appended) = b.finish();
+    assert!(a_appended > 0 && b_appended > 0, "both members appended: {a_appended} and {b_appended}");
+    // Exactly once: the whole load, each event in one ledger, no team in two.
+    let verify = drain_until(&dir, &broker.address, lines.len());
+    assert!(verify.starts_with("ok: 40 teams"), "{verify}");
+    let clean = tmp.path().join("clean");
+    ul_ok(&clean, &["import", file.to_str().unwrap()]);
+    let mut stored_alert_ids = Vec::new();
+    for t in 0..40 {
+        let team = format!("team-{t:04}");
+        assert_eq!(billing(&dir, &team), billing(&clean, &team), "{team}");
+        let alerts: Vec<serde_json::Value> = serde_json::from_str(&ul_ok(&dir, &["alerts", "--team", &team])).unwrap();
+        stored_alert_ids.extend(alerts.iter().map(|a| a["alert_id"].as_str().unwrap().to_string()));
+    }
+    let published = ledger_kafka::read_topic(&broker.address, ledger_kafka::ALERTS, Duration::from_secs(3)).unwrap();
+    let mut ids: Vec<String> = published.iter().map(|r| r.header("id").unwrap().to_string()).collect();
+    ids.sort();
+    ids.dedup();
+    stored_alert_ids.sort();
+    assert!(!ids.is_empty());
+    assert_eq!(ids, stored_alert_ids, "every alert published, unique by id");
+    let parts = ledger_store::layout(&dir).unwrap();
+    assert!(matches!(parts, ledger_store::Layout::Partitioned(ref p) if p.len() == 4), "{parts:?}");
+}

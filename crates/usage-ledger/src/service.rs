@@ -94,7 +94,7 @@ struct Owner(Arc<Mutex<Shards>>);
 impl Partitions for Owner {
     fn assigned(&self, partitions: &[(String, i32)]) -> Vec<Option<i64>> {
         let mut shards = self.0.lock().expect("not poisoned");
-        partitions
+        let positions = partitions
             .iter()
             .map(|(topic, partition)| {
                 shards.owned.insert((topic.clone(), *partition));
@@ -106,7 +106,9 @@ impl Partitions for Owner {
                     None
                 })
             })
-            .collect()
+            .collect();
+        eprintln!("usage-ledger: owns partitions {:?}", shards.open.keys().collect::<Vec<_>>());
+        positions
     }
 
     fn revoked(&self, partitions: &[(String, i32)]) {
@@ -116,7 +118,11 @@ impl Partitions for Owner {
         }
         let keep: BTreeSet<i32> = shards.owned.iter().map(|(_, p)| *p).collect();
         // Every batch was flushed before it was acknowledged; dropping closes sled.
+        let before = shards.open.len();
         shards.open.retain(|p, _| keep.contains(p));
+        if shards.open.len() != before {
+            eprintln!("usage-ledger: handed over partitions; owns {:?}", shards.open.keys().collect::<Vec<_>>());
+        }
     }
 }
 
