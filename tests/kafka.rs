@@ -488,3 +488,98 @@ fn two_members_share_the_partitions_and_hand_them_over_on_exit() {
     let parts = ledger_store::layout(&dir).unwrap();
     assert!(matches!(parts, ledger_store::Layout::Partitioned(ref p) if p.len() == 4), "{parts:?}");
 }
+
+/// A stand-in ledger for the cooperative test: positions shared by both members (the
+/// shared storage), and each member's own log of what it was given and lost.
+#[derive(Default)]
+struct PositionsLog {
+    positions: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<i32, i64>>>,
+    log: std::sync::Mutex<Vec<String>>,
+}
+
+impl ledger_kafka::Partitions for PositionsLog {
+    fn assigned(&self, partitions: &[(String, i32)]) -> Vec<Option<i64>> {
+        let positions = self.positions.lock().unwrap();
+        partitions
+            .iter()
+            .map(|(_, p)| {
+                self.log.lock().unwrap().push(format!("assign {p}"));
+                positions.get(p).copied()
+            })
+            .collect()
+    }
+
+    fn revoked(&self, partitions: &[(String, i32)]) {
+        self.log.lock().unwrap().extend(partitions.iter().map(|(_, p)| format!("revoke {p}")));
+    }
+}
+
+#[test]
+fn cooperative_rebalancing_moves_only_the_handed_over_partitions_exactly_once() {
+    use ledger_kafka::{Assignor, Consumer, IMAGES};
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(tmp.path());
+    ledger_kafka::create_topics(&broker.address, 4).unwrap();
+    let producer = Producer::new(&broker.address).unwrap();
+    let produce = |from: usize, to: usize| {
+        let records: Vec<Outgoing> = (from..to).map(|i| raw(IMAGES, &format!("key-{}", i % 37), vec![1])).collect();
+        producer.send_all(&records).unwrap();
+    };
+    let shared = Arc::new(std::sync::Mutex::new(HashMap::new()));
+    let member = |name: &str| {
+        let owner = Arc::new(PositionsLog { positions: Arc::clone(&shared), log: Default::default() });
+        let consumer = Consumer::with_assignor(
+            &broker.address,
+            "coop",
+            &[IMAGES],
+            6000,
+            Arc::clone(&owner) as Arc<dyn ledger_kafka::Partitions>,
+            Assignor::CooperativeSticky,
+        )
+        .unwrap();
+        (name.to_string(), consumer, owner)
+    };
+    let mut seen: HashMap<(i32, i64), u32> = HashMap::new();
+    let mut by_member: HashMap<String, usize> = HashMap::new();
+    // Consumes a batch as the ledger would: apply, then record the positions.
+    let mut step = |(name, consumer, _): &(String, Consumer, Arc<PositionsLog>)| {
+        let batch = consumer.poll_batch(50, Duration::from_millis(50)).unwrap();
+        let mut positions = shared.lock().unwrap();
+        for r in &batch {
+            *seen.entry((r.partition, r.offset)).or_default() += 1;
+            positions.insert(r.partition, r.offset + 1);
+        }
+        *by_member.entry(name.clone()).or_default() += batch.len();
+        batch.len()
+    };
+    produce(0, 2000);
+    let a = member("a");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut consumed = 0;
+    while consumed < 2000 {
+        assert!(Instant::now() < deadline, "a consumes the first half");
+        consumed += step(&a);
+    }
+    let b = member("b");
+    while a.1.owned().len() != 2 || b.1.owned().len() != 2 {
+        assert!(Instant::now() < deadline, "the partitions are shared: a {:?}, b {:?}", a.1.owned(), b.1.owned());
+        step(&a);
+        step(&b);
+    }
+    produce(2000, 4000);
+    let mut idle = 0;
+    while idle < 20 {
+        assert!(Instant::now() < deadline, "the second half arrives");
+        idle = if step(&a) + step(&b) == 0 { idle + 1 } else { 0 };
+    }
+    assert_eq!(seen.len(), 4000, "every record consumed");
+    assert!(seen.values().all(|n| *n == 1), "none twice");
+    assert!(by_member["b"] > 0, "b consumed its partitions: {by_member:?}");
+    let a_log = a.2.log.lock().unwrap().clone();
+    let kept: Vec<String> = a.1.owned().iter().map(|(_, p)| format!("revoke {p}")).collect();
+    assert_eq!(a_log.iter().filter(|l| l.starts_with("assign")).count(), 4, "assigned once: {a_log:?}");
+    assert_eq!(a_log.iter().filter(|l| l.starts_with("revoke")).count(), 2, "only the moved ones: {a_log:?}");
+    assert!(!a_log.iter().any(|l| kept.contains(l)), "a kept its other partitions throughout: {a_log:?}");
+}

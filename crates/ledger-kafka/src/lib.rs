@@ -170,6 +170,16 @@ impl ConsumerContext for GroupContext {
     }
 }
 
+/// How the group spreads partitions over its members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Assignor {
+    /// Eager: every rebalance revokes everything, then assigns; co-partitions topics.
+    Range,
+    /// Incremental: only moved partitions are revoked; topics are not co-partitioned,
+    /// so only for a single input topic (or owners that do not need co-partitioning).
+    CooperativeSticky,
+}
+
 /// A consumer-group member on the input topics.
 pub struct Consumer {
     inner: BaseConsumer<GroupContext>,
@@ -178,6 +188,9 @@ pub struct Consumer {
 impl Consumer {
     /// `session_timeout_ms`: how long the group waits for a silent member (a crashed
     /// one) before moving its partitions; too short and a busy broker evicts live members.
+    /// Partitions are assigned by `range`, which keeps partition N of every subscribed
+    /// topic on one member when the topics have the same partition count (a team's
+    /// images and account events then meet in one member's ledger).
     pub fn new(
         brokers: &str,
         group: &str,
@@ -185,17 +198,29 @@ impl Consumer {
         session_timeout_ms: u32,
         owner: Arc<dyn Partitions>,
     ) -> Result<Consumer> {
+        Consumer::with_assignor(brokers, group, topics, session_timeout_ms, owner, Assignor::Range)
+    }
+
+    pub fn with_assignor(
+        brokers: &str,
+        group: &str,
+        topics: &[&str],
+        session_timeout_ms: u32,
+        owner: Arc<dyn Partitions>,
+        assignor: Assignor,
+    ) -> Result<Consumer> {
         let context = GroupContext { owner, owned: Mutex::new(HashSet::new()), rebalances: AtomicU64::new(0) };
+        let strategy = match assignor {
+            Assignor::Range => "range",
+            Assignor::CooperativeSticky => "cooperative-sticky",
+        };
         let inner: BaseConsumer<GroupContext> = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            // Range keeps partition N of every subscribed topic on one member when the
-            // topics have the same partition count (cooperative-sticky does not), so a
-            // team's images and account events meet in one member's ledger.
-            .set("partition.assignment.strategy", "range")
+            .set("partition.assignment.strategy", strategy)
             .set("session.timeout.ms", session_timeout_ms.to_string())
             .set("heartbeat.interval.ms", (session_timeout_ms / 10).clamp(100, 3000).to_string())
             .create_with_context(context)?;
