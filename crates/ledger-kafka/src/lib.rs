@@ -121,8 +121,10 @@ impl ConsumerContext for GroupContext {
                 let parts = parts_of(tpl);
                 let positions = self.owner.assigned(&parts);
                 for ((topic, partition), next) in parts.iter().zip(positions) {
-                    let offset = next.map_or(Offset::Beginning, Offset::Offset);
-                    if let Err(e) = tpl.set_partition_offset(topic, *partition, offset) {
+                    // Nothing recorded: offset 0, the start of the log (if retention
+                    // already removed it, `auto.offset.reset=earliest` takes over).
+                    let next = Offset::Offset(next.unwrap_or(0));
+                    if let Err(e) = tpl.set_partition_offset(topic, *partition, next) {
                         warn!(topic, partition, error = %e, "Could not set the stored position.");
                     }
                     self.owned.lock().expect("not poisoned").insert((topic.clone(), *partition));

@@ -12,7 +12,7 @@ use anyhow::{bail, Context};
 use ledger_core::{Catalog, Event};
 use ledger_kafka::{Consumer, Outgoing, Partitions, Producer, Record, ACCOUNTS, ALERTS, DEADLETTER, IMAGES, INVOICES};
 use ledger_store::{Ledger, OpenOptions, OutboxMsg, Outcome, Source, Store, Submission};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::broker::EmbeddedBroker;
 
@@ -58,6 +58,10 @@ struct Stats {
     duplicates: u64,
     dead_letters: u64,
     published: u64,
+    /// Time spent applying, committing and publishing batches (not waiting for records).
+    batch_secs: f64,
+    /// From the first record polled to the last one applied.
+    first_to_last_secs: f64,
 }
 
 /// The ledgers of the partitions this member owns: one per input partition number, so
@@ -181,6 +185,7 @@ pub fn run(dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut last_report = Instant::now();
     let mut last_record = Instant::now();
     let mut last_balances = Instant::now();
+    let mut first_record: Option<Instant> = None;
     while !stop.load(Ordering::SeqCst) {
         let records = consumer.poll_batch(args.batch_events_max, Duration::from_millis(args.batch_wait_ms))?;
         let batch_started = Instant::now();
@@ -198,6 +203,7 @@ pub fn run(dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
                     .get_mut(&partition)
                     .with_context(|| format!("records of partition {partition} arrived, its ledger is not open"))?;
                 process(ledger, &records, &mut stats, &metrics)?;
+                debug!(partition, records = records.len(), first_offset = records[0].offset, "Batch applied.");
                 if show_balances {
                     crate::demo::print_live_balances(ledger, &records)?;
                     last_balances = Instant::now();
@@ -222,7 +228,11 @@ pub fn run(dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
         drop(shards);
         consumer.commit(&next)?;
         if !next.is_empty() {
-            metrics.batch_seconds.observe(batch_started.elapsed().as_secs_f64());
+            let secs = batch_started.elapsed().as_secs_f64();
+            metrics.batch_seconds.observe(secs);
+            stats.batch_secs += secs;
+            let first = *first_record.get_or_insert(batch_started);
+            stats.first_to_last_secs = first.elapsed().as_secs_f64();
         }
         if last_report.elapsed() > Duration::from_secs(10) {
             info!(?stats, partitions = ?owned, "Progress.");
@@ -236,8 +246,8 @@ pub fn run(dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
         crate::demo::print_invoices(&ledger_store::open_all(dir, &Catalog::builtin(), OpenOptions::default())?)?;
     }
     eprintln!(
-        "usage-ledger: stopped after {} records ({} appended, {} duplicates, {} dead letters)",
-        stats.records, stats.appended, stats.duplicates, stats.dead_letters
+        "usage-ledger: stopped after {} records ({} appended, {} duplicates, {} dead letters); {:.2} s applying batches, {:.2} s from the first record to the last",
+        stats.records, stats.appended, stats.duplicates, stats.dead_letters, stats.batch_secs, stats.first_to_last_secs
     );
     Ok(ExitCode::SUCCESS)
 }
