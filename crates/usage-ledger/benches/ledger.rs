@@ -166,7 +166,9 @@ fn kafka(tmp: &Path, file: &Path, lines: u64) {
                 .and_then(|n| n.parse().ok())
                 .unwrap_or_else(|| panic!("the service reports {after:?}: {stderr}"))
         };
-        appended += figure("records (") as u64;
+        // Records, not appends: the two input topics have no order between them, so a
+        // plan change can arrive after usage that already closed its cycle (a dead letter).
+        appended += figure("stopped after ") as u64;
         busy += stderr.split(" s applying").next().and_then(|t| t.rsplit(' ').next()).unwrap().parse::<f64>().unwrap();
         wall += stderr
             .split(" s from the first")
@@ -179,7 +181,7 @@ fn kafka(tmp: &Path, file: &Path, lines: u64) {
             break;
         }
     }
-    assert_eq!(appended, lines, "the service appended every record");
+    assert_eq!(appended, lines, "the service took every record");
     report("consume", appended, wall, "events");
     report("ledger", appended, busy, "events");
     alert_latency(&brokers, &tmp.join("latency"));
