@@ -300,3 +300,89 @@ fn a_plan_that_arrives_after_its_usage_closes_the_cycles_the_clock_passed() {
         "invoice t1 2026-04-01 total=20.00 v=2026-01-01 | bucket_fee 1x20.00=20.00 | consumed=0.20 forfeited=19.80",
     );
 }
+
+// Legacy credits (billing.md §4): one credit per image of either API at $0.10, usage
+// past them billed at $0.10, bought only while the catalog sells them, the remainder
+// expiring at 2025-04-02T00:00:00Z onto the invoice of the cycle holding that instant.
+
+#[test]
+fn credits_draw_one_per_image_and_carry_over_between_cycles() {
+    check(
+        "start 2024-12-05 api_credits
+         buy 2024-12-05T01 1000 100.00
+         rb 2024-12-10 600
+         ie 2024-12-20 300 #e1
+         rb 2025-01-10 150 #r2
+         buy 2025-01-15 500 50.00
+         ie 2025-01-20 100
+         close 2025-02-06",
+        "invoice t1 2024-12-05 total=100.00 v=2024-10-01 | credits_purchase 1000x0.10=100.00 | credits in=0 bought=1000 used=900 expired=0 left=100
+         invoice t1 2025-01-05 total=55.00 v=2024-10-01 | credits_purchase 500x0.10=50.00, overage 50x0.10=5.00 | credits in=100 bought=500 used=200 expired=0 left=400
+         alert t1 credits g0 80% by e1
+         alert t1 credits g0 80% by r2
+         alert t1 credits g0 100% by r2",
+    );
+}
+
+#[test]
+fn credits_expire_on_2025_04_02_onto_that_cycles_invoice_and_usage_after_is_billed() {
+    check(
+        "start 2025-01-05 api_credits
+         buy 2025-01-06 300 30.00
+         rb 2025-03-10 100
+         buy 2025-03-12 100 10.00 #late-buy
+         rb 2025-04-03 50
+         close 2025-04-06",
+        "reject late-buy plan_rule
+         invoice t1 2025-01-05 total=30.00 v=2024-10-01 | credits_purchase 300x0.10=30.00 | credits in=0 bought=300 used=0 expired=0 left=300
+         invoice t1 2025-02-05 total=0.00 v=2024-10-01 | - | credits in=300 bought=0 used=0 expired=0 left=300
+         invoice t1 2025-03-05 total=5.00 v=2025-02-27 | overage 50x0.10=5.00, credits_expired 200x0.00=0.00 | credits in=300 bought=0 used=100 expired=200 left=0",
+    );
+}
+
+#[test]
+fn usage_recorded_after_the_expiry_draws_no_credit_even_if_it_happened_before() {
+    // The first event's time passes 04-02 + 1 h of grace: the expiry is recorded with
+    // 100 credits left before it; the next event, from 04-01, arrives after that.
+    check(
+        "start 2025-01-05 api_credits
+         buy 2025-01-06 100 10.00
+         rb 2025-04-02T02 1
+         rb 2025-04-01 10
+         close 2025-04-06",
+        "invoice t1 2025-01-05 total=10.00 v=2024-10-01 | credits_purchase 100x0.10=10.00 | credits in=0 bought=100 used=0 expired=0 left=100
+         invoice t1 2025-02-05 total=0.00 v=2024-10-01 | - | credits in=100 bought=0 used=0 expired=0 left=100
+         invoice t1 2025-03-05 total=1.10 v=2025-02-27 | overage 11x0.10=1.10, credits_expired 100x0.00=0.00 | credits in=100 bought=0 used=0 expired=100 left=0",
+    );
+}
+
+#[test]
+fn legacy_credits_are_neither_sold_nor_subscribed_from_2025_02_27() {
+    check(
+        "start 2025-03-01 api_credits #new
+         start 2025-03-01 api_basic 1000
+         buy 2025-03-02 100 10.00 #buy
+         close 2025-04-02",
+        "reject new plan_rule
+         reject buy plan_rule
+         invoice t1 2025-03-01 total=20.00 v=2025-02-27 | bucket_fee 1x20.00=20.00 | consumed=0.00 forfeited=20.00",
+    );
+}
+
+#[test]
+fn moving_from_credits_to_a_bucket_is_an_upgrade_and_the_credits_still_expire() {
+    // r = (04-05 − 03-20) / (04-05 − 03-05) = 16/31; 20.00 × 16/31 = 10.3225… → 10.32.
+    check(
+        "start 2024-12-05 api_credits
+         buy 2024-12-06 300 30.00
+         rb 2025-03-10 100
+         change 2025-03-20 api_basic 1000
+         rb 2025-03-25 100
+         close 2025-05-06",
+        "invoice t1 2024-12-05 total=30.00 v=2024-10-01 | credits_purchase 300x0.10=30.00 | credits in=0 bought=300 used=0 expired=0 left=300
+         invoice t1 2025-01-05 total=0.00 v=2024-10-01 | - | credits in=300 bought=0 used=0 expired=0 left=300
+         invoice t1 2025-02-05 total=0.00 v=2024-10-01 | - | credits in=300 bought=0 used=0 expired=0 left=300
+         invoice t1 2025-03-05 total=10.32 v=2025-02-27 | upgrade_charge 1x10.32=10.32, credits_expired 200x0.00=0.00 | consumed=2.00 forfeited=8.32 | credits in=300 bought=0 used=100 expired=200 left=0
+         invoice t1 2025-04-05 total=20.00 v=2025-02-27 | bucket_fee 1x20.00=20.00 | consumed=0.00 forfeited=20.00 | credits in=0 bought=0 used=0 expired=0 left=0",
+    );
+}

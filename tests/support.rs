@@ -61,6 +61,7 @@ pub fn time(s: &str) -> String {
 /// [@team] cancel AT [#id]
 /// [@team] rb|ie AT IMAGES [sandbox] [#id]          (remove background / image editing)
 /// [@team] refund AT ORIGINAL_ID [#id]
+/// [@team] buy AT CREDITS AMOUNT [#id]                (legacy credits)
 /// close UNTIL
 /// ```
 pub enum Step {
@@ -93,6 +94,10 @@ pub fn step(n: usize, line: &str) -> Step {
         "refund" => format!(
             r#"{{"accountEvent":{{{head},"qualityRefund":{{"originalEventId":"{}","reason":"test"}}}}}}"#,
             words[2]
+        ),
+        "buy" => format!(
+            r#"{{"accountEvent":{{{head},"creditsPurchased":{{"credits":"{}","amount":"{}"}}}}}}"#,
+            words[2], words[3]
         ),
         api @ ("rb" | "ie") => {
             let api = if api == "rb" { "API_REMOVE_BACKGROUND" } else { "API_IMAGE_EDITING" };
@@ -195,6 +200,14 @@ pub fn render_invoice(json: &str) -> String {
             )
             .unwrap();
         }
+    }
+    if let Some(c) = v.get("credits") {
+        write!(
+            out,
+            " | credits in={} bought={} used={} expired={} left={}",
+            c["carried_in"], c["purchased"], c["used"], c["expired"], c["balance"]
+        )
+        .unwrap();
     }
     let refunded = &v["usage"]["refunded_images"];
     if refunded.as_u64() != Some(0) {

@@ -56,11 +56,23 @@ pub enum PlanRule {
     Trial { api: Api, label: String, allowance_images: u64, sandbox_images: Option<u64> },
     /// Background removal at a partner rate with a monthly commitment in images.
     Partner { label: String, remove_background_rate: Decimal, commitment_images: u64 },
+    /// Legacy API credits: one credit per image of either API, worth `image_rate`;
+    /// usage past the credits billed at `image_rate`; the remainder expires at
+    /// `expires_at`. `purchasable = false`: kept for existing holders only (no new
+    /// subscriptions or purchases).
+    Credits { label: String, image_rate: Decimal, purchasable: bool, expires_at: DateTime<Utc> },
 }
 
 impl Catalog {
     pub fn from_toml(text: &str) -> Result<Catalog, CatalogError> {
         let catalog: Catalog = toml::from_str(text).map_err(|e| CatalogError::Parse(e.to_string()))?;
+        catalog.validate()?;
+        Ok(catalog)
+    }
+
+    /// A catalog from versions (e.g. recorded ones merged with newly loaded ones).
+    pub fn from_versions(versions: Vec<Version>) -> Result<Catalog, CatalogError> {
+        let catalog = Catalog { versions };
         catalog.validate()?;
         Ok(catalog)
     }
@@ -100,6 +112,9 @@ impl Catalog {
                     PlanRule::Partner { remove_background_rate, .. } if *remove_background_rate <= Decimal::ZERO => {
                         return Err(bad(&format!("plan {name}: partner rate must be positive")));
                     }
+                    PlanRule::Credits { image_rate, .. } if plan != Plan::ApiCredits || *image_rate <= Decimal::ZERO => {
+                        return Err(bad(&format!("plan {name}: credits need plan api_credits and a positive rate")));
+                    }
                     _ => {}
                 }
             }
@@ -132,13 +147,24 @@ impl Version {
     }
 
     /// What a team on `terms` pays per image of `api`: the list rate, except the
-    /// partner's own background-removal rate.
+    /// partner's own background-removal rate and the legacy credit rate.
     pub fn rate_for(&self, terms: &PlanTerms, api: Api) -> Option<Decimal> {
         match (self.plan(terms.plan), api) {
             (Some(PlanRule::Partner { remove_background_rate, .. }), Api::RemoveBackground) => {
                 Some(*remove_background_rate)
             }
+            (Some(PlanRule::Credits { image_rate, .. }), api) if !api.is_app() => Some(*image_rate),
             _ => self.rate(api),
+        }
+    }
+
+    /// The legacy credits rule, if this version carries one.
+    pub fn credits(&self) -> Option<(Decimal, bool, DateTime<Utc>)> {
+        match self.plan(Plan::ApiCredits) {
+            Some(PlanRule::Credits { image_rate, purchasable, expires_at, .. }) => {
+                Some((*image_rate, *purchasable, *expires_at))
+            }
+            _ => None,
         }
     }
 
@@ -170,7 +196,12 @@ mod tests {
             v26.plan(Plan::ApiFreeTrial),
             Some(PlanRule::Trial { allowance_images: 10, sandbox_images: Some(1000), .. })
         ));
-        assert!(c.version_at("2025-01-01T00:00:00Z".parse().unwrap()).is_none());
+        assert_eq!(c.version_at("2025-01-01T00:00:00Z".parse().unwrap()).unwrap().id, "2024-10-01");
+        assert!(c.version_at("2024-01-31T23:59:59Z".parse().unwrap()).is_none());
+        let (rate, purchasable, expires) = c.version("2024-02-01").unwrap().credits().unwrap();
+        assert_eq!((rate.to_string().as_str(), purchasable), ("0.10", true));
+        assert_eq!(expires, "2025-04-02T00:00:00Z".parse::<DateTime<Utc>>().unwrap());
+        assert!(!v26.credits().unwrap().1, "2026: legacy credits kept for holders, not sold");
     }
 
     #[test]

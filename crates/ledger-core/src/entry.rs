@@ -19,6 +19,16 @@ pub enum Entry {
     /// A cycle closed: appended once the team's clock passed its end + grace. Carries the
     /// figures computed when it closed; replay recomputes and asserts them.
     CycleClosed(CycleClosed),
+    /// The team's unused legacy credits expired: appended once its clock passed the
+    /// expiry + grace, before the cycle holding it closes. Replay recomputes the count.
+    CreditsExpired(CreditsExpired),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreditsExpired {
+    #[serde(with = "chrono::serde::ts_nanoseconds")]
+    pub at: DateTime<Utc>,
+    pub credits: u64,
 }
 
 /// The original image event a refund points at, as the ledger recorded it.
@@ -51,7 +61,7 @@ impl Entry {
         match self {
             Entry::Image(e) => Some(&e.event_id),
             Entry::Account(e) | Entry::Refund { event: e, .. } => Some(&e.event_id),
-            Entry::CycleClosed(_) => None,
+            Entry::CycleClosed(_) | Entry::CreditsExpired(_) => None,
         }
     }
 
@@ -60,7 +70,7 @@ impl Entry {
         match self {
             Entry::Image(e) => Some(Event::Image(e.clone())),
             Entry::Account(e) | Entry::Refund { event: e, .. } => Some(Event::Account(e.clone())),
-            Entry::CycleClosed(_) => None,
+            Entry::CycleClosed(_) | Entry::CreditsExpired(_) => None,
         }
     }
 }

@@ -39,6 +39,103 @@ pub struct CarryLine {
     pub images: u64,
 }
 
+/// A legacy credit purchase (`CreditsPurchased`) as the billing fold needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Purchase {
+    pub seq: u64,
+    pub at: DateTime<Utc>,
+    pub event_id: EventId,
+    pub credits: u64,
+    pub amount: Decimal,
+    /// When unused credits expire (the catalog's date when bought).
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The team's credits as one cycle sees them.
+#[derive(Debug, Clone, Default)]
+pub struct CreditInput<'a> {
+    /// Credits left when the cycle starts.
+    pub carried: u64,
+    /// Purchases made in the cycle, sorted by `(at, event_id)`.
+    pub purchases: Vec<&'a Purchase>,
+    /// When the credits expire; `None`: the team never had credits.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Sequence number of the recorded expiry: usage appended after it draws nothing.
+    pub expiry_seq: Option<u64>,
+}
+
+/// What the credits did in a cycle.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CreditFigures {
+    pub carried: u64,
+    pub purchased: u64,
+    pub used: u64,
+    /// Credits that expired inside this cycle.
+    pub expired: u64,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub balance_end: u64,
+    /// `(credits, amount paid)` of each purchase in the cycle.
+    pub purchases: Vec<(u64, Decimal)>,
+}
+
+/// Walks the credit balance through a cycle in `(at, event_id)` order.
+struct CreditWalk<'a> {
+    input: &'a CreditInput<'a>,
+    in_cycle_expiry: Option<DateTime<Utc>>,
+    next: usize,
+    balance: u64,
+    out: CreditFigures,
+}
+
+impl<'a> CreditWalk<'a> {
+    fn new(input: &'a CreditInput<'a>, spec: &CycleSpec) -> CreditWalk<'a> {
+        CreditWalk {
+            input,
+            in_cycle_expiry: input.expires_at.filter(|t| spec.contains(*t)),
+            next: 0,
+            balance: input.carried,
+            out: CreditFigures { carried: input.carried, expires_at: input.expires_at, ..Default::default() },
+        }
+    }
+
+    /// Takes in every purchase up to `(at, id)`, and the expiry once `at` reaches it.
+    fn advance(&mut self, at: DateTime<Utc>, id: Option<&EventId>) {
+        while let Some(p) = self.input.purchases.get(self.next) {
+            if id.map_or(p.at >= at, |id| (p.at, &p.event_id) > (at, id)) {
+                break;
+            }
+            self.balance += p.credits;
+            self.out.purchased += p.credits;
+            self.out.purchases.push((p.credits, p.amount));
+            self.next += 1;
+        }
+        if self.in_cycle_expiry.is_some_and(|t| at >= t) {
+            self.out.expired = std::mem::take(&mut self.balance);
+            self.in_cycle_expiry = None;
+        }
+    }
+
+    /// Credits drawn by a usage record of `images` images.
+    fn draw(&mut self, rec: &UsageRec) -> u64 {
+        if self.input.expiry_seq.is_some_and(|s| rec.seq > s) {
+            return 0;
+        }
+        let drawn = self.balance.min(u64::from(rec.images));
+        self.balance -= drawn;
+        self.out.used += drawn;
+        drawn
+    }
+
+    fn finish(mut self, end: DateTime<Utc>) -> CreditFigures {
+        self.advance(end, None);
+        if let Some(t) = self.in_cycle_expiry {
+            self.advance(t, None);
+        }
+        self.out.balance_end = self.balance;
+        self.out
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum CarryKind {
     LateUsage,
@@ -65,7 +162,7 @@ impl GenFigures {
     pub fn allowance_value(&self) -> Option<Decimal> {
         match self.allowance {
             Allowance::Bucket { value } | Allowance::Trial { value, .. } => Some(value),
-            Allowance::Partner { .. } => None,
+            Allowance::Partner { .. } | Allowance::Credits { .. } => None,
         }
     }
 
@@ -81,6 +178,8 @@ pub struct CycleFigures {
     pub billable_images: u64,
     pub sandbox_images: u64,
     pub refunded_images: u64,
+    /// Legacy credits, for teams that ever bought any.
+    pub credits: Option<CreditFigures>,
 }
 
 impl CycleFigures {
@@ -90,8 +189,10 @@ impl CycleFigures {
     }
 }
 
-/// Folds a cycle's usage (sorted by `(at, event_id)`) through its generations.
-pub fn figures(spec: &CycleSpec, version: &Version, records: &[&UsageRec]) -> CycleFigures {
+/// Folds a cycle's usage (sorted by `(at, event_id)`) through its generations, and the
+/// team's credits through both.
+pub fn figures(spec: &CycleSpec, version: &Version, records: &[&UsageRec], credits: &CreditInput<'_>) -> CycleFigures {
+    let mut walk = CreditWalk::new(credits, spec);
     let mut out = CycleFigures {
         gens: spec
             .gens
@@ -111,6 +212,7 @@ pub fn figures(spec: &CycleSpec, version: &Version, records: &[&UsageRec]) -> Cy
         billable_images: 0,
         sandbox_images: 0,
         refunded_images: 0,
+        credits: None,
     };
     for rec in records {
         debug_assert!(spec.contains(rec.at));
@@ -134,7 +236,14 @@ pub fn figures(spec: &CycleSpec, version: &Version, records: &[&UsageRec]) -> Cy
         if rec.api == Api::RemoveBackground {
             g.remove_background_images += images;
         }
-        if let Some(limit) = g.allowance_value() {
+        walk.advance(rec.at, Some(&rec.event_id));
+        if let Allowance::Credits { image_rate } = g.allowance {
+            let covered = image_rate * Decimal::from(walk.draw(rec));
+            g.covered += covered;
+            if covered < value {
+                *g.over_by_api.entry(rec.api).or_default() += value - covered;
+            }
+        } else if let Some(limit) = g.allowance_value() {
             let covered = value.min(limit - g.covered);
             g.covered += covered;
             if covered < value {
@@ -142,6 +251,7 @@ pub fn figures(spec: &CycleSpec, version: &Version, records: &[&UsageRec]) -> Cy
             }
         }
     }
+    out.credits = credits.expires_at.is_some().then(|| walk.finish(spec.end));
     out
 }
 
@@ -205,6 +315,17 @@ pub struct AllowanceSummary {
     pub sandbox_cap: Option<u64>,
 }
 
+/// Legacy credits over the cycle, in credits (one per image of either API).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CreditSummary {
+    pub carried_in: u64,
+    pub purchased: u64,
+    pub used: u64,
+    pub expired: u64,
+    pub balance: u64,
+    pub expires_at: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LedgerRef {
     pub first_seq: u64,
@@ -229,6 +350,8 @@ pub struct Invoice {
     pub bucket: Option<BucketSummary>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allowances: Vec<AllowanceSummary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credits: Option<CreditSummary>,
     pub effective_cost_per_image: Option<String>,
     pub ledger: LedgerRef,
     #[serde(skip)]
@@ -273,7 +396,9 @@ pub fn build(input: InvoiceInput<'_>) -> Invoice {
             period: None,
         })
         .collect();
+    lines.extend(credit_purchase_lines(figures));
     lines.extend(usage_lines(figures, version));
+    lines.extend(credit_expiry_lines(figures));
     lines.extend(carry_lines(carry));
     let total: Decimal = lines.iter().map(|l| l.amount.parse::<Decimal>().expect("amount parses")).sum();
     let effective = (figures.billable_images > 0).then(|| {
@@ -305,6 +430,14 @@ pub fn build(input: InvoiceInput<'_>) -> Invoice {
         },
         bucket: bucket_summary(figures, version),
         allowances: allowance_summaries(figures),
+        credits: figures.credits.as_ref().map(|c| CreditSummary {
+            carried_in: c.carried,
+            purchased: c.purchased,
+            used: c.used,
+            expired: c.expired,
+            balance: c.balance_end,
+            expires_at: c.expires_at.map(fmt_time).unwrap_or_default(),
+        }),
         effective_cost_per_image: effective,
         ledger: LedgerRef { first_seq, last_seq, head_hash: String::new() },
         period_start: spec.start,
@@ -330,8 +463,14 @@ fn usage_lines(figures: &CycleFigures, version: &Version) -> Vec<Line> {
     let mut over: BTreeMap<Api, Decimal> = BTreeMap::new();
     let mut partner: BTreeMap<Api, (u64, Decimal)> = BTreeMap::new();
     let mut shortfall: Option<(u64, Decimal)> = None;
+    let mut past_credits: BTreeMap<(Api, Decimal), Decimal> = BTreeMap::new();
     for g in &figures.gens {
         match &g.allowance {
+            Allowance::Credits { image_rate } => {
+                for (api, v) in &g.over_by_api {
+                    *past_credits.entry((*api, *image_rate)).or_default() += *v;
+                }
+            }
             Allowance::Bucket { .. } => {
                 for (api, v) in &g.over_by_api {
                     *over.entry(*api).or_default() += *v;
@@ -361,6 +500,16 @@ fn usage_lines(figures: &CycleFigures, version: &Version) -> Vec<Line> {
             period: None,
         });
     }
+    for ((api, rate), value) in past_credits {
+        lines.push(Line {
+            kind: "overage",
+            description: format!("{} beyond the credits", api_label(api)),
+            quantity: fmt_quantity(value / rate),
+            unit_price: fmt_exact(rate),
+            amount: fmt_cents(value),
+            period: None,
+        });
+    }
     for (api, (images, rate)) in partner {
         lines.push(Line {
             kind: "usage",
@@ -382,6 +531,39 @@ fn usage_lines(figures: &CycleFigures, version: &Version) -> Vec<Line> {
         });
     }
     lines
+}
+
+/// Credits bought in the cycle: prepaid, charged on its invoice.
+fn credit_purchase_lines(figures: &CycleFigures) -> Vec<Line> {
+    let purchases = figures.credits.as_ref().map(|c| c.purchases.as_slice()).unwrap_or_default();
+    purchases
+        .iter()
+        .map(|(credits, amount)| Line {
+            kind: "credits_purchase",
+            description: format!("{credits} API credits (one per image of either API)"),
+            quantity: credits.to_string(),
+            unit_price: fmt_exact((amount / Decimal::from(*credits)).normalize()),
+            amount: fmt_cents(*amount),
+            period: None,
+        })
+        .collect()
+}
+
+/// Credits that expired in the cycle: shown, not refunded (amount 0).
+fn credit_expiry_lines(figures: &CycleFigures) -> Vec<Line> {
+    let Some(c) = figures.credits.as_ref().filter(|c| c.expired > 0) else { return Vec::new() };
+    vec![Line {
+        kind: "credits_expired",
+        description: format!(
+            "{} unused API credits expired at {} (not refunded)",
+            c.expired,
+            c.expires_at.map(fmt_time).unwrap_or_default()
+        ),
+        quantity: c.expired.to_string(),
+        unit_price: "0.00".into(),
+        amount: "0.00".into(),
+        period: None,
+    }]
 }
 
 /// Carried lines group by kind, period, API and rate.

@@ -18,6 +18,9 @@ pub enum Allowance {
     Trial { value: Decimal, sandbox_images: Option<u64> },
     /// Usage billed as it comes, with a monthly commitment in background-removal images.
     Partner { commitment_images: u64, rate: Decimal },
+    /// Legacy credits: images of either API draw one credit each (worth `image_rate`);
+    /// past the credits they are billed at `image_rate`.
+    Credits { image_rate: Decimal },
 }
 
 /// One bucket generation: the plan in force from `from` until the next one (or the
@@ -148,6 +151,7 @@ fn apply_change(active: &mut Option<Active>, e: &AccountEvent, catalog: &Catalog
         }
         (AccountChange::PlanStarted(terms), None) => {
             let anchor = e.occurred_at;
+            check_sold(catalog.version_at(anchor), terms).map_err(refuse)?;
             let cycle = open_cycle(catalog, anchor, cycle_start(anchor, 1), terms.clone(), &e.event_id)?;
             *active = Some(Active {
                 anchor,
@@ -166,6 +170,7 @@ fn apply_change(active: &mut Option<Active>, e: &AccountEvent, catalog: &Catalog
             a.last_event = e.event_id.clone();
             let version = catalog.version(&a.cycle.version_id).expect("cycle version exists");
             check_plan(version, terms).map_err(refuse)?;
+            check_sold(Some(version), terms).map_err(refuse)?;
             let current = &a.cycle.gens.last().expect("a cycle has a generation").terms;
             if version.price(terms) > version.price(current) {
                 let policy = terms.upgrade_policy.or(a.policy).unwrap_or(version.upgrade_policy);
@@ -194,6 +199,16 @@ fn check_plan(version: &Version, terms: &PlanTerms) -> Result<(), String> {
             Err(format!("bucket_images {} is not a positive multiple of {step_images}", terms.bucket_images))
         }
         Some(_) => Ok(()),
+    }
+}
+
+/// New subscriptions to a plan the version keeps only for existing holders are refused.
+fn check_sold(version: Option<&Version>, terms: &PlanTerms) -> Result<(), String> {
+    match version.and_then(|v| v.plan(terms.plan).map(|rule| (v, rule))) {
+        Some((v, PlanRule::Credits { purchasable: false, .. })) => {
+            Err(format!("plan {} is legacy in catalog version {}: no new subscriptions", terms.plan.key(), v.id))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -231,9 +246,12 @@ fn open_cycle(
 
 fn label(version: &Version, terms: &PlanTerms) -> String {
     match version.plan(terms.plan) {
-        Some(PlanRule::Bucket { label, .. } | PlanRule::Trial { label, .. } | PlanRule::Partner { label, .. }) => {
-            label.clone()
-        }
+        Some(
+            PlanRule::Bucket { label, .. }
+            | PlanRule::Trial { label, .. }
+            | PlanRule::Partner { label, .. }
+            | PlanRule::Credits { label, .. },
+        ) => label.clone(),
         None => terms.plan.key().to_string(),
     }
 }
@@ -248,6 +266,7 @@ fn allowance(version: &Version, terms: &PlanTerms, value: Decimal) -> Allowance 
         PlanRule::Partner { commitment_images, remove_background_rate, .. } => {
             Allowance::Partner { commitment_images: *commitment_images, rate: *remove_background_rate }
         }
+        PlanRule::Credits { image_rate, .. } => Allowance::Credits { image_rate: *image_rate },
     }
 }
 

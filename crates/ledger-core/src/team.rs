@@ -8,10 +8,12 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 
 use crate::catalog::Catalog;
-use crate::entry::{CycleClosed, Entry, RefundTarget};
+use crate::entry::{CreditsExpired, CycleClosed, Entry, RefundTarget};
 use crate::event::{AccountChange, AccountEvent, Api, Event, ImageProcessed};
 use crate::ids::{EventId, TeamId};
-use crate::invoice::{self, fmt_time, CarryKind, CarryLine, CycleFigures, Invoice, InvoiceInput, UsageRec};
+use crate::invoice::{
+    self, fmt_time, CarryKind, CarryLine, CreditInput, CycleFigures, Invoice, InvoiceInput, Purchase, UsageRec,
+};
 use crate::money::fmt_exact;
 use crate::schedule::{self, Allowance, CycleSpec};
 
@@ -121,6 +123,12 @@ pub struct Team {
     carry: Vec<CarryLine>,
     refunded: HashSet<EventId>,
     unplanned: Vec<Unplanned>,
+    /// Legacy credit purchases, sorted by `(at, event_id)`.
+    purchases: Vec<Purchase>,
+    /// Credits left at the end of the last closed cycle.
+    credits_carried: u64,
+    /// The recorded expiry: `(seq, credits)`.
+    credits_expired: Option<(u64, u64)>,
 }
 
 const HORIZON_STEP_DAYS: i64 = 62;
@@ -144,6 +152,9 @@ impl Team {
             carry: Vec::new(),
             refunded: HashSet::new(),
             unplanned: Vec::new(),
+            purchases: Vec::new(),
+            credits_carried: 0,
+            credits_expired: None,
         }
     }
 
@@ -193,22 +204,71 @@ impl Team {
     }
 
     fn close_due(&mut self, catalog: &Catalog, closed_by: DateTime<Utc>, due: usize) -> Vec<Applied> {
-        (0..due)
-            .map(|_| {
-                let spec = &self.schedule[self.closed];
-                let invoice = self.invoice_for(catalog, self.closed, false, self.next_seq);
-                let entry = Entry::CycleClosed(CycleClosed {
-                    period_start: spec.start,
-                    period_end: spec.end,
-                    closed_by,
-                    total: invoice.total_exact,
-                    forfeited: invoice.forfeited_exact,
-                });
-                let seq = self.next_seq;
-                let effects = self.apply(catalog, seq, &entry).unwrap_or_else(|f| panic!("a close must fold: {f}"));
-                Applied { seq, entry, effects }
-            })
-            .collect()
+        let mut applied = Vec::new();
+        for _ in 0..due {
+            // Credits expiring inside this cycle expire before it closes, onto its invoice.
+            let end = self.schedule[self.closed].end;
+            applied.extend(self.expire_credits(catalog, closed_by, Some(end)));
+            let spec = &self.schedule[self.closed];
+            let invoice = self.invoice_for(catalog, self.closed, false, self.next_seq);
+            let entry = Entry::CycleClosed(CycleClosed {
+                period_start: spec.start,
+                period_end: spec.end,
+                closed_by,
+                total: invoice.total_exact,
+                forfeited: invoice.forfeited_exact,
+            });
+            let seq = self.next_seq;
+            let effects = self.apply(catalog, seq, &entry).unwrap_or_else(|f| panic!("a close must fold: {f}"));
+            applied.push(Applied { seq, entry, effects });
+        }
+        applied.extend(self.expire_credits(catalog, closed_by, None));
+        applied
+    }
+
+    /// When the team's credits expire, if it ever bought any.
+    fn credits_expire_at(&self) -> Option<DateTime<Utc>> {
+        self.purchases.first().map(|p| p.expires_at)
+    }
+
+    /// Appends `CreditsExpired` once `until` passes the expiry + grace (and, with
+    /// `before_end`, only if the expiry falls before that cycle end).
+    fn expire_credits(
+        &mut self,
+        catalog: &Catalog,
+        until: DateTime<Utc>,
+        before_end: Option<DateTime<Utc>>,
+    ) -> Option<Applied> {
+        let at = self.credits_expire_at()?;
+        let grace = catalog.version_at(at).map_or(3600, |v| v.grace_seconds);
+        if self.credits_expired.is_some()
+            || until < at + Duration::seconds(i64::from(grace))
+            || before_end.is_some_and(|end| end <= at)
+        {
+            return None;
+        }
+        let entry = Entry::CreditsExpired(CreditsExpired { at, credits: self.credits_left_at_expiry(catalog) });
+        let seq = self.next_seq;
+        let effects = self.apply(catalog, seq, &entry).unwrap_or_else(|f| panic!("an expiry must fold: {f}"));
+        Some(Applied { seq, entry, effects })
+    }
+
+    /// Credits left when they expire: the open cycle holding the expiry says, or the
+    /// balance carried past the last cycle before it.
+    fn credits_left_at_expiry(&self, catalog: &Catalog) -> u64 {
+        let Some(at) = self.credits_expire_at() else { return 0 };
+        let mut carried = self.credits_carried;
+        for c in self.closed..self.schedule.len() {
+            if self.schedule[c].start > at {
+                break;
+            }
+            let credits = self.figures_with(catalog, c, None, carried).credits.unwrap_or_default();
+            if self.schedule[c].contains(at) {
+                return credits.expired;
+            }
+            carried = credits.balance_end;
+        }
+        carried
     }
 
     /// How many open cycles close by `until`.
@@ -251,10 +311,49 @@ impl Team {
                     let target = self.check_refund(catalog, original_event_id, refund)?;
                     Ok(Entry::Refund { event: e, target })
                 }
-                AccountChange::CreditsPurchased { .. } | AccountChange::ContractSigned { .. } => {
-                    Err(Reject::new("unsupported", "legacy credits and enterprise contracts are not supported yet"))
+                AccountChange::CreditsPurchased { credits, amount } => {
+                    self.check_purchase(catalog, e.occurred_at, *credits, *amount, closed_through)?;
+                    Ok(Entry::Account(e))
+                }
+                AccountChange::ContractSigned { .. } => {
+                    Err(Reject::new("unsupported", "enterprise contracts are not supported yet"))
                 }
             },
+        }
+    }
+
+    /// Credits are bought on the `api_credits` plan, while the catalog sells them and
+    /// before they expire, in an open cycle (its invoice charges them).
+    fn check_purchase(
+        &self,
+        catalog: &Catalog,
+        at: DateTime<Utc>,
+        credits: u64,
+        amount: Decimal,
+        closed_through: Option<DateTime<Utc>>,
+    ) -> Result<(), Reject> {
+        if credits == 0 || amount < Decimal::ZERO {
+            return Err(Reject::new("plan_rule", format!("credits {credits} must be ≥ 1 and amount {amount} ≥ 0")));
+        }
+        if closed_through.is_some_and(|b| at < b) {
+            return Err(Reject::new(
+                "late_account_change",
+                format!("credit purchase at {} falls in a closed cycle", fmt_time(at)),
+            ));
+        }
+        let on_credits = self.cycle_at(at).map(|c| {
+            let spec = &self.schedule[c];
+            (matches!(spec.gens[spec.gen_at(at)].allowance, Allowance::Credits { .. }), &spec.version_id)
+        });
+        let Some((true, version_id)) = on_credits else {
+            return Err(Reject::new("plan_rule", format!("no api_credits plan is active at {}", fmt_time(at))));
+        };
+        match catalog.version(version_id).and_then(|v| v.credits()) {
+            Some((_, true, expires)) if at < expires => Ok(()),
+            Some((_, _, expires)) if at >= expires => {
+                Err(Reject::new("plan_rule", format!("credits expired at {}; none can be bought", fmt_time(expires))))
+            }
+            _ => Err(Reject::new("plan_rule", format!("catalog version {version_id} sells no credits"))),
         }
     }
 
@@ -309,9 +408,13 @@ impl Team {
         }
         let effects = match entry {
             Entry::Image(e) => self.apply_image(catalog, seq, e),
+            Entry::Account(e) if matches!(e.change, AccountChange::CreditsPurchased { .. }) => {
+                self.apply_purchase(catalog, seq, e).map_err(fault)?
+            }
             Entry::Account(e) => self.apply_plan_change(catalog, e).map_err(fault)?,
             Entry::Refund { event, target } => self.apply_refund(catalog, event, target).map_err(fault)?,
             Entry::CycleClosed(m) => self.apply_close(catalog, seq, m).map_err(fault)?,
+            Entry::CreditsExpired(x) => self.apply_expiry(catalog, seq, x).map_err(fault)?,
         };
         self.next_seq += 1;
         Ok(effects)
@@ -381,6 +484,34 @@ impl Team {
         Ok(Effects { alerts, invoice: None })
     }
 
+    fn apply_purchase(&mut self, catalog: &Catalog, seq: u64, e: &AccountEvent) -> Result<Effects, String> {
+        self.advance_clock(e.occurred_at);
+        let AccountChange::CreditsPurchased { credits, amount } = e.change else {
+            return Err("purchase entry without CreditsPurchased".into());
+        };
+        let version = self
+            .cycle_at(e.occurred_at)
+            .and_then(|c| catalog.version(&self.schedule[c].version_id))
+            .ok_or_else(|| format!("credit purchase {} outside any cycle", e.event_id))?;
+        let (_, _, expires_at) = version.credits().ok_or_else(|| format!("version {} has no credits", version.id))?;
+        let purchase = Purchase { seq, at: e.occurred_at, event_id: e.event_id.clone(), credits, amount, expires_at };
+        let i = self.purchases.partition_point(|p| (p.at, &p.event_id) <= (purchase.at, &purchase.event_id));
+        self.purchases.insert(i, purchase);
+        Ok(Effects::default())
+    }
+
+    fn apply_expiry(&mut self, catalog: &Catalog, seq: u64, x: &CreditsExpired) -> Result<Effects, String> {
+        if self.credits_expired.is_some() || self.credits_expire_at() != Some(x.at) {
+            return Err(format!("CreditsExpired at {} does not match the team's credits", fmt_time(x.at)));
+        }
+        let left = self.credits_left_at_expiry(catalog);
+        if left != x.credits {
+            return Err(format!("recomputed {left} credits left at expiry, the ledger says {}", x.credits));
+        }
+        self.credits_expired = Some((seq, x.credits));
+        Ok(Effects::default())
+    }
+
     fn apply_refund(
         &mut self,
         catalog: &Catalog,
@@ -434,6 +565,7 @@ impl Team {
             ));
         }
         let figures = self.cycle_figures(catalog, self.closed, None);
+        self.credits_carried = figures.credits.as_ref().map_or(0, |c| c.balance_end);
         let (start, end) = (spec.start, spec.end);
         let mut kept = Vec::with_capacity(self.pending.len());
         for rec in std::mem::take(&mut self.pending) {
@@ -542,6 +674,12 @@ impl Team {
                 Decimal::from(agg.remove_background_images),
                 Decimal::from(commitment_images),
             )),
+            Allowance::Credits { image_rate } => {
+                // The credits the cycle had: carried in plus bought in it so far.
+                let bought: u64 = self.purchases.iter().filter(|p| spec.contains(p.at)).map(|p| p.credits).sum();
+                let available = self.credits_carried_into(catalog, c) + bought;
+                meters.push(("credits", agg.value, image_rate * Decimal::from(available)));
+            }
         }
         let mut alerts = Vec::new();
         for (allowance, consumed, limit) in meters {
@@ -574,12 +712,37 @@ impl Team {
 
     /// Figures of cycle `c` from its pending usage, optionally only up to `at`.
     fn cycle_figures(&self, catalog: &Catalog, c: usize, at: Option<DateTime<Utc>>) -> CycleFigures {
+        let carried = self.credits_carried_into(catalog, c);
+        self.figures_with(catalog, c, at, carried)
+    }
+
+    /// Credits left when open cycle `c` starts (the open cycles before it drew some).
+    fn credits_carried_into(&self, catalog: &Catalog, c: usize) -> u64 {
+        if self.purchases.is_empty() {
+            return 0;
+        }
+        (self.closed..c).fold(self.credits_carried, |carried, k| {
+            self.figures_with(catalog, k, None, carried).credits.map_or(0, |f| f.balance_end)
+        })
+    }
+
+    fn figures_with(&self, catalog: &Catalog, c: usize, at: Option<DateTime<Utc>>, carried: u64) -> CycleFigures {
         let spec = &self.schedule[c];
         let version = catalog.version(&spec.version_id).expect("cycle version exists");
         let mut records: Vec<&UsageRec> =
             self.pending.iter().filter(|r| spec.contains(r.at) && at.is_none_or(|t| r.at <= t)).collect();
         records.sort_by(|a, b| (a.at, &a.event_id).cmp(&(b.at, &b.event_id)));
-        invoice::figures(spec, version, &records)
+        let credits = CreditInput {
+            carried,
+            purchases: self
+                .purchases
+                .iter()
+                .filter(|p| spec.contains(p.at) && at.is_none_or(|t| p.at <= t))
+                .collect(),
+            expires_at: self.credits_expire_at(),
+            expiry_seq: self.credits_expired.map(|(seq, _)| seq),
+        };
+        invoice::figures(spec, version, &records, &credits)
     }
 
     fn invoice_for(&self, catalog: &Catalog, c: usize, draft: bool, last_seq: u64) -> Invoice {
@@ -668,6 +831,10 @@ fn allowance_balances(figures: &CycleFigures) -> Vec<AllowanceBalance> {
             }
             Allowance::Partner { commitment_images, .. } => {
                 ("commitment", Decimal::from(commitment_images), Decimal::from(g.remove_background_images))
+            }
+            Allowance::Credits { image_rate } => {
+                let c = figures.credits.clone().unwrap_or_default();
+                ("credits", image_rate * Decimal::from(c.carried + c.purchased), g.consumed)
             }
         };
         out.push(balance_row(allowance, g.number, value, consumed));

@@ -34,6 +34,8 @@ pub enum Error {
     Format { found: u8, expected: u8 },
     #[error("catalog: {0}")]
     Catalog(#[from] ledger_core::catalog::CatalogError),
+    #[error("{0}")]
+    CatalogChange(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

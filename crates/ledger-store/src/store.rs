@@ -90,6 +90,10 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io { path: path.display().to_string(), source }
 }
 
+fn catalog_json(catalog: &Catalog) -> String {
+    serde_json::to_string(catalog).expect("catalog serializes")
+}
+
 fn fsync_dir(path: &Path) -> Result<()> {
     std::fs::File::open(path).and_then(|f| f.sync_all()).map_err(io(path))
 }
@@ -164,20 +168,55 @@ impl Store {
     fn check_meta(&self, catalog: &Catalog) -> Result<()> {
         let format_key = keys::simple(keys::META, b"format");
         match self.tree.get(&format_key)? {
-            Some(v) if v.as_ref() == [FORMAT_VERSION] => Ok(()),
+            Some(v) if v.as_ref() == [FORMAT_VERSION] => self.record_catalog(catalog),
             Some(v) => Err(Error::Format { found: v.first().copied().unwrap_or(0), expected: FORMAT_VERSION }),
             None => {
                 let mut batch = sled::Batch::default();
                 batch.insert(format_key, vec![FORMAT_VERSION]);
-                batch.insert(
-                    keys::simple(keys::META, b"catalog"),
-                    codec::encode(&serde_json::to_string(catalog).expect("catalog serializes")),
-                );
+                batch.insert(keys::simple(keys::META, b"catalog"), codec::encode(&catalog_json(catalog)));
                 self.tree.apply_batch(batch)?;
                 self.db.flush()?;
                 Ok(())
             }
         }
+    }
+
+    /// Records the versions of `loaded` this ledger has not seen. Recorded versions are
+    /// immutable (a price change is a new version) and never dropped. A new version may
+    /// take effect before every recorded one (history: no cycle can have started
+    /// then) or in the future; never inside the history already billed.
+    fn record_catalog(&self, loaded: &Catalog) -> Result<()> {
+        let recorded = self.catalog()?;
+        let mut merged = recorded.versions.clone();
+        let first = recorded.versions.first().map(|v| v.effective_from);
+        let now = chrono::Utc::now();
+        for v in &loaded.versions {
+            match recorded.version(&v.id) {
+                Some(r) if r == v => {}
+                Some(_) => {
+                    return Err(Error::CatalogChange(format!(
+                        "catalog version {} differs from the one this ledger recorded; published versions are immutable (add a new version)",
+                        v.id
+                    )))
+                }
+                None if first.is_none_or(|f| v.effective_from < f) || v.effective_from > now => merged.push(v.clone()),
+                None => {
+                    return Err(Error::CatalogChange(format!(
+                        "catalog version {} takes effect at {}, inside the history this ledger already billed",
+                        v.id, v.effective_from
+                    )))
+                }
+            }
+        }
+        if merged.len() == recorded.versions.len() {
+            return Ok(());
+        }
+        merged.sort_by_key(|v| v.effective_from);
+        let catalog = Catalog::from_versions(merged)?;
+        tracing::info!(versions = catalog.versions.len(), "Recorded new catalog versions.");
+        self.tree.insert(keys::simple(keys::META, b"catalog"), codec::encode(&catalog_json(&catalog)))?;
+        self.db.flush()?;
+        Ok(())
     }
 
     /// The catalog recorded when the store was created: a replay never depends on a
