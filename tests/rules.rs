@@ -386,3 +386,75 @@ fn moving_from_credits_to_a_bucket_is_an_upgrade_and_the_credits_still_expire() 
          invoice t1 2025-04-05 total=20.00 v=2025-02-27 | bucket_fee 1x20.00=20.00 | consumed=0.00 forfeited=20.00 | credits in=0 bought=0 used=0 expired=0 left=0",
     );
 }
+
+/// Eighteen months under four catalog versions: credits bought in 2024, the move to a
+/// Basic bucket after 2025-02-27 with the credits expiring on 2025-04-02, and a trial
+/// that shrinks from 200 images to 10 (+ 1,000 sandbox calls) on 2026-01-01.
+pub const HISTORY: &str = "
+    @acme start 2024-12-01 api_credits
+    @acme buy 2024-12-01T01 2000 200.00
+    @acme rb 2024-12-15 800
+    @acme ie 2025-01-15 700
+    @acme rb 2025-02-10 200
+    @acme rb 2025-03-05 100
+    @acme change 2025-03-10 api_basic 2000
+    @acme rb 2025-03-20 1000
+    @acme rb 2026-05-10 2500 #big
+    @hobby start 2025-11-01 api_free_trial
+    @hobby rb 2025-11-10 250 #h1
+    @hobby rb 2025-12-10 150
+    @hobby rb 2026-01-10 12 #h3
+    @hobby rb 2026-01-11 1100 sandbox #h4
+    close 2026-06-02";
+
+#[test]
+fn eighteen_months_across_credits_buckets_and_the_2026_trial() {
+    let mut expected = vec![
+        "invoice acme 2024-12-01 total=200.00 v=2024-10-01 | credits_purchase 2000x0.10=200.00 | credits in=0 bought=2000 used=800 expired=0 left=1200".to_string(),
+        "invoice acme 2025-01-01 total=0.00 v=2024-10-01 | - | credits in=1200 bought=0 used=700 expired=0 left=500".into(),
+        "invoice acme 2025-02-01 total=0.00 v=2024-10-01 | - | credits in=500 bought=0 used=200 expired=0 left=300".into(),
+        // r = 22/31 of March left: 40.00 × 22/31 = 28.387… → 28.39; 1,000 removals = 20.00.
+        "invoice acme 2025-03-01 total=28.39 v=2025-02-27 | upgrade_charge 1x28.39=28.39 | consumed=20.00 forfeited=8.39 | credits in=300 bought=0 used=100 expired=0 left=200".into(),
+        "invoice acme 2025-04-01 total=40.00 v=2025-02-27 | bucket_fee 1x40.00=40.00, credits_expired 200x0.00=0.00 | consumed=0.00 forfeited=40.00 | credits in=200 bought=0 used=0 expired=200 left=0".into(),
+    ];
+    let idle = " bought=0 used=0 expired=0 left=0";
+    for month in ["2025-05", "2025-06", "2025-07", "2025-08", "2025-09", "2025-10", "2025-11", "2025-12"] {
+        expected.push(format!("invoice acme {month}-01 total=40.00 v=2025-02-27 | bucket_fee 1x40.00=40.00 | consumed=0.00 forfeited=40.00 | credits in=0{idle}"));
+    }
+    for month in ["2026-01", "2026-02", "2026-03", "2026-04"] {
+        expected.push(format!("invoice acme {month}-01 total=40.00 v=2026-01-01 | bucket_fee 1x40.00=40.00 | consumed=0.00 forfeited=40.00 | credits in=0{idle}"));
+    }
+    expected.push(format!("invoice acme 2026-05-01 total=50.00 v=2026-01-01 | bucket_fee 1x40.00=40.00, overage 500x0.02=10.00 | consumed=50.00 forfeited=0.00 | credits in=0{idle}"));
+    expected.push("alert acme bucket g0 80% by big".into());
+    expected.push("alert acme bucket g0 100% by big".into());
+    expected.push("invoice hobby 2025-11-01 total=0.00 v=2025-02-27 | - | trial 5.00/4.00 over=1.00 sandbox=0".into());
+    expected.push("invoice hobby 2025-12-01 total=0.00 v=2025-02-27 | - | trial 3.00/4.00 over=0.00 sandbox=0".into());
+    expected.push("invoice hobby 2026-01-01 total=0.00 v=2026-01-01 | - | trial 0.24/0.20 over=0.04 sandbox=1100".into());
+    for month in ["2026-02", "2026-03", "2026-04", "2026-05"] {
+        expected.push(format!("invoice hobby {month}-01 total=0.00 v=2026-01-01 | - | trial 0.00/0.20 over=0.00 sandbox=0"));
+    }
+    for line in ["trial g0 80% by h1", "trial g0 100% by h1", "trial g0 80% by h3", "trial g0 100% by h3", "sandbox g0 80% by h4", "sandbox g0 100% by h4"] {
+        expected.push(format!("alert hobby {line}"));
+    }
+    check(HISTORY, &expected.join("\n"));
+}
+
+#[test]
+fn a_refund_gives_the_credit_back_in_an_open_cycle_and_money_after_it_closed() {
+    check(
+        "start 2024-12-05 api_credits
+         buy 2024-12-06 100 10.00
+         rb 2024-12-10 80 #a
+         rb 2024-12-11 30 #b
+         refund 2024-12-12 a
+         rb 2025-01-10 5 #c
+         close 2025-02-06
+         refund 2025-02-10 c
+         close 2025-03-06",
+        "invoice t1 2024-12-05 total=10.00 v=2024-10-01 | credits_purchase 100x0.10=10.00 | credits in=0 bought=100 used=30 expired=0 left=70 | refunded=80
+         invoice t1 2025-01-05 total=0.00 v=2024-10-01 | - | credits in=70 bought=0 used=5 expired=0 left=65
+         invoice t1 2025-02-05 total=-0.50 v=2024-10-01 | refund_credit 5x-0.10=-0.50 (2025-01-05) | credits in=65 bought=0 used=0 expired=0 left=65
+         alert t1 credits g0 80% by a
+         alert t1 credits g0 100% by b",
+    );
+}
