@@ -228,7 +228,10 @@ fn the_eighteen_month_history_replays_byte_for_byte() {
     ul_ok(&dir, &["import", file.to_str().unwrap()]);
     ul_ok(&dir, &["close", "--until", &until]);
     let before: Vec<String> = ["acme", "hobby"].iter().map(|t| ul_ok(&dir, &["invoices", "--team", t])).collect();
-    assert!(before[0].contains(r#""kind": "credits_expired""#) && before[0].contains(r#""price_book_version": "2024-10-01""#));
+    assert!(
+        before[0].contains(r#""kind": "credits_expired""#)
+            && before[0].contains(r#""price_book_version": "2024-10-01""#)
+    );
     let replay = ul(&dir, &["replay"]);
     assert!(replay.stderr.contains("0 stored projections differed"), "{}", replay.stderr);
     let after: Vec<String> = ["acme", "hobby"].iter().map(|t| ul_ok(&dir, &["invoices", "--team", t])).collect();

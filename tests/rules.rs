@@ -429,11 +429,21 @@ fn eighteen_months_across_credits_buckets_and_the_2026_trial() {
     expected.push("alert acme bucket g0 100% by big".into());
     expected.push("invoice hobby 2025-11-01 total=0.00 v=2025-02-27 | - | trial 5.00/4.00 over=1.00 sandbox=0".into());
     expected.push("invoice hobby 2025-12-01 total=0.00 v=2025-02-27 | - | trial 3.00/4.00 over=0.00 sandbox=0".into());
-    expected.push("invoice hobby 2026-01-01 total=0.00 v=2026-01-01 | - | trial 0.24/0.20 over=0.04 sandbox=1100".into());
+    expected
+        .push("invoice hobby 2026-01-01 total=0.00 v=2026-01-01 | - | trial 0.24/0.20 over=0.04 sandbox=1100".into());
     for month in ["2026-02", "2026-03", "2026-04", "2026-05"] {
-        expected.push(format!("invoice hobby {month}-01 total=0.00 v=2026-01-01 | - | trial 0.00/0.20 over=0.00 sandbox=0"));
+        expected.push(format!(
+            "invoice hobby {month}-01 total=0.00 v=2026-01-01 | - | trial 0.00/0.20 over=0.00 sandbox=0"
+        ));
     }
-    for line in ["trial g0 80% by h1", "trial g0 100% by h1", "trial g0 80% by h3", "trial g0 100% by h3", "sandbox g0 80% by h4", "sandbox g0 100% by h4"] {
+    for line in [
+        "trial g0 80% by h1",
+        "trial g0 100% by h1",
+        "trial g0 80% by h3",
+        "trial g0 100% by h3",
+        "sandbox g0 80% by h4",
+        "sandbox g0 100% by h4",
+    ] {
         expected.push(format!("alert hobby {line}"));
     }
     check(HISTORY, &expected.join("\n"));

@@ -112,7 +112,9 @@ impl Catalog {
                     PlanRule::Partner { remove_background_rate, .. } if *remove_background_rate <= Decimal::ZERO => {
                         return Err(bad(&format!("plan {name}: partner rate must be positive")));
                     }
-                    PlanRule::Credits { image_rate, .. } if plan != Plan::ApiCredits || *image_rate <= Decimal::ZERO => {
+                    PlanRule::Credits { image_rate, .. }
+                        if plan != Plan::ApiCredits || *image_rate <= Decimal::ZERO =>
+                    {
                         return Err(bad(&format!("plan {name}: credits need plan api_credits and a positive rate")));
                     }
                     _ => {}

@@ -734,11 +734,7 @@ impl Team {
         records.sort_by(|a, b| (a.at, &a.event_id).cmp(&(b.at, &b.event_id)));
         let credits = CreditInput {
             carried,
-            purchases: self
-                .purchases
-                .iter()
-                .filter(|p| spec.contains(p.at) && at.is_none_or(|t| p.at <= t))
-                .collect(),
+            purchases: self.purchases.iter().filter(|p| spec.contains(p.at) && at.is_none_or(|t| p.at <= t)).collect(),
             expires_at: self.credits_expire_at(),
             expiry_seq: self.credits_expired.map(|(seq, _)| seq),
         };
