@@ -240,15 +240,50 @@ fn every_dead_letter_reason_reaches_the_topic_with_source_and_bytes() {
     assert_eq!(balance["allowances"][0]["consumed"], "0.00", "e1 was refunded, the sandbox call is free");
 }
 
+/// A generated load: its file and lines.
+fn load(dir: &Path, teams: u32, events: u32, seed: u32) -> (PathBuf, Vec<String>) {
+    let file = dir.join("load.jsonl");
+    let (teams, events, seed) = (teams.to_string(), events.to_string(), seed.to_string());
+    ul_ok(dir, &["generate", "--teams", &teams, "--events", &events, "--seed", &seed, "--out", file.to_str().unwrap()]);
+    let lines = std::fs::read_to_string(&file).unwrap().lines().map(String::from).collect();
+    (file, lines)
+}
+
+/// The load's two halves, as files.
+fn halves(dir: &Path, lines: &[String]) -> (PathBuf, PathBuf) {
+    let (first, second) = (dir.join("first.jsonl"), dir.join("second.jsonl"));
+    std::fs::write(&first, lines[..lines.len() / 2].join("\n")).unwrap();
+    std::fs::write(&second, lines[lines.len() / 2..].join("\n")).unwrap();
+    (first, second)
+}
+
+/// Every team (`team-0000` …) bills as the same file imported cleanly; with `brokers`,
+/// the alert topic also holds exactly the stored alerts, each id once.
+fn assert_bills_like_import(dir: &Path, file: &Path, teams: u32, brokers: Option<&str>) {
+    let clean = dir.parent().unwrap().join("clean");
+    ul_ok(&clean, &["import", file.to_str().unwrap()]);
+    let mut stored_alert_ids = Vec::new();
+    for t in 0..teams {
+        let team = format!("team-{t:04}");
+        assert_eq!(billing(dir, &team), billing(&clean, &team), "{team}");
+        let alerts: Vec<serde_json::Value> = serde_json::from_str(&ul_ok(dir, &["alerts", "--team", &team])).unwrap();
+        stored_alert_ids.extend(alerts.iter().map(|a| a["alert_id"].as_str().unwrap().to_string()));
+    }
+    let Some(brokers) = brokers else { return };
+    let published = ledger_kafka::read_topic(brokers, ledger_kafka::ALERTS, Duration::from_secs(3)).unwrap();
+    let mut ids: Vec<String> = published.iter().map(|r| r.header("id").unwrap().to_string()).collect();
+    ids.sort();
+    ids.dedup();
+    stored_alert_ids.sort();
+    assert!(!ids.is_empty());
+    assert_eq!(ids, stored_alert_ids, "the topic holds every alert, unique by id");
+}
+
 #[test]
 fn kill_9_of_the_service_loses_nothing_and_alerts_stay_unique() {
     let tmp = tempfile::tempdir().unwrap();
     let broker = Broker::start(tmp.path());
-    let file = tmp.path().join("load.jsonl");
-    ul_ok(
-        tmp.path(),
-        &["generate", "--teams", "30", "--events", "30000", "--seed", "11", "--out", file.to_str().unwrap()],
-    );
+    let (file, lines) = load(tmp.path(), 30, 30000, 11);
     ul_ok(tmp.path(), &["produce", "--brokers", &broker.address, file.to_str().unwrap()]);
     let dir = tmp.path().join("crashed");
     for i in 0..10u64 {
@@ -257,25 +292,9 @@ fn kill_9_of_the_service_loses_nothing_and_alerts_stay_unique() {
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
     }
-    let events = std::fs::read_to_string(&file).unwrap().lines().count();
-    let verify = drain_until(&dir, &broker.address, events);
+    let verify = drain_until(&dir, &broker.address, lines.len());
     assert!(verify.starts_with("ok: 30 teams"), "every event exactly once, chains intact: {verify}");
-    let clean = tmp.path().join("clean");
-    ul_ok(&clean, &["import", file.to_str().unwrap()]);
-    let teams: Vec<String> = (0..30).map(|t| format!("team-{t:04}")).collect();
-    let mut stored_alert_ids = Vec::new();
-    for t in &teams {
-        assert_eq!(billing(&dir, t), billing(&clean, t), "{t}");
-        let alerts: Vec<serde_json::Value> = serde_json::from_str(&ul_ok(&dir, &["alerts", "--team", t])).unwrap();
-        stored_alert_ids.extend(alerts.iter().map(|a| a["alert_id"].as_str().unwrap().to_string()));
-    }
-    let published = ledger_kafka::read_topic(&broker.address, ledger_kafka::ALERTS, Duration::from_secs(3)).unwrap();
-    let mut ids: Vec<String> = published.iter().map(|r| r.header("id").unwrap().to_string()).collect();
-    ids.sort();
-    ids.dedup();
-    stored_alert_ids.sort();
-    assert!(!ids.is_empty());
-    assert_eq!(ids, stored_alert_ids, "the topic holds every alert, unique by id");
+    assert_bills_like_import(&dir, &file, 30, Some(&broker.address));
     let _ = ul(&dir, &["replay"]);
 }
 
@@ -283,15 +302,8 @@ fn kill_9_of_the_service_loses_nothing_and_alerts_stay_unique() {
 fn a_broker_restart_mid_stream_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let mut broker = Broker::start(tmp.path());
-    let file = tmp.path().join("load.jsonl");
-    ul_ok(
-        tmp.path(),
-        &["generate", "--teams", "20", "--events", "20000", "--seed", "5", "--out", file.to_str().unwrap()],
-    );
-    let lines: Vec<String> = std::fs::read_to_string(&file).unwrap().lines().map(String::from).collect();
-    let (first, second) = (tmp.path().join("first.jsonl"), tmp.path().join("second.jsonl"));
-    std::fs::write(&first, lines[..lines.len() / 2].join("\n")).unwrap();
-    std::fs::write(&second, lines[lines.len() / 2..].join("\n")).unwrap();
+    let (file, lines) = load(tmp.path(), 20, 20000, 5);
+    let (first, second) = halves(tmp.path(), &lines);
     ul_ok(tmp.path(), &["produce", "--brokers", &broker.address, first.to_str().unwrap()]);
     let dir = tmp.path().join("data");
     let svc = service(&dir, &broker.address, &["--exit-when-idle-ms", "10000", "--batch-events-max", "1000"]);
@@ -301,23 +313,14 @@ fn a_broker_restart_mid_stream_loses_nothing() {
     let out = svc.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     drain_until(&dir, &broker.address, lines.len());
-    let clean = tmp.path().join("clean");
-    ul_ok(&clean, &["import", file.to_str().unwrap()]);
-    for t in 0..20 {
-        let team = format!("team-{t:04}");
-        assert_eq!(billing(&dir, &team), billing(&clean, &team), "{team}");
-    }
+    assert_bills_like_import(&dir, &file, 20, None);
 }
 
 #[test]
 fn sigterm_finishes_the_batch_in_hand_and_leaves_a_resumable_ledger() {
     let tmp = tempfile::tempdir().unwrap();
     let broker = Broker::start(tmp.path());
-    let file = tmp.path().join("load.jsonl");
-    ul_ok(
-        tmp.path(),
-        &["generate", "--teams", "10", "--events", "20000", "--seed", "3", "--out", file.to_str().unwrap()],
-    );
+    let (file, lines) = load(tmp.path(), 10, 20000, 3);
     ul_ok(tmp.path(), &["produce", "--brokers", &broker.address, file.to_str().unwrap()]);
     let dir = tmp.path().join("data");
     let svc = service(&dir, &broker.address, &["--batch-events-max", "500"]);
@@ -329,8 +332,7 @@ fn sigterm_finishes_the_batch_in_hand_and_leaves_a_resumable_ledger() {
     assert!(out.status.success(), "SIGTERM is a clean stop: {stderr}");
     assert!(stderr.contains("usage-ledger: stopped after"), "{stderr}");
     assert!(ul_ok(&dir, &["verify"]).starts_with("ok: "), "the ledger is consistent after the stop");
-    let events = std::fs::read_to_string(&file).unwrap().lines().count();
-    drain_until(&dir, &broker.address, events);
+    drain_until(&dir, &broker.address, lines.len());
 }
 
 fn scrape(addr: &str) -> String {
@@ -434,15 +436,8 @@ impl Member {
 fn two_members_share_the_partitions_and_hand_them_over_on_exit() {
     let tmp = tempfile::tempdir().unwrap();
     let broker = Broker::start(tmp.path());
-    let file = tmp.path().join("load.jsonl");
-    ul_ok(
-        tmp.path(),
-        &["generate", "--teams", "40", "--events", "40000", "--seed", "17", "--out", file.to_str().unwrap()],
-    );
-    let lines: Vec<String> = std::fs::read_to_string(&file).unwrap().lines().map(String::from).collect();
-    let (first, second) = (tmp.path().join("first.jsonl"), tmp.path().join("second.jsonl"));
-    std::fs::write(&first, lines[..lines.len() / 2].join("\n")).unwrap();
-    std::fs::write(&second, lines[lines.len() / 2..].join("\n")).unwrap();
+    let (file, lines) = load(tmp.path(), 40, 40000, 17);
+    let (first, second) = halves(tmp.path(), &lines);
     ul_ok(tmp.path(), &["produce", "--brokers", &broker.address, first.to_str().unwrap()]);
     let dir = tmp.path().join("shared");
     let slow = ["--batch-events-max", "300"];
@@ -469,22 +464,7 @@ fn two_members_share_the_partitions_and_hand_them_over_on_exit() {
     // Exactly once: the whole load, each event in one ledger, no team in two.
     let verify = drain_until(&dir, &broker.address, lines.len());
     assert!(verify.starts_with("ok: 40 teams"), "{verify}");
-    let clean = tmp.path().join("clean");
-    ul_ok(&clean, &["import", file.to_str().unwrap()]);
-    let mut stored_alert_ids = Vec::new();
-    for t in 0..40 {
-        let team = format!("team-{t:04}");
-        assert_eq!(billing(&dir, &team), billing(&clean, &team), "{team}");
-        let alerts: Vec<serde_json::Value> = serde_json::from_str(&ul_ok(&dir, &["alerts", "--team", &team])).unwrap();
-        stored_alert_ids.extend(alerts.iter().map(|a| a["alert_id"].as_str().unwrap().to_string()));
-    }
-    let published = ledger_kafka::read_topic(&broker.address, ledger_kafka::ALERTS, Duration::from_secs(3)).unwrap();
-    let mut ids: Vec<String> = published.iter().map(|r| r.header("id").unwrap().to_string()).collect();
-    ids.sort();
-    ids.dedup();
-    stored_alert_ids.sort();
-    assert!(!ids.is_empty());
-    assert_eq!(ids, stored_alert_ids, "every alert published, unique by id");
+    assert_bills_like_import(&dir, &file, 40, Some(&broker.address));
     let parts = ledger_store::layout(&dir).unwrap();
     assert!(matches!(parts, ledger_store::Layout::Partitioned(ref p) if p.len() == 4), "{parts:?}");
 }

@@ -489,26 +489,19 @@ fn usage_lines(figures: &CycleFigures, version: &Version) -> Vec<Line> {
             }
         }
     }
+    let overage = |api: Api, rate: Decimal, value: Decimal, beyond: &str| Line {
+        kind: "overage",
+        description: format!("{} beyond {beyond}", api_label(api)),
+        quantity: fmt_quantity(value / rate),
+        unit_price: fmt_exact(rate),
+        amount: fmt_cents(value),
+        period: None,
+    };
     for (api, value) in over {
-        let rate = version.rate(api).expect("api has a rate");
-        lines.push(Line {
-            kind: "overage",
-            description: format!("{} beyond the bucket's value", api_label(api)),
-            quantity: fmt_quantity(value / rate),
-            unit_price: fmt_exact(rate),
-            amount: fmt_cents(value),
-            period: None,
-        });
+        lines.push(overage(api, version.rate(api).expect("api has a rate"), value, "the bucket's value"));
     }
     for ((api, rate), value) in past_credits {
-        lines.push(Line {
-            kind: "overage",
-            description: format!("{} beyond the credits", api_label(api)),
-            quantity: fmt_quantity(value / rate),
-            unit_price: fmt_exact(rate),
-            amount: fmt_cents(value),
-            period: None,
-        });
+        lines.push(overage(api, rate, value, "the credits"));
     }
     for (api, (images, rate)) in partner {
         lines.push(Line {
