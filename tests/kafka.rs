@@ -563,3 +563,23 @@ fn cooperative_rebalancing_moves_only_the_handed_over_partitions_exactly_once() 
     assert_eq!(a_log.iter().filter(|l| l.starts_with("revoke")).count(), 2, "only the moved ones: {a_log:?}");
     assert!(!a_log.iter().any(|l| kept.contains(l)), "a kept its other partitions throughout: {a_log:?}");
 }
+
+#[test]
+fn a_partition_whose_ledger_stays_locked_stops_the_service_acknowledging_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(tmp.path());
+    let (file, _) = load(tmp.path(), 8, 2000, 2);
+    ul_ok(tmp.path(), &["produce", "--brokers", &broker.address, file.to_str().unwrap()]);
+    let dir = tmp.path().join("data");
+    // A stalled previous owner still holds partition 0's ledger.
+    let held =
+        ledger_store::Store::open(&ledger_store::partition_dir(&dir, 0), &ledger_core::Catalog::builtin()).unwrap();
+    let out = service(&dir, &broker.address, &["--takeover-wait-ms", "1500"]).wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap();
+    assert!(last.starts_with("error: cannot take over partition 0 of "), "{last}");
+    assert!(last.contains("in use by another process"), "{last}");
+    drop(held);
+    assert!(ul_ok(&dir, &["verify"]).starts_with("ok: 0 teams, 0 entries"), "nothing was applied");
+}

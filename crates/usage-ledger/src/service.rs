@@ -45,6 +45,10 @@ pub struct RunArgs {
     /// Serve Prometheus metrics on `GET /metrics` at this address (e.g. 127.0.0.1:9464).
     #[arg(long)]
     pub metrics_addr: Option<String>,
+    /// How long an assigned partition waits for its previous owner to let go of the
+    /// partition's ledger before the service stops with an error.
+    #[arg(long, default_value_t = 60_000)]
+    pub takeover_wait_ms: u64,
     /// Drain and exit once no record arrived for this long (back-fills, tests).
     #[arg(long)]
     pub exit_when_idle_ms: Option<u64>,
@@ -74,6 +78,7 @@ struct Shards {
     catalog: Catalog,
     open: BTreeMap<i32, Ledger>,
     owned: BTreeSet<(String, i32)>,
+    takeover_wait: Duration,
     /// Why an assigned partition's ledger could not be opened: the service stops on it.
     failure: Option<String>,
 }
@@ -83,7 +88,7 @@ impl Shards {
         if !self.open.contains_key(&partition) {
             let dir = ledger_store::partition_dir(&self.dir, partition);
             // The previous owner may still be closing it: wait for its lock.
-            let options = OpenOptions { lock_wait: Duration::from_secs(60), cache_bytes: 64 << 20 };
+            let options = OpenOptions { lock_wait: self.takeover_wait, cache_bytes: 64 << 20 };
             let started = Instant::now();
             let ledger = Ledger::open(Store::open_with(&dir, &self.catalog, options)?)?;
             info!(partition, dir = %dir.display(), ms = started.elapsed().as_millis() as u64, "Opened the partition's ledger.");
@@ -165,6 +170,7 @@ pub fn run(dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
         catalog: Catalog::builtin(),
         open: BTreeMap::new(),
         owned: BTreeSet::new(),
+        takeover_wait: Duration::from_millis(args.takeover_wait_ms),
         failure: None,
     }));
     let owner = Arc::new(Owner(Arc::clone(&shards)));
