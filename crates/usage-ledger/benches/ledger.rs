@@ -138,14 +138,14 @@ fn kafka(tmp: &Path, file: &Path, lines: u64) {
     }
     let (secs, _, _) = run(&["produce", "--brokers", &brokers, file.to_str().unwrap()]);
     report("produce", lines, secs, "records");
-    // Drain into a fresh ledger; the service reports what it appended, the time from
+    // Drain into a fresh ledger; the service reports how many records it took, the time from
     // its first record to its last, and the time it spent on batches (the rest is
     // waiting for the broker). Runs again until every record is in (tansu can pause for
     // seconds at 100 % CPU before serving a partition; a gap longer than the idle window
     // ends a run early).
     let data = tmp.join("service");
     let idle_ms = 15_000u64;
-    let (mut wall, mut busy, mut appended) = (0.0, 0.0, 0u64);
+    let (mut wall, mut busy, mut taken) = (0.0, 0.0, 0u64);
     for _ in 0..5 {
         let (_, _, stderr) = run(&[
             "--data-dir",
@@ -158,35 +158,29 @@ fn kafka(tmp: &Path, file: &Path, lines: u64) {
             "--exit-when-idle-ms",
             &idle_ms.to_string(),
         ]);
-        let figure = |after: &str| -> f64 {
-            stderr
-                .split(after)
-                .nth(1)
-                .and_then(|t| t.split(' ').next())
-                .and_then(|n| n.parse().ok())
-                .unwrap_or_else(|| panic!("the service reports {after:?}: {stderr}"))
-        };
-        // Records, not appends: the two input topics have no order between them, so a
-        // plan change can arrive after usage that already closed its cycle (a dead letter).
-        appended += figure("stopped after ") as u64;
-        busy += stderr.split(" s applying").next().and_then(|t| t.rsplit(' ').next()).unwrap().parse::<f64>().unwrap();
-        wall += stderr
-            .split(" s from the first")
-            .next()
-            .and_then(|t| t.rsplit(' ').next())
-            .unwrap()
-            .parse::<f64>()
-            .unwrap();
-        if appended >= lines {
+        // The closing line: "stopped after N records (…); B s applying batches, W s from
+        // the first record to the last". Records, not appends: the input topics have no
+        // order between them, so a refund can arrive before its image (a dead letter).
+        taken += number(&stderr, "stopped after ", true) as u64;
+        busy += number(&stderr, " s applying", false);
+        wall += number(&stderr, " s from the first", false);
+        if taken >= lines {
             break;
         }
     }
-    assert_eq!(appended, lines, "the service took every record");
-    report("consume", appended, wall, "events");
-    report("ledger", appended, busy, "events");
+    assert_eq!(taken, lines, "the service took every record");
+    report("consume", taken, wall, "events");
+    report("ledger", taken, busy, "events");
     alert_latency(&brokers, &tmp.join("latency"));
     let _ = broker.kill();
     let _ = broker.wait();
+}
+
+/// The number right after (`after = true`) or right before `marker` in `text`.
+fn number(text: &str, marker: &str, after: bool) -> f64 {
+    let (before, rest) = text.split_once(marker).unwrap_or_else(|| panic!("no {marker:?} in: {text}"));
+    let word = if after { rest.split(' ').next() } else { before.rsplit(' ').next() };
+    word.and_then(|w| w.parse().ok()).unwrap_or_else(|| panic!("no number at {marker:?} in: {text}"))
 }
 
 /// Time from producing an event that crosses a threshold to its alert on the topic.
