@@ -59,3 +59,52 @@ fn a_newer_build_records_new_versions_and_refuses_changed_ones() {
     let replay = ul(&dir, &["replay"]);
     assert!(replay.stderr.contains("0 stored projections differed"), "{}", replay.stderr);
 }
+
+/// A plan added to a recorded version (here `api_enterprise`, which older builds lacked)
+/// is recorded: nothing in the ledger could have used it. An older build still reads the
+/// ledger; the figures billed before stay byte for byte.
+#[test]
+fn a_plan_added_to_a_recorded_version_is_recorded_and_billed_history_stays() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let builtin = Catalog::builtin();
+    let mut old = builtin.clone();
+    for v in &mut old.versions {
+        v.plans.remove("api_enterprise");
+    }
+    let file = tmp.path().join("t.jsonl");
+    let contract = r#"{"accountEvent":{"eventId":"c1","teamId":"t2","occurredAt":"2026-04-01T00:00:00Z","contractSigned":{"termMonths":12,"committedImagesPerYear":"240000","rateRemoveBackground":"0.015","rateImageEditing":"0.08","annualFee":"3600.00","rollover":true}}}"#;
+    std::fs::write(
+        &file,
+        format!(
+            "{}\n{contract}\n",
+            r#"{"accountEvent":{"eventId":"a1","teamId":"t1","occurredAt":"2026-04-01T00:00:00Z","planStarted":{"plan":"api_basic","bucketImages":"1000"}}}"#
+        ),
+    )
+    .unwrap();
+    {
+        let mut ledger = Ledger::open(Store::open(&dir, &old).unwrap()).unwrap();
+        let lines: Vec<_> = std::fs::read_to_string(&file).unwrap().lines().map(String::from).collect();
+        let subs = lines
+            .iter()
+            .enumerate()
+            .map(|(n, l)| ledger_store::Submission {
+                event: ledger_proto::parse_json_line(l).unwrap(),
+                source: ledger_store::Source { stream: None, offset: n as u64 },
+            })
+            .collect();
+        let outcomes = ledger.submit_batch(subs).unwrap().outcomes;
+        assert!(matches!(&outcomes[1], ledger_store::Outcome::Rejected(r) if r.code == "plan_rule"), "{outcomes:?}");
+        ledger.close_until("2026-05-02T00:00:00Z".parse().unwrap()).unwrap();
+    }
+    let before = ul_ok(&dir, &["invoices", "--team", "t1"]);
+    // The newer build records the added plan and takes the contract.
+    ul_ok(&dir, &["import", file.to_str().unwrap()]);
+    assert_eq!(Store::open(&dir, &old).unwrap().catalog().unwrap(), builtin, "the added plan is recorded");
+    ul_ok(&dir, &["close", "--until", "2026-05-02T00:00:00Z"]);
+    let contract_invoice = ul_ok(&dir, &["invoices", "--team", "t2"]);
+    assert!(contract_invoice.contains(r#""kind": "contract_fee""#), "{contract_invoice}");
+    assert_eq!(ul_ok(&dir, &["invoices", "--team", "t1"]), before);
+    let replay = ul(&dir, &["replay"]);
+    assert!(replay.stderr.contains("0 stored projections differed"), "{}", replay.stderr);
+}

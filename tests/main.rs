@@ -5,6 +5,7 @@
 mod catalog;
 mod cli;
 mod crash;
+mod enterprise;
 mod kafka;
 mod properties;
 mod rules;

@@ -4,8 +4,9 @@
 //!     reference aside: it names the ledger prefix, and another order is another ledger).
 //!     Image events move freely; account events keep their relative order, as they do
 //!     on billing.accounts.v1 (keyed by team), and refunds follow what they refund;
-//! (b) an invoice total is the sum of its lines, and a bucket's value is the usage it
-//!     covered plus its forfeit;
+//! (b) an invoice total is the sum of its lines, a bucket's value is the usage it
+//!     covered plus its forfeit, and a contract month's allotment is what was drawn,
+//!     rolled over or forfeited;
 //! (c) `replay` rebuilds the live projections byte for byte;
 //! (d) importing the same file twice changes nothing.
 use std::path::Path;
@@ -19,6 +20,10 @@ use rust_decimal::Decimal;
 
 use crate::support::{step, Step};
 
+/// An enterprise contract whose allotment (16,666 images in April) and volume tier
+/// (10 % off past 30,000 images) the scaled-up usage of a workload can cross.
+const CONTRACT: &str = "contract 04-01 12 200000 0.015 0.08 2400.00 roll 30000:10";
+
 /// One team's April: a plan, maybe a change, usage, and refunds of some of it.
 fn team_script(team: usize) -> impl Strategy<Value = Vec<String>> {
     let plan = prop_oneof![
@@ -26,12 +31,18 @@ fn team_script(team: usize) -> impl Strategy<Value = Vec<String>> {
         (1u64..3).prop_map(|n| format!("api_plus {}", n * 1000)),
         Just("api_partner".to_string()),
         Just("api_free_trial".to_string()),
+        Just(CONTRACT.to_string()),
     ];
     let change = proptest::option::of((2u32..29, 1u64..8, any::<bool>()));
     let usage = proptest::collection::vec((1u32..30, 0u32..24, any::<bool>(), 1u32..400, 0u8..10), 1..40);
     let refunds = proptest::collection::vec(any::<prop::sample::Index>(), 0..3);
     (plan, change, usage, refunds).prop_map(move |(plan, change, usage, refunds)| {
-        let mut lines = vec![format!("@t{team} start 04-01 {plan} #t{team}-start")];
+        let contract = plan == CONTRACT;
+        let mut lines = if contract {
+            vec![format!("@t{team} {plan} #t{team}-start")]
+        } else {
+            vec![format!("@t{team} start 04-01 {plan} #t{team}-start")]
+        };
         if let (Some((day, n, diff)), true) = (change, plan.starts_with("api_basic")) {
             let policy = if diff { " difference_prorated" } else { "" };
             lines.push(format!("@t{team} change 04-{day:02}T06 api_basic {}{policy} #t{team}-change", n * 1000));
@@ -40,6 +51,7 @@ fn team_script(team: usize) -> impl Strategy<Value = Vec<String>> {
         for (i, (day, hour, edit, images, sandbox)) in usage.into_iter().enumerate() {
             let api = if edit { "ie" } else { "rb" };
             let sandbox = if sandbox == 0 { " sandbox" } else { "" };
+            let images = if contract { images * 100 } else { images };
             lines.push(format!("@t{team} {api} 04-{day:02}T{hour:02} {images}{sandbox} #t{team}-u{i}"));
             if sandbox.is_empty() {
                 billed.push(format!("t{team}-u{i}"));
@@ -169,6 +181,11 @@ proptest! {
                     let covered = dec(&b["consumed"]) - dec(&b["overage"]);
                     prop_assert_eq!(covered + dec(&b["forfeited"]), dec(&b["value"]), "{}", json);
                     prop_assert!(dec(&b["forfeited"]) >= Decimal::ZERO && dec(&b["overage"]) >= Decimal::ZERO);
+                }
+                if let Some(c) = v.get("contract") {
+                    let n = |k: &str| c[k].as_u64().unwrap();
+                    prop_assert_eq!(n("drawn") + n("overage_images"), v["usage"]["billable_images"].as_u64().unwrap());
+                    prop_assert_eq!(n("allotment") + n("rollover_in"), n("drawn") + n("rollover_out") + n("forfeited_images"));
                 }
             }
         }

@@ -62,6 +62,7 @@ pub fn time(s: &str) -> String {
 /// [@team] rb|ie AT IMAGES [sandbox] [#id]          (remove background / image editing)
 /// [@team] refund AT ORIGINAL_ID [#id]
 /// [@team] buy AT CREDITS AMOUNT [#id]                (legacy credits)
+/// [@team] contract AT MONTHS IMAGES_PER_YEAR RB_RATE IE_RATE FEE roll|noroll [FROM:PCT,...] [#id]
 /// close UNTIL
 /// ```
 pub enum Step {
@@ -99,6 +100,29 @@ pub fn step(n: usize, line: &str) -> Step {
             r#"{{"accountEvent":{{{head},"creditsPurchased":{{"credits":"{}","amount":"{}"}}}}}}"#,
             words[2], words[3]
         ),
+        "contract" => {
+            let tiers: Vec<String> = words
+                .get(8)
+                .map(|t| {
+                    t.split(',')
+                        .map(|tier| {
+                            let (from, pct) = tier.split_once(':').expect("tier FROM:PCT");
+                            format!(r#"{{"fromImages":"{from}","discountPercent":"{pct}"}}"#)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            format!(
+                r#"{{"accountEvent":{{{head},"contractSigned":{{"termMonths":{},"committedImagesPerYear":"{}","rateRemoveBackground":"{}","rateImageEditing":"{}","annualFee":"{}","rollover":{},"tiers":[{}]}}}}}}"#,
+                words[2],
+                words[3],
+                words[4],
+                words[5],
+                words[6],
+                words[7] == "roll",
+                tiers.join(",")
+            )
+        }
         api @ ("rb" | "ie") => {
             let api = if api == "rb" { "API_REMOVE_BACKGROUND" } else { "API_IMAGE_EDITING" };
             let sandbox = words.get(3) == Some(&"sandbox");
@@ -206,6 +230,24 @@ pub fn render_invoice(json: &str) -> String {
             out,
             " | credits in={} bought={} used={} expired={} left={}",
             c["carried_in"], c["purchased"], c["used"], c["expired"], c["balance"]
+        )
+        .unwrap();
+    }
+    if let Some(c) = v.get("contract") {
+        write!(
+            out,
+            " | contract m={}/{} allot={} in={} drawn={} over={} out={} forfeited={} ({}) used={}/{}",
+            c["month"],
+            c["term_months"],
+            c["allotment"],
+            c["rollover_in"],
+            c["drawn"],
+            c["overage_images"],
+            c["rollover_out"],
+            c["forfeited_images"],
+            s(&c["forfeited_value"]),
+            c["term_used"],
+            c["term_commitment"]
         )
         .unwrap();
     }

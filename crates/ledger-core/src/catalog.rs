@@ -61,6 +61,9 @@ pub enum PlanRule {
     /// `expires_at`. `purchasable = false`: kept for existing holders only (no new
     /// subscriptions or purchases).
     Credits { label: String, image_rate: Decimal, purchasable: bool, expires_at: DateTime<Utc> },
+    /// Enterprise contracts: the terms come with each `ContractSigned`; the catalog sets
+    /// the floor of the yearly commitment and the terms it sells.
+    Enterprise { label: String, min_committed_images_per_year: u64, term_months: Vec<u32> },
 }
 
 impl Catalog {
@@ -117,6 +120,13 @@ impl Catalog {
                     {
                         return Err(bad(&format!("plan {name}: credits need plan api_credits and a positive rate")));
                     }
+                    PlanRule::Enterprise { term_months, .. }
+                        if plan != Plan::ApiEnterprise || term_months.is_empty() || term_months.contains(&0) =>
+                    {
+                        return Err(bad(&format!(
+                            "plan {name}: enterprise needs plan api_enterprise and terms ≥ 1 month"
+                        )));
+                    }
                     _ => {}
                 }
             }
@@ -158,6 +168,22 @@ impl Version {
             (Some(PlanRule::Credits { image_rate, .. }), api) if !api.is_app() => Some(*image_rate),
             _ => self.rate(api),
         }
+    }
+
+    /// The same version with at most some plans added: every field and every plan of
+    /// `older` is unchanged here.
+    pub fn extends(&self, older: &Version) -> bool {
+        let Version { id, effective_from, grace_seconds, upgrade_policy, alert_thresholds, rates, plans } = older;
+        (id, effective_from, grace_seconds, upgrade_policy, alert_thresholds, rates)
+            == (
+                &self.id,
+                &self.effective_from,
+                &self.grace_seconds,
+                &self.upgrade_policy,
+                &self.alert_thresholds,
+                &self.rates,
+            )
+            && plans.iter().all(|(name, rule)| self.plans.get(name) == Some(rule))
     }
 
     /// The legacy credits rule, if this version carries one.

@@ -135,13 +135,89 @@ pub enum AccountChange {
     PlanCancelled,
     QualityRefund { original_event_id: EventId, reason: String },
     CreditsPurchased { credits: u64, amount: Decimal },
-    ContractSigned { term_months: u32, committed_images_per_year: u64 },
+    ContractSigned(ContractTerms),
 }
 
 impl AccountChange {
-    /// True for the changes that shape the plan timeline (start, change, cancel).
+    /// True for the changes that shape the plan timeline (start, change, cancel, contract).
     pub fn is_plan_change(&self) -> bool {
-        matches!(self, AccountChange::PlanStarted(_) | AccountChange::PlanChanged(_) | AccountChange::PlanCancelled)
+        matches!(
+            self,
+            AccountChange::PlanStarted(_)
+                | AccountChange::PlanChanged(_)
+                | AccountChange::PlanCancelled
+                | AccountChange::ContractSigned(_)
+        )
+    }
+}
+
+/// An enterprise contract (`api_enterprise`, billing.md §4), checked against the catalog
+/// when it is signed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContractTerms {
+    /// Whole months; the term starts at a cycle start and spans this many cycles.
+    pub term_months: u32,
+    /// Images of either API the team commits to per contract year; a twelfth of it (split
+    /// exactly) is each month's allotment.
+    pub committed_images_per_year: u64,
+    pub rate_remove_background: Decimal,
+    pub rate_image_editing: Decimal,
+    /// Invoiced up front on the first statement of each contract year.
+    pub annual_fee: Decimal,
+    /// Unused monthly allotment carries to the next month inside the term.
+    pub rollover: bool,
+    /// Graduated discounts on overage, by images used in the term; ascending.
+    pub tiers: Vec<VolumeTier>,
+}
+
+/// Overage images past `from_images` images used in the term are billed
+/// `discount_percent` below the contract rate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeTier {
+    pub from_images: u64,
+    pub discount_percent: Decimal,
+}
+
+impl ContractTerms {
+    /// The contract rate of an API, before volume discounts. App events have none.
+    pub fn rate(&self, api: Api) -> Option<Decimal> {
+        match api {
+            Api::RemoveBackground => Some(self.rate_remove_background),
+            Api::ImageEditing => Some(self.rate_image_editing),
+            Api::AppExport | Api::AppAi => None,
+        }
+    }
+
+    /// The discount (percent) of the image that is the `n`-th used in the term (1-based).
+    pub fn discount_at(&self, n: u64) -> Decimal {
+        self.tiers.iter().rev().find(|t| n > t.from_images).map_or(Decimal::ZERO, |t| t.discount_percent)
+    }
+
+    /// Images `(after, after + count]` of the term, split where the tier changes:
+    /// `(discount, images)` in order.
+    pub fn split_by_tier(&self, after: u64, count: u64) -> Vec<(Decimal, u64)> {
+        let mut out: Vec<(Decimal, u64)> = Vec::new();
+        let mut n = after;
+        let end = after + count;
+        while n < end {
+            let discount = self.discount_at(n + 1);
+            let next_bound = self.tiers.iter().map(|t| t.from_images).find(|b| *b > n).unwrap_or(u64::MAX);
+            let take = end.min(next_bound) - n;
+            match out.last_mut() {
+                Some((d, k)) if *d == discount => *k += take,
+                _ => out.push((discount, take)),
+            }
+            n += take;
+        }
+        out
+    }
+
+    /// Images allotted to month `m` of the term (0-based): the yearly commitment split so
+    /// each contract year's twelve months sum to it exactly.
+    pub fn allotment(&self, m: u32) -> u64 {
+        let c = u128::from(self.committed_images_per_year);
+        let at = |k: u32| c * u128::from(k) / 12;
+        (at(m % 12 + 1) - at(m % 12)) as u64
     }
 }
 

@@ -10,7 +10,7 @@ use crate::catalog::Version;
 use crate::event::{Api, PlanTerms};
 use crate::ids::{EventId, TeamId};
 use crate::money::{fmt_cents, fmt_exact, fmt_quantity, round_cents};
-use crate::schedule::{Allowance, ChargeKind, CycleSpec};
+use crate::schedule::{Allowance, ChargeKind, ContractMonth, CycleSpec};
 
 pub fn fmt_time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
@@ -136,6 +136,98 @@ impl<'a> CreditWalk<'a> {
     }
 }
 
+/// Where a contract term stands when a cycle starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ContractCarry {
+    /// The term the figures belong to; a cycle of another term starts from zero.
+    pub term_start: Option<DateTime<Utc>>,
+    /// Billable images used in the term before the cycle.
+    pub used: u64,
+    /// Unused allotment rolled over into the cycle.
+    pub rollover: u64,
+}
+
+/// One month's statement of an enterprise contract.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContractFigures {
+    pub month: ContractMonth,
+    pub allotment: u64,
+    pub rollover_in: u64,
+    /// Images drawn from the allotment (and what rolled over).
+    pub drawn: u64,
+    /// Overage images by API and volume discount (percent).
+    pub overage: BTreeMap<(Api, Decimal), u64>,
+    pub rollover_out: u64,
+    /// Allotment left unused and lost: every month without rollover, at the term's end with it.
+    pub forfeited: u64,
+    pub used_before: u64,
+    pub used_end: u64,
+}
+
+impl ContractFigures {
+    pub fn new(month: &ContractMonth, carry: ContractCarry) -> ContractFigures {
+        let same_term = carry.term_start == Some(month.term_start);
+        ContractFigures {
+            month: month.clone(),
+            allotment: month.allotment(),
+            rollover_in: if same_term && month.terms.rollover { carry.rollover } else { 0 },
+            drawn: 0,
+            overage: BTreeMap::new(),
+            rollover_out: 0,
+            forfeited: 0,
+            used_before: if same_term { carry.used } else { 0 },
+            used_end: if same_term { carry.used } else { 0 },
+        }
+    }
+
+    pub fn available(&self) -> u64 {
+        self.allotment + self.rollover_in
+    }
+
+    pub fn over_images(&self) -> u64 {
+        self.overage.values().sum()
+    }
+
+    /// Draws `images` of `api`: from the allotment first, the rest is overage priced by
+    /// the tier each image falls in. Returns the overage value.
+    fn draw(&mut self, api: Api, images: u64) -> Decimal {
+        let drawn = (self.available() - self.drawn).min(images);
+        self.drawn += drawn;
+        let rate = self.month.terms.rate(api).expect("contract usage has a rate");
+        let mut value = Decimal::ZERO;
+        for (discount, n) in self.month.terms.split_by_tier(self.used_end + drawn, images - drawn) {
+            *self.overage.entry((api, discount)).or_default() += n;
+            value += discounted(rate, discount) * Decimal::from(n);
+        }
+        self.used_end += images;
+        value
+    }
+
+    fn finish(&mut self) {
+        let left = self.available() - self.drawn;
+        if self.month.terms.rollover && !self.month.is_last_month() {
+            self.rollover_out = left;
+        } else {
+            self.forfeited = left;
+        }
+    }
+
+    /// The forfeited images valued at the fee paid per committed image.
+    pub fn forfeited_value(&self) -> Decimal {
+        let terms = &self.month.terms;
+        terms.annual_fee * Decimal::from(self.forfeited) / Decimal::from(terms.committed_images_per_year)
+    }
+
+    pub fn carry(&self) -> ContractCarry {
+        ContractCarry { term_start: Some(self.month.term_start), used: self.used_end, rollover: self.rollover_out }
+    }
+}
+
+/// A contract rate less a volume discount in percent.
+pub fn discounted(rate: Decimal, discount_percent: Decimal) -> Decimal {
+    rate * (Decimal::ONE_HUNDRED - discount_percent) / Decimal::ONE_HUNDRED
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum CarryKind {
     LateUsage,
@@ -162,7 +254,7 @@ impl GenFigures {
     pub fn allowance_value(&self) -> Option<Decimal> {
         match self.allowance {
             Allowance::Bucket { value } | Allowance::Trial { value, .. } => Some(value),
-            Allowance::Partner { .. } | Allowance::Credits { .. } => None,
+            Allowance::Partner { .. } | Allowance::Credits { .. } | Allowance::Contract(_) => None,
         }
     }
 
@@ -180,19 +272,34 @@ pub struct CycleFigures {
     pub refunded_images: u64,
     /// Legacy credits, for teams that ever bought any.
     pub credits: Option<CreditFigures>,
+    /// The contract month's statement, for a cycle of a contract term.
+    pub contract: Option<ContractFigures>,
 }
 
 impl CycleFigures {
-    /// Unused bucket value forfeited at the cycle's end (no rollover).
+    /// Value forfeited at the cycle's end: unused bucket value (no rollover) and unused
+    /// contract allotment at the fee paid per committed image.
     pub fn forfeited(&self) -> Decimal {
-        self.gens.iter().filter(|g| matches!(g.allowance, Allowance::Bucket { .. })).map(GenFigures::unused).sum()
+        let buckets: Decimal =
+            self.gens.iter().filter(|g| matches!(g.allowance, Allowance::Bucket { .. })).map(GenFigures::unused).sum();
+        buckets + self.contract.as_ref().map_or(Decimal::ZERO, ContractFigures::forfeited_value)
     }
 }
 
 /// Folds a cycle's usage (sorted by `(at, event_id)`) through its generations, and the
 /// team's credits through both.
-pub fn figures(spec: &CycleSpec, version: &Version, records: &[&UsageRec], credits: &CreditInput<'_>) -> CycleFigures {
+pub fn figures(
+    spec: &CycleSpec,
+    version: &Version,
+    records: &[&UsageRec],
+    credits: &CreditInput<'_>,
+    contract: ContractCarry,
+) -> CycleFigures {
     let mut walk = CreditWalk::new(credits, spec);
+    let mut term = spec.gens.iter().find_map(|g| match &g.allowance {
+        Allowance::Contract(m) => Some(ContractFigures::new(m, contract)),
+        _ => None,
+    });
     let mut out = CycleFigures {
         gens: spec
             .gens
@@ -213,6 +320,7 @@ pub fn figures(spec: &CycleSpec, version: &Version, records: &[&UsageRec], credi
         sandbox_images: 0,
         refunded_images: 0,
         credits: None,
+        contract: None,
     };
     for rec in records {
         debug_assert!(spec.contains(rec.at));
@@ -227,7 +335,8 @@ pub fn figures(spec: &CycleSpec, version: &Version, records: &[&UsageRec], credi
             out.refunded_images += images;
             continue;
         }
-        let value = version.rate_for(&g.terms, rec.api).expect("usage api has a rate") * Decimal::from(rec.images);
+        let value =
+            g.allowance.rate(version, &g.terms, rec.api).expect("usage api has a rate") * Decimal::from(rec.images);
         out.billable_images += images;
         let api = out.by_api.entry(rec.api).or_default();
         api.0 += images;
@@ -237,7 +346,12 @@ pub fn figures(spec: &CycleSpec, version: &Version, records: &[&UsageRec], credi
             g.remove_background_images += images;
         }
         walk.advance(rec.at, Some(&rec.event_id));
-        if let Allowance::Credits { image_rate } = g.allowance {
+        if let (Allowance::Contract(_), Some(term)) = (&g.allowance, term.as_mut()) {
+            let over = term.draw(rec.api, images);
+            if over > Decimal::ZERO {
+                *g.over_by_api.entry(rec.api).or_default() += over;
+            }
+        } else if let Allowance::Credits { image_rate } = g.allowance {
             let covered = image_rate * Decimal::from(walk.draw(rec));
             g.covered += covered;
             if covered < value {
@@ -252,6 +366,10 @@ pub fn figures(spec: &CycleSpec, version: &Version, records: &[&UsageRec], credi
         }
     }
     out.credits = credits.expires_at.is_some().then(|| walk.finish(spec.end));
+    out.contract = term.map(|mut t| {
+        t.finish();
+        t
+    });
     out
 }
 
@@ -326,6 +444,26 @@ pub struct CreditSummary {
     pub expires_at: String,
 }
 
+/// A contract month: the term, the allotment and how it was drawn, in images.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ContractSummary {
+    pub term: Period,
+    pub month: u32,
+    pub term_months: u32,
+    pub committed_images_per_year: u64,
+    pub rollover: bool,
+    pub allotment: u64,
+    pub rollover_in: u64,
+    pub drawn: u64,
+    pub overage_images: u64,
+    pub rollover_out: u64,
+    pub forfeited_images: u64,
+    pub forfeited_value: String,
+    /// Images used in the term through this month, and the term's commitment.
+    pub term_used: u64,
+    pub term_commitment: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LedgerRef {
     pub first_seq: u64,
@@ -352,6 +490,8 @@ pub struct Invoice {
     pub allowances: Vec<AllowanceSummary>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credits: Option<CreditSummary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contract: Option<ContractSummary>,
     pub effective_cost_per_image: Option<String>,
     pub ledger: LedgerRef,
     #[serde(skip)]
@@ -388,6 +528,7 @@ pub fn build(input: InvoiceInput<'_>) -> Invoice {
             kind: match c.kind {
                 ChargeKind::BucketFee => "bucket_fee",
                 ChargeKind::UpgradeCharge => "upgrade_charge",
+                ChargeKind::ContractFee => "contract_fee",
             },
             description: c.description.clone(),
             quantity: "1".into(),
@@ -398,6 +539,7 @@ pub fn build(input: InvoiceInput<'_>) -> Invoice {
         .collect();
     lines.extend(credit_purchase_lines(figures));
     lines.extend(usage_lines(figures, version));
+    lines.extend(contract_lines(figures));
     lines.extend(credit_expiry_lines(figures));
     lines.extend(carry_lines(carry));
     let total: Decimal = lines.iter().map(|l| l.amount.parse::<Decimal>().expect("amount parses")).sum();
@@ -438,6 +580,22 @@ pub fn build(input: InvoiceInput<'_>) -> Invoice {
             balance: c.balance_end,
             expires_at: c.expires_at.map(fmt_time).unwrap_or_default(),
         }),
+        contract: figures.contract.as_ref().map(|c| ContractSummary {
+            term: Period::new(c.month.term_start, c.month.term_end),
+            month: c.month.month + 1,
+            term_months: c.month.terms.term_months,
+            committed_images_per_year: c.month.terms.committed_images_per_year,
+            rollover: c.month.terms.rollover,
+            allotment: c.allotment,
+            rollover_in: c.rollover_in,
+            drawn: c.drawn,
+            overage_images: c.over_images(),
+            rollover_out: c.rollover_out,
+            forfeited_images: c.forfeited,
+            forfeited_value: fmt_cents(c.forfeited_value()),
+            term_used: c.used_end,
+            term_commitment: c.month.term_commitment(),
+        }),
         effective_cost_per_image: effective,
         ledger: LedgerRef { first_seq, last_seq, head_hash: String::new() },
         period_start: spec.start,
@@ -476,10 +634,10 @@ fn usage_lines(figures: &CycleFigures, version: &Version) -> Vec<Line> {
                     *over.entry(*api).or_default() += *v;
                 }
             }
-            Allowance::Trial { .. } => {}
+            Allowance::Trial { .. } | Allowance::Contract(_) => {}
             Allowance::Partner { commitment_images, rate } => {
                 for (api, (images, _)) in &figures.by_api {
-                    let r = version.rate_for(&g.terms, *api).expect("api has a rate");
+                    let r = g.allowance.rate(version, &g.terms, *api).expect("api has a rate");
                     partner.insert(*api, (*images, r));
                 }
                 let short = commitment_images.saturating_sub(g.remove_background_images);
@@ -522,6 +680,52 @@ fn usage_lines(figures: &CycleFigures, version: &Version) -> Vec<Line> {
             amount: fmt_cents(rate * Decimal::from(images)),
             period: None,
         });
+    }
+    lines
+}
+
+/// A contract month's statement: what the allotment covered, overage at the contract
+/// rate by volume tier, and allotment forfeited (amount 0: the annual fee paid for it).
+fn contract_lines(figures: &CycleFigures) -> Vec<Line> {
+    let Some(c) = figures.contract.as_ref() else { return Vec::new() };
+    let zero_line = |kind: &'static str, description: String, quantity: u64| Line {
+        kind,
+        description,
+        quantity: quantity.to_string(),
+        unit_price: "0.00".into(),
+        amount: "0.00".into(),
+        period: None,
+    };
+    let mut lines = vec![zero_line(
+        "commitment_drawdown",
+        format!(
+            "Images drawn from the commitment, month {} of {} ({} allotted, {} rolled over)",
+            c.month.month + 1,
+            c.month.terms.term_months,
+            c.allotment,
+            c.rollover_in
+        ),
+        c.drawn,
+    )];
+    for (&(api, discount), &images) in &c.overage {
+        let rate = discounted(c.month.terms.rate(api).expect("contract api has a rate"), discount);
+        let tier = if discount.is_zero() {
+            "contract rate".to_string()
+        } else {
+            format!("contract rate less {}% volume discount", discount.normalize())
+        };
+        lines.push(Line {
+            kind: "overage",
+            description: format!("{} beyond the commitment ({tier})", api_label(api)),
+            quantity: images.to_string(),
+            unit_price: fmt_exact(rate),
+            amount: fmt_cents(rate * Decimal::from(images)),
+            period: None,
+        });
+    }
+    if c.forfeited > 0 {
+        let when = if c.month.terms.rollover { "at the term's end" } else { "at the month's end (no rollover)" };
+        lines.push(zero_line("commitment_forfeited", format!("Unused committed images forfeited {when}"), c.forfeited));
     }
     lines
 }

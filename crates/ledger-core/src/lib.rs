@@ -14,7 +14,9 @@ pub mod team;
 
 pub use catalog::Catalog;
 pub use entry::{CycleClosed, Entry, RefundTarget};
-pub use event::{AccountChange, AccountEvent, Api, Event, ImageProcessed, Plan, PlanTerms, UpgradePolicy};
+pub use event::{
+    AccountChange, AccountEvent, Api, ContractTerms, Event, ImageProcessed, Plan, PlanTerms, UpgradePolicy, VolumeTier,
+};
 pub use ids::{EventId, IdError, TeamId};
 pub use invoice::Invoice;
 pub use team::{Alert, Balance, Effects, Reject, Team};

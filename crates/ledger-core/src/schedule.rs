@@ -5,7 +5,7 @@ use rust_decimal::Decimal;
 
 use crate::catalog::{Catalog, PlanRule, Version};
 use crate::cycle::{cycle_start, fraction_left};
-use crate::event::{AccountChange, AccountEvent, PlanTerms, UpgradePolicy};
+use crate::event::{AccountChange, AccountEvent, Api, ContractTerms, Plan, PlanTerms, UpgradePolicy};
 use crate::ids::EventId;
 use crate::money::round_cents;
 
@@ -21,6 +21,50 @@ pub enum Allowance {
     /// Legacy credits: images of either API draw one credit each (worth `image_rate`);
     /// past the credits they are billed at `image_rate`.
     Credits { image_rate: Decimal },
+    /// One month of an enterprise contract's term: the allotment drawn first (with what
+    /// rolled over), then overage at the contract rate less volume discounts.
+    Contract(ContractMonth),
+}
+
+/// Where a cycle sits in an enterprise contract's term.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContractMonth {
+    pub terms: ContractTerms,
+    pub term_start: DateTime<Utc>,
+    pub term_end: DateTime<Utc>,
+    /// 0-based month of the term.
+    pub month: u32,
+}
+
+impl ContractMonth {
+    pub fn allotment(&self) -> u64 {
+        self.terms.allotment(self.month)
+    }
+
+    pub fn is_last_month(&self) -> bool {
+        self.month + 1 == self.terms.term_months
+    }
+
+    /// The annual fee is invoiced on the first statement of each contract year.
+    pub fn opens_a_year(&self) -> bool {
+        self.month.is_multiple_of(12)
+    }
+
+    /// Images committed over the whole term.
+    pub fn term_commitment(&self) -> u64 {
+        let years_x12 = u128::from(self.terms.committed_images_per_year) * u128::from(self.terms.term_months);
+        (years_x12 / 12) as u64
+    }
+}
+
+impl Allowance {
+    /// What a team pays per image of `api` under this allowance and `terms`.
+    pub fn rate(&self, version: &Version, terms: &PlanTerms, api: Api) -> Option<Decimal> {
+        match self {
+            Allowance::Contract(m) => m.terms.rate(api),
+            _ => version.rate_for(terms, api),
+        }
+    }
 }
 
 /// One bucket generation: the plan in force from `from` until the next one (or the
@@ -37,6 +81,7 @@ pub struct Gen {
 pub enum ChargeKind {
     BucketFee,
     UpgradeCharge,
+    ContractFee,
 }
 
 /// A prepaid charge of the cycle: the bucket fee at its start, or an upgrade charge.
@@ -84,7 +129,17 @@ pub struct Violation {
 
 enum Pending {
     Change(PlanTerms),
+    Contract(ContractTerms),
     Cancel,
+}
+
+/// What the next cycle runs on.
+enum Next {
+    Plan(PlanTerms),
+    /// A new contract term starting with the cycle.
+    Term(ContractTerms),
+    /// The next month of the current term.
+    Month(ContractMonth),
 }
 
 struct Active {
@@ -112,18 +167,29 @@ pub fn derive(
             let boundary = a.cycle.end;
             if next_at.is_none_or(|t| t >= boundary) {
                 let done = next_at.is_none() && boundary > horizon;
-                let next_terms = match a.pending.take() {
-                    Some(Pending::Cancel) => None,
-                    Some(Pending::Change(terms)) => Some(terms),
-                    None => Some(a.cycle.gens.last().expect("a cycle has a generation").terms.clone()),
+                let last = a.cycle.gens.last().expect("a cycle has a generation");
+                // Inside a contract term nothing changes until the term ends.
+                let next = match &last.allowance {
+                    Allowance::Contract(m) if !m.is_last_month() => {
+                        Some(Next::Month(ContractMonth { month: m.month + 1, ..m.clone() }))
+                    }
+                    allowance => match a.pending.take() {
+                        Some(Pending::Cancel) => None,
+                        Some(Pending::Change(terms)) => Some(Next::Plan(terms)),
+                        Some(Pending::Contract(terms)) => Some(Next::Term(terms)),
+                        // A contract ends by renewing on its terms unless changed or cancelled.
+                        None => Some(match allowance {
+                            Allowance::Contract(m) => Next::Term(m.terms.clone()),
+                            _ => Next::Plan(last.terms.clone()),
+                        }),
+                    },
                 };
                 let finished = std::mem::replace(&mut a.cycle, placeholder(boundary));
                 cycles.push(finished);
-                match next_terms {
-                    Some(terms) if !done => {
+                match next {
+                    Some(next) if !done => {
                         a.k += 1;
-                        let start = cycle_start(a.anchor, a.k);
-                        a.cycle = open_cycle(catalog, start, cycle_start(a.anchor, a.k + 1), terms, &a.last_event)?;
+                        a.cycle = open_next(catalog, a, next)?;
                     }
                     _ => active = None,
                 }
@@ -139,6 +205,19 @@ pub fn derive(
     Ok(cycles)
 }
 
+fn open_next(catalog: &Catalog, a: &Active, next: Next) -> Result<CycleSpec, Violation> {
+    let (start, end) = (cycle_start(a.anchor, a.k), cycle_start(a.anchor, a.k + 1));
+    match next {
+        Next::Plan(terms) => open_cycle(catalog, start, end, terms, &a.last_event),
+        Next::Term(terms) => {
+            let term_end = cycle_start(a.anchor, a.k + terms.term_months);
+            let month = ContractMonth { terms, term_start: start, term_end, month: 0 };
+            open_contract_cycle(catalog, start, end, month, &a.last_event)
+        }
+        Next::Month(month) => open_contract_cycle(catalog, start, end, month, &a.last_event),
+    }
+}
+
 fn placeholder(at: DateTime<Utc>) -> CycleSpec {
     CycleSpec { start: at, end: at, version_id: String::new(), grace_seconds: 0, gens: Vec::new(), charges: Vec::new() }
 }
@@ -148,6 +227,11 @@ fn apply_change(active: &mut Option<Active>, e: &AccountEvent, catalog: &Catalog
     match (&e.change, active.as_mut()) {
         (AccountChange::PlanStarted(_), Some(_)) => {
             Err(refuse("PlanStarted while a plan is active; use PlanChanged".into()))
+        }
+        (AccountChange::PlanStarted(terms) | AccountChange::PlanChanged(terms), _)
+            if terms.plan == Plan::ApiEnterprise =>
+        {
+            Err(refuse("api_enterprise starts with a ContractSigned carrying its terms".into()))
         }
         (AccountChange::PlanStarted(terms), None) => {
             let anchor = e.occurred_at;
@@ -163,16 +247,38 @@ fn apply_change(active: &mut Option<Active>, e: &AccountEvent, catalog: &Catalog
             });
             Ok(())
         }
+        (AccountChange::ContractSigned(terms), None) => {
+            // A contract signed with no plan active starts its term (and the cycles) now.
+            let anchor = e.occurred_at;
+            let version =
+                catalog.version_at(anchor).ok_or_else(|| refuse(format!("no catalog version at {anchor}")))?;
+            check_contract(version, terms).map_err(refuse)?;
+            let term_end = cycle_start(anchor, terms.term_months);
+            let month = ContractMonth { terms: terms.clone(), term_start: anchor, term_end, month: 0 };
+            let cycle = open_contract_cycle(catalog, anchor, cycle_start(anchor, 1), month, &e.event_id)?;
+            *active = Some(Active { anchor, k: 0, policy: None, pending: None, cycle, last_event: e.event_id.clone() });
+            Ok(())
+        }
         (AccountChange::PlanChanged(_) | AccountChange::PlanCancelled, None) => {
             Err(refuse("no active plan to change or cancel".into()))
+        }
+        (AccountChange::ContractSigned(terms), Some(a)) => {
+            // Signed while on another plan: the term starts with the next cycle; signed
+            // during a term: it replaces the renewal at the term's end.
+            a.last_event = e.event_id.clone();
+            let version = catalog.version(&a.cycle.version_id).expect("cycle version exists");
+            check_contract(version, terms).map_err(refuse)?;
+            a.pending = Some(Pending::Contract(terms.clone()));
+            Ok(())
         }
         (AccountChange::PlanChanged(terms), Some(a)) => {
             a.last_event = e.event_id.clone();
             let version = catalog.version(&a.cycle.version_id).expect("cycle version exists");
             check_plan(version, terms).map_err(refuse)?;
             check_sold(Some(version), terms).map_err(refuse)?;
-            let current = &a.cycle.gens.last().expect("a cycle has a generation").terms;
-            if version.price(terms) > version.price(current) {
+            let current = a.cycle.gens.last().expect("a cycle has a generation");
+            let in_contract = matches!(current.allowance, Allowance::Contract(_));
+            if !in_contract && version.price(terms) > version.price(&current.terms) {
                 let policy = terms.upgrade_policy.or(a.policy).unwrap_or(version.upgrade_policy);
                 upgrade(&mut a.cycle, version, terms.clone(), policy, e.occurred_at);
                 a.pending = None;
@@ -190,9 +296,41 @@ fn apply_change(active: &mut Option<Active>, e: &AccountEvent, catalog: &Catalog
     }
 }
 
+/// A contract must fit what the catalog in force sells (billing.md §4).
+pub fn check_contract(version: &Version, terms: &ContractTerms) -> Result<(), String> {
+    let Some(PlanRule::Enterprise { min_committed_images_per_year, term_months, .. }) =
+        version.plan(Plan::ApiEnterprise)
+    else {
+        return Err(format!("plan api_enterprise is not offered in catalog version {}", version.id));
+    };
+    if !term_months.contains(&terms.term_months) {
+        return Err(format!("term of {} months is not sold (terms: {term_months:?})", terms.term_months));
+    }
+    if terms.committed_images_per_year < *min_committed_images_per_year {
+        return Err(format!(
+            "committed_images_per_year {} is below the minimum of {min_committed_images_per_year}",
+            terms.committed_images_per_year
+        ));
+    }
+    if terms.rate_remove_background <= Decimal::ZERO || terms.rate_image_editing <= Decimal::ZERO {
+        return Err("contract rates must be positive".into());
+    }
+    if terms.annual_fee < Decimal::ZERO || terms.annual_fee != round_cents(terms.annual_fee) {
+        return Err(format!("annual_fee {} must be a non-negative amount in cents", terms.annual_fee));
+    }
+    let ascending = terms.tiers.windows(2).all(|w| w[0].from_images < w[1].from_images);
+    let discounts_ok =
+        terms.tiers.iter().all(|t| t.discount_percent > Decimal::ZERO && t.discount_percent < Decimal::ONE_HUNDRED);
+    if !ascending || !discounts_ok {
+        return Err("volume tiers need strictly ascending from_images and discounts between 0 and 100 percent".into());
+    }
+    Ok(())
+}
+
 fn check_plan(version: &Version, terms: &PlanTerms) -> Result<(), String> {
     match version.plan(terms.plan) {
         None => Err(format!("plan {} is not offered in catalog version {}", terms.plan.key(), version.id)),
+        Some(PlanRule::Enterprise { .. }) => Err("api_enterprise starts with a ContractSigned".into()),
         Some(PlanRule::Bucket { step_images, .. })
             if terms.bucket_images == 0 || !terms.bucket_images.is_multiple_of(*step_images) =>
         {
@@ -244,13 +382,50 @@ fn open_cycle(
     })
 }
 
+/// A cycle of a contract term (its terms were checked when signed; a renewal keeps them).
+fn open_contract_cycle(
+    catalog: &Catalog,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    month: ContractMonth,
+    cause: &EventId,
+) -> Result<CycleSpec, Violation> {
+    let refuse = |reason: String| Violation { event_id: cause.clone(), reason };
+    let version =
+        catalog.version_at(start).ok_or_else(|| refuse(format!("no catalog version is in force at {start}")))?;
+    let mut charges = Vec::new();
+    if month.opens_a_year() && month.terms.annual_fee > Decimal::ZERO {
+        let year = month.month / 12 + 1;
+        charges.push(Charge {
+            kind: ChargeKind::ContractFee,
+            description: format!(
+                "Enterprise contract, year {year} of {}: {} committed images, invoiced up front",
+                month.terms.term_months.div_ceil(12),
+                month.terms.committed_images_per_year
+            ),
+            amount: month.terms.annual_fee,
+            fraction: Decimal::ONE,
+        });
+    }
+    let terms = PlanTerms { plan: Plan::ApiEnterprise, bucket_images: 0, upgrade_policy: None };
+    Ok(CycleSpec {
+        start,
+        end,
+        version_id: version.id.clone(),
+        grace_seconds: version.grace_seconds,
+        gens: vec![Gen { from: start, number: 0, terms, allowance: Allowance::Contract(month) }],
+        charges,
+    })
+}
+
 fn label(version: &Version, terms: &PlanTerms) -> String {
     match version.plan(terms.plan) {
         Some(
             PlanRule::Bucket { label, .. }
             | PlanRule::Trial { label, .. }
             | PlanRule::Partner { label, .. }
-            | PlanRule::Credits { label, .. },
+            | PlanRule::Credits { label, .. }
+            | PlanRule::Enterprise { label, .. },
         ) => label.clone(),
         None => terms.plan.key().to_string(),
     }
@@ -267,6 +442,7 @@ fn allowance(version: &Version, terms: &PlanTerms, value: Decimal) -> Allowance 
             Allowance::Partner { commitment_images: *commitment_images, rate: *remove_background_rate }
         }
         PlanRule::Credits { image_rate, .. } => Allowance::Credits { image_rate: *image_rate },
+        PlanRule::Enterprise { .. } => unreachable!("check_plan refuses api_enterprise without a contract"),
     }
 }
 

@@ -12,7 +12,8 @@ use crate::entry::{CreditsExpired, CycleClosed, Entry, RefundTarget};
 use crate::event::{AccountChange, AccountEvent, Api, Event, ImageProcessed};
 use crate::ids::{EventId, TeamId};
 use crate::invoice::{
-    self, fmt_time, CarryKind, CarryLine, CreditInput, CycleFigures, Invoice, InvoiceInput, Purchase, UsageRec,
+    self, fmt_time, CarryKind, CarryLine, ContractCarry, ContractFigures, CreditInput, CycleFigures, Invoice,
+    InvoiceInput, Purchase, UsageRec,
 };
 use crate::money::fmt_exact;
 use crate::schedule::{self, Allowance, CycleSpec};
@@ -82,6 +83,7 @@ pub struct Applied {
 #[derive(Debug, Clone, Default)]
 struct Agg {
     value: Decimal,
+    images: u64,
     remove_background_images: u64,
     sandbox_images: u64,
 }
@@ -90,6 +92,8 @@ struct Agg {
 struct AlertKey {
     allowance: &'static str,
     cycle_start: DateTime<Utc>,
+    /// The end of the span the meter covers: the cycle's, or a contract term's.
+    span_end: DateTime<Utc>,
     generation: u32,
     threshold: u32,
 }
@@ -125,13 +129,32 @@ pub struct Team {
     unplanned: Vec<Unplanned>,
     /// Legacy credit purchases, sorted by `(at, event_id)`.
     purchases: Vec<Purchase>,
-    /// Credits left at the end of the last closed cycle.
-    credits_carried: u64,
+    /// Credits and contract term position at the end of the last closed cycle.
+    carried: Carried,
     /// The recorded expiry: `(seq, credits)`.
     credits_expired: Option<(u64, u64)>,
 }
 
 const HORIZON_STEP_DAYS: i64 = 62;
+
+/// The instants an alert meter covers: a cycle, or a contract term.
+type Span = (DateTime<Utc>, DateTime<Utc>);
+
+/// What one cycle hands the next: legacy credits left and the contract term's position.
+#[derive(Debug, Clone, Copy, Default)]
+struct Carried {
+    credits: u64,
+    contract: ContractCarry,
+}
+
+impl Carried {
+    fn out_of(figures: &CycleFigures) -> Carried {
+        Carried {
+            credits: figures.credits.as_ref().map_or(0, |c| c.balance_end),
+            contract: figures.contract.as_ref().map(ContractFigures::carry).unwrap_or_default(),
+        }
+    }
+}
 
 impl Team {
     pub fn new(id: TeamId) -> Team {
@@ -153,7 +176,7 @@ impl Team {
             refunded: HashSet::new(),
             unplanned: Vec::new(),
             purchases: Vec::new(),
-            credits_carried: 0,
+            carried: Carried::default(),
             credits_expired: None,
         }
     }
@@ -257,18 +280,18 @@ impl Team {
     /// balance carried past the last cycle before it.
     fn credits_left_at_expiry(&self, catalog: &Catalog) -> u64 {
         let Some(at) = self.credits_expire_at() else { return 0 };
-        let mut carried = self.credits_carried;
+        let mut carried = self.carried;
         for c in self.closed..self.schedule.len() {
             if self.schedule[c].start > at {
                 break;
             }
-            let credits = self.figures_with(catalog, c, None, carried).credits.unwrap_or_default();
+            let figures = self.figures_with(catalog, c, None, carried);
             if self.schedule[c].contains(at) {
-                return credits.expired;
+                return figures.credits.unwrap_or_default().expired;
             }
-            carried = credits.balance_end;
+            carried = Carried::out_of(&figures);
         }
-        carried
+        carried.credits
     }
 
     /// How many open cycles close by `until`.
@@ -290,7 +313,10 @@ impl Team {
             }
             Event::Image(e) => Ok(Entry::Image(e)),
             Event::Account(e) => match &e.change {
-                AccountChange::PlanStarted(_) | AccountChange::PlanChanged(_) | AccountChange::PlanCancelled => {
+                AccountChange::PlanStarted(_)
+                | AccountChange::PlanChanged(_)
+                | AccountChange::PlanCancelled
+                | AccountChange::ContractSigned(_) => {
                     if closed_through.is_some_and(|b| e.occurred_at < b) {
                         return Err(Reject::new(
                             "late_account_change",
@@ -314,9 +340,6 @@ impl Team {
                 AccountChange::CreditsPurchased { credits, amount } => {
                     self.check_purchase(catalog, e.occurred_at, *credits, *amount, closed_through)?;
                     Ok(Entry::Account(e))
-                }
-                AccountChange::ContractSigned { .. } => {
-                    Err(Reject::new("unsupported", "enterprise contracts are not supported yet"))
                 }
             },
         }
@@ -396,7 +419,7 @@ impl Team {
             return Some((c, target.api, Decimal::ZERO));
         }
         let version = catalog.version(&spec.version_id)?;
-        Some((c, target.api, version.rate_for(&gen.terms, target.api)?))
+        Some((c, target.api, gen.allowance.rate(version, &gen.terms, target.api)?))
     }
 
     /// Folds one ledger entry. The same function serves live appends and replay.
@@ -565,7 +588,7 @@ impl Team {
             ));
         }
         let figures = self.cycle_figures(catalog, self.closed, None);
-        self.credits_carried = figures.credits.as_ref().map_or(0, |c| c.balance_end);
+        self.carried = Carried::out_of(&figures);
         let (start, end) = (spec.start, spec.end);
         let mut kept = Vec::with_capacity(self.pending.len());
         for rec in std::mem::take(&mut self.pending) {
@@ -577,7 +600,7 @@ impl Team {
         }
         self.pending = kept;
         self.aggs.retain(|(s, _), _| *s != start);
-        self.fired.retain(|k| k.cycle_start != start);
+        self.fired.retain(|k| k.span_end > end);
         self.carry.clear();
         self.closed_figures.push(figures);
         self.closed += 1;
@@ -615,13 +638,15 @@ impl Team {
             Decimal::ZERO
         } else {
             let version = catalog.version(&spec.version_id).expect("cycle version exists");
-            version.rate_for(&spec.gens[g].terms, rec.api).expect("api has a rate") * Decimal::from(rec.images)
+            let gen = &spec.gens[g];
+            gen.allowance.rate(version, &gen.terms, rec.api).expect("api has a rate") * Decimal::from(rec.images)
         };
         let agg = self.aggs.entry((spec.start, g)).or_default();
         if rec.sandbox {
             agg.sandbox_images += images;
         } else if !rec.refunded {
             agg.value += value;
+            agg.images += images;
             if rec.api == Api::RemoveBackground {
                 agg.remove_background_images += images;
             }
@@ -636,9 +661,12 @@ impl Team {
         let spec = &self.schedule[c];
         let g = spec.gen_at(rec.at);
         let version = catalog.version(&spec.version_id).expect("cycle version exists");
-        let value = version.rate_for(&spec.gens[g].terms, rec.api).expect("api has a rate") * Decimal::from(rec.images);
+        let gen = &spec.gens[g];
+        let value =
+            gen.allowance.rate(version, &gen.terms, rec.api).expect("api has a rate") * Decimal::from(rec.images);
         if let Some(agg) = self.aggs.get_mut(&(spec.start, g)) {
             agg.value -= value;
+            agg.images -= u64::from(rec.images);
             if rec.api == Api::RemoveBackground {
                 agg.remove_background_images -= u64::from(rec.images);
             }
@@ -660,44 +688,52 @@ impl Team {
             return Vec::new();
         };
         let version = catalog.version(&spec.version_id).expect("cycle version exists");
-        let mut meters: Vec<(&'static str, Decimal, Decimal)> = Vec::new();
-        match gen.allowance {
-            Allowance::Bucket { value } => meters.push(("bucket", agg.value, value)),
-            Allowance::Trial { value, sandbox_images } => {
-                meters.push(("trial", agg.value, value));
+        // (allowance, consumed, limit, span): the span is the cycle, or a contract's term.
+        let cycle = (spec.start, spec.end);
+        let mut meters: Vec<(&'static str, Decimal, Decimal, Span)> = Vec::new();
+        let mut push = |allowance, consumed, limit| meters.push((allowance, consumed, limit, cycle));
+        match &gen.allowance {
+            &Allowance::Bucket { value } => push("bucket", agg.value, value),
+            &Allowance::Trial { value, sandbox_images } => {
+                push("trial", agg.value, value);
                 if let Some(cap) = sandbox_images {
-                    meters.push(("sandbox", Decimal::from(agg.sandbox_images), Decimal::from(cap)));
+                    push("sandbox", Decimal::from(agg.sandbox_images), Decimal::from(cap));
                 }
             }
-            Allowance::Partner { commitment_images, .. } => meters.push((
-                "commitment",
-                Decimal::from(agg.remove_background_images),
-                Decimal::from(commitment_images),
-            )),
-            Allowance::Credits { image_rate } => {
+            &Allowance::Partner { commitment_images, .. } => {
+                push("commitment", Decimal::from(agg.remove_background_images), Decimal::from(commitment_images))
+            }
+            &Allowance::Credits { image_rate } => {
                 // The credits the cycle had: carried in plus bought in it so far.
                 let bought: u64 = self.purchases.iter().filter(|p| spec.contains(p.at)).map(|p| p.credits).sum();
-                let available = self.credits_carried_into(catalog, c) + bought;
-                meters.push(("credits", agg.value, image_rate * Decimal::from(available)));
+                let available = self.carried_into(catalog, c).credits + bought;
+                push("credits", agg.value, image_rate * Decimal::from(available));
+            }
+            Allowance::Contract(m) => {
+                // The month's allotment (with what rolled over), and the term's commitment.
+                let month = ContractFigures::new(m, self.carried_into(catalog, c).contract);
+                push("allotment", Decimal::from(agg.images), Decimal::from(month.available()));
+                let used = Decimal::from(month.used_before + agg.images);
+                meters.push(("commitment", used, Decimal::from(m.term_commitment()), (m.term_start, m.term_end)));
             }
         }
         let mut alerts = Vec::new();
-        for (allowance, consumed, limit) in meters {
+        for (allowance, consumed, limit, (start, end)) in meters {
             if limit <= Decimal::ZERO {
                 continue;
             }
             for &threshold in &version.alert_thresholds {
-                let key = AlertKey { allowance, cycle_start: spec.start, generation: gen.number, threshold };
+                let key = AlertKey { allowance, cycle_start: start, span_end: end, generation: gen.number, threshold };
                 if consumed * Decimal::ONE_HUNDRED < Decimal::from(threshold) * limit || self.fired.contains(&key) {
                     continue;
                 }
                 self.fired.insert(key);
                 alerts.push(Alert {
-                    alert_id: format!("{}:{allowance}:{}:g{}:{threshold}", self.id, fmt_time(spec.start), gen.number),
+                    alert_id: format!("{}:{allowance}:{}:g{}:{threshold}", self.id, fmt_time(start), gen.number),
                     team_id: self.id.to_string(),
                     allowance,
-                    cycle_start: fmt_time(spec.start),
-                    cycle_end: fmt_time(spec.end),
+                    cycle_start: fmt_time(start),
+                    cycle_end: fmt_time(end),
                     bucket_generation: gen.number,
                     threshold_percent: threshold,
                     consumed: fmt_exact(consumed),
@@ -712,33 +748,35 @@ impl Team {
 
     /// Figures of cycle `c` from its pending usage, optionally only up to `at`.
     fn cycle_figures(&self, catalog: &Catalog, c: usize, at: Option<DateTime<Utc>>) -> CycleFigures {
-        let carried = self.credits_carried_into(catalog, c);
+        let carried = self.carried_into(catalog, c);
         self.figures_with(catalog, c, at, carried)
     }
 
     /// Credits left when open cycle `c` starts (the open cycles before it drew some).
-    fn credits_carried_into(&self, catalog: &Catalog, c: usize) -> u64 {
-        if self.purchases.is_empty() {
-            return 0;
+    fn carried_into(&self, catalog: &Catalog, c: usize) -> Carried {
+        let is_contract = |spec: &CycleSpec| spec.gens.iter().any(|g| matches!(g.allowance, Allowance::Contract(_)));
+        if c == self.closed {
+            return self.carried;
         }
-        (self.closed..c).fold(self.credits_carried, |carried, k| {
-            self.figures_with(catalog, k, None, carried).credits.map_or(0, |f| f.balance_end)
-        })
+        if self.purchases.is_empty() && !self.schedule[self.closed..c].iter().any(is_contract) {
+            return Carried::default();
+        }
+        (self.closed..c).fold(self.carried, |carried, k| Carried::out_of(&self.figures_with(catalog, k, None, carried)))
     }
 
-    fn figures_with(&self, catalog: &Catalog, c: usize, at: Option<DateTime<Utc>>, carried: u64) -> CycleFigures {
+    fn figures_with(&self, catalog: &Catalog, c: usize, at: Option<DateTime<Utc>>, carried: Carried) -> CycleFigures {
         let spec = &self.schedule[c];
         let version = catalog.version(&spec.version_id).expect("cycle version exists");
         let mut records: Vec<&UsageRec> =
             self.pending.iter().filter(|r| spec.contains(r.at) && at.is_none_or(|t| r.at <= t)).collect();
         records.sort_by(|a, b| (a.at, &a.event_id).cmp(&(b.at, &b.event_id)));
         let credits = CreditInput {
-            carried,
+            carried: carried.credits,
             purchases: self.purchases.iter().filter(|p| spec.contains(p.at) && at.is_none_or(|t| p.at <= t)).collect(),
             expires_at: self.credits_expire_at(),
             expiry_seq: self.credits_expired.map(|(seq, _)| seq),
         };
-        invoice::figures(spec, version, &records, &credits)
+        invoice::figures(spec, version, &records, &credits, carried.contract)
     }
 
     fn invoice_for(&self, catalog: &Catalog, c: usize, draft: bool, last_seq: u64) -> Invoice {
@@ -831,6 +869,12 @@ fn allowance_balances(figures: &CycleFigures) -> Vec<AllowanceBalance> {
             Allowance::Credits { image_rate } => {
                 let c = figures.credits.clone().unwrap_or_default();
                 ("credits", image_rate * Decimal::from(c.carried + c.purchased), g.consumed)
+            }
+            Allowance::Contract(ref m) => {
+                let c = figures.contract.as_ref().expect("a contract cycle has contract figures");
+                let month_used = Decimal::from(c.drawn + c.over_images());
+                out.push(balance_row("allotment", g.number, Decimal::from(c.available()), month_used));
+                ("commitment", Decimal::from(m.term_commitment()), Decimal::from(c.used_end))
             }
         };
         out.push(balance_row(allowance, g.number, value, consumed));

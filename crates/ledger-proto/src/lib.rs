@@ -3,7 +3,8 @@
 //! file format share these conversions, so both paths accept and refuse the same input.
 use chrono::{DateTime, Utc};
 use ledger_core::{
-    AccountChange, AccountEvent, Api, Event, EventId, IdError, ImageProcessed, Plan, PlanTerms, TeamId, UpgradePolicy,
+    AccountChange, AccountEvent, Api, ContractTerms, Event, EventId, IdError, ImageProcessed, Plan, PlanTerms, TeamId,
+    UpgradePolicy, VolumeTier,
 };
 use prost::Message as _;
 use rust_decimal::Decimal;
@@ -47,6 +48,8 @@ pub enum Invalid {
     BadPolicy(String),
     #[error("amount {0:?} is not a decimal")]
     BadAmount(String),
+    #[error("{field} {value:?} is not a decimal")]
+    BadDecimal { field: &'static str, value: String },
 }
 
 impl Invalid {
@@ -291,10 +294,30 @@ fn account_from_pb(m: pb::AccountEvent) -> Result<AccountEvent, Invalid> {
             credits: c.credits,
             amount: c.amount.parse::<Decimal>().map_err(|_| Invalid::BadAmount(c.amount.clone()))?,
         },
-        Change::ContractSigned(c) => AccountChange::ContractSigned {
-            term_months: c.term_months,
-            committed_images_per_year: c.committed_images_per_year,
-        },
+        Change::ContractSigned(c) => {
+            let decimal = |field: &'static str, value: &str| {
+                value.parse::<Decimal>().map_err(|_| Invalid::BadDecimal { field, value: value.to_string() })
+            };
+            let tiers = c
+                .tiers
+                .iter()
+                .map(|t| {
+                    Ok(VolumeTier {
+                        from_images: t.from_images,
+                        discount_percent: decimal("discount_percent", &t.discount_percent)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, Invalid>>()?;
+            AccountChange::ContractSigned(ContractTerms {
+                term_months: c.term_months,
+                committed_images_per_year: c.committed_images_per_year,
+                rate_remove_background: decimal("rate_remove_background", &c.rate_remove_background)?,
+                rate_image_editing: decimal("rate_image_editing", &c.rate_image_editing)?,
+                annual_fee: decimal("annual_fee", &c.annual_fee)?,
+                rollover: c.rollover,
+                tiers,
+            })
+        }
     };
     Ok(AccountEvent { event_id, team_id, occurred_at, change })
 }
@@ -320,13 +343,22 @@ fn account_to_pb(e: &AccountEvent) -> pb::AccountEvent {
         AccountChange::CreditsPurchased { credits, amount } => {
             Change::CreditsPurchased(pb::CreditsPurchased { credits: *credits, amount: amount.to_string() })
         }
-        AccountChange::ContractSigned { term_months, committed_images_per_year } => {
-            Change::ContractSigned(pb::ContractSigned {
-                term_months: *term_months,
-                committed_images_per_year: *committed_images_per_year,
-                ..Default::default()
-            })
-        }
+        AccountChange::ContractSigned(c) => Change::ContractSigned(pb::ContractSigned {
+            term_months: c.term_months,
+            committed_images_per_year: c.committed_images_per_year,
+            rate_remove_background: c.rate_remove_background.to_string(),
+            rate_image_editing: c.rate_image_editing.to_string(),
+            annual_fee: c.annual_fee.to_string(),
+            rollover: c.rollover,
+            tiers: c
+                .tiers
+                .iter()
+                .map(|t| pb::VolumeTier {
+                    from_images: t.from_images,
+                    discount_percent: t.discount_percent.to_string(),
+                })
+                .collect(),
+        }),
     };
     pb::AccountEvent {
         event_id: e.event_id.to_string(),

@@ -190,16 +190,28 @@ impl Store {
         let mut merged = recorded.versions.clone();
         let first = recorded.versions.first().map(|v| v.effective_from);
         let now = chrono::Utc::now();
+        let mut changed = false;
         for v in &loaded.versions {
             match recorded.version(&v.id) {
-                Some(r) if r == v => {}
+                // An older build (lacking plans added since) reads what was recorded.
+                Some(r) if r.extends(v) => {}
+                // A plan added to a recorded version: nothing in the ledger used it (events
+                // naming it were refused), so no recorded figure can change.
+                Some(_) if v.extends(recorded.version(&v.id).expect("matched")) => {
+                    let slot = merged.iter_mut().find(|m| m.id == v.id).expect("recorded version is merged");
+                    *slot = v.clone();
+                    changed = true;
+                }
                 Some(_) => {
                     return Err(Error::CatalogChange(format!(
                         "catalog version {} differs from the one this ledger recorded; published versions are immutable (add a new version)",
                         v.id
                     )))
                 }
-                None if first.is_none_or(|f| v.effective_from < f) || v.effective_from > now => merged.push(v.clone()),
+                None if first.is_none_or(|f| v.effective_from < f) || v.effective_from > now => {
+                    merged.push(v.clone());
+                    changed = true;
+                }
                 None => {
                     return Err(Error::CatalogChange(format!(
                         "catalog version {} takes effect at {}, inside the history this ledger already billed",
@@ -208,12 +220,12 @@ impl Store {
                 }
             }
         }
-        if merged.len() == recorded.versions.len() {
+        if !changed {
             return Ok(());
         }
         merged.sort_by_key(|v| v.effective_from);
         let catalog = Catalog::from_versions(merged)?;
-        tracing::info!(versions = catalog.versions.len(), "Recorded new catalog versions.");
+        tracing::info!(versions = catalog.versions.len(), "Recorded new catalog versions or plans.");
         self.tree.insert(keys::simple(keys::META, b"catalog"), codec::encode(&catalog_json(&catalog)))?;
         self.db.flush()?;
         Ok(())
