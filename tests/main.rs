@@ -2,6 +2,7 @@
 //! real parts: sled on disk, the real `usage-ledger` binary, real process kills.
 //! Slow tests (the million-event run) run when `USAGE_LEDGER_SLOW=1`, which CI sets.
 
+mod advise;
 mod catalog;
 mod cli;
 mod crash;

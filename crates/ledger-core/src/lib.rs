@@ -2,6 +2,7 @@
 //! alerts and invoices. Pure and deterministic: no I/O, no clock, no floats, no wire or
 //! storage types. Adapters feed it validated events and persist what it returns.
 
+pub mod advice;
 pub mod catalog;
 pub mod cycle;
 pub mod entry;

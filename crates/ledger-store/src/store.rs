@@ -471,6 +471,17 @@ impl Store {
         Ok(teams.remove(team).map(|(t, _)| t).unwrap_or_else(|| Team::new(team.clone())))
     }
 
+    /// One team's entries in ledger order, folded on the way (a ledger that contradicts
+    /// itself is an error here too).
+    pub fn team_entries(&self, catalog: &Catalog, team: &TeamId) -> Result<Vec<Entry>> {
+        let mut entries = Vec::new();
+        self.fold(catalog, &keys::team_prefix(keys::ENTRY, team.as_str()), |_, _, entry, _| {
+            entries.push(entry.clone());
+            Ok(())
+        })?;
+        Ok(entries)
+    }
+
     /// Rebuilds every projection (alerts, invoices) from the ledger alone, replaces the
     /// stored ones, and returns a digest of all invoices.
     pub fn replay(&self, catalog: &Catalog) -> Result<ReplayReport> {

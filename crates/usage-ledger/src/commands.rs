@@ -185,3 +185,96 @@ pub fn verify(dir: &Path) -> anyhow::Result<ExitCode> {
         Ok(ExitCode::from(1))
     }
 }
+
+/// Replays the team's last `months` closed cycles under every plan it could buy and
+/// prints what each would have cost, cheapest first.
+pub fn advise(dir: &Path, team: &str, months: u32, json: bool) -> anyhow::Result<ExitCode> {
+    use ledger_core::{AccountChange, Entry};
+    let id = team_id(team)?;
+    let Some(store) = team_store(open_existing(dir)?, &id)? else { bail!("team {team} has no entries in the ledger") };
+    let catalog = store.catalog()?;
+    let invoices: Vec<serde_json::Value> =
+        store.invoices(team)?.iter().map(|j| serde_json::from_str(j)).collect::<Result<_, _>>()?;
+    if months == 0 {
+        bail!("--months must be at least 1");
+    }
+    if invoices.is_empty() {
+        bail!("team {team} has no closed cycle to advise from (its first cycle is still open)");
+    }
+    let window = &invoices[invoices.len().saturating_sub(months as usize)..];
+    let anchor: DateTime<Utc> = window[0]["period"]["start"].as_str().unwrap_or_default().parse()?;
+    let invoiced: rust_decimal::Decimal = window
+        .iter()
+        .map(|i| i["total"].as_str().unwrap_or("0").parse::<rust_decimal::Decimal>())
+        .sum::<Result<_, _>>()?;
+    let entries = store.team_entries(&catalog, &id)?;
+    let refunded: std::collections::HashSet<&ledger_core::EventId> = entries
+        .iter()
+        .filter_map(|e| match e {
+            Entry::Refund { event, .. } => match &event.change {
+                AccountChange::QualityRefund { original_event_id, .. } => Some(original_event_id),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    let images: Vec<ledger_core::ImageProcessed> = entries
+        .iter()
+        .filter_map(|e| match e {
+            Entry::Image(i) if !i.api.is_app() && !refunded.contains(&i.event_id) => Some(i.clone()),
+            _ => None,
+        })
+        .collect();
+    let bar = indicatif::ProgressBar::new(0).with_message("plans replayed");
+    bar.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("valid template"));
+    let advice = ledger_core::advice::advise(
+        &catalog,
+        &id,
+        anchor,
+        window.len() as u32,
+        &images,
+        Some(invoiced),
+        |done, all| {
+            bar.set_length(all as u64);
+            bar.set_position(done as u64);
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("team {team}: {e}"))?;
+    bar.finish_and_clear();
+    if json {
+        crate::emit(&serde_json::to_string_pretty(&advice)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut out = format!(
+        "Team {team}, {} cycle(s) {} -> {} (catalog {}): {} billable images, invoiced {}\n",
+        advice.cycles,
+        &advice.period.start[..10],
+        &advice.period.end[..10],
+        advice.price_book_version,
+        advice.billable_images,
+        advice.invoiced.as_deref().unwrap_or("-")
+    );
+    out += &format!("{:<22} {:>12} {:>12} {:>12} {:>10}\n", "plan", "total", "forfeited", "overage", "per image");
+    for o in &advice.options {
+        out += &format!(
+            "{:<22} {:>12} {:>12} {:>12} {:>10}\n",
+            o.plan,
+            o.total,
+            o.forfeited,
+            o.overage,
+            o.effective_cost_per_image.as_deref().unwrap_or("-")
+        );
+    }
+    if let Some(best) = advice.options.first() {
+        let saving = invoiced - best.total_exact;
+        out += &format!(
+            "Cheapest: {}, {} for these cycles ({} {} than invoiced).",
+            best.plan,
+            best.total,
+            ledger_core::money::fmt_cents(saving.abs()),
+            if saving >= rust_decimal::Decimal::ZERO { "less" } else { "more" }
+        );
+    }
+    crate::emit(&out)?;
+    Ok(ExitCode::SUCCESS)
+}

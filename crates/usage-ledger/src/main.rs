@@ -39,6 +39,12 @@ enum Format {
     Csv,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum AdviceFormat {
+    Text,
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// The service: consume the input topics, append, publish alerts, invoices and dead
@@ -86,6 +92,17 @@ enum Command {
     Alerts {
         #[arg(long)]
         team: String,
+    },
+    /// What the team's last closed cycles would have cost under every plan and bucket
+    /// size it could buy, cheapest first (the team's real usage, replayed).
+    Advise {
+        #[arg(long)]
+        team: String,
+        /// How many of the last closed cycles to replay.
+        #[arg(long, default_value_t = 3)]
+        months: u32,
+        #[arg(long, value_enum, default_value = "text")]
+        format: AdviceFormat,
     },
     /// Rebuild every projection from the ledger alone and print a digest of all invoices.
     Replay,
@@ -153,6 +170,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Balance { team, at } => commands::balance(&dir, &team, at),
         Command::Alerts { team } => commands::alerts(&dir, &team),
+        Command::Advise { team, months, format } => {
+            commands::advise(&dir, &team, months, matches!(format, AdviceFormat::Json))
+        }
         Command::Replay => commands::replay(&dir),
         Command::Verify => commands::verify(&dir),
         Command::Demo => demo::run(&dir),
