@@ -171,7 +171,7 @@ fn every_dead_letter_reason_reaches_the_topic_with_source_and_bytes() {
     let (images, accounts) = (ledger_kafka::IMAGES, ledger_kafka::ACCOUNTS);
     let april = 1_775_001_600; // 2026-04-01T00:00:00Z
     let start = |plan: &str, n: u64| {
-        Change::PlanStarted(pb::PlanStarted { plan: plan.into(), bucket_images: n, upgrade_policy: String::new() })
+        Change::PlanStarted(pb::PlanStarted { plan: plan.into(), bucket_images: n, ..Default::default() })
     };
     let refund =
         |id: &str| Change::QualityRefund(pb::QualityRefund { original_event_id: id.into(), reason: "halo".into() });
@@ -188,7 +188,8 @@ fn every_dead_letter_reason_reaches_the_topic_with_source_and_bytes() {
         (raw(images, "t1", image("e1", "t1", 1, 6, false)), Some("conflict")),
         (raw(images, "t1", image("sb", "t1", 1, 5, true)), None),
         (raw(images, "t3", image("free", "t3", 1, 1, false)), None),
-        (raw(images, "t1", image("app", "t1", 4, 1, false)), Some("unsupported")),
+        // An app event on an API plan is kept (reported as unplanned), not dead-lettered.
+        (raw(images, "t1", image("app", "t1", 4, 1, false)), None),
         (raw(accounts, "t1", account("a4", "t1", april + 10, start("api_plus", 1000))), Some("plan_rule")),
         (raw(accounts, "t1", account("r1", "t1", april + 20, refund("ghost"))), Some("refund_unknown_event")),
         (raw(accounts, "t2", account("r2", "t2", april + 20, refund("e1"))), Some("refund_other_team")),

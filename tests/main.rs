@@ -3,6 +3,7 @@
 //! Slow tests (the million-event run) run when `USAGE_LEDGER_SLOW=1`, which CI sets.
 
 mod advise;
+mod app;
 mod catalog;
 mod cli;
 mod crash;

@@ -24,6 +24,9 @@ use crate::support::{step, Step};
 /// (10 % off past 30,000 images) the scaled-up usage of a workload can cross.
 const CONTRACT: &str = "contract 04-01 12 200000 0.015 0.08 2400.00 roll 30000:10";
 
+/// An app subscription: its usage is exports and AI credits, with a top-up.
+const APP: &str = "app 04-01 app_pro monthly";
+
 /// One team's April: a plan, maybe a change, usage, and refunds of some of it.
 fn team_script(team: usize) -> impl Strategy<Value = Vec<String>> {
     let plan = prop_oneof![
@@ -32,13 +35,15 @@ fn team_script(team: usize) -> impl Strategy<Value = Vec<String>> {
         Just("api_partner".to_string()),
         Just("api_free_trial".to_string()),
         Just(CONTRACT.to_string()),
+        Just(APP.to_string()),
     ];
     let change = proptest::option::of((2u32..29, 1u64..8, any::<bool>()));
     let usage = proptest::collection::vec((1u32..30, 0u32..24, any::<bool>(), 1u32..400, 0u8..10), 1..40);
     let refunds = proptest::collection::vec(any::<prop::sample::Index>(), 0..3);
     (plan, change, usage, refunds).prop_map(move |(plan, change, usage, refunds)| {
         let contract = plan == CONTRACT;
-        let mut lines = if contract {
+        let app = plan == APP;
+        let mut lines = if contract || app {
             vec![format!("@t{team} {plan} #t{team}-start")]
         } else {
             vec![format!("@t{team} start 04-01 {plan} #t{team}-start")]
@@ -49,7 +54,12 @@ fn team_script(team: usize) -> impl Strategy<Value = Vec<String>> {
         }
         let mut billed = Vec::new();
         for (i, (day, hour, edit, images, sandbox)) in usage.into_iter().enumerate() {
-            let api = if edit { "ie" } else { "rb" };
+            let api = match (app, edit) {
+                (true, true) => "ai",
+                (true, false) => "ex",
+                (false, true) => "ie",
+                (false, false) => "rb",
+            };
             let sandbox = if sandbox == 0 { " sandbox" } else { "" };
             let images = if contract { images * 100 } else { images };
             lines.push(format!("@t{team} {api} 04-{day:02}T{hour:02} {images}{sandbox} #t{team}-u{i}"));
@@ -57,7 +67,10 @@ fn team_script(team: usize) -> impl Strategy<Value = Vec<String>> {
                 billed.push(format!("t{team}-u{i}"));
             }
         }
-        if !billed.is_empty() && !plan.starts_with("api_free_trial") {
+        if app {
+            lines.push(format!("@t{team} buy 04-15T12 50 2.50 #t{team}-top-up"));
+        }
+        if !billed.is_empty() && !plan.starts_with("api_free_trial") && !app {
             let mut refunded: Vec<&String> = refunds.iter().map(|ix| ix.get(&billed)).collect();
             refunded.dedup();
             for (k, id) in refunded.into_iter().enumerate() {

@@ -63,6 +63,8 @@ pub fn time(s: &str) -> String {
 /// [@team] refund AT ORIGINAL_ID [#id]
 /// [@team] buy AT CREDITS AMOUNT [#id]                (legacy credits)
 /// [@team] contract AT MONTHS IMAGES_PER_YEAR RB_RATE IE_RATE FEE roll|noroll [FROM:PCT,...] [#id]
+/// [@team] app|appchange AT PLAN INTERVAL [SEATS] [#id]  (app subscriptions)
+/// [@team] ex|ai AT COUNT [#id]                          (app exports / AI credits)
 /// close UNTIL
 /// ```
 pub enum Step {
@@ -122,6 +124,19 @@ pub fn step(n: usize, line: &str) -> Step {
                 words[7] == "roll",
                 tiers.join(",")
             )
+        }
+        kind @ ("app" | "appchange") => {
+            let change = if kind == "app" { "planStarted" } else { "planChanged" };
+            format!(
+                r#"{{"accountEvent":{{{head},"{change}":{{"plan":"{}","billingInterval":"{}","seats":{}}}}}}}"#,
+                words[2],
+                words[3],
+                words.get(4).unwrap_or(&"0")
+            )
+        }
+        api @ ("ex" | "ai") => {
+            let api = if api == "ex" { "APP_EXPORT" } else { "APP_AI" };
+            format!(r#"{{"imageProcessed":{{{head},"api":"{api}","images":{}}}}}"#, words[2])
         }
         api @ ("rb" | "ie") => {
             let api = if api == "rb" { "API_REMOVE_BACKGROUND" } else { "API_IMAGE_EDITING" };
@@ -248,6 +263,20 @@ pub fn render_invoice(json: &str) -> String {
             s(&c["forfeited_value"]),
             c["term_used"],
             c["term_commitment"]
+        )
+        .unwrap();
+    }
+    if let Some(a) = v.get("app") {
+        write!(
+            out,
+            " | app {} seats={} m={} top-ups in={} bought={} used={} left={}",
+            s(&a["billing_interval"]),
+            a["seats"],
+            a["month"],
+            a["top_ups_carried_in"],
+            a["top_ups_bought"],
+            a["top_ups_used"],
+            a["top_ups_left"]
         )
         .unwrap();
     }

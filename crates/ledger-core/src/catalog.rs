@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Api, Plan, PlanTerms, UpgradePolicy};
+use crate::event::{Api, BillingInterval, Plan, PlanTerms, UpgradePolicy};
 
 /// The catalog shipped with the binary (crates/ledger-core/catalog.toml).
 pub const DEFAULT_TOML: &str = include_str!("../catalog.toml");
@@ -64,6 +64,49 @@ pub enum PlanRule {
     /// Enterprise contracts: the terms come with each `ContractSigned`; the catalog sets
     /// the floor of the yearly commitment and the terms it sells.
     Enterprise { label: String, min_committed_images_per_year: u64, term_months: Vec<u32> },
+    /// An app subscription: per seat, monthly allowances of exports and AI credits (they
+    /// reset each cycle), a fee per billing interval sold, and AI-credit top-ups.
+    App {
+        label: String,
+        exports_per_month: u64,
+        ai_credits_per_month: u64,
+        prices: AppPrices,
+        #[serde(default = "one")]
+        min_seats: u32,
+        /// AI credits can be bought à la carte (`CreditsPurchased` on the plan).
+        #[serde(default)]
+        top_ups: bool,
+        /// `false`: kept for existing subscribers, not sold to new ones.
+        #[serde(default = "yes")]
+        sold: bool,
+    },
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// An app plan's fee per seat for each billing interval it is sold with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppPrices {
+    pub weekly: Option<Decimal>,
+    pub monthly: Option<Decimal>,
+    pub yearly: Option<Decimal>,
+}
+
+impl AppPrices {
+    pub fn get(&self, interval: BillingInterval) -> Option<Decimal> {
+        match interval {
+            BillingInterval::Weekly => self.weekly,
+            BillingInterval::Monthly => self.monthly,
+            BillingInterval::Yearly => self.yearly,
+        }
+    }
 }
 
 impl Catalog {
@@ -119,6 +162,17 @@ impl Catalog {
                         if plan != Plan::ApiCredits || *image_rate <= Decimal::ZERO =>
                     {
                         return Err(bad(&format!("plan {name}: credits need plan api_credits and a positive rate")));
+                    }
+                    PlanRule::App { prices, min_seats, .. }
+                        if !plan.is_app()
+                            || *min_seats == 0
+                            || [prices.weekly, prices.monthly, prices.yearly].iter().all(Option::is_none)
+                            || [prices.weekly, prices.monthly, prices.yearly]
+                                .iter()
+                                .flatten()
+                                .any(|p| *p < Decimal::ZERO) =>
+                    {
+                        return Err(bad(&format!("plan {name}: app plans need an app_* plan, a price, seats ≥ 1")));
                     }
                     PlanRule::Enterprise { term_months, .. }
                         if plan != Plan::ApiEnterprise || term_months.is_empty() || term_months.contains(&0) =>

@@ -48,10 +48,12 @@ pub enum Plan {
     AppPro,
     AppMax,
     AppUltra,
+    /// The 2024-10 Teams tier of the app (three seats at least).
+    AppTeams,
 }
 
 impl Plan {
-    pub const ALL: [Plan; 10] = [
+    pub const ALL: [Plan; 11] = [
         Plan::ApiFreeTrial,
         Plan::ApiBasic,
         Plan::ApiPlus,
@@ -62,6 +64,7 @@ impl Plan {
         Plan::AppPro,
         Plan::AppMax,
         Plan::AppUltra,
+        Plan::AppTeams,
     ];
 
     pub fn key(self) -> &'static str {
@@ -76,6 +79,7 @@ impl Plan {
             Plan::AppPro => "app_pro",
             Plan::AppMax => "app_max",
             Plan::AppUltra => "app_ultra",
+            Plan::AppTeams => "app_teams",
         }
     }
 
@@ -87,6 +91,41 @@ impl Plan {
     pub fn has_bucket(self) -> bool {
         matches!(self, Plan::ApiBasic | Plan::ApiPlus)
     }
+
+    /// The app track's subscriptions (`app_*`).
+    pub fn is_app(self) -> bool {
+        matches!(self, Plan::AppFree | Plan::AppPro | Plan::AppMax | Plan::AppUltra | Plan::AppTeams)
+    }
+}
+
+/// How often an app subscription's fee is billed; its allowances reset monthly anyway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum BillingInterval {
+    Weekly,
+    Monthly,
+    Yearly,
+}
+
+impl BillingInterval {
+    pub fn key(self) -> &'static str {
+        match self {
+            BillingInterval::Weekly => "weekly",
+            BillingInterval::Monthly => "monthly",
+            BillingInterval::Yearly => "yearly",
+        }
+    }
+
+    pub fn from_key(s: &str) -> Option<BillingInterval> {
+        [BillingInterval::Weekly, BillingInterval::Monthly, BillingInterval::Yearly].into_iter().find(|i| i.key() == s)
+    }
+}
+
+/// An app subscription's options beyond its plan: the billing interval and the seats
+/// (0 = the plan's minimum).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppOptions {
+    pub interval: BillingInterval,
+    pub seats: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -133,9 +172,19 @@ pub enum AccountChange {
     PlanStarted(PlanTerms),
     PlanChanged(PlanTerms),
     PlanCancelled,
-    QualityRefund { original_event_id: EventId, reason: String },
-    CreditsPurchased { credits: u64, amount: Decimal },
+    QualityRefund {
+        original_event_id: EventId,
+        reason: String,
+    },
+    CreditsPurchased {
+        credits: u64,
+        amount: Decimal,
+    },
     ContractSigned(ContractTerms),
+    /// `PlanStarted` / `PlanChanged` of an app plan, with its interval and seats. (New
+    /// variants go last: ledgers written before them decode unchanged.)
+    AppPlanStarted(PlanTerms, AppOptions),
+    AppPlanChanged(PlanTerms, AppOptions),
 }
 
 impl AccountChange {
@@ -147,6 +196,8 @@ impl AccountChange {
                 | AccountChange::PlanChanged(_)
                 | AccountChange::PlanCancelled
                 | AccountChange::ContractSigned(_)
+                | AccountChange::AppPlanStarted(..)
+                | AccountChange::AppPlanChanged(..)
         )
     }
 }

@@ -10,7 +10,7 @@ use crate::catalog::Version;
 use crate::event::{Api, PlanTerms};
 use crate::ids::{EventId, TeamId};
 use crate::money::{fmt_cents, fmt_exact, fmt_quantity, round_cents};
-use crate::schedule::{Allowance, ChargeKind, ContractMonth, CycleSpec};
+use crate::schedule::{Allowance, AppMonth, ChargeKind, ContractMonth, CycleSpec};
 
 pub fn fmt_time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
@@ -223,6 +223,86 @@ impl ContractFigures {
     }
 }
 
+/// AI-credit top-ups as one cycle of an app subscription sees them.
+#[derive(Debug, Clone, Default)]
+pub struct TopUpInput<'a> {
+    /// Top-up credits left when the cycle starts (they never expire).
+    pub carried: u64,
+    /// Top-ups bought in the cycle, sorted by `(at, event_id)`.
+    pub purchases: Vec<&'a Purchase>,
+}
+
+/// One month of an app subscription: exports and AI credits against the allowances.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppFigures {
+    pub month: AppMonth,
+    pub exports_used: u64,
+    pub ai_used: u64,
+    /// AI credits drawn from the month's allowance, then from top-ups.
+    pub ai_from_allowance: u64,
+    pub ai_from_top_ups: u64,
+    pub top_ups_in: u64,
+    pub top_ups_bought: u64,
+    /// `(credits, amount paid)` of each top-up bought in the cycle.
+    pub purchases: Vec<(u64, Decimal)>,
+    pending: Vec<(DateTime<Utc>, EventId, u64, Decimal)>,
+}
+
+impl AppFigures {
+    pub fn new(month: &AppMonth, top_ups: &TopUpInput<'_>) -> AppFigures {
+        AppFigures {
+            month: month.clone(),
+            exports_used: 0,
+            ai_used: 0,
+            ai_from_allowance: 0,
+            ai_from_top_ups: 0,
+            top_ups_in: top_ups.carried,
+            top_ups_bought: 0,
+            purchases: Vec::new(),
+            pending: top_ups.purchases.iter().rev().map(|p| (p.at, p.event_id.clone(), p.credits, p.amount)).collect(),
+        }
+    }
+
+    /// Takes in the top-ups bought up to `(at, id)` (all of them with `None`).
+    fn advance(&mut self, upto: Option<(DateTime<Utc>, &EventId)>) {
+        while let Some((at, id, credits, amount)) = self.pending.last() {
+            if upto.is_some_and(|(t, i)| (at, id) > (&t, i)) {
+                break;
+            }
+            self.top_ups_bought += credits;
+            self.purchases.push((*credits, *amount));
+            self.pending.pop();
+        }
+    }
+
+    fn draw(&mut self, api: Api, images: u64) {
+        match api {
+            Api::AppExport => self.exports_used += images,
+            Api::AppAi => {
+                self.ai_used += images;
+                let from_allowance = (self.month.ai_credits - self.ai_from_allowance).min(images);
+                self.ai_from_allowance += from_allowance;
+                let from_top_ups = self.top_ups_left().min(images - from_allowance);
+                self.ai_from_top_ups += from_top_ups;
+            }
+            Api::RemoveBackground | Api::ImageEditing => unreachable!("app plans price app usage only"),
+        }
+    }
+
+    pub fn top_ups_left(&self) -> u64 {
+        self.top_ups_in + self.top_ups_bought - self.ai_from_top_ups
+    }
+
+    pub fn exports_over(&self) -> u64 {
+        self.exports_used.saturating_sub(self.month.exports)
+    }
+
+    /// AI usage past the allowance and the top-ups: recorded, never billed.
+    pub fn ai_over(&self) -> u64 {
+        self.ai_used - self.ai_from_allowance - self.ai_from_top_ups
+    }
+}
+
 /// A contract rate less a volume discount in percent.
 pub fn discounted(rate: Decimal, discount_percent: Decimal) -> Decimal {
     rate * (Decimal::ONE_HUNDRED - discount_percent) / Decimal::ONE_HUNDRED
@@ -254,7 +334,7 @@ impl GenFigures {
     pub fn allowance_value(&self) -> Option<Decimal> {
         match self.allowance {
             Allowance::Bucket { value } | Allowance::Trial { value, .. } => Some(value),
-            Allowance::Partner { .. } | Allowance::Credits { .. } | Allowance::Contract(_) => None,
+            Allowance::Partner { .. } | Allowance::Credits { .. } | Allowance::Contract(_) | Allowance::App(_) => None,
         }
     }
 
@@ -274,6 +354,11 @@ pub struct CycleFigures {
     pub credits: Option<CreditFigures>,
     /// The contract month's statement, for a cycle of a contract term.
     pub contract: Option<ContractFigures>,
+    /// The app subscription's month, for a cycle of one.
+    pub app: Option<AppFigures>,
+    /// Usage the plan in force does not price (app events on an API plan, API calls on
+    /// an app plan): kept in the ledger, reported as unplanned, never billed.
+    pub unpriced_images: u64,
 }
 
 impl CycleFigures {
@@ -294,10 +379,15 @@ pub fn figures(
     records: &[&UsageRec],
     credits: &CreditInput<'_>,
     contract: ContractCarry,
+    top_ups: &TopUpInput<'_>,
 ) -> CycleFigures {
     let mut walk = CreditWalk::new(credits, spec);
     let mut term = spec.gens.iter().find_map(|g| match &g.allowance {
         Allowance::Contract(m) => Some(ContractFigures::new(m, contract)),
+        _ => None,
+    });
+    let mut app = spec.gens.iter().find_map(|g| match &g.allowance {
+        Allowance::App(m) => Some(AppFigures::new(m, top_ups)),
         _ => None,
     });
     let mut out = CycleFigures {
@@ -321,6 +411,8 @@ pub fn figures(
         refunded_images: 0,
         credits: None,
         contract: None,
+        app: None,
+        unpriced_images: 0,
     };
     for rec in records {
         debug_assert!(spec.contains(rec.at));
@@ -335,8 +427,11 @@ pub fn figures(
             out.refunded_images += images;
             continue;
         }
-        let value =
-            g.allowance.rate(version, &g.terms, rec.api).expect("usage api has a rate") * Decimal::from(rec.images);
+        let Some(rate) = g.allowance.rate(version, &g.terms, rec.api) else {
+            out.unpriced_images += images;
+            continue;
+        };
+        let value = rate * Decimal::from(rec.images);
         out.billable_images += images;
         let api = out.by_api.entry(rec.api).or_default();
         api.0 += images;
@@ -346,7 +441,10 @@ pub fn figures(
             g.remove_background_images += images;
         }
         walk.advance(rec.at, Some(&rec.event_id));
-        if let (Allowance::Contract(_), Some(term)) = (&g.allowance, term.as_mut()) {
+        if let (Allowance::App(_), Some(app)) = (&g.allowance, app.as_mut()) {
+            app.advance(Some((rec.at, &rec.event_id)));
+            app.draw(rec.api, images);
+        } else if let (Allowance::Contract(_), Some(term)) = (&g.allowance, term.as_mut()) {
             let over = term.draw(rec.api, images);
             if over > Decimal::ZERO {
                 *g.over_by_api.entry(rec.api).or_default() += over;
@@ -369,6 +467,10 @@ pub fn figures(
     out.contract = term.map(|mut t| {
         t.finish();
         t
+    });
+    out.app = app.map(|mut a| {
+        a.advance(None);
+        a
     });
     out
 }
@@ -464,6 +566,19 @@ pub struct ContractSummary {
     pub term_commitment: u64,
 }
 
+/// An app subscription's month: its interval, seats and AI-credit top-ups.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AppSummary {
+    pub billing_interval: &'static str,
+    pub seats: u32,
+    /// 1-based month of the subscription.
+    pub month: u32,
+    pub top_ups_carried_in: u64,
+    pub top_ups_bought: u64,
+    pub top_ups_used: u64,
+    pub top_ups_left: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LedgerRef {
     pub first_seq: u64,
@@ -492,6 +607,8 @@ pub struct Invoice {
     pub credits: Option<CreditSummary>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub contract: Option<ContractSummary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app: Option<AppSummary>,
     pub effective_cost_per_image: Option<String>,
     pub ledger: LedgerRef,
     #[serde(skip)]
@@ -529,15 +646,17 @@ pub fn build(input: InvoiceInput<'_>) -> Invoice {
                 ChargeKind::BucketFee => "bucket_fee",
                 ChargeKind::UpgradeCharge => "upgrade_charge",
                 ChargeKind::ContractFee => "contract_fee",
+                ChargeKind::SubscriptionFee => "subscription_fee",
             },
             description: c.description.clone(),
-            quantity: "1".into(),
-            unit_price: fmt_cents(c.amount),
+            quantity: c.quantity.to_string(),
+            unit_price: fmt_cents(c.unit_price),
             amount: fmt_cents(c.amount),
             period: None,
         })
         .collect();
     lines.extend(credit_purchase_lines(figures));
+    lines.extend(top_up_lines(figures));
     lines.extend(usage_lines(figures, version));
     lines.extend(contract_lines(figures));
     lines.extend(credit_expiry_lines(figures));
@@ -562,8 +681,9 @@ pub fn build(input: InvoiceInput<'_>) -> Invoice {
             billable_images: figures.billable_images,
             sandbox_images: figures.sandbox_images,
             refunded_images: figures.refunded_images,
-            by_api: [Api::RemoveBackground, Api::ImageEditing]
+            by_api: [Api::RemoveBackground, Api::ImageEditing, Api::AppExport, Api::AppAi]
                 .into_iter()
+                .filter(|api| !api.is_app() || figures.app.is_some())
                 .map(|api| {
                     let (images, value) = figures.by_api.get(&api).copied().unwrap_or_default();
                     (api.key(), ApiUsage { images, value: fmt_exact(value) })
@@ -595,6 +715,15 @@ pub fn build(input: InvoiceInput<'_>) -> Invoice {
             forfeited_value: fmt_cents(c.forfeited_value()),
             term_used: c.used_end,
             term_commitment: c.month.term_commitment(),
+        }),
+        app: figures.app.as_ref().map(|a| AppSummary {
+            billing_interval: a.month.options.interval.key(),
+            seats: a.month.options.seats,
+            month: a.month.month + 1,
+            top_ups_carried_in: a.top_ups_in,
+            top_ups_bought: a.top_ups_bought,
+            top_ups_used: a.ai_from_top_ups,
+            top_ups_left: a.top_ups_left(),
         }),
         effective_cost_per_image: effective,
         ledger: LedgerRef { first_seq, last_seq, head_hash: String::new() },
@@ -634,7 +763,7 @@ fn usage_lines(figures: &CycleFigures, version: &Version) -> Vec<Line> {
                     *over.entry(*api).or_default() += *v;
                 }
             }
-            Allowance::Trial { .. } | Allowance::Contract(_) => {}
+            Allowance::Trial { .. } | Allowance::Contract(_) | Allowance::App(_) => {}
             Allowance::Partner { commitment_images, rate } => {
                 for (api, (images, _)) in &figures.by_api {
                     let r = g.allowance.rate(version, &g.terms, *api).expect("api has a rate");
@@ -728,6 +857,22 @@ fn contract_lines(figures: &CycleFigures) -> Vec<Line> {
         lines.push(zero_line("commitment_forfeited", format!("Unused committed images forfeited {when}"), c.forfeited));
     }
     lines
+}
+
+/// AI-credit top-ups bought in the cycle.
+fn top_up_lines(figures: &CycleFigures) -> Vec<Line> {
+    let purchases = figures.app.as_ref().map(|a| a.purchases.as_slice()).unwrap_or_default();
+    purchases
+        .iter()
+        .map(|(credits, amount)| Line {
+            kind: "credits_purchase",
+            description: format!("{credits} AI credits (top-up; kept until used)"),
+            quantity: credits.to_string(),
+            unit_price: fmt_exact((amount / Decimal::from(*credits)).normalize()),
+            amount: fmt_cents(*amount),
+            period: None,
+        })
+        .collect()
 }
 
 /// Credits bought in the cycle: prepaid, charged on its invoice.
@@ -833,16 +978,33 @@ fn allowance_summaries(figures: &CycleFigures) -> Vec<AllowanceSummary> {
         .gens
         .iter()
         .filter_map(|g| match g.allowance {
-            Allowance::Trial { value, sandbox_images } => Some(AllowanceSummary {
+            Allowance::Trial { value, sandbox_images } => Some(vec![AllowanceSummary {
                 allowance: "trial",
                 value: fmt_exact(value),
                 consumed: fmt_exact(g.consumed),
                 over_allowance: fmt_exact(g.over_by_api.values().sum()),
                 sandbox_images: g.sandbox_images,
                 sandbox_cap: sandbox_images,
-            }),
+            }]),
+            Allowance::App(_) => {
+                let a = figures.app.as_ref().expect("an app cycle has app figures");
+                let count = |allowance, value: u64, consumed: u64, over: u64| AllowanceSummary {
+                    allowance,
+                    value: value.to_string(),
+                    consumed: consumed.to_string(),
+                    over_allowance: over.to_string(),
+                    sandbox_images: 0,
+                    sandbox_cap: None,
+                };
+                let ai_value = a.month.ai_credits + a.top_ups_in + a.top_ups_bought;
+                Some(vec![
+                    count("exports", a.month.exports, a.exports_used, a.exports_over()),
+                    count("ai_credits", ai_value, a.ai_used, a.ai_over()),
+                ])
+            }
             _ => None,
         })
+        .flatten()
         .collect()
 }
 

@@ -16,7 +16,8 @@ pub mod team;
 pub use catalog::Catalog;
 pub use entry::{CycleClosed, Entry, RefundTarget};
 pub use event::{
-    AccountChange, AccountEvent, Api, ContractTerms, Event, ImageProcessed, Plan, PlanTerms, UpgradePolicy, VolumeTier,
+    AccountChange, AccountEvent, Api, AppOptions, BillingInterval, ContractTerms, Event, ImageProcessed, Plan,
+    PlanTerms, UpgradePolicy, VolumeTier,
 };
 pub use ids::{EventId, IdError, TeamId};
 pub use invoice::Invoice;

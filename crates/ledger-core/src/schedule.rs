@@ -5,7 +5,9 @@ use rust_decimal::Decimal;
 
 use crate::catalog::{Catalog, PlanRule, Version};
 use crate::cycle::{cycle_start, fraction_left};
-use crate::event::{AccountChange, AccountEvent, Api, ContractTerms, Plan, PlanTerms, UpgradePolicy};
+use crate::event::{
+    AccountChange, AccountEvent, Api, AppOptions, BillingInterval, ContractTerms, Plan, PlanTerms, UpgradePolicy,
+};
 use crate::ids::EventId;
 use crate::money::round_cents;
 
@@ -24,6 +26,38 @@ pub enum Allowance {
     /// One month of an enterprise contract's term: the allotment drawn first (with what
     /// rolled over), then overage at the contract rate less volume discounts.
     Contract(ContractMonth),
+    /// One month of an app subscription: exports and AI credits that reset monthly.
+    App(AppMonth),
+}
+
+/// Where a cycle sits in an app subscription.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppMonth {
+    /// The interval, and the seats resolved (never 0).
+    pub options: AppOptions,
+    pub exports: u64,
+    pub ai_credits: u64,
+    /// Start of the subscription (this plan on this interval): weeks and years count from it.
+    pub since: DateTime<Utc>,
+    /// Cycles since `since`.
+    pub month: u32,
+    pub top_ups: bool,
+}
+
+impl AppMonth {
+    /// A yearly subscription holds its plan until the year it paid for ends.
+    pub fn holds_next_cycle(&self) -> bool {
+        self.options.interval == BillingInterval::Yearly && !(self.month + 1).is_multiple_of(12)
+    }
+
+    /// Weekly fees due in `[start, end)`: the weeks from `since` that start in it.
+    pub fn weeks_starting_in(&self, start: DateTime<Utc>, end: DateTime<Utc>) -> u64 {
+        let week = chrono::Duration::days(7).num_nanoseconds().expect("fits");
+        let since = |t: DateTime<Utc>| (t - self.since).num_nanoseconds().expect("within centuries").max(0);
+        // Week k starts at since + k weeks: count the k with start ≤ that < end.
+        let ceil_weeks = |nanos: i64| (nanos + week - 1) / week;
+        (ceil_weeks(since(end)) - ceil_weeks(since(start))).max(0) as u64
+    }
 }
 
 /// Where a cycle sits in an enterprise contract's term.
@@ -62,6 +96,9 @@ impl Allowance {
     pub fn rate(&self, version: &Version, terms: &PlanTerms, api: Api) -> Option<Decimal> {
         match self {
             Allowance::Contract(m) => m.terms.rate(api),
+            // App usage is paid by the subscription; API calls are not part of it.
+            Allowance::App(_) => api.is_app().then_some(Decimal::ZERO),
+            _ if api.is_app() => None,
             _ => version.rate_for(terms, api),
         }
     }
@@ -82,6 +119,7 @@ pub enum ChargeKind {
     BucketFee,
     UpgradeCharge,
     ContractFee,
+    SubscriptionFee,
 }
 
 /// A prepaid charge of the cycle: the bucket fee at its start, or an upgrade charge.
@@ -89,6 +127,9 @@ pub enum ChargeKind {
 pub struct Charge {
     pub kind: ChargeKind,
     pub description: String,
+    /// Units charged (seats × weeks for a weekly app fee; 1 otherwise) at `unit_price`.
+    pub quantity: u64,
+    pub unit_price: Decimal,
     /// Rounded to cents: what the team pays, and for an upgrade what the bucket is worth.
     pub amount: Decimal,
     /// Share of the cycle charged (1 for a bucket fee).
@@ -130,6 +171,7 @@ pub struct Violation {
 enum Pending {
     Change(PlanTerms),
     Contract(ContractTerms),
+    App(PlanTerms, AppOptions),
     Cancel,
 }
 
@@ -140,6 +182,10 @@ enum Next {
     Term(ContractTerms),
     /// The next month of the current term.
     Month(ContractMonth),
+    /// A new app subscription starting with the cycle.
+    App(PlanTerms, AppOptions),
+    /// The next month of the current app subscription.
+    AppMonth(PlanTerms, AppMonth),
 }
 
 struct Active {
@@ -169,17 +215,26 @@ pub fn derive(
                 let done = next_at.is_none() && boundary > horizon;
                 let last = a.cycle.gens.last().expect("a cycle has a generation");
                 // Inside a contract term nothing changes until the term ends.
+                // (Likewise inside a yearly app subscription's year.)
                 let next = match &last.allowance {
                     Allowance::Contract(m) if !m.is_last_month() => {
                         Some(Next::Month(ContractMonth { month: m.month + 1, ..m.clone() }))
+                    }
+                    Allowance::App(m) if m.holds_next_cycle() => {
+                        Some(Next::AppMonth(last.terms.clone(), AppMonth { month: m.month + 1, ..m.clone() }))
                     }
                     allowance => match a.pending.take() {
                         Some(Pending::Cancel) => None,
                         Some(Pending::Change(terms)) => Some(Next::Plan(terms)),
                         Some(Pending::Contract(terms)) => Some(Next::Term(terms)),
-                        // A contract ends by renewing on its terms unless changed or cancelled.
+                        Some(Pending::App(terms, options)) => Some(Next::App(terms, options)),
+                        // A contract ends by renewing on its terms unless changed or cancelled;
+                        // a subscription goes on.
                         None => Some(match allowance {
                             Allowance::Contract(m) => Next::Term(m.terms.clone()),
+                            Allowance::App(m) => {
+                                Next::AppMonth(last.terms.clone(), AppMonth { month: m.month + 1, ..m.clone() })
+                            }
                             _ => Next::Plan(last.terms.clone()),
                         }),
                     },
@@ -215,6 +270,10 @@ fn open_next(catalog: &Catalog, a: &Active, next: Next) -> Result<CycleSpec, Vio
             open_contract_cycle(catalog, start, end, month, &a.last_event)
         }
         Next::Month(month) => open_contract_cycle(catalog, start, end, month, &a.last_event),
+        Next::App(terms, options) => open_app_cycle(catalog, start, end, terms, options, None, &a.last_event),
+        Next::AppMonth(terms, month) => {
+            open_app_cycle(catalog, start, end, terms, month.options, Some(month), &a.last_event)
+        }
     }
 }
 
@@ -232,6 +291,31 @@ fn apply_change(active: &mut Option<Active>, e: &AccountEvent, catalog: &Catalog
             if terms.plan == Plan::ApiEnterprise =>
         {
             Err(refuse("api_enterprise starts with a ContractSigned carrying its terms".into()))
+        }
+        (AccountChange::PlanStarted(terms) | AccountChange::PlanChanged(terms), _) if terms.plan.is_app() => {
+            Err(refuse(format!("app plan {} needs its billing interval and seats", terms.plan.key())))
+        }
+        (AccountChange::AppPlanStarted(..), Some(_)) => {
+            Err(refuse("PlanStarted while a plan is active; use PlanChanged".into()))
+        }
+        (AccountChange::AppPlanStarted(terms, options), None) => {
+            let anchor = e.occurred_at;
+            let version =
+                catalog.version_at(anchor).ok_or_else(|| refuse(format!("no catalog version at {anchor}")))?;
+            check_app(version, terms, options, true).map_err(refuse)?;
+            let cycle =
+                open_app_cycle(catalog, anchor, cycle_start(anchor, 1), terms.clone(), *options, None, &e.event_id)?;
+            *active = Some(Active { anchor, k: 0, policy: None, pending: None, cycle, last_event: e.event_id.clone() });
+            Ok(())
+        }
+        (AccountChange::AppPlanChanged(..), None) => Err(refuse("no active plan to change or cancel".into())),
+        (AccountChange::AppPlanChanged(terms, options), Some(a)) => {
+            // Takes effect when the period paid for ends (the cycle; a yearly plan's year).
+            a.last_event = e.event_id.clone();
+            let version = catalog.version(&a.cycle.version_id).expect("cycle version exists");
+            check_app(version, terms, options, true).map_err(refuse)?;
+            a.pending = Some(Pending::App(terms.clone(), *options));
+            Ok(())
         }
         (AccountChange::PlanStarted(terms), None) => {
             let anchor = e.occurred_at;
@@ -277,7 +361,7 @@ fn apply_change(active: &mut Option<Active>, e: &AccountEvent, catalog: &Catalog
             check_plan(version, terms).map_err(refuse)?;
             check_sold(Some(version), terms).map_err(refuse)?;
             let current = a.cycle.gens.last().expect("a cycle has a generation");
-            let in_contract = matches!(current.allowance, Allowance::Contract(_));
+            let in_contract = matches!(current.allowance, Allowance::Contract(_) | Allowance::App(_));
             if !in_contract && version.price(terms) > version.price(&current.terms) {
                 let policy = terms.upgrade_policy.or(a.policy).unwrap_or(version.upgrade_policy);
                 upgrade(&mut a.cycle, version, terms.clone(), policy, e.occurred_at);
@@ -331,6 +415,9 @@ fn check_plan(version: &Version, terms: &PlanTerms) -> Result<(), String> {
     match version.plan(terms.plan) {
         None => Err(format!("plan {} is not offered in catalog version {}", terms.plan.key(), version.id)),
         Some(PlanRule::Enterprise { .. }) => Err("api_enterprise starts with a ContractSigned".into()),
+        Some(PlanRule::App { .. }) => {
+            Err(format!("app plan {} needs its billing interval and seats", terms.plan.key()))
+        }
         Some(PlanRule::Bucket { step_images, .. })
             if terms.bucket_images == 0 || !terms.bucket_images.is_multiple_of(*step_images) =>
         {
@@ -368,6 +455,8 @@ fn open_cycle(
         charges.push(Charge {
             kind: ChargeKind::BucketFee,
             description: format!("{} bucket, {} images", label(version, &terms), terms.bucket_images),
+            quantity: 1,
+            unit_price: round_cents(price),
             amount: round_cents(price),
             fraction: Decimal::ONE,
         });
@@ -378,6 +467,102 @@ fn open_cycle(
         version_id: version.id.clone(),
         grace_seconds: version.grace_seconds,
         gens: vec![Gen { from: start, number: 0, terms, allowance }],
+        charges,
+    })
+}
+
+/// An app subscription must be one the catalog sells, on an interval it prices, with at
+/// least its minimum seats.
+fn check_app(version: &Version, terms: &PlanTerms, options: &AppOptions, new: bool) -> Result<u32, String> {
+    let Some(PlanRule::App { prices, min_seats, sold, .. }) = version.plan(terms.plan) else {
+        return Err(format!("plan {} is not offered in catalog version {}", terms.plan.key(), version.id));
+    };
+    if new && !sold {
+        return Err(format!(
+            "plan {} is legacy in catalog version {}: no new subscriptions",
+            terms.plan.key(),
+            version.id
+        ));
+    }
+    if prices.get(options.interval).is_none() {
+        return Err(format!(
+            "plan {} is not sold {} in catalog version {}",
+            terms.plan.key(),
+            options.interval.key(),
+            version.id
+        ));
+    }
+    match options.seats {
+        0 => Ok(*min_seats),
+        n if n < *min_seats => Err(format!("plan {} needs at least {min_seats} seats, got {n}", terms.plan.key())),
+        n => Ok(n),
+    }
+}
+
+/// A cycle of an app subscription: `month` continues one, `None` starts one. Renewals
+/// are priced by the catalog in force at each cycle's start.
+fn open_app_cycle(
+    catalog: &Catalog,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    terms: PlanTerms,
+    options: AppOptions,
+    month: Option<AppMonth>,
+    cause: &EventId,
+) -> Result<CycleSpec, Violation> {
+    let refuse = |reason: String| Violation { event_id: cause.clone(), reason };
+    let version =
+        catalog.version_at(start).ok_or_else(|| refuse(format!("no catalog version is in force at {start}")))?;
+    let seats = check_app(version, &terms, &options, false).map_err(refuse)?;
+    let Some(PlanRule::App { label, exports_per_month, ai_credits_per_month, prices, top_ups, .. }) =
+        version.plan(terms.plan)
+    else {
+        unreachable!("check_app found the rule")
+    };
+    let month = month.unwrap_or(AppMonth {
+        options: AppOptions { interval: options.interval, seats },
+        exports: 0,
+        ai_credits: 0,
+        since: start,
+        month: 0,
+        top_ups: false,
+    });
+    let month = AppMonth {
+        options: AppOptions { interval: options.interval, seats },
+        exports: exports_per_month * u64::from(seats),
+        ai_credits: ai_credits_per_month * u64::from(seats),
+        top_ups: *top_ups,
+        ..month
+    };
+    let price = prices.get(options.interval).expect("check_app found the price");
+    let periods = match options.interval {
+        BillingInterval::Monthly => 1,
+        BillingInterval::Yearly => u64::from(month.month.is_multiple_of(12)),
+        BillingInterval::Weekly => month.weeks_starting_in(start, end),
+    };
+    let mut charges = Vec::new();
+    if price > Decimal::ZERO && periods > 0 {
+        let quantity = periods * u64::from(seats);
+        let what = match options.interval {
+            BillingInterval::Weekly => format!("{periods} week(s)"),
+            BillingInterval::Monthly => "month".to_string(),
+            BillingInterval::Yearly => "year".to_string(),
+        };
+        charges.push(Charge {
+            kind: ChargeKind::SubscriptionFee,
+            description: format!("{label}, {} billing: {what}, {seats} seat(s)", options.interval.key()),
+            quantity,
+            unit_price: price,
+            amount: price * Decimal::from(quantity),
+            fraction: Decimal::ONE,
+        });
+    }
+    Ok(CycleSpec {
+        start,
+        end,
+        version_id: version.id.clone(),
+        grace_seconds: version.grace_seconds,
+        gens: vec![Gen { from: start, number: 0, terms, allowance: Allowance::App(month) }],
         charges,
     })
 }
@@ -403,6 +588,8 @@ fn open_contract_cycle(
                 month.terms.term_months.div_ceil(12),
                 month.terms.committed_images_per_year
             ),
+            quantity: 1,
+            unit_price: month.terms.annual_fee,
             amount: month.terms.annual_fee,
             fraction: Decimal::ONE,
         });
@@ -425,7 +612,8 @@ fn label(version: &Version, terms: &PlanTerms) -> String {
             | PlanRule::Trial { label, .. }
             | PlanRule::Partner { label, .. }
             | PlanRule::Credits { label, .. }
-            | PlanRule::Enterprise { label, .. },
+            | PlanRule::Enterprise { label, .. }
+            | PlanRule::App { label, .. },
         ) => label.clone(),
         None => terms.plan.key().to_string(),
     }
@@ -442,7 +630,9 @@ fn allowance(version: &Version, terms: &PlanTerms, value: Decimal) -> Allowance 
             Allowance::Partner { commitment_images: *commitment_images, rate: *remove_background_rate }
         }
         PlanRule::Credits { image_rate, .. } => Allowance::Credits { image_rate: *image_rate },
-        PlanRule::Enterprise { .. } => unreachable!("check_plan refuses api_enterprise without a contract"),
+        PlanRule::Enterprise { .. } | PlanRule::App { .. } => {
+            unreachable!("check_plan refuses contracts and app plans without their terms")
+        }
     }
 }
 
@@ -460,6 +650,8 @@ fn upgrade(cycle: &mut CycleSpec, version: &Version, terms: PlanTerms, policy: U
             cycle.charges.push(Charge {
                 kind: ChargeKind::UpgradeCharge,
                 description: format!("Upgrade to {name}, {} of the cycle left (restart_prorated)", r.normalize()),
+                quantity: 1,
+                unit_price: amount,
                 amount,
                 fraction: r,
             });
@@ -472,6 +664,8 @@ fn upgrade(cycle: &mut CycleSpec, version: &Version, terms: PlanTerms, policy: U
             cycle.charges.push(Charge {
                 kind: ChargeKind::UpgradeCharge,
                 description: format!("Upgrade to {name}, {} of the cycle left (difference_prorated)", r.normalize()),
+                quantity: 1,
+                unit_price: amount,
                 amount,
                 fraction: r,
             });

@@ -12,8 +12,8 @@ use crate::entry::{CreditsExpired, CycleClosed, Entry, RefundTarget};
 use crate::event::{AccountChange, AccountEvent, Api, Event, ImageProcessed};
 use crate::ids::{EventId, TeamId};
 use crate::invoice::{
-    self, fmt_time, CarryKind, CarryLine, ContractCarry, ContractFigures, CreditInput, CycleFigures, Invoice,
-    InvoiceInput, Purchase, UsageRec,
+    self, fmt_time, AppFigures, CarryKind, CarryLine, ContractCarry, ContractFigures, CreditInput, CycleFigures,
+    Invoice, InvoiceInput, Purchase, TopUpInput, UsageRec,
 };
 use crate::money::fmt_exact;
 use crate::schedule::{self, Allowance, CycleSpec};
@@ -84,6 +84,8 @@ pub struct Applied {
 struct Agg {
     value: Decimal,
     images: u64,
+    app_exports: u64,
+    app_ai: u64,
     remove_background_images: u64,
     sandbox_images: u64,
 }
@@ -131,6 +133,8 @@ pub struct Team {
     purchases: Vec<Purchase>,
     /// Credits and contract term position at the end of the last closed cycle.
     carried: Carried,
+    /// AI-credit top-ups of app subscriptions, sorted by `(at, event_id)`.
+    top_ups: Vec<Purchase>,
     /// The recorded expiry: `(seq, credits)`.
     credits_expired: Option<(u64, u64)>,
 }
@@ -140,18 +144,23 @@ const HORIZON_STEP_DAYS: i64 = 62;
 /// The instants an alert meter covers: a cycle, or a contract term.
 type Span = (DateTime<Utc>, DateTime<Utc>);
 
-/// What one cycle hands the next: legacy credits left and the contract term's position.
+/// What one cycle hands the next: legacy credits left, the contract term's position and
+/// AI-credit top-ups left.
 #[derive(Debug, Clone, Copy, Default)]
 struct Carried {
     credits: u64,
     contract: ContractCarry,
+    top_ups: u64,
 }
 
 impl Carried {
-    fn out_of(figures: &CycleFigures) -> Carried {
+    /// What a cycle that started with `into` and ended with `figures` hands on.
+    fn out_of(into: Carried, figures: &CycleFigures) -> Carried {
         Carried {
             credits: figures.credits.as_ref().map_or(0, |c| c.balance_end),
             contract: figures.contract.as_ref().map(ContractFigures::carry).unwrap_or_default(),
+            // Top-ups wait, unused, through cycles off the app track.
+            top_ups: figures.app.as_ref().map_or(into.top_ups, AppFigures::top_ups_left),
         }
     }
 }
@@ -177,6 +186,7 @@ impl Team {
             unplanned: Vec::new(),
             purchases: Vec::new(),
             carried: Carried::default(),
+            top_ups: Vec::new(),
             credits_expired: None,
         }
     }
@@ -289,7 +299,7 @@ impl Team {
             if self.schedule[c].contains(at) {
                 return figures.credits.unwrap_or_default().expired;
             }
-            carried = Carried::out_of(&figures);
+            carried = Carried::out_of(carried, &figures);
         }
         carried.credits
     }
@@ -308,15 +318,14 @@ impl Team {
         closed_through: Option<DateTime<Utc>>,
     ) -> Result<Entry, Reject> {
         match event {
-            Event::Image(e) if e.api.is_app() => {
-                Err(Reject::new("unsupported", format!("{} events are not priced by an API plan yet", e.api.key())))
-            }
             Event::Image(e) => Ok(Entry::Image(e)),
             Event::Account(e) => match &e.change {
                 AccountChange::PlanStarted(_)
                 | AccountChange::PlanChanged(_)
                 | AccountChange::PlanCancelled
-                | AccountChange::ContractSigned(_) => {
+                | AccountChange::ContractSigned(_)
+                | AccountChange::AppPlanStarted(..)
+                | AccountChange::AppPlanChanged(..) => {
                     if closed_through.is_some_and(|b| e.occurred_at < b) {
                         return Err(Reject::new(
                             "late_account_change",
@@ -364,6 +373,16 @@ impl Team {
                 format!("credit purchase at {} falls in a closed cycle", fmt_time(at)),
             ));
         }
+        if let Some(app) = self.app_month_at(at) {
+            return if app.top_ups {
+                Ok(())
+            } else {
+                Err(Reject::new(
+                    "plan_rule",
+                    format!("the app plan active at {} sells no AI-credit top-ups", fmt_time(at)),
+                ))
+            };
+        }
         let on_credits = self.cycle_at(at).map(|c| {
             let spec = &self.schedule[c];
             (matches!(spec.gens[spec.gen_at(at)].allowance, Allowance::Credits { .. }), &spec.version_id)
@@ -377,6 +396,26 @@ impl Team {
                 Err(Reject::new("plan_rule", format!("credits expired at {}; none can be bought", fmt_time(expires))))
             }
             _ => Err(Reject::new("plan_rule", format!("catalog version {version_id} sells no credits"))),
+        }
+    }
+
+    /// Whether a plan in force at the record's time prices its API (app usage needs an
+    /// app plan, API calls an API plan).
+    fn priced(&self, catalog: &Catalog, rec: &UsageRec) -> bool {
+        self.cycle_at(rec.at).is_some_and(|c| {
+            let spec = &self.schedule[c];
+            let gen = &spec.gens[spec.gen_at(rec.at)];
+            let version = catalog.version(&spec.version_id).expect("cycle version exists");
+            gen.allowance.rate(version, &gen.terms, rec.api).is_some()
+        })
+    }
+
+    /// The app subscription month in force at `t`, if the team is on one.
+    fn app_month_at(&self, t: DateTime<Utc>) -> Option<&crate::schedule::AppMonth> {
+        let spec = &self.schedule[self.cycle_at(t)?];
+        match &spec.gens[spec.gen_at(t)].allowance {
+            Allowance::App(m) => Some(m),
+            _ => None,
         }
     }
 
@@ -512,6 +551,20 @@ impl Team {
         let AccountChange::CreditsPurchased { credits, amount } = e.change else {
             return Err("purchase entry without CreditsPurchased".into());
         };
+        if self.app_month_at(e.occurred_at).is_some() {
+            // An AI-credit top-up: kept until used (no expiry).
+            let top_up = Purchase {
+                seq,
+                at: e.occurred_at,
+                event_id: e.event_id.clone(),
+                credits,
+                amount,
+                expires_at: DateTime::<Utc>::MAX_UTC,
+            };
+            let i = self.top_ups.partition_point(|p| (p.at, &p.event_id) <= (top_up.at, &top_up.event_id));
+            self.top_ups.insert(i, top_up);
+            return Ok(Effects::default());
+        }
         let version = self
             .cycle_at(e.occurred_at)
             .and_then(|c| catalog.version(&self.schedule[c].version_id))
@@ -588,13 +641,13 @@ impl Team {
             ));
         }
         let figures = self.cycle_figures(catalog, self.closed, None);
-        self.carried = Carried::out_of(&figures);
+        self.carried = Carried::out_of(self.carried, &figures);
         let (start, end) = (spec.start, spec.end);
         let mut kept = Vec::with_capacity(self.pending.len());
         for rec in std::mem::take(&mut self.pending) {
             if rec.at >= end {
                 kept.push(rec);
-            } else if rec.at < start || !self.schedule[self.closed].contains(rec.at) {
+            } else if rec.at < start || !self.schedule[self.closed].contains(rec.at) || !self.priced(catalog, &rec) {
                 self.unplanned.push(unplanned_of(&rec));
             }
         }
@@ -634,19 +687,22 @@ impl Team {
         let spec = &self.schedule[c];
         let g = spec.gen_at(rec.at);
         let images = u64::from(rec.images);
-        let value = if rec.sandbox || rec.refunded {
-            Decimal::ZERO
-        } else {
-            let version = catalog.version(&spec.version_id).expect("cycle version exists");
-            let gen = &spec.gens[g];
-            gen.allowance.rate(version, &gen.terms, rec.api).expect("api has a rate") * Decimal::from(rec.images)
-        };
+        let version = catalog.version(&spec.version_id).expect("cycle version exists");
+        let gen = &spec.gens[g];
+        // Usage the plan does not price is kept, reported as unplanned, and meters nothing.
+        let rate = gen.allowance.rate(version, &gen.terms, rec.api)?;
+        let value = if rec.sandbox || rec.refunded { Decimal::ZERO } else { rate * Decimal::from(rec.images) };
         let agg = self.aggs.entry((spec.start, g)).or_default();
         if rec.sandbox {
             agg.sandbox_images += images;
         } else if !rec.refunded {
             agg.value += value;
             agg.images += images;
+            match rec.api {
+                Api::AppExport => agg.app_exports += images,
+                Api::AppAi => agg.app_ai += images,
+                Api::RemoveBackground | Api::ImageEditing => {}
+            }
             if rec.api == Api::RemoveBackground {
                 agg.remove_background_images += images;
             }
@@ -662,8 +718,8 @@ impl Team {
         let g = spec.gen_at(rec.at);
         let version = catalog.version(&spec.version_id).expect("cycle version exists");
         let gen = &spec.gens[g];
-        let value =
-            gen.allowance.rate(version, &gen.terms, rec.api).expect("api has a rate") * Decimal::from(rec.images);
+        let Some(rate) = gen.allowance.rate(version, &gen.terms, rec.api) else { return };
+        let value = rate * Decimal::from(rec.images);
         if let Some(agg) = self.aggs.get_mut(&(spec.start, g)) {
             agg.value -= value;
             agg.images -= u64::from(rec.images);
@@ -708,6 +764,14 @@ impl Team {
                 let bought: u64 = self.purchases.iter().filter(|p| spec.contains(p.at)).map(|p| p.credits).sum();
                 let available = self.carried_into(catalog, c).credits + bought;
                 push("credits", agg.value, image_rate * Decimal::from(available));
+            }
+            Allowance::App(m) => {
+                // The month's exports, and its AI credits with the top-ups available so far.
+                push("exports", Decimal::from(agg.app_exports), Decimal::from(m.exports));
+                let bought: u64 =
+                    self.top_ups.iter().filter(|p| spec.contains(p.at) && p.at <= at).map(|p| p.credits).sum();
+                let available = m.ai_credits + self.carried_into(catalog, c).top_ups + bought;
+                push("ai_credits", Decimal::from(agg.app_ai), Decimal::from(available));
             }
             Allowance::Contract(m) => {
                 // The month's allotment (with what rolled over), and the term's commitment.
@@ -758,10 +822,14 @@ impl Team {
         if c == self.closed {
             return self.carried;
         }
-        if self.purchases.is_empty() && !self.schedule[self.closed..c].iter().any(is_contract) {
+        if self.purchases.is_empty()
+            && self.top_ups.is_empty()
+            && !self.schedule[self.closed..c].iter().any(is_contract)
+        {
             return Carried::default();
         }
-        (self.closed..c).fold(self.carried, |carried, k| Carried::out_of(&self.figures_with(catalog, k, None, carried)))
+        (self.closed..c)
+            .fold(self.carried, |carried, k| Carried::out_of(carried, &self.figures_with(catalog, k, None, carried)))
     }
 
     fn figures_with(&self, catalog: &Catalog, c: usize, at: Option<DateTime<Utc>>, carried: Carried) -> CycleFigures {
@@ -776,7 +844,11 @@ impl Team {
             expires_at: self.credits_expire_at(),
             expiry_seq: self.credits_expired.map(|(seq, _)| seq),
         };
-        invoice::figures(spec, version, &records, &credits, carried.contract)
+        let top_ups = TopUpInput {
+            carried: carried.top_ups,
+            purchases: self.top_ups.iter().filter(|p| spec.contains(p.at) && at.is_none_or(|t| p.at <= t)).collect(),
+        };
+        invoice::figures(spec, version, &records, &credits, carried.contract, &top_ups)
     }
 
     fn invoice_for(&self, catalog: &Catalog, c: usize, draft: bool, last_seq: u64) -> Invoice {
@@ -827,7 +899,7 @@ impl Team {
             None => (None, Vec::new()),
         };
         let mut unplanned = self.unplanned.clone();
-        unplanned.extend(self.pending.iter().filter(|r| self.cycle_at(r.at).is_none()).map(unplanned_of));
+        unplanned.extend(self.pending.iter().filter(|r| !self.priced(catalog, r)).map(unplanned_of));
         Balance {
             team_id: self.id.to_string(),
             at: at.map(fmt_time),
@@ -869,6 +941,17 @@ fn allowance_balances(figures: &CycleFigures) -> Vec<AllowanceBalance> {
             Allowance::Credits { image_rate } => {
                 let c = figures.credits.clone().unwrap_or_default();
                 ("credits", image_rate * Decimal::from(c.carried + c.purchased), g.consumed)
+            }
+            Allowance::App(_) => {
+                let a = figures.app.as_ref().expect("an app cycle has app figures");
+                let ai = Decimal::from(a.month.ai_credits + a.top_ups_in + a.top_ups_bought);
+                out.push(balance_row(
+                    "exports",
+                    g.number,
+                    Decimal::from(a.month.exports),
+                    Decimal::from(a.exports_used),
+                ));
+                ("ai_credits", ai, Decimal::from(a.ai_used))
             }
             Allowance::Contract(ref m) => {
                 let c = figures.contract.as_ref().expect("a contract cycle has contract figures");

@@ -3,8 +3,8 @@
 //! file format share these conversions, so both paths accept and refuse the same input.
 use chrono::{DateTime, Utc};
 use ledger_core::{
-    AccountChange, AccountEvent, Api, ContractTerms, Event, EventId, IdError, ImageProcessed, Plan, PlanTerms, TeamId,
-    UpgradePolicy, VolumeTier,
+    AccountChange, AccountEvent, Api, AppOptions, BillingInterval, ContractTerms, Event, EventId, IdError,
+    ImageProcessed, Plan, PlanTerms, TeamId, UpgradePolicy, VolumeTier,
 };
 use prost::Message as _;
 use rust_decimal::Decimal;
@@ -50,6 +50,10 @@ pub enum Invalid {
     BadAmount(String),
     #[error("{field} {value:?} is not a decimal")]
     BadDecimal { field: &'static str, value: String },
+    #[error("unknown billing_interval {0:?} (weekly, monthly, yearly)")]
+    BadInterval(String),
+    #[error("billing_interval and seats apply to app plans only, not {0}")]
+    NotAnApp(&'static str),
 }
 
 impl Invalid {
@@ -266,6 +270,18 @@ fn terms_from_pb(plan: &str, bucket_images: u64, policy: &str) -> Result<PlanTer
     Ok(PlanTerms { plan, bucket_images, upgrade_policy })
 }
 
+/// An app plan's interval and seats; other plans take neither.
+fn app_options(terms: &PlanTerms, interval: &str, seats: u32) -> Result<Option<AppOptions>, Invalid> {
+    if !terms.plan.is_app() {
+        return if interval.is_empty() && seats == 0 { Ok(None) } else { Err(Invalid::NotAnApp(terms.plan.key())) };
+    }
+    let interval = match interval {
+        "" => BillingInterval::Monthly,
+        i => BillingInterval::from_key(i).ok_or_else(|| Invalid::BadInterval(i.to_string()))?,
+    };
+    Ok(Some(AppOptions { interval, seats }))
+}
+
 fn policy_key(p: Option<UpgradePolicy>) -> String {
     match p {
         None => String::new(),
@@ -281,10 +297,18 @@ fn account_from_pb(m: pb::AccountEvent) -> Result<AccountEvent, Invalid> {
     let occurred_at = time_from_pb(m.occurred_at)?;
     let change = match m.change.ok_or(Invalid::NoChange)? {
         Change::PlanStarted(p) => {
-            AccountChange::PlanStarted(terms_from_pb(&p.plan, p.bucket_images, &p.upgrade_policy)?)
+            let terms = terms_from_pb(&p.plan, p.bucket_images, &p.upgrade_policy)?;
+            match app_options(&terms, &p.billing_interval, p.seats)? {
+                Some(options) => AccountChange::AppPlanStarted(terms, options),
+                None => AccountChange::PlanStarted(terms),
+            }
         }
         Change::PlanChanged(p) => {
-            AccountChange::PlanChanged(terms_from_pb(&p.plan, p.bucket_images, &p.upgrade_policy)?)
+            let terms = terms_from_pb(&p.plan, p.bucket_images, &p.upgrade_policy)?;
+            match app_options(&terms, &p.billing_interval, p.seats)? {
+                Some(options) => AccountChange::AppPlanChanged(terms, options),
+                None => AccountChange::PlanChanged(terms),
+            }
         }
         Change::PlanCancelled(_) => AccountChange::PlanCancelled,
         Change::QualityRefund(r) => {
@@ -329,11 +353,27 @@ fn account_to_pb(e: &AccountEvent) -> pb::AccountEvent {
             plan: t.plan.key().into(),
             bucket_images: t.bucket_images,
             upgrade_policy: policy_key(t.upgrade_policy),
+            ..Default::default()
         }),
         AccountChange::PlanChanged(t) => Change::PlanChanged(pb::PlanChanged {
             plan: t.plan.key().into(),
             bucket_images: t.bucket_images,
             upgrade_policy: policy_key(t.upgrade_policy),
+            ..Default::default()
+        }),
+        AccountChange::AppPlanStarted(t, o) => Change::PlanStarted(pb::PlanStarted {
+            plan: t.plan.key().into(),
+            bucket_images: t.bucket_images,
+            upgrade_policy: policy_key(t.upgrade_policy),
+            billing_interval: o.interval.key().into(),
+            seats: o.seats,
+        }),
+        AccountChange::AppPlanChanged(t, o) => Change::PlanChanged(pb::PlanChanged {
+            plan: t.plan.key().into(),
+            bucket_images: t.bucket_images,
+            upgrade_policy: policy_key(t.upgrade_policy),
+            billing_interval: o.interval.key().into(),
+            seats: o.seats,
         }),
         AccountChange::PlanCancelled => Change::PlanCancelled(pb::PlanCancelled {}),
         AccountChange::QualityRefund { original_event_id, reason } => Change::QualityRefund(pb::QualityRefund {
