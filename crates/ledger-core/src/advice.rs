@@ -9,7 +9,7 @@ use crate::catalog::{Catalog, PlanRule};
 use crate::cycle::cycle_start;
 use crate::event::{AccountChange, AccountEvent, Event, ImageProcessed, Plan, PlanTerms};
 use crate::ids::{EventId, TeamId};
-use crate::invoice::fmt_time;
+use crate::invoice::{fmt_time, per_image};
 use crate::money::{fmt_cents, round_cents};
 use crate::team::Team;
 
@@ -140,15 +140,6 @@ pub fn simulate(
         overage: fmt_cents(overage),
         effective_cost_per_image: per_image(total, billable),
         total_exact: total,
-    })
-}
-
-pub fn per_image(total: Decimal, images: u64) -> Option<String> {
-    (images > 0).then(|| {
-        let mut e = (total / Decimal::from(images))
-            .round_dp_with_strategy(4, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
-        e.rescale(4);
-        e.to_string()
     })
 }
 

@@ -656,18 +656,12 @@ pub fn build(input: InvoiceInput<'_>) -> Invoice {
         })
         .collect();
     lines.extend(credit_purchase_lines(figures));
-    lines.extend(top_up_lines(figures));
     lines.extend(usage_lines(figures, version));
     lines.extend(contract_lines(figures));
     lines.extend(credit_expiry_lines(figures));
     lines.extend(carry_lines(carry));
     let total: Decimal = lines.iter().map(|l| l.amount.parse::<Decimal>().expect("amount parses")).sum();
-    let effective = (figures.billable_images > 0).then(|| {
-        let mut e = (total / Decimal::from(figures.billable_images))
-            .round_dp_with_strategy(4, RoundingStrategy::MidpointAwayFromZero);
-        e.rescale(4);
-        e.to_string()
-    });
+    let effective = per_image(total, figures.billable_images);
     Invoice {
         team_id: team_id.to_string(),
         period: Period::new(spec.start, spec.end),
@@ -859,36 +853,27 @@ fn contract_lines(figures: &CycleFigures) -> Vec<Line> {
     lines
 }
 
-/// AI-credit top-ups bought in the cycle.
-fn top_up_lines(figures: &CycleFigures) -> Vec<Line> {
-    let purchases = figures.app.as_ref().map(|a| a.purchases.as_slice()).unwrap_or_default();
-    purchases
-        .iter()
-        .map(|(credits, amount)| Line {
-            kind: "credits_purchase",
-            description: format!("{credits} AI credits (top-up; kept until used)"),
-            quantity: credits.to_string(),
-            unit_price: fmt_exact((amount / Decimal::from(*credits)).normalize()),
-            amount: fmt_cents(*amount),
-            period: None,
-        })
-        .collect()
-}
-
-/// Credits bought in the cycle: prepaid, charged on its invoice.
+/// Credits bought in the cycle (legacy API credits, then AI-credit top-ups): prepaid,
+/// charged on its invoice at the amount paid.
 fn credit_purchase_lines(figures: &CycleFigures) -> Vec<Line> {
-    let purchases = figures.credits.as_ref().map(|c| c.purchases.as_slice()).unwrap_or_default();
-    purchases
-        .iter()
-        .map(|(credits, amount)| Line {
-            kind: "credits_purchase",
-            description: format!("{credits} API credits (one per image of either API)"),
-            quantity: credits.to_string(),
-            unit_price: fmt_exact((amount / Decimal::from(*credits)).normalize()),
-            amount: fmt_cents(*amount),
-            period: None,
-        })
-        .collect()
+    let legacy = figures.credits.as_ref().map(|c| c.purchases.as_slice()).unwrap_or_default();
+    let top_ups = figures.app.as_ref().map(|a| a.purchases.as_slice()).unwrap_or_default();
+    let lines = |purchases: &[(u64, Decimal)], what: &'static str| {
+        purchases
+            .iter()
+            .map(|(credits, amount)| Line {
+                kind: "credits_purchase",
+                description: format!("{credits} {what}"),
+                quantity: credits.to_string(),
+                unit_price: fmt_exact((amount / Decimal::from(*credits)).normalize()),
+                amount: fmt_cents(*amount),
+                period: None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut out = lines(legacy, "API credits (one per image of either API)");
+    out.extend(lines(top_ups, "AI credits (top-up; kept until used)"));
+    out
 }
 
 /// Credits that expired in the cycle: shown, not refunded (amount 0).
@@ -1006,6 +991,15 @@ fn allowance_summaries(figures: &CycleFigures) -> Vec<AllowanceSummary> {
         })
         .flatten()
         .collect()
+}
+
+/// Total ÷ images, 4 decimals (half away from zero); none without images.
+pub fn per_image(total: Decimal, images: u64) -> Option<String> {
+    (images > 0).then(|| {
+        let mut e = (total / Decimal::from(images)).round_dp_with_strategy(4, RoundingStrategy::MidpointAwayFromZero);
+        e.rescale(4);
+        e.to_string()
+    })
 }
 
 /// Rounds a figure the way every invoice line is rounded (for checks outside the core).

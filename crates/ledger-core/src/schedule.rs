@@ -452,23 +452,10 @@ fn open_cycle(
     let allowance = allowance(version, &terms, price);
     let mut charges = Vec::new();
     if price > Decimal::ZERO {
-        charges.push(Charge {
-            kind: ChargeKind::BucketFee,
-            description: format!("{} bucket, {} images", label(version, &terms), terms.bucket_images),
-            quantity: 1,
-            unit_price: round_cents(price),
-            amount: round_cents(price),
-            fraction: Decimal::ONE,
-        });
+        let description = format!("{} bucket, {} images", label(version, &terms), terms.bucket_images);
+        charges.push(Charge::once(ChargeKind::BucketFee, description, round_cents(price), Decimal::ONE));
     }
-    Ok(CycleSpec {
-        start,
-        end,
-        version_id: version.id.clone(),
-        grace_seconds: version.grace_seconds,
-        gens: vec![Gen { from: start, number: 0, terms, allowance }],
-        charges,
-    })
+    Ok(cycle_of(start, end, version, terms, allowance, charges))
 }
 
 /// An app subscription must be one the catalog sells, on an interval it prices, with at
@@ -557,14 +544,7 @@ fn open_app_cycle(
             fraction: Decimal::ONE,
         });
     }
-    Ok(CycleSpec {
-        start,
-        end,
-        version_id: version.id.clone(),
-        grace_seconds: version.grace_seconds,
-        gens: vec![Gen { from: start, number: 0, terms, allowance: Allowance::App(month) }],
-        charges,
-    })
+    Ok(cycle_of(start, end, version, terms, Allowance::App(month), charges))
 }
 
 /// A cycle of a contract term (its terms were checked when signed; a renewal keeps them).
@@ -581,28 +561,41 @@ fn open_contract_cycle(
     let mut charges = Vec::new();
     if month.opens_a_year() && month.terms.annual_fee > Decimal::ZERO {
         let year = month.month / 12 + 1;
-        charges.push(Charge {
-            kind: ChargeKind::ContractFee,
-            description: format!(
-                "Enterprise contract, year {year} of {}: {} committed images, invoiced up front",
-                month.terms.term_months.div_ceil(12),
-                month.terms.committed_images_per_year
-            ),
-            quantity: 1,
-            unit_price: month.terms.annual_fee,
-            amount: month.terms.annual_fee,
-            fraction: Decimal::ONE,
-        });
+        let description = format!(
+            "Enterprise contract, year {year} of {}: {} committed images, invoiced up front",
+            month.terms.term_months.div_ceil(12),
+            month.terms.committed_images_per_year
+        );
+        charges.push(Charge::once(ChargeKind::ContractFee, description, month.terms.annual_fee, Decimal::ONE));
     }
     let terms = PlanTerms { plan: Plan::ApiEnterprise, bucket_images: 0, upgrade_policy: None };
-    Ok(CycleSpec {
+    Ok(cycle_of(start, end, version, terms, Allowance::Contract(month), charges))
+}
+
+/// A cycle with one generation, from its start.
+fn cycle_of(
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    version: &Version,
+    terms: PlanTerms,
+    allowance: Allowance,
+    charges: Vec<Charge>,
+) -> CycleSpec {
+    CycleSpec {
         start,
         end,
         version_id: version.id.clone(),
         grace_seconds: version.grace_seconds,
-        gens: vec![Gen { from: start, number: 0, terms, allowance: Allowance::Contract(month) }],
+        gens: vec![Gen { from: start, number: 0, terms, allowance }],
         charges,
-    })
+    }
+}
+
+impl Charge {
+    /// A charge of one unit.
+    fn once(kind: ChargeKind, description: String, amount: Decimal, fraction: Decimal) -> Charge {
+        Charge { kind, description, quantity: 1, unit_price: amount, amount, fraction }
+    }
 }
 
 fn label(version: &Version, terms: &PlanTerms) -> String {
@@ -647,28 +640,16 @@ fn upgrade(cycle: &mut CycleSpec, version: &Version, terms: PlanTerms, policy: U
             // The new bucket is worth exactly what was charged for it; the old one's
             // unused value is forfeited.
             let amount = round_cents(new_price * r);
-            cycle.charges.push(Charge {
-                kind: ChargeKind::UpgradeCharge,
-                description: format!("Upgrade to {name}, {} of the cycle left (restart_prorated)", r.normalize()),
-                quantity: 1,
-                unit_price: amount,
-                amount,
-                fraction: r,
-            });
+            let description = format!("Upgrade to {name}, {} of the cycle left (restart_prorated)", r.normalize());
+            cycle.charges.push(Charge::once(ChargeKind::UpgradeCharge, description, amount, r));
             let allowance = allowance(version, &terms, amount);
             cycle.gens.push(Gen { from: at, number, terms, allowance });
         }
         UpgradePolicy::DifferenceProrated => {
             // The bucket becomes the new size for the whole cycle; usage so far counts.
             let amount = round_cents((new_price - version.price(&last.terms)) * r);
-            cycle.charges.push(Charge {
-                kind: ChargeKind::UpgradeCharge,
-                description: format!("Upgrade to {name}, {} of the cycle left (difference_prorated)", r.normalize()),
-                quantity: 1,
-                unit_price: amount,
-                amount,
-                fraction: r,
-            });
+            let description = format!("Upgrade to {name}, {} of the cycle left (difference_prorated)", r.normalize());
+            cycle.charges.push(Charge::once(ChargeKind::UpgradeCharge, description, amount, r));
             let allowance = allowance(version, &terms, new_price);
             let gen = cycle.gens.last_mut().expect("a cycle has a generation");
             *gen = Gen { from: gen.from, number, terms, allowance };

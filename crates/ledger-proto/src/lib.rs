@@ -282,6 +282,15 @@ fn app_options(terms: &PlanTerms, interval: &str, seats: u32) -> Result<Option<A
     Ok(Some(AppOptions { interval, seats }))
 }
 
+/// The wire fields of a plan start or change: plan, bucket, policy, interval, seats.
+fn plan_fields(t: &PlanTerms, change: &AccountChange) -> (String, u64, String, String, u32) {
+    let (interval, seats) = match change {
+        AccountChange::AppPlanStarted(_, o) | AccountChange::AppPlanChanged(_, o) => (o.interval.key().into(), o.seats),
+        _ => (String::new(), 0),
+    };
+    (t.plan.key().into(), t.bucket_images, policy_key(t.upgrade_policy), interval, seats)
+}
+
 fn policy_key(p: Option<UpgradePolicy>) -> String {
     match p {
         None => String::new(),
@@ -349,32 +358,14 @@ fn account_from_pb(m: pb::AccountEvent) -> Result<AccountEvent, Invalid> {
 fn account_to_pb(e: &AccountEvent) -> pb::AccountEvent {
     use pb::account_event::Change;
     let change = match &e.change {
-        AccountChange::PlanStarted(t) => Change::PlanStarted(pb::PlanStarted {
-            plan: t.plan.key().into(),
-            bucket_images: t.bucket_images,
-            upgrade_policy: policy_key(t.upgrade_policy),
-            ..Default::default()
-        }),
-        AccountChange::PlanChanged(t) => Change::PlanChanged(pb::PlanChanged {
-            plan: t.plan.key().into(),
-            bucket_images: t.bucket_images,
-            upgrade_policy: policy_key(t.upgrade_policy),
-            ..Default::default()
-        }),
-        AccountChange::AppPlanStarted(t, o) => Change::PlanStarted(pb::PlanStarted {
-            plan: t.plan.key().into(),
-            bucket_images: t.bucket_images,
-            upgrade_policy: policy_key(t.upgrade_policy),
-            billing_interval: o.interval.key().into(),
-            seats: o.seats,
-        }),
-        AccountChange::AppPlanChanged(t, o) => Change::PlanChanged(pb::PlanChanged {
-            plan: t.plan.key().into(),
-            bucket_images: t.bucket_images,
-            upgrade_policy: policy_key(t.upgrade_policy),
-            billing_interval: o.interval.key().into(),
-            seats: o.seats,
-        }),
+        AccountChange::PlanStarted(t) | AccountChange::AppPlanStarted(t, _) => {
+            let (plan, bucket_images, upgrade_policy, billing_interval, seats) = plan_fields(t, &e.change);
+            Change::PlanStarted(pb::PlanStarted { plan, bucket_images, upgrade_policy, billing_interval, seats })
+        }
+        AccountChange::PlanChanged(t) | AccountChange::AppPlanChanged(t, _) => {
+            let (plan, bucket_images, upgrade_policy, billing_interval, seats) = plan_fields(t, &e.change);
+            Change::PlanChanged(pb::PlanChanged { plan, bucket_images, upgrade_policy, billing_interval, seats })
+        }
         AccountChange::PlanCancelled => Change::PlanCancelled(pb::PlanCancelled {}),
         AccountChange::QualityRefund { original_event_id, reason } => Change::QualityRefund(pb::QualityRefund {
             original_event_id: original_event_id.to_string(),
