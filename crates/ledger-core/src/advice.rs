@@ -14,7 +14,7 @@ use crate::money::{fmt_cents, round_cents};
 use crate::team::Team;
 
 /// Bucket sizes tried per plan at most; past it they are spread over the range.
-pub const MAX_SIZES_PER_PLAN: u64 = 24;
+pub const MAX_SIZES_PER_PLAN: u64 = 16;
 
 /// What one plan would have cost over the window.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -64,12 +64,14 @@ pub fn candidates(catalog: &Catalog, at: DateTime<Utc>, busiest_value: Decimal) 
     out
 }
 
-/// `1..=steps`, or `MAX_SIZES_PER_PLAN` of them spread evenly (always 1 and `steps`).
+/// `1..=steps`, or `MAX_SIZES_PER_PLAN` of them: 1, then evenly spread up to `steps`.
 fn sizes(steps: u64) -> Vec<u64> {
     if steps <= MAX_SIZES_PER_PLAN {
         return (1..=steps).collect();
     }
-    let mut out: Vec<u64> = (1..=MAX_SIZES_PER_PLAN).map(|i| (i * steps).div_ceil(MAX_SIZES_PER_PLAN)).collect();
+    let spread = MAX_SIZES_PER_PLAN - 1;
+    let mut out = vec![1];
+    out.extend((1..=spread).map(|i| (i * steps).div_ceil(spread)));
     out.dedup();
     out
 }
@@ -113,17 +115,19 @@ pub fn simulate(
         occurred_at: anchor,
         change: AccountChange::PlanStarted(terms.clone()),
     });
-    let mut applied = state.submit(catalog, start, None).map_err(|r| r.to_string())?;
+    let mut invoices = Vec::new();
+    let mut keep = |applied: Vec<crate::team::Applied>| {
+        invoices.extend(applied.into_iter().filter_map(|a| a.effects.invoice).filter(|i| i.period_start < end));
+    };
+    keep(state.submit(catalog, start, None).map_err(|r| r.to_string())?);
     let mut usage: Vec<&ImageProcessed> =
         images.iter().filter(|e| anchor <= e.occurred_at && e.occurred_at < end).collect();
     usage.sort_by(|a, b| (a.occurred_at, &a.event_id).cmp(&(b.occurred_at, &b.event_id)));
     for e in usage {
-        applied.extend(state.submit(catalog, Event::Image(e.clone()), None).map_err(|r| r.to_string())?);
+        keep(state.submit(catalog, Event::Image(e.clone()), None).map_err(|r| r.to_string())?);
     }
     // Close the window's cycles, not the one after it (a grace is shorter than a cycle).
-    applied.extend(state.close_until(catalog, cycle_start(anchor, cycles + 1) - Duration::seconds(1)));
-    let invoices: Vec<_> =
-        applied.into_iter().filter_map(|a| a.effects.invoice).filter(|i| i.period_start < end).collect();
+    keep(state.close_until(catalog, cycle_start(anchor, cycles + 1) - Duration::seconds(1)));
     let total: Decimal = invoices.iter().map(|i| i.total_exact).sum();
     let forfeited: Decimal = invoices.iter().map(|i| round_cents(i.forfeited_exact)).sum();
     let overage: Decimal = invoices
@@ -150,24 +154,17 @@ fn plan_label(terms: &PlanTerms) -> String {
     }
 }
 
-/// Replays the window under every candidate and ranks them.
-pub fn advise(
+/// Ranks what `simulate` found for each candidate (in `candidates` order).
+pub fn rank(
     catalog: &Catalog,
     team: &TeamId,
     anchor: DateTime<Utc>,
     cycles: u32,
     images: &[ImageProcessed],
     invoiced: Option<Decimal>,
-    mut progress: impl FnMut(usize, usize),
+    mut options: Vec<PlanCost>,
 ) -> Result<Advice, String> {
     let version = catalog.version_at(anchor).ok_or_else(|| format!("no catalog version at {}", fmt_time(anchor)))?;
-    let busiest = busiest_cycle_value(catalog, anchor, cycles, images);
-    let plans = candidates(catalog, anchor, busiest);
-    let mut options = Vec::new();
-    for (i, terms) in plans.iter().enumerate() {
-        options.push(simulate(catalog, team, anchor, cycles, terms, images)?);
-        progress(i + 1, plans.len());
-    }
     // Stable: equal totals keep the catalog's order (smaller bucket first).
     options.sort_by_key(|o| o.total_exact);
     let billable = images

@@ -227,19 +227,34 @@ pub fn advise(dir: &Path, team: &str, months: u32, json: bool) -> anyhow::Result
         .collect();
     let bar = indicatif::ProgressBar::new(0).with_message("plans replayed");
     bar.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("valid template"));
-    let advice = ledger_core::advice::advise(
-        &catalog,
-        &id,
-        anchor,
-        window.len() as u32,
-        &images,
-        Some(invoiced),
-        |done, all| {
-            bar.set_length(all as u64);
-            bar.set_position(done as u64);
-        },
-    )
-    .map_err(|e| anyhow::anyhow!("team {team}: {e}"))?;
+    let cycles = window.len() as u32;
+    use ledger_core::advice;
+    let plans = advice::candidates(&catalog, anchor, advice::busiest_cycle_value(&catalog, anchor, cycles, &images));
+    bar.set_length(plans.len() as u64);
+    // Each plan is an independent replay: spread them over the cores.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(plans.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut results: Vec<(usize, Result<advice::PlanCost, String>)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(terms) = plans.get(i) else { break done };
+                        done.push((i, advice::simulate(&catalog, &id, anchor, cycles, terms, &images)));
+                        bar.inc(1);
+                    }
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().expect("advice threads do not panic")).collect()
+    });
+    results.sort_by_key(|(i, _)| *i);
+    let options = results.into_iter().map(|(_, r)| r).collect::<Result<Vec<_>, _>>();
+    let advice = options
+        .and_then(|options| advice::rank(&catalog, &id, anchor, cycles, &images, Some(invoiced), options))
+        .map_err(|e| anyhow::anyhow!("team {team}: {e}"))?;
     bar.finish_and_clear();
     if json {
         crate::emit(&serde_json::to_string_pretty(&advice)?)?;
