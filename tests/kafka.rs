@@ -206,7 +206,7 @@ fn every_dead_letter_reason_reaches_the_topic_with_source_and_bytes() {
     let (on_images, on_accounts): (Vec<_>, Vec<_>) =
         rest.iter().map(|(m, _)| m.clone()).partition(|m| m.topic == images);
     producer.send_all(&on_images).unwrap();
-    drain_until(&dir, &broker.address, 6); // e1, sb and free are appended
+    drain_until(&dir, &broker.address, 7); // e1, sb, free and app are appended
 
     producer.send_all(&on_accounts).unwrap();
     // A cancel dated May 3 moves t2's clock past April's end + grace, closing April; a
@@ -215,7 +215,7 @@ fn every_dead_letter_reason_reaches_the_topic_with_source_and_bytes() {
     let late = account("late-change", "t2", april + 86_400, start("api_plus", 1000));
     let late_change = [raw(accounts, "t2", may), raw(accounts, "t2", late.clone())];
     producer.send_all(&late_change).unwrap();
-    drain_until(&dir, &broker.address, 8); // r4 and the cancel are appended
+    drain_until(&dir, &broker.address, 9); // r4 and the cancel are appended
     drain(&dir, &broker.address); // and whatever refused record is still in flight
 
     let dead = ledger_kafka::read_topic(&broker.address, DEADLETTER, Duration::from_secs(3)).unwrap();
