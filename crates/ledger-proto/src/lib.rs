@@ -408,6 +408,9 @@ mod tests {
         let lines = [
             r#"{"imageProcessed":{"eventId":"e1","teamId":"t1","occurredAt":"2026-04-01T00:00:01Z","api":"API_REMOVE_BACKGROUND","images":1}}"#,
             r#"{"accountEvent":{"eventId":"a1","teamId":"t1","occurredAt":"2026-04-01T00:00:00Z","planStarted":{"plan":"api_basic","bucketImages":"2000"}}}"#,
+            r#"{"accountEvent":{"eventId":"c1","teamId":"t2","occurredAt":"2026-04-01T00:00:00Z","contractSigned":{"termMonths":12,"committedImagesPerYear":"240000","rateRemoveBackground":"0.015","rateImageEditing":"0.08","annualFee":"3600.00","rollover":true,"tiers":[{"fromImages":"250000","discountPercent":"10"}]}}}"#,
+            r#"{"accountEvent":{"eventId":"p1","teamId":"t3","occurredAt":"2026-04-01T00:00:00Z","planStarted":{"plan":"app_pro","billingInterval":"weekly","seats":2}}}"#,
+            r#"{"imageProcessed":{"eventId":"x1","teamId":"t3","occurredAt":"2026-04-01T00:00:01Z","api":"APP_AI","images":3}}"#,
         ];
         for line in lines {
             let event = parse_json_line(line).unwrap();
@@ -448,6 +451,18 @@ mod tests {
             (
                 r#"{"imageProcessed":{"eventId":"e1","teamId":"t1","occurredAt":"1970-01-01T00:00:01Z","api":"API_REMOVE_BACKGROUND","images":1}}"#,
                 "out of range",
+            ),
+            (
+                r#"{"accountEvent":{"eventId":"a1","teamId":"t1","occurredAt":"2026-04-01T00:00:00Z","planStarted":{"plan":"app_pro","billingInterval":"daily"}}}"#,
+                "unknown billing_interval \"daily\"",
+            ),
+            (
+                r#"{"accountEvent":{"eventId":"a1","teamId":"t1","occurredAt":"2026-04-01T00:00:00Z","planStarted":{"plan":"api_basic","bucketImages":"1000","seats":3}}}"#,
+                "app plans only, not api_basic",
+            ),
+            (
+                r#"{"accountEvent":{"eventId":"c1","teamId":"t1","occurredAt":"2026-04-01T00:00:00Z","contractSigned":{"termMonths":12,"committedImagesPerYear":"240000","rateRemoveBackground":"cheap","rateImageEditing":"0.08","annualFee":"3600.00"}}}"#,
+                "rate_remove_background \"cheap\" is not a decimal",
             ),
         ];
         for (line, want) in cases {
