@@ -54,16 +54,52 @@ fn malformed_lines_are_refused_with_a_reason_and_the_rest_imported() {
 #[test]
 fn rule_refusals_name_the_line_team_and_event() {
     let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
     let refund = r#"{"accountEvent":{"eventId":"r1","teamId":"t1","occurredAt":"2026-04-03T00:00:00Z","qualityRefund":{"originalEventId":"ghost"}}}"#;
+    let again = r#"{"accountEvent":{"eventId":"a2","teamId":"t1","occurredAt":"2026-04-04T00:00:00Z","planStarted":{"plan":"api_plus","bucketImages":"1000"}}}"#;
     let file = tmp.path().join("refund.jsonl");
-    std::fs::write(&file, format!("{GOOD_START}\n{refund}\n")).unwrap();
-    let run = ul(&tmp.path().join("data"), &["import", file.to_str().unwrap()]);
+    std::fs::write(&file, format!("{GOOD_START}\n{refund}\n{again}\n")).unwrap();
+    let run = ul(&dir, &["import", file.to_str().unwrap()]);
     assert_eq!(run.code, 2);
     assert!(
-        run.stderr.contains("line 2 (team t1, event r1): refund_unknown_event: no image event ghost in the ledger"),
+        run.stderr.contains("line 3 (team t1, event a2): plan_rule: PlanStarted while a plan is active"),
         "{}",
         run.stderr
     );
+    // The refund of an event not in the ledger waits for it; `close` gives it up, naming it.
+    assert!(run.stderr.contains("1 refund(s) wait for the image event they name"), "{}", run.stderr);
+    let close = ul(&dir, &["close", "--until", "2026-04-05T00:00:00Z"]);
+    assert_eq!(close.code, 0, "{}", close.stderr);
+    assert!(
+        close.stderr.contains(
+            "team t1, event r1 (line or offset 2): refund_unknown_event: no image event ghost arrived within 24 h"
+        ),
+        "{}",
+        close.stderr
+    );
+}
+
+/// A refund imported before its image waits in the store, across processes, and applies
+/// when a later import brings the image.
+#[test]
+fn a_parked_refund_survives_the_process_and_applies_when_its_image_comes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let refund = r#"{"accountEvent":{"eventId":"r1","teamId":"t1","occurredAt":"2026-04-03T00:00:00Z","qualityRefund":{"originalEventId":"e9"}}}"#;
+    let (first, second) = (tmp.path().join("first.jsonl"), tmp.path().join("second.jsonl"));
+    std::fs::write(&first, format!("{GOOD_START}\n{refund}\n")).unwrap();
+    std::fs::write(&second, image("e9", "")).unwrap();
+    let run = ul(&dir, &["import", first.to_str().unwrap()]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("1 refund(s) wait"), "{}", run.stderr);
+    let run = ul(&dir, &["import", second.to_str().unwrap()]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(!run.stderr.contains("wait"), "{}", run.stderr);
+    let draft: serde_json::Value =
+        serde_json::from_str(&ul_ok(&dir, &["invoices", "--team", "t1", "--draft"])).unwrap();
+    assert_eq!(draft[0]["usage"]["refunded_images"], 1, "{draft}");
+    assert_eq!(draft[0]["bucket"]["consumed"], "0.00", "{draft}");
+    assert!(ul_ok(&dir, &["verify"]).starts_with("ok: 1 teams, 3 entries"));
 }
 
 #[test]

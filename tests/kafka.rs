@@ -135,6 +135,41 @@ fn a_scenario_through_kafka_bills_like_import() {
     assert!(ul_ok(&via_kafka, &["verify"]).starts_with("ok: 1 teams, 10002 entries, 10001 index records"));
 }
 
+/// The topics have no order between them: a refund taken before its image waits in the
+/// ledger's store (across service processes) and applies once the image is consumed;
+/// nothing is dead-lettered.
+#[test]
+fn a_refund_consumed_before_its_image_waits_for_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(tmp.path());
+    let dir = tmp.path().join("data");
+    let (first, second) = (tmp.path().join("first.jsonl"), tmp.path().join("second.jsonl"));
+    std::fs::write(
+        &first,
+        [
+            r#"{"accountEvent":{"eventId":"a1","teamId":"t1","occurredAt":"2026-04-01T00:00:00Z","planStarted":{"plan":"api_basic","bucketImages":"1000"}}}"#,
+            r#"{"accountEvent":{"eventId":"r1","teamId":"t1","occurredAt":"2026-04-03T00:00:00Z","qualityRefund":{"originalEventId":"e1"}}}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        &second,
+        r#"{"imageProcessed":{"eventId":"e1","teamId":"t1","occurredAt":"2026-04-02T00:00:00Z","api":"API_REMOVE_BACKGROUND","images":40}}"#,
+    )
+    .unwrap();
+    ul_ok(tmp.path(), &["produce", "--brokers", &broker.address, first.to_str().unwrap()]);
+    drain_until(&dir, &broker.address, 1); // the plan; the refund waits
+    ul_ok(tmp.path(), &["produce", "--brokers", &broker.address, second.to_str().unwrap()]);
+    drain_until(&dir, &broker.address, 3); // the image, then the refund
+    let draft: serde_json::Value =
+        serde_json::from_str(&ul_ok(&dir, &["invoices", "--team", "t1", "--draft"])).unwrap();
+    assert_eq!(draft[0]["usage"]["refunded_images"], 40, "{draft}");
+    assert_eq!(draft[0]["bucket"]["consumed"], "0.00", "{draft}");
+    let dead = ledger_kafka::read_topic(&broker.address, DEADLETTER, Duration::from_secs(3)).unwrap();
+    assert!(dead.is_empty(), "{dead:?}");
+}
+
 fn raw(topic: &str, key: &str, payload: Vec<u8>) -> Outgoing {
     Outgoing { topic: topic.into(), key: key.as_bytes().to_vec(), payload, headers: Vec::new() }
 }

@@ -222,11 +222,42 @@ fn refunds_that_cannot_apply_are_refused_with_a_reason() {
          @t3 start 04-01 api_free_trial
          @t3 rb 04-02 1 #free
          @t3 refund 04-03 free #r-free",
-        "reject r-unknown refund_unknown_event
+        "parked r-unknown
          reject r-other refund_other_team
          reject r-sandbox refund_sandbox
+         reject r-unknown refund_unknown_event
          reject r-again refund_repeated
          reject r-free refund_unbilled",
+    );
+}
+
+/// The two input topics have no order between them: a refund can arrive before the image
+/// it names. It waits (parked, durably) and applies right after the image is appended, or
+/// is refused then for any other reason; one naming no event that ever comes is given up
+/// once the team's clock passes it by 24 h (here at the 04-05 image), or by `close`.
+#[test]
+fn a_refund_that_overtakes_its_image_waits_for_it() {
+    check(
+        "start 04-01 api_basic 1000
+         @t2 start 04-01 api_basic 1000
+         refund 04-03 early #r-early
+         refund 04-03 theirs #r-theirs
+         refund 04-03 never #r-never
+         @t5 refund 04-20 nothing #r-closed
+         rb 04-02 10 #early
+         @t2 rb 04-02 10 #theirs
+         rb 04-05 100 #later
+         close 05-02",
+        "parked r-early
+         parked r-theirs
+         parked r-never
+         parked r-closed
+         unparked r-early
+         reject r-theirs refund_other_team
+         reject r-never refund_unknown_event
+         reject r-closed refund_unknown_event
+         invoice t1 2026-04-01 total=20.00 v=2026-01-01 | bucket_fee 1x20.00=20.00 | consumed=2.00 forfeited=18.00 | refunded=10
+         invoice t2 2026-04-01 total=20.00 v=2026-01-01 | bucket_fee 1x20.00=20.00 | consumed=0.20 forfeited=19.80",
     );
 }
 

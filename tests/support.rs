@@ -159,19 +159,23 @@ pub fn run_scenario(script: &str) -> String {
     for (n, line) in script.lines().map(str::trim).filter(|l| !l.is_empty()).enumerate() {
         match step(n, line) {
             Step::Close(until) => {
-                ledger.close_until(until.parse::<DateTime<Utc>>().unwrap()).unwrap();
+                let report = ledger.close_until(until.parse::<DateTime<Utc>>().unwrap()).unwrap();
+                render_settled(&mut out, &report.settled);
             }
             Step::Line(json) => {
                 let event = parse_json_line(&json).unwrap_or_else(|e| panic!("{line}: {e}"));
                 let id = event.event_id().to_string();
                 teams.insert(event.team_id().to_string());
                 let sub = Submission { event, source: Source { stream: None, offset: n as u64 } };
-                match &ledger.submit_batch(vec![sub]).unwrap().outcomes[0] {
+                let report = ledger.submit_batch(vec![sub]).unwrap();
+                match &report.outcomes[0] {
                     Outcome::Appended { .. } => {}
                     Outcome::Duplicate { .. } => writeln!(out, "duplicate {id}").unwrap(),
                     Outcome::Conflict { .. } => writeln!(out, "conflict {id}").unwrap(),
                     Outcome::Rejected(r) => writeln!(out, "reject {id} {}", r.code).unwrap(),
+                    Outcome::Parked => writeln!(out, "parked {id}").unwrap(),
                 }
+                render_settled(&mut out, &report.settled);
             }
         }
     }
@@ -199,6 +203,16 @@ pub fn run_scenario(script: &str) -> String {
         }
     }
     out
+}
+
+/// Parked refunds a batch settled: `unparked ID` once appended, `reject ID CODE` otherwise.
+fn render_settled(out: &mut String, settled: &[(ledger_store::Parked, Outcome)]) {
+    for (p, outcome) in settled {
+        match outcome {
+            Outcome::Rejected(r) => writeln!(out, "reject {} {}", p.event.event_id, r.code).unwrap(),
+            _ => writeln!(out, "unparked {}", p.event.event_id).unwrap(),
+        }
+    }
 }
 
 /// `invoice TEAM START total=T v=VERSION | kind amount, ... | forfeited=F` and, when

@@ -11,6 +11,7 @@
 //! | `O`    | source name                       | next offset (u64 BE)          |
 //! | `C`    | team 0 event_id 0 n(u64 BE)       | conflict record JSON          |
 //! | `M`    | name                              | metadata (format, catalog)    |
+//! | `P`    | team 0 refund event_id            | parked refund (codec)         |
 
 pub const ENTRY: u8 = b'E';
 pub const INDEX: u8 = b'I';
@@ -20,6 +21,7 @@ pub const OUTBOX: u8 = b'X';
 pub const OFFSET: u8 = b'O';
 pub const CONFLICT: u8 = b'C';
 pub const META: u8 = b'M';
+pub const PARKED: u8 = b'P';
 
 pub fn team_prefix(prefix: u8, team: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(team.len() + 10);
@@ -58,4 +60,11 @@ pub fn split_team_key(key: &[u8]) -> Option<(&str, u64)> {
     let team = std::str::from_utf8(&body[..zero]).ok()?;
     let n = u64::from_be_bytes(body.get(zero + 1..zero + 9)?.try_into().ok()?);
     Some((team, n))
+}
+
+/// A refund parked until the image event it names arrives.
+pub fn parked(team: &str, refund_id: &str) -> Vec<u8> {
+    let mut k = team_prefix(PARKED, team);
+    k.extend_from_slice(refund_id.as_bytes());
+    k
 }

@@ -2,10 +2,11 @@
 //! caller may acknowledge anything.
 use std::collections::HashMap;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration, Utc};
 use ledger_core::team::{Applied, RefundLookup, Reject};
-use ledger_core::{AccountChange, Catalog, Entry, Event, EventId, RefundTarget, Team, TeamId};
-use tracing::{debug, info};
+use ledger_core::{AccountChange, AccountEvent, Catalog, Entry, Event, EventId, RefundTarget, Team, TeamId};
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info, warn};
 
 use crate::codec::{self, Hash, IndexRun, StoredEntry};
 use crate::index::{id_hash, Index};
@@ -43,11 +44,59 @@ pub enum Outcome {
         seq: u64,
     },
     Rejected(Reject),
+    /// A refund of an event not (yet) in the ledger: the two input topics have no order
+    /// between them, so it waits, durably, for that event (see `Parked`).
+    Parked,
+}
+
+/// How long, in the team's own time (its newest event), a parked refund waits for the
+/// event it names before it is given up as `refund_unknown_event`.
+pub fn refund_wait() -> Duration {
+    Duration::days(1)
+}
+
+/// A `QualityRefund` that arrived before the image event it names. Kept in the store
+/// (written in the batch that took it, with the source position) and submitted right
+/// after that event is appended; given up once the team's clock passes the refund by
+/// `refund_wait()`, or when `close --until` passes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Parked {
+    pub event: AccountEvent,
+    /// Where it came from (`topic/partition` and offset for Kafka, a line for a file).
+    pub stream: Option<String>,
+    pub offset: u64,
+}
+
+impl Parked {
+    pub fn original(&self) -> &EventId {
+        match &self.event.change {
+            AccountChange::QualityRefund { original_event_id, .. } => original_event_id,
+            _ => unreachable!("only refunds are parked"),
+        }
+    }
+
+    fn key(&self) -> Vec<u8> {
+        keys::parked(self.event.team_id.as_str(), self.event.event_id.as_str())
+    }
+}
+
+fn unknown_after_wait(refund: &AccountEvent) -> Reject {
+    let AccountChange::QualityRefund { original_event_id, .. } = &refund.change else {
+        unreachable!("only refunds wait")
+    };
+    let detail = format!(
+        "no image event {original_event_id} arrived within {} h of the team's time after the refund",
+        refund_wait().num_hours()
+    );
+    Reject { code: "refund_unknown_event", detail }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BatchReport {
     pub outcomes: Vec<Outcome>,
+    /// Parked refunds this batch settled: submitted after their event arrived (appended,
+    /// or rejected for another reason), or given up (`refund_unknown_event`).
+    pub settled: Vec<(Parked, Outcome)>,
     pub entries: u64,
     pub alerts: u64,
     pub invoices: u64,
@@ -69,6 +118,8 @@ pub struct Ledger {
     index: Index,
     next_outbox: u64,
     conflicts: u64,
+    /// Parked refunds by the event id they wait for.
+    parked: HashMap<EventId, Vec<Parked>>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -176,7 +227,12 @@ impl Ledger {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "Folded the ledger."
         );
-        Ok(Ledger { store, catalog, teams, heads, alert_counts, index, next_outbox, conflicts: 0 })
+        let mut parked: HashMap<EventId, Vec<Parked>> = HashMap::new();
+        for raw in store.tree.scan_prefix([keys::PARKED]).values() {
+            let p: Parked = codec::decode(&raw?, "parked refund")?;
+            parked.entry(p.original().clone()).or_default().push(p);
+        }
+        Ok(Ledger { store, catalog, teams, heads, alert_counts, index, next_outbox, conflicts: 0, parked })
     }
 
     pub fn store(&self) -> &Store {
@@ -196,6 +252,11 @@ impl Ledger {
         self.conflicts
     }
 
+    /// Refunds waiting for the event they name.
+    pub fn parked(&self) -> usize {
+        self.parked.values().map(Vec::len).sum()
+    }
+
     /// Appends a batch: dedup, validation and the core fold per event, then one atomic
     /// write of entries, index, heads, projections, offsets and outbox, then `flush()`.
     /// On `Err` nothing may be acknowledged and the writer must be dropped.
@@ -207,7 +268,7 @@ impl Ledger {
             }
         }
         let positions: Vec<(String, u64)> = positions.into_iter().collect();
-        self.submit_batch_with(submissions, &positions, |_| Vec::new())
+        self.submit_batch_with(submissions, &positions, |_, _| Vec::new())
     }
 
     /// `submit_batch` with explicit source positions (`stream` → next offset, covering
@@ -217,26 +278,42 @@ impl Ledger {
         &mut self,
         submissions: Vec<Submission>,
         positions: &[(String, u64)],
-        extra: impl FnOnce(&[Outcome]) -> Vec<OutboxMsg>,
+        extra: impl FnOnce(&[Outcome], &[(Parked, Outcome)]) -> Vec<OutboxMsg>,
     ) -> Result<BatchReport> {
         let mut staged = Staged::default();
         for sub in submissions {
-            let outcome = self.submit_one(&mut staged, sub.event)?;
+            let outcome = self.submit_one(&mut staged, sub)?;
             staged.report.outcomes.push(outcome);
         }
         for (stream, next) in positions {
             staged.batch.insert(keys::simple(keys::OFFSET, stream.as_bytes()), next.to_be_bytes().to_vec());
         }
-        for msg in extra(&staged.report.outcomes) {
+        for msg in extra(&staged.report.outcomes, &staged.report.settled) {
             staged.batch.insert(keys::outbox(self.next_outbox), codec::encode(&msg));
             self.next_outbox += 1;
         }
         self.commit(staged)
     }
 
-    /// Closes every cycle whose end + grace ≤ `until`, in one batch.
+    /// Closes every cycle whose end + grace ≤ `until`, in one batch, and gives up the
+    /// parked refunds `until` has passed by `refund_wait()`.
     pub fn close_until(&mut self, until: DateTime<Utc>) -> Result<BatchReport> {
+        self.close_until_with(until, |_| Vec::new())
+    }
+
+    /// `close_until` with outbox messages derived from the refunds it gives up (dead
+    /// letters), in the same atomic write.
+    pub fn close_until_with(
+        &mut self,
+        until: DateTime<Utc>,
+        extra: impl FnOnce(&[(Parked, Outcome)]) -> Vec<OutboxMsg>,
+    ) -> Result<BatchReport> {
         let mut staged = Staged::default();
+        self.give_up(&mut staged, None, until);
+        for msg in extra(&staged.report.settled) {
+            staged.batch.insert(keys::outbox(self.next_outbox), codec::encode(&msg));
+            self.next_outbox += 1;
+        }
         let mut ids: Vec<TeamId> = self.teams.keys().cloned().collect();
         ids.sort();
         for id in ids {
@@ -247,7 +324,8 @@ impl Ledger {
         self.commit(staged)
     }
 
-    fn submit_one(&mut self, staged: &mut Staged, event: Event) -> Result<Outcome> {
+    fn submit_one(&mut self, staged: &mut Staged, sub: Submission) -> Result<Outcome> {
+        let Submission { event, source } = sub;
         let hash = id_hash(event.event_id().as_str());
         if let Some(existing) = self.lookup(staged, event.event_id(), hash)? {
             if existing.fingerprint() == codec::fingerprint(&event) {
@@ -259,7 +337,10 @@ impl Ledger {
         let refund = match &event {
             Event::Account(a) => match &a.change {
                 AccountChange::QualityRefund { original_event_id, .. } => {
-                    Some(self.resolve_refund(staged, &a.team_id, original_event_id)?)
+                    match self.resolve_refund(staged, &a.team_id, original_event_id)? {
+                        Some(lookup) => Some(lookup),
+                        None => return Ok(self.park(staged, a.clone(), source)),
+                    }
                 }
                 _ => None,
             },
@@ -274,11 +355,70 @@ impl Ledger {
         match team.submit(&self.catalog, event, refund) {
             Ok(applied) => {
                 let seq = applied.last().expect("an accepted event appends").seq;
+                let appended_id = applied.last().and_then(|a| a.entry.event_id().cloned());
                 self.index.insert(hash, &team_id, seq);
                 self.stage(staged, &team_id, applied);
+                if !self.parked.is_empty() {
+                    self.unpark(staged, appended_id)?;
+                    let clock = self.teams[&team_id].clock().expect("a team with entries has a clock");
+                    self.give_up(staged, Some(&team_id), clock);
+                }
                 Ok(Outcome::Appended { seq })
             }
             Err(reject) => Ok(Outcome::Rejected(reject)),
+        }
+    }
+
+    /// Keeps a refund of an unknown event until that event arrives (a repeat of a
+    /// parked refund replaces it: same key).
+    fn park(&mut self, staged: &mut Staged, event: AccountEvent, source: Source) -> Outcome {
+        let clock = self.teams.get(&event.team_id).and_then(Team::clock);
+        if clock.is_some_and(|c| event.occurred_at + refund_wait() <= c) {
+            // The team's time is already past the wait: nothing to wait for.
+            return Outcome::Rejected(unknown_after_wait(&event));
+        }
+        let parked = Parked { event, stream: source.stream, offset: source.offset };
+        staged.batch.insert(parked.key(), codec::encode(&parked));
+        debug!(team_id = %parked.event.team_id, event_id = %parked.event.event_id, original = %parked.original(), "Parked a refund until its event arrives.");
+        let waiting = self.parked.entry(parked.original().clone()).or_default();
+        waiting.retain(|p| p.event.event_id != parked.event.event_id);
+        waiting.push(parked);
+        Outcome::Parked
+    }
+
+    /// Submits the refunds that waited for the event just appended.
+    fn unpark(&mut self, staged: &mut Staged, appended: Option<EventId>) -> Result<()> {
+        let Some(waiting) = appended.and_then(|id| self.parked.remove(&id)) else { return Ok(()) };
+        for p in waiting {
+            staged.batch.remove(p.key());
+            let source = Source { stream: p.stream.clone(), offset: p.offset };
+            let outcome = self.submit_one(staged, Submission { event: Event::Account(p.event.clone()), source })?;
+            staged.report.settled.push((p, outcome));
+        }
+        Ok(())
+    }
+
+    /// Gives up the parked refunds (of `team`, or all) that `until` passed by the wait.
+    fn give_up(&mut self, staged: &mut Staged, team: Option<&TeamId>, until: DateTime<Utc>) {
+        let due =
+            |p: &Parked| team.is_none_or(|t| p.event.team_id == *t) && p.event.occurred_at + refund_wait() <= until;
+        if !self.parked.values().flatten().any(due) {
+            return;
+        }
+        let mut given_up = Vec::new();
+        for waiting in self.parked.values_mut() {
+            let (gone, kept): (Vec<Parked>, Vec<Parked>) = std::mem::take(waiting).into_iter().partition(due);
+            *waiting = kept;
+            given_up.extend(gone);
+        }
+        self.parked.retain(|_, w| !w.is_empty());
+        given_up
+            .sort_by(|a, b| (a.event.occurred_at, &a.event.event_id).cmp(&(b.event.occurred_at, &b.event.event_id)));
+        for p in given_up {
+            staged.batch.remove(p.key());
+            let reject = unknown_after_wait(&p.event);
+            warn!(team_id = %p.event.team_id, event_id = %p.event.event_id, detail = %reject.detail, "Gave up a parked refund.");
+            staged.report.settled.push((p, Outcome::Rejected(reject)));
         }
     }
 
@@ -300,14 +440,15 @@ impl Ledger {
         Ok(None)
     }
 
-    fn resolve_refund(&self, staged: &Staged, team: &TeamId, original: &EventId) -> Result<RefundLookup> {
+    /// What a refund's original event is, or `None` when no event has that id (yet).
+    fn resolve_refund(&self, staged: &Staged, team: &TeamId, original: &EventId) -> Result<Option<RefundLookup>> {
         let Some(known) = self.lookup(staged, original, id_hash(original.as_str()))? else {
-            return Ok(RefundLookup::NotFound);
+            return Ok(None);
         };
         if known.team != *team {
-            return Ok(RefundLookup::OtherTeam(known.team));
+            return Ok(Some(RefundLookup::OtherTeam(known.team)));
         }
-        Ok(known.refund_target().map_or(RefundLookup::NotFound, RefundLookup::Found))
+        Ok(Some(known.refund_target().map_or(RefundLookup::NotFound, RefundLookup::Found)))
     }
 
     fn record_conflict(&mut self, staged: &mut Staged, event: &Event, existing: &Known) {

@@ -15,7 +15,7 @@ mod verify;
 
 pub use codec::{StoredEntry, FORMAT_VERSION};
 pub use datadir::{layout, open_all, partition_dir, replay_all, verify_all, Layout};
-pub use ledger::{BatchReport, Ledger, Outcome, Source, Submission};
+pub use ledger::{refund_wait, BatchReport, Ledger, Outcome, Parked, Source, Submission};
 pub use store::{OpenOptions, OutboxMsg, ReplayReport, Store};
 pub use verify::{tamper_entry, VerifyReport};
 

@@ -36,6 +36,14 @@ pub fn close(dir: &Path, until: DateTime<Utc>) -> anyhow::Result<ExitCode> {
     let (mut invoices, mut entries) = (0, 0);
     for store in open_existing(dir)? {
         let report = Ledger::open(store)?.close_until(until)?;
+        for (parked, outcome) in &report.settled {
+            if let ledger_store::Outcome::Rejected(r) = outcome {
+                eprintln!(
+                    "team {}, event {} (line or offset {}): {}: {}",
+                    parked.event.team_id, parked.event.event_id, parked.offset, r.code, r.detail
+                );
+            }
+        }
         invoices += report.invoices;
         entries += report.entries;
     }

@@ -23,6 +23,8 @@ struct Tally {
     appended: u64,
     duplicates: u64,
     rejected: u64,
+    /// Refunds that waited for their event (some may since have been settled).
+    parked: u64,
     alerts: u64,
     invoices: u64,
 }
@@ -69,6 +71,13 @@ pub fn run(dir: &Path, file: &Path, batch_events_max: usize, report_acks: bool) 
         tally.alerts,
         tally.invoices
     );
+    let waiting = ledger.parked();
+    if waiting > 0 {
+        eprintln!(
+            "{waiting} refund(s) wait for the image event they name (kept; given up {} h of the team's time after the refund, or by `close`)",
+            ledger_store::refund_wait().num_hours()
+        );
+    }
     if tally.rejected > 0 {
         eprintln!(
             "error: {} of {} lines were rejected (listed above); the rest were imported",
@@ -145,8 +154,13 @@ fn submit(ledger: &mut Ledger, parsed: Parsed, tally: &mut Tally) -> anyhow::Res
     let report = ledger.submit_batch(batch).context("appending a batch; nothing of it was acknowledged")?;
     tally.alerts += report.alerts;
     tally.invoices += report.invoices;
-    for ((number, team, event), outcome) in lines.into_iter().zip(report.outcomes) {
+    let settled = report
+        .settled
+        .into_iter()
+        .map(|(p, outcome)| ((p.offset, p.event.team_id.to_string(), p.event.event_id.to_string()), outcome));
+    for ((number, team, event), outcome) in lines.into_iter().zip(report.outcomes).chain(settled) {
         match outcome {
+            Outcome::Parked => tally.parked += 1,
             Outcome::Appended { .. } => tally.appended += 1,
             Outcome::Duplicate { .. } => tally.duplicates += 1,
             Outcome::Conflict { team: other, seq } => {

@@ -224,7 +224,8 @@ pub fn run(dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         for ledger in shards.open.values_mut() {
             if args.close_on_wall_clock {
-                ledger.close_until(chrono::Utc::now())?;
+                let report = ledger.close_until_with(chrono::Utc::now(), settled_dead_letters)?;
+                stats.dead_letters += report.settled.len() as u64;
             }
             let published = publish_outbox(ledger.store(), &producer)?;
             stats.published += published;
@@ -300,6 +301,28 @@ fn dead_letter(r: &Record, code: &str, reason: &str, who: Option<(&str, &str)>) 
     }
 }
 
+/// Dead letters for parked refunds a batch rejected after all (given up, or refused once
+/// their event arrived): the record is rebuilt from the parked event and its source.
+fn settled_dead_letters(settled: &[(ledger_store::Parked, Outcome)]) -> Vec<OutboxMsg> {
+    settled
+        .iter()
+        .filter_map(|(p, outcome)| {
+            let Outcome::Rejected(reject) = outcome else { return None };
+            let (topic, partition) = p.stream.as_deref().and_then(|s| s.rsplit_once('/')).unwrap_or((ACCOUNTS, "0"));
+            let record = Record {
+                topic: topic.to_string(),
+                partition: partition.parse().unwrap_or_default(),
+                offset: p.offset as i64,
+                key: Some(p.event.team_id.as_str().as_bytes().to_vec()),
+                payload: ledger_proto::encode_event(&Event::Account(p.event.clone())),
+                headers: Vec::new(),
+            };
+            let who = Some((p.event.team_id.as_str(), p.event.event_id.as_str()));
+            Some(dead_letter(&record, reject.code, &reject.detail, who))
+        })
+        .collect()
+}
+
 fn decode(r: &Record) -> Result<Event, ledger_proto::Invalid> {
     match r.topic.as_str() {
         IMAGES => ledger_proto::decode_image(&r.payload),
@@ -333,7 +356,7 @@ fn process(
     let who: Vec<(String, String)> =
         submissions.iter().map(|s| (s.event.team_id().to_string(), s.event.event_id().to_string())).collect();
     let positions: Vec<(String, u64)> = positions.into_iter().collect();
-    let report = ledger.submit_batch_with(submissions, &positions, |outcomes| {
+    let report = ledger.submit_batch_with(submissions, &positions, |outcomes, settled| {
         for (k, outcome) in outcomes.iter().enumerate() {
             let r = &records[origin[k]];
             let who = Some((who[k].0.as_str(), who[k].1.as_str()));
@@ -343,9 +366,10 @@ fn process(
                     let reason = format!("event id already used by team {team} seq {seq} with other content");
                     dead.push(dead_letter(r, "conflict", &reason, who));
                 }
-                Outcome::Appended { .. } | Outcome::Duplicate { .. } => {}
+                Outcome::Appended { .. } | Outcome::Duplicate { .. } | Outcome::Parked => {}
             }
         }
+        dead.extend(settled_dead_letters(settled));
         for msg in &dead {
             let reason = msg.headers.iter().find(|(k, _)| k == "reason.code").map_or("", |(_, v)| v.as_str());
             metrics.dead_letters.get_or_create(&crate::metrics::Reason { reason: reason.to_string() }).inc();
@@ -353,7 +377,7 @@ fn process(
         stats.dead_letters += dead.len() as u64;
         dead
     })?;
-    for outcome in &report.outcomes {
+    for outcome in report.outcomes.iter().chain(report.settled.iter().map(|(_, o)| o)) {
         match outcome {
             Outcome::Appended { .. } => {
                 stats.appended += 1;
