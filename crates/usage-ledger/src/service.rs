@@ -247,13 +247,14 @@ pub fn run(dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     }
     info!(?stats, "Stopping: the last batch is durable and published.");
+    let waiting: usize = shards.lock().expect("not poisoned").open.values().map(Ledger::parked).sum();
     consumer.close();
     if let Some(handle) = demo {
         let _ = handle.join();
         crate::demo::print_invoices(&ledger_store::open_all(dir, &Catalog::builtin(), OpenOptions::default())?)?;
     }
     eprintln!(
-        "usage-ledger: stopped after {} records ({} appended, {} duplicates, {} dead letters); {:.2} s applying batches, {:.2} s from the first record to the last",
+        "usage-ledger: stopped after {} records ({} appended, {} duplicates, {} dead letters, {waiting} refunds waiting for their image); {:.2} s applying batches, {:.2} s from the first record to the last",
         stats.records, stats.appended, stats.duplicates, stats.dead_letters, stats.batch_secs, stats.first_to_last_secs
     );
     Ok(ExitCode::SUCCESS)
