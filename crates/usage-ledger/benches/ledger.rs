@@ -146,6 +146,8 @@ fn kafka(tmp: &Path, file: &Path, lines: u64) {
     let data = tmp.join("service");
     let idle_ms = 15_000u64;
     let (mut wall, mut busy, mut taken) = (0.0, 0.0, 0u64);
+    let (mut appended, mut dead) = (0u64, 0u64);
+    let mut waiting = 0u64;
     for _ in 0..5 {
         let (_, _, stderr) = run(&[
             "--data-dir",
@@ -158,10 +160,14 @@ fn kafka(tmp: &Path, file: &Path, lines: u64) {
             "--exit-when-idle-ms",
             &idle_ms.to_string(),
         ]);
-        // The closing line: "stopped after N records (…); B s applying batches, W s from
-        // the first record to the last". Records, not appends: the input topics have no
-        // order between them, so a refund can arrive before its image (a dead letter).
+        // The closing line: "stopped after N records (A appended, D duplicates, L dead
+        // letters, W refunds waiting for their image); B s applying batches, W s from the
+        // first record to the last". A refund can arrive before its image (the input
+        // topics have no order between them): it waits, and is appended after the image.
         taken += number(&stderr, "stopped after ", true) as u64;
+        appended += number(&stderr, " appended", false) as u64;
+        dead += number(&stderr, " dead letters", false) as u64;
+        waiting = number(&stderr, " refunds waiting", false) as u64;
         busy += number(&stderr, " s applying", false);
         wall += number(&stderr, " s from the first", false);
         if taken >= lines {
@@ -169,6 +175,7 @@ fn kafka(tmp: &Path, file: &Path, lines: u64) {
         }
     }
     assert_eq!(taken, lines, "the service took every record");
+    println!("kafka    {appended} appended, {dead} dead letters, {waiting} refunds still waiting");
     report("consume", taken, wall, "events");
     report("ledger", taken, busy, "events");
     alert_latency(&brokers, &tmp.join("latency"));
@@ -180,7 +187,9 @@ fn kafka(tmp: &Path, file: &Path, lines: u64) {
 fn number(text: &str, marker: &str, after: bool) -> f64 {
     let (before, rest) = text.split_once(marker).unwrap_or_else(|| panic!("no {marker:?} in: {text}"));
     let word = if after { rest.split(' ').next() } else { before.rsplit(' ').next() };
-    word.and_then(|w| w.parse().ok()).unwrap_or_else(|| panic!("no number at {marker:?} in: {text}"))
+    word.map(|w| w.trim_matches(|c: char| !c.is_ascii_digit() && c != '.'))
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no number at {marker:?} in: {text}"))
 }
 
 /// Time from producing an event that crosses a threshold to its alert on the topic.
