@@ -75,4 +75,9 @@ fn advise_without_a_closed_cycle_says_why_in_one_line() {
     assert_eq!(run.stderr.trim(), "error: team t1 has no closed cycle to advise from (its first cycle is still open)");
     let run = ul(&dir, &["advise", "--team", "ghost"]);
     assert_eq!(run.stderr.trim(), "error: team ghost has no entries in the ledger");
+    // An app subscriber has no API usage to replay under API plans.
+    let tmp = ledger_with("@a app 04-01 app_pro monthly\n@a ai 04-02 10", "2026-05-02T00:00:00Z");
+    let run = ul(&tmp.path().join("data"), &["advise", "--team", "a"]);
+    assert_eq!(run.code, 1);
+    assert_eq!(run.stderr.trim(), "error: team a used no API images in its last 1 closed cycle(s): no plan to compare");
 }

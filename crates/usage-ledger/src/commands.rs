@@ -233,6 +233,10 @@ pub fn advise(dir: &Path, team: &str, months: u32, json: bool) -> anyhow::Result
             _ => None,
         })
         .collect();
+    let window_end: DateTime<Utc> = window[window.len() - 1]["period"]["end"].as_str().unwrap_or_default().parse()?;
+    if !images.iter().any(|i| !i.sandbox && anchor <= i.occurred_at && i.occurred_at < window_end) {
+        bail!("team {team} used no API images in its last {} closed cycle(s): no plan to compare", window.len());
+    }
     let bar = indicatif::ProgressBar::new(0).with_message("plans replayed");
     bar.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("valid template"));
     let cycles = window.len() as u32;
