@@ -123,3 +123,54 @@ fn usage_the_plan_does_not_price_is_kept_as_unplanned() {
          unplanned m api-on-app",
     );
 }
+
+/// An upgrade on the same interval applies at once: the cycle's allowances become the
+/// new plan's (usage so far counts, thresholds fire afresh as generation 1) and the team
+/// pays the fee difference for what is left of the period paid for.
+/// Free → Pro on 16 April (monthly): 15 of 30 days left, $9.99 × 0.5 = $4.995 → $5.00.
+/// Pro → Max on 2 July (yearly): 183 of 365 days of the year left, $110 × 183/365 =
+/// $55.1507 → $55.15. Pro → Max on Sun 18 Jan 12:00 (weekly, weeks from Thu 1 Jan): half
+/// of the current week and the weeks of 22 and 29 Jan left, $4.00 × 2.5 = $10.00.
+#[test]
+fn an_upgrade_applies_now_and_pays_the_difference_for_the_period_left() {
+    let out = run_scenario(
+        "@m app 04-01 app_free monthly
+         @m ai 04-05 20 #m-ai1
+         @m appchange 04-16 app_pro monthly #m-up
+         @m ai 04-20 100 #m-ai2
+         @y app 01-01 app_pro yearly
+         @y appchange 07-02 app_max yearly #y-up
+         @w app 01-01 app_pro weekly
+         @w appchange 01-18T12 app_max weekly #w-up
+         close 2026-08-02",
+    );
+    let idle_pro_year = |month: &str, m: u32| {
+        format!(
+            "invoice y 2026-{month}-01 total=0.00 v=2026-01-01 | - | exports 0/500 over=0 sandbox=0 | ai_credits 0/125 over=0 sandbox=0 | app yearly seats=1 m={m} top-ups in=0 bought=0 used=0 left=0\n"
+        )
+    };
+    let mut expected = String::from(
+        "invoice m 2026-04-01 total=5.00 v=2026-01-01 | upgrade_charge 1x5.00=5.00 | exports 0/500 over=0 sandbox=0 | ai_credits 120/125 over=0 sandbox=0 | app monthly seats=1 m=1 top-ups in=0 bought=0 used=0 left=0
+         invoice m 2026-05-01 total=9.99 v=2026-01-01 | subscription_fee 1x9.99=9.99 | exports 0/500 over=0 sandbox=0 | ai_credits 0/125 over=0 sandbox=0 | app monthly seats=1 m=2 top-ups in=0 bought=0 used=0 left=0
+         invoice m 2026-06-01 total=9.99 v=2026-01-01 | subscription_fee 1x9.99=9.99 | exports 0/500 over=0 sandbox=0 | ai_credits 0/125 over=0 sandbox=0 | app monthly seats=1 m=3 top-ups in=0 bought=0 used=0 left=0
+         invoice m 2026-07-01 total=9.99 v=2026-01-01 | subscription_fee 1x9.99=9.99 | exports 0/500 over=0 sandbox=0 | ai_credits 0/125 over=0 sandbox=0 | app monthly seats=1 m=4 top-ups in=0 bought=0 used=0 left=0
+         alert m ai_credits g0 80% by m-ai1
+         alert m ai_credits g1 80% by m-ai2
+         invoice w 2026-01-01 total=24.95 v=2026-01-01 | subscription_fee 5x2.99=14.95, upgrade_charge 1x10.00=10.00 | exports 0/1500 over=0 sandbox=0 | ai_credits 0/375 over=0 sandbox=0 | app weekly seats=1 m=1 top-ups in=0 bought=0 used=0 left=0\n",
+    );
+    // Weeks starting in each cycle: Feb 5–26 (4), Mar 5–26 (4), Apr 2–30 (5), May 7–28 (4),
+    // Jun 4–25 (4), Jul 2–30 (5), at $6.99.
+    let weekly = [("02", 4, "27.96"), ("03", 4, "27.96"), ("04", 5, "34.95"), ("05", 4, "27.96")];
+    let weekly = weekly.into_iter().chain([("06", 4, "27.96"), ("07", 5, "34.95")]);
+    for (m, (month, weeks, fee)) in (2..).zip(weekly) {
+        expected += &format!(
+            "invoice w 2026-{month}-01 total={fee} v=2026-01-01 | subscription_fee {weeks}x6.99={fee} | exports 0/1500 over=0 sandbox=0 | ai_credits 0/375 over=0 sandbox=0 | app weekly seats=1 m={m} top-ups in=0 bought=0 used=0 left=0\n"
+        );
+    }
+    expected += "invoice y 2026-01-01 total=89.99 v=2026-01-01 | subscription_fee 1x89.99=89.99 | exports 0/500 over=0 sandbox=0 | ai_credits 0/125 over=0 sandbox=0 | app yearly seats=1 m=1 top-ups in=0 bought=0 used=0 left=0\n";
+    for (month, m) in [("02", 2), ("03", 3), ("04", 4), ("05", 5), ("06", 6)] {
+        expected += &idle_pro_year(month, m);
+    }
+    expected += "invoice y 2026-07-01 total=55.15 v=2026-01-01 | upgrade_charge 1x55.15=55.15 | exports 0/1500 over=0 sandbox=0 | ai_credits 0/375 over=0 sandbox=0 | app yearly seats=1 m=7 top-ups in=0 bought=0 used=0 left=0";
+    assert_text(&out, &expected);
+}

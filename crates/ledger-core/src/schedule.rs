@@ -310,11 +310,18 @@ fn apply_change(active: &mut Option<Active>, e: &AccountEvent, catalog: &Catalog
         }
         (AccountChange::AppPlanChanged(..), None) => Err(refuse("no active plan to change or cancel".into())),
         (AccountChange::AppPlanChanged(terms, options), Some(a)) => {
-            // Takes effect when the period paid for ends (the cycle; a yearly plan's year).
+            // An upgrade on the same interval applies now; anything else when the period
+            // paid for ends (the cycle; a yearly plan's year).
             a.last_event = e.event_id.clone();
             let version = catalog.version(&a.cycle.version_id).expect("cycle version exists");
-            check_app(version, terms, options, true).map_err(refuse)?;
-            a.pending = Some(Pending::App(terms.clone(), *options));
+            let current = a.cycle.gens.last().expect("a cycle has a generation");
+            let same_plan = current.terms.plan == terms.plan;
+            let seats = check_app(version, terms, options, !same_plan).map_err(refuse)?;
+            if app_upgrade(a, version, terms, options.interval, seats, e.occurred_at) {
+                a.pending = None;
+            } else {
+                a.pending = Some(Pending::App(terms.clone(), *options));
+            }
             Ok(())
         }
         (AccountChange::PlanStarted(terms), None) => {
@@ -484,6 +491,71 @@ fn check_app(version: &Version, terms: &PlanTerms, options: &AppOptions, new: bo
         n if n < *min_seats => Err(format!("plan {} needs at least {min_seats} seats, got {n}", terms.plan.key())),
         n => Ok(n),
     }
+}
+
+/// An app plan's fee per billing period: its price on the interval × seats.
+fn app_fee(version: &Version, plan: Plan, interval: BillingInterval, seats: u32) -> Option<Decimal> {
+    match version.plan(plan) {
+        Some(PlanRule::App { prices, .. }) => prices.get(interval).map(|p| p * Decimal::from(seats)),
+        _ => None,
+    }
+}
+
+/// Applies an app upgrade now, if it is one: the same interval at a higher fee (another
+/// plan, or more seats). The cycle's allowances become the new plan's (usage so far
+/// counts against them, and the alert thresholds fire afresh), and the team pays the
+/// fee difference for what is left of the period paid for: the cycle (monthly), the
+/// subscription year (yearly), or the current week plus the weeks still to start in
+/// the cycle (weekly).
+fn app_upgrade(
+    a: &mut Active,
+    version: &Version,
+    terms: &PlanTerms,
+    interval: BillingInterval,
+    seats: u32,
+    at: DateTime<Utc>,
+) -> bool {
+    let gen = a.cycle.gens.last().expect("a cycle has a generation");
+    let Allowance::App(month) = &gen.allowance else { return false };
+    let old_fee = app_fee(version, gen.terms.plan, month.options.interval, month.options.seats);
+    let new_fee = app_fee(version, terms.plan, interval, seats);
+    let (Some(old_fee), Some(new_fee)) = (old_fee, new_fee) else { return false };
+    if interval != month.options.interval || new_fee <= old_fee {
+        return false;
+    }
+    let diff = new_fee - old_fee;
+    let (left, what) = match interval {
+        BillingInterval::Monthly => (fraction_left(a.cycle.start, a.cycle.end, at), "of the cycle"),
+        BillingInterval::Yearly => {
+            let year_k = a.k - month.month % 12;
+            let year = (cycle_start(a.anchor, year_k), cycle_start(a.anchor, year_k + 12));
+            (fraction_left(year.0, year.1, at), "of the subscription year")
+        }
+        BillingInterval::Weekly => {
+            let week = chrono::Duration::days(7);
+            let n =
+                (at - month.since).num_nanoseconds().expect("within centuries") / week.num_nanoseconds().expect("fits");
+            let week_start = month.since + week * n as i32;
+            let later = month.weeks_starting_in(at + chrono::Duration::nanoseconds(1), a.cycle.end);
+            (fraction_left(week_start, week_start + week, at) + Decimal::from(later), "weeks")
+        }
+    };
+    let Some(PlanRule::App { label, exports_per_month, ai_credits_per_month, top_ups, .. }) = version.plan(terms.plan)
+    else {
+        return false;
+    };
+    let description = format!("Upgrade to {label}, {seats} seat(s), {} {what} left", left.normalize());
+    a.cycle.charges.push(Charge::once(ChargeKind::UpgradeCharge, description, round_cents(diff * left), left));
+    let upgraded = AppMonth {
+        options: AppOptions { interval, seats },
+        exports: exports_per_month * u64::from(seats),
+        ai_credits: ai_credits_per_month * u64::from(seats),
+        top_ups: *top_ups,
+        ..month.clone()
+    };
+    let gen = a.cycle.gens.last_mut().expect("a cycle has a generation");
+    *gen = Gen { from: gen.from, number: gen.number + 1, terms: terms.clone(), allowance: Allowance::App(upgraded) };
+    true
 }
 
 /// A cycle of an app subscription: `month` continues one, `None` starts one. Renewals
