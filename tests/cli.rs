@@ -275,3 +275,24 @@ fn the_eighteen_month_history_replays_byte_for_byte() {
     assert_eq!(replay.stdout, ul(&dir, &["replay"]).stdout, "and the same digest every time");
     assert!(ul_ok(&dir, &["verify"]).starts_with("ok: 2 teams"));
 }
+
+/// The README's sample traffic (`demo`, the in-process form of `run --demo`): every team
+/// ends with an April invoice, the figures it prints are the stored invoices', and the
+/// ledger it leaves verifies and replays to the same projections.
+#[test]
+fn the_demo_bills_every_team_and_leaves_a_ledger_that_replays() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    let out = ul_ok(&dir, &["demo"]);
+    for team in ["acme-shop", "studio-north", "hobby-dev", "pixel-app", "bigco"] {
+        let invoices: serde_json::Value = serde_json::from_str(&ul_ok(&dir, &["invoices", "--team", team])).unwrap();
+        let total = invoices[0]["total"].as_str().unwrap_or_else(|| panic!("{team} has an invoice"));
+        let printed = out.lines().find(|l| l.trim_start().starts_with(&format!("{team} "))).unwrap();
+        assert!(printed.contains(&format!("total ${total:>7}")), "{printed} vs {total}");
+    }
+    assert!(out.contains("ALERT   bigco         allotment 100% reached"), "{out}");
+    assert!(out.contains("ALERT   pixel-app     exports 80% reached"), "{out}");
+    assert!(ul_ok(&dir, &["verify"]).starts_with("ok: 5 teams"));
+    let replay = ul(&dir, &["replay"]);
+    assert!(replay.stderr.contains("0 stored projections differed"), "{}", replay.stderr);
+}

@@ -8,12 +8,66 @@ use ledger_core::{Catalog, Event, TeamId};
 use ledger_proto::parse_json_line;
 use ledger_store::{Ledger, Outcome, Source, Store, Submission};
 
-const TEAMS: [(&str, &str, u64, u32); 3] = [
-    // team, plan, bucket images, removals per day
-    ("acme-shop", "api_basic", 2000, 70),
-    ("studio-north", "api_plus", 1000, 12),
-    ("hobby-dev", "api_free_trial", 0, 1),
+/// A demo team: how it starts (the account event's body), its uses per day, and the
+/// feature it calls, with another one every fifth hour.
+struct DemoTeam {
+    id: &'static str,
+    start: &'static str,
+    per_day: u32,
+    apis: (&'static str, &'static str),
+}
+
+const API: (&str, &str) = ("API_REMOVE_BACKGROUND", "API_IMAGE_EDITING");
+
+const TEAMS: [DemoTeam; 5] = [
+    DemoTeam {
+        id: "acme-shop",
+        start: r#""planStarted":{"plan":"api_basic","bucketImages":"2000"}"#,
+        per_day: 70,
+        apis: API,
+    },
+    DemoTeam {
+        id: "studio-north",
+        start: r#""planStarted":{"plan":"api_plus","bucketImages":"1000"}"#,
+        per_day: 12,
+        apis: API,
+    },
+    DemoTeam { id: "hobby-dev", start: r#""planStarted":{"plan":"api_free_trial"}"#, per_day: 1, apis: API },
+    // The app track: Pro, monthly: 500 exports and 125 AI credits a month.
+    DemoTeam {
+        id: "pixel-app",
+        start: r#""planStarted":{"plan":"app_pro","billingInterval":"monthly"}"#,
+        per_day: 20,
+        apis: ("APP_EXPORT", "APP_AI"),
+    },
+    // An enterprise contract: 240,000 images a year (20,000 a month), rollover on.
+    DemoTeam {
+        id: "bigco",
+        start: r#""contractSigned":{"termMonths":12,"committedImagesPerYear":"240000","rateRemoveBackground":"0.015","rateImageEditing":"0.08","annualFee":"3600.00","rollover":true,"tiers":[{"fromImages":"300000","discountPercent":"10"}]}"#,
+        per_day: 700,
+        apis: API,
+    },
 ];
+
+/// Allowances counted in images (the rest are dollar values).
+fn in_images(allowance: &str) -> bool {
+    matches!(allowance, "exports" | "ai_credits" | "allotment" | "commitment" | "sandbox")
+}
+
+/// A meter's figure: whole units (images, exports, credits) or dollars.
+fn amount(allowance: &str, v: &str) -> String {
+    if in_images(allowance) {
+        v.split('.').next().unwrap_or(v).to_string()
+    } else {
+        format!("${v}")
+    }
+}
+
+/// `consumed $ 1.40 of $100.00 ( 1.40%)`, or in units where the allowance counts them.
+fn consumed_of(allowance: &str, consumed: &str, value: &str, percent: &str) -> String {
+    let verb = if in_images(allowance) { "used" } else { "consumed" };
+    format!("{verb:<8} {:>7} of {:>7} ({percent:>6}%)", amount(allowance, consumed), amount(allowance, value))
+}
 
 fn line(kind: &str, id: &str, team: &str, at: DateTime<Utc>, body: &str) -> String {
     let at = at.format("%Y-%m-%dT%H:%M:%SZ");
@@ -23,26 +77,20 @@ fn line(kind: &str, id: &str, team: &str, at: DateTime<Utc>, body: &str) -> Stri
 /// A month of traffic: plan starts, then each team's daily usage, in time order.
 fn traffic(start: DateTime<Utc>) -> Vec<String> {
     let mut out = Vec::new();
-    for (team, plan, bucket, _) in TEAMS {
-        out.push(line(
-            "accountEvent",
-            &format!("{team}-start"),
-            team,
-            start,
-            &format!(r#""planStarted":{{"plan":"{plan}","bucketImages":"{bucket}"}}"#),
-        ));
+    for team in &TEAMS {
+        out.push(line("accountEvent", &format!("{}-start", team.id), team.id, start, team.start));
     }
     for hour in 1..(32 * 24) {
         let at = start + Duration::hours(hour);
-        for (t, (team, _, _, per_day)) in TEAMS.iter().enumerate() {
+        for (t, team) in TEAMS.iter().enumerate() {
             let n = (hour as u32 * 7 + t as u32 * 13) % 24;
-            if n < per_day % 24 || (per_day / 24 > 0) {
-                let api = if (hour + t as i64) % 5 == 0 { "API_IMAGE_EDITING" } else { "API_REMOVE_BACKGROUND" };
-                let images = 1 + per_day / 24;
+            if n < team.per_day % 24 || (team.per_day / 24 > 0) {
+                let api = if (hour + t as i64) % 5 == 0 { team.apis.1 } else { team.apis.0 };
+                let images = 1 + team.per_day / 24;
                 out.push(line(
                     "imageProcessed",
-                    &format!("{team}-{hour}"),
-                    team,
+                    &format!("{}-{hour}", team.id),
+                    team.id,
                     at,
                     &format!(r#""api":"{api}","images":{images},"operations":["crop"]"#),
                 ));
@@ -71,18 +119,19 @@ pub fn run(dir: &Path) -> anyhow::Result<ExitCode> {
         let report = ledger.submit_batch(batch)?;
         appended += report.outcomes.iter().filter(|o| matches!(o, Outcome::Appended { .. })).count();
         let now = chunk.last().expect("non-empty").occurred_at();
-        for (t, (team, _, _, _)) in TEAMS.iter().enumerate() {
-            let alerts = ledger.store().alerts(team)?;
+        for (t, team) in TEAMS.iter().enumerate() {
+            let alerts = ledger.store().alerts(team.id)?;
             for alert in &alerts[seen[t]..] {
                 let a: serde_json::Value = serde_json::from_str(alert)?;
                 let s = |k: &str| a[k].as_str().unwrap_or("").to_string();
+                let allowance = s("allowance");
                 println!(
-                    "{}  ALERT   {team:<13} {} {}% reached: ${} of ${}",
+                    "{}  ALERT   {:<13} {allowance} {}% reached: {} of {}",
                     &s("occurred_at")[..16],
-                    s("allowance"),
+                    team.id,
                     a["threshold_percent"],
-                    s("consumed"),
-                    s("allowance_value")
+                    amount(&allowance, &s("consumed")),
+                    amount(&allowance, &s("allowance_value"))
                 );
             }
             seen[t] = alerts.len();
@@ -104,7 +153,7 @@ pub fn run(dir: &Path) -> anyhow::Result<ExitCode> {
 /// The final invoices of the demo teams, one line each.
 pub fn print_invoices(stores: &[Store]) -> anyhow::Result<()> {
     println!("April 2026 closed; its invoices:");
-    for (team, _, _, _) in TEAMS {
+    for team in TEAMS.iter().map(|t| t.id) {
         for invoice in stores.iter().map(|s| s.invoices(team)).collect::<Result<Vec<_>, _>>()?.concat() {
             let v: serde_json::Value = serde_json::from_str(&invoice)?;
             let lines: Vec<String> = v["lines"]
@@ -137,12 +186,10 @@ pub fn print_live_balances(ledger: &Ledger, records: &[ledger_kafka::Record]) ->
         let balance = state.balance(catalog, None);
         if let (Some(a), Some(at)) = (balance.allowances.last(), balance.at) {
             println!(
-                "BALANCE {team:<13} at {}  {:<7} consumed ${:>6} of ${:>6} ({:>6}%)",
+                "BALANCE {team:<13} at {}  {:<10} {}",
                 &at[..16],
                 a.allowance,
-                a.consumed,
-                a.value,
-                a.percent
+                consumed_of(a.allowance, &a.consumed, &a.value, &a.percent)
             );
         }
     }
@@ -151,17 +198,15 @@ pub fn print_live_balances(ledger: &Ledger, records: &[ledger_kafka::Record]) ->
 
 fn print_balances(ledger: &Ledger, at: DateTime<Utc>) -> anyhow::Result<()> {
     let catalog = ledger.catalog();
-    for (team, _, _, _) in TEAMS {
+    for team in TEAMS.iter().map(|t| t.id) {
         let mut state = ledger.store().load_team(catalog, &TeamId::new(team)?)?;
         let balance = state.balance(catalog, Some(at));
         if let Some(a) = balance.allowances.last() {
             println!(
-                "{}  balance {team:<13} {:<7} consumed ${:>6} of ${:>6} ({:>6}%)",
+                "{}  balance {team:<13} {:<10} {}",
                 &at.to_rfc3339()[..16],
                 a.allowance,
-                a.consumed,
-                a.value,
-                a.percent
+                consumed_of(a.allowance, &a.consumed, &a.value, &a.percent)
             );
         }
     }
