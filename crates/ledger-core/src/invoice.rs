@@ -331,6 +331,25 @@ pub struct GenFigures {
 }
 
 impl GenFigures {
+    fn new(g: &crate::schedule::Gen) -> GenFigures {
+        GenFigures {
+            number: g.number,
+            terms: g.terms.clone(),
+            allowance: g.allowance.clone(),
+            consumed: Decimal::ZERO,
+            covered: Decimal::ZERO,
+            sandbox_images: 0,
+            remove_background_images: 0,
+            over_by_api: BTreeMap::new(),
+        }
+    }
+
+    /// Books `covered` of a usage worth `value` against the allowance; returns the rest.
+    fn cover(&mut self, value: Decimal, covered: Decimal) -> Decimal {
+        self.covered += covered;
+        value - covered
+    }
+
     pub fn allowance_value(&self) -> Option<Decimal> {
         match self.allowance {
             Allowance::Bucket { value } | Allowance::Trial { value, .. } => Some(value),
@@ -391,20 +410,7 @@ pub fn figures(
         _ => None,
     });
     let mut out = CycleFigures {
-        gens: spec
-            .gens
-            .iter()
-            .map(|g| GenFigures {
-                number: g.number,
-                terms: g.terms.clone(),
-                allowance: g.allowance.clone(),
-                consumed: Decimal::ZERO,
-                covered: Decimal::ZERO,
-                sandbox_images: 0,
-                remove_background_images: 0,
-                over_by_api: BTreeMap::new(),
-            })
-            .collect(),
+        gens: spec.gens.iter().map(GenFigures::new).collect(),
         by_api: BTreeMap::new(),
         billable_images: 0,
         sandbox_images: 0,
@@ -441,26 +447,22 @@ pub fn figures(
             g.remove_background_images += images;
         }
         walk.advance(rec.at, Some(&rec.event_id));
-        if let (Allowance::App(_), Some(app)) = (&g.allowance, app.as_mut()) {
-            app.advance(Some((rec.at, &rec.event_id)));
-            app.draw(rec.api, images);
-        } else if let (Allowance::Contract(_), Some(term)) = (&g.allowance, term.as_mut()) {
-            let over = term.draw(rec.api, images);
-            if over > Decimal::ZERO {
-                *g.over_by_api.entry(rec.api).or_default() += over;
+        let over = match &g.allowance {
+            Allowance::App(_) => {
+                let app = app.as_mut().expect("an app cycle has app figures");
+                app.advance(Some((rec.at, &rec.event_id)));
+                app.draw(rec.api, images);
+                Decimal::ZERO
             }
-        } else if let Allowance::Credits { image_rate } = g.allowance {
-            let covered = image_rate * Decimal::from(walk.draw(rec));
-            g.covered += covered;
-            if covered < value {
-                *g.over_by_api.entry(rec.api).or_default() += value - covered;
-            }
-        } else if let Some(limit) = g.allowance_value() {
-            let covered = value.min(limit - g.covered);
-            g.covered += covered;
-            if covered < value {
-                *g.over_by_api.entry(rec.api).or_default() += value - covered;
-            }
+            Allowance::Contract(_) => term.as_mut().expect("a contract cycle has its term").draw(rec.api, images),
+            Allowance::Credits { image_rate } => g.cover(value, *image_rate * Decimal::from(walk.draw(rec))),
+            _ => match g.allowance_value() {
+                Some(limit) => g.cover(value, value.min(limit - g.covered)),
+                None => Decimal::ZERO,
+            },
+        };
+        if over > Decimal::ZERO {
+            *g.over_by_api.entry(rec.api).or_default() += over;
         }
     }
     out.credits = credits.expires_at.is_some().then(|| walk.finish(spec.end));

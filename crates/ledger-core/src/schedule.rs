@@ -282,109 +282,99 @@ fn placeholder(at: DateTime<Utc>) -> CycleSpec {
 }
 
 fn apply_change(active: &mut Option<Active>, e: &AccountEvent, catalog: &Catalog) -> Result<(), Violation> {
-    let refuse = |reason: String| Violation { event_id: e.event_id.clone(), reason };
+    let refuse = |reason: &str| Err(Violation { event_id: e.event_id.clone(), reason: reason.to_string() });
     match (&e.change, active.as_mut()) {
-        (AccountChange::PlanStarted(_), Some(_)) => {
-            Err(refuse("PlanStarted while a plan is active; use PlanChanged".into()))
-        }
         (AccountChange::PlanStarted(terms) | AccountChange::PlanChanged(terms), _)
             if terms.plan == Plan::ApiEnterprise =>
         {
-            Err(refuse("api_enterprise starts with a ContractSigned carrying its terms".into()))
+            refuse("api_enterprise starts with a ContractSigned carrying its terms")
         }
         (AccountChange::PlanStarted(terms) | AccountChange::PlanChanged(terms), _) if terms.plan.is_app() => {
-            Err(refuse(format!("app plan {} needs its billing interval and seats", terms.plan.key())))
+            refuse(&format!("app plan {} needs its billing interval and seats", terms.plan.key()))
         }
-        (AccountChange::AppPlanStarted(..), Some(_)) => {
-            Err(refuse("PlanStarted while a plan is active; use PlanChanged".into()))
+        (AccountChange::PlanStarted(_) | AccountChange::AppPlanStarted(..), Some(_)) => {
+            refuse("PlanStarted while a plan is active; use PlanChanged")
         }
-        (AccountChange::AppPlanStarted(terms, options), None) => {
-            let anchor = e.occurred_at;
-            let version =
-                catalog.version_at(anchor).ok_or_else(|| refuse(format!("no catalog version at {anchor}")))?;
-            check_app(version, terms, options, true).map_err(refuse)?;
-            let cycle =
-                open_app_cycle(catalog, anchor, cycle_start(anchor, 1), terms.clone(), *options, None, &e.event_id)?;
-            *active = Some(Active { anchor, k: 0, policy: None, pending: None, cycle, last_event: e.event_id.clone() });
+        (AccountChange::PlanChanged(_) | AccountChange::AppPlanChanged(..) | AccountChange::PlanCancelled, None) => {
+            refuse("no active plan to change or cancel")
+        }
+        (_, None) => {
+            *active = start(e, catalog)?;
             Ok(())
         }
-        (AccountChange::AppPlanChanged(..), None) => Err(refuse("no active plan to change or cancel".into())),
-        (AccountChange::AppPlanChanged(terms, options), Some(a)) => {
-            // An upgrade on the same interval applies now; anything else when the period
-            // paid for ends (the cycle; a yearly plan's year).
+        (_, Some(a)) => {
             a.last_event = e.event_id.clone();
-            let version = catalog.version(&a.cycle.version_id).expect("cycle version exists");
-            let current = a.cycle.gens.last().expect("a cycle has a generation");
-            let same_plan = current.terms.plan == terms.plan;
-            let seats = check_app(version, terms, options, !same_plan).map_err(refuse)?;
-            if app_upgrade(a, version, terms, options.interval, seats, e.occurred_at) {
-                a.pending = None;
-            } else {
-                a.pending = Some(Pending::App(terms.clone(), *options));
-            }
-            Ok(())
+            change(a, e, catalog)
         }
-        (AccountChange::PlanStarted(terms), None) => {
-            let anchor = e.occurred_at;
+    }
+}
+
+/// A plan start with no plan active: its instant anchors the cycles.
+fn start(e: &AccountEvent, catalog: &Catalog) -> Result<Option<Active>, Violation> {
+    let refuse = |reason: String| Violation { event_id: e.event_id.clone(), reason };
+    let anchor = e.occurred_at;
+    let (first_end, cause) = (cycle_start(anchor, 1), &e.event_id);
+    let version = || catalog.version_at(anchor).ok_or_else(|| refuse(format!("no catalog version at {anchor}")));
+    let (cycle, policy) = match &e.change {
+        AccountChange::PlanStarted(terms) => {
             check_sold(catalog.version_at(anchor), terms).map_err(refuse)?;
-            let cycle = open_cycle(catalog, anchor, cycle_start(anchor, 1), terms.clone(), &e.event_id)?;
-            *active = Some(Active {
-                anchor,
-                k: 0,
-                policy: terms.upgrade_policy,
-                pending: None,
-                cycle,
-                last_event: e.event_id.clone(),
-            });
-            Ok(())
+            (open_cycle(catalog, anchor, first_end, terms.clone(), cause)?, terms.upgrade_policy)
         }
-        (AccountChange::ContractSigned(terms), None) => {
+        AccountChange::AppPlanStarted(terms, options) => {
+            check_app(version()?, terms, options, true).map_err(refuse)?;
+            (open_app_cycle(catalog, anchor, first_end, terms.clone(), *options, None, cause)?, None)
+        }
+        AccountChange::ContractSigned(terms) => {
             // A contract signed with no plan active starts its term (and the cycles) now.
-            let anchor = e.occurred_at;
-            let version =
-                catalog.version_at(anchor).ok_or_else(|| refuse(format!("no catalog version at {anchor}")))?;
-            check_contract(version, terms).map_err(refuse)?;
+            check_contract(version()?, terms).map_err(refuse)?;
             let term_end = cycle_start(anchor, terms.term_months);
             let month = ContractMonth { terms: terms.clone(), term_start: anchor, term_end, month: 0 };
-            let cycle = open_contract_cycle(catalog, anchor, cycle_start(anchor, 1), month, &e.event_id)?;
-            *active = Some(Active { anchor, k: 0, policy: None, pending: None, cycle, last_event: e.event_id.clone() });
-            Ok(())
+            (open_contract_cycle(catalog, anchor, first_end, month, cause)?, None)
         }
-        (AccountChange::PlanChanged(_) | AccountChange::PlanCancelled, None) => {
-            Err(refuse("no active plan to change or cancel".into()))
-        }
-        (AccountChange::ContractSigned(terms), Some(a)) => {
+        _ => return Ok(None),
+    };
+    Ok(Some(Active { anchor, k: 0, policy, pending: None, cycle, last_event: e.event_id.clone() }))
+}
+
+/// A change while a plan is active: an upgrade applies now, the rest is scheduled.
+fn change(a: &mut Active, e: &AccountEvent, catalog: &Catalog) -> Result<(), Violation> {
+    let refuse = |reason: String| Violation { event_id: e.event_id.clone(), reason };
+    let version = catalog.version(&a.cycle.version_id).expect("cycle version exists");
+    let current = a.cycle.gens.last().expect("a cycle has a generation");
+    match &e.change {
+        AccountChange::ContractSigned(terms) => {
             // Signed while on another plan: the term starts with the next cycle; signed
             // during a term: it replaces the renewal at the term's end.
-            a.last_event = e.event_id.clone();
-            let version = catalog.version(&a.cycle.version_id).expect("cycle version exists");
             check_contract(version, terms).map_err(refuse)?;
             a.pending = Some(Pending::Contract(terms.clone()));
-            Ok(())
         }
-        (AccountChange::PlanChanged(terms), Some(a)) => {
-            a.last_event = e.event_id.clone();
-            let version = catalog.version(&a.cycle.version_id).expect("cycle version exists");
+        AccountChange::AppPlanChanged(terms, options) => {
+            // An upgrade on the same interval applies now; anything else when the period
+            // paid for ends (the cycle; a yearly plan's year).
+            let seats = check_app(version, terms, options, current.terms.plan != terms.plan).map_err(refuse)?;
+            a.pending = if app_upgrade(a, version, terms, options.interval, seats, e.occurred_at) {
+                None
+            } else {
+                Some(Pending::App(terms.clone(), *options))
+            };
+        }
+        AccountChange::PlanChanged(terms) => {
             check_plan(version, terms).map_err(refuse)?;
             check_sold(Some(version), terms).map_err(refuse)?;
-            let current = a.cycle.gens.last().expect("a cycle has a generation");
-            let in_contract = matches!(current.allowance, Allowance::Contract(_) | Allowance::App(_));
-            if !in_contract && version.price(terms) > version.price(&current.terms) {
+            // Contracts and app subscriptions hold their plan until the period paid for ends.
+            let holds = matches!(current.allowance, Allowance::Contract(_) | Allowance::App(_));
+            if !holds && version.price(terms) > version.price(&current.terms) {
                 let policy = terms.upgrade_policy.or(a.policy).unwrap_or(version.upgrade_policy);
                 upgrade(&mut a.cycle, version, terms.clone(), policy, e.occurred_at);
                 a.pending = None;
             } else {
                 a.pending = Some(Pending::Change(terms.clone()));
             }
-            Ok(())
         }
-        (AccountChange::PlanCancelled, Some(a)) => {
-            a.last_event = e.event_id.clone();
-            a.pending = Some(Pending::Cancel);
-            Ok(())
-        }
-        _ => Ok(()),
+        AccountChange::PlanCancelled => a.pending = Some(Pending::Cancel),
+        _ => {}
     }
+    Ok(())
 }
 
 /// A contract must fit what the catalog in force sells (billing.md §4).

@@ -19,7 +19,7 @@ pub fn open_existing(dir: &Path) -> anyhow::Result<Vec<Store>> {
 }
 
 /// The ledger that holds the team (teams have one owner), if any does.
-fn team_store(stores: Vec<Store>, team: &TeamId) -> anyhow::Result<Option<Store>> {
+pub(crate) fn team_store(stores: Vec<Store>, team: &TeamId) -> anyhow::Result<Option<Store>> {
     for store in stores {
         if store.has_team(team.as_str())? {
             return Ok(Some(store));
@@ -28,7 +28,7 @@ fn team_store(stores: Vec<Store>, team: &TeamId) -> anyhow::Result<Option<Store>
     Ok(None)
 }
 
-fn team_id(team: &str) -> anyhow::Result<TeamId> {
+pub(crate) fn team_id(team: &str) -> anyhow::Result<TeamId> {
     TeamId::new(team).with_context(|| format!("--team {team:?}"))
 }
 
@@ -192,116 +192,4 @@ pub fn verify(dir: &Path) -> anyhow::Result<ExitCode> {
         eprintln!("error: {} fault(s) found; first: {}", report.faults.len(), report.faults[0]);
         Ok(ExitCode::from(1))
     }
-}
-
-/// Replays the team's last `months` closed cycles under every plan it could buy and
-/// prints what each would have cost, cheapest first.
-pub fn advise(dir: &Path, team: &str, months: u32, json: bool) -> anyhow::Result<ExitCode> {
-    use ledger_core::{AccountChange, Entry};
-    let id = team_id(team)?;
-    let Some(store) = team_store(open_existing(dir)?, &id)? else { bail!("team {team} has no entries in the ledger") };
-    let catalog = store.catalog()?;
-    let invoices: Vec<serde_json::Value> =
-        store.invoices(team)?.iter().map(|j| serde_json::from_str(j)).collect::<Result<_, _>>()?;
-    if months == 0 {
-        bail!("--months must be at least 1");
-    }
-    if invoices.is_empty() {
-        bail!("team {team} has no closed cycle to advise from (its first cycle is still open)");
-    }
-    let window = &invoices[invoices.len().saturating_sub(months as usize)..];
-    let anchor: DateTime<Utc> = window[0]["period"]["start"].as_str().unwrap_or_default().parse()?;
-    let invoiced: rust_decimal::Decimal = window
-        .iter()
-        .map(|i| i["total"].as_str().unwrap_or("0").parse::<rust_decimal::Decimal>())
-        .sum::<Result<_, _>>()?;
-    let entries = store.team_entries(&catalog, &id)?;
-    let refunded: std::collections::HashSet<&ledger_core::EventId> = entries
-        .iter()
-        .filter_map(|e| match e {
-            Entry::Refund { event, .. } => match &event.change {
-                AccountChange::QualityRefund { original_event_id, .. } => Some(original_event_id),
-                _ => None,
-            },
-            _ => None,
-        })
-        .collect();
-    let images: Vec<ledger_core::ImageProcessed> = entries
-        .iter()
-        .filter_map(|e| match e {
-            Entry::Image(i) if !i.api.is_app() && !refunded.contains(&i.event_id) => Some(i.clone()),
-            _ => None,
-        })
-        .collect();
-    let window_end: DateTime<Utc> = window[window.len() - 1]["period"]["end"].as_str().unwrap_or_default().parse()?;
-    if !images.iter().any(|i| !i.sandbox && anchor <= i.occurred_at && i.occurred_at < window_end) {
-        bail!("team {team} used no API images in its last {} closed cycle(s): no plan to compare", window.len());
-    }
-    let bar = indicatif::ProgressBar::new(0).with_message("plans replayed");
-    bar.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("valid template"));
-    let cycles = window.len() as u32;
-    use ledger_core::advice;
-    let plans = advice::candidates(&catalog, anchor, advice::busiest_cycle_value(&catalog, anchor, cycles, &images));
-    bar.set_length(plans.len() as u64);
-    // Each plan is an independent replay: spread them over the cores.
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(plans.len().max(1));
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut results: Vec<(usize, Result<advice::PlanCost, String>)> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut done = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(terms) = plans.get(i) else { break done };
-                        done.push((i, advice::simulate(&catalog, &id, anchor, cycles, terms, &images)));
-                        bar.inc(1);
-                    }
-                })
-            })
-            .collect();
-        workers.into_iter().flat_map(|w| w.join().expect("advice threads do not panic")).collect()
-    });
-    results.sort_by_key(|(i, _)| *i);
-    let options = results.into_iter().map(|(_, r)| r).collect::<Result<Vec<_>, _>>();
-    let advice = options
-        .and_then(|options| advice::rank(&catalog, &id, anchor, cycles, &images, Some(invoiced), options))
-        .map_err(|e| anyhow::anyhow!("team {team}: {e}"))?;
-    bar.finish_and_clear();
-    if json {
-        crate::emit(&serde_json::to_string_pretty(&advice)?)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    let mut out = format!(
-        "Team {team}, {} cycle(s) {} -> {} (catalog {}): {} billable images, invoiced {}\n",
-        advice.cycles,
-        &advice.period.start[..10],
-        &advice.period.end[..10],
-        advice.price_book_version,
-        advice.billable_images,
-        advice.invoiced.as_deref().unwrap_or("-")
-    );
-    out += &format!("{:<22} {:>12} {:>12} {:>12} {:>10}\n", "plan", "total", "forfeited", "overage", "per image");
-    for o in &advice.options {
-        out += &format!(
-            "{:<22} {:>12} {:>12} {:>12} {:>10}\n",
-            o.plan,
-            o.total,
-            o.forfeited,
-            o.overage,
-            o.effective_cost_per_image.as_deref().unwrap_or("-")
-        );
-    }
-    if let Some(best) = advice.options.first() {
-        let saving = invoiced - best.total_exact;
-        out += &format!(
-            "Cheapest: {}, {} for these cycles ({} {} than invoiced).",
-            best.plan,
-            best.total,
-            ledger_core::money::fmt_cents(saving.abs()),
-            if saving >= rust_decimal::Decimal::ZERO { "less" } else { "more" }
-        );
-    }
-    crate::emit(&out)?;
-    Ok(ExitCode::SUCCESS)
 }

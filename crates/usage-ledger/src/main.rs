@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod advise;
 mod broker;
 mod commands;
 mod demo;
@@ -171,7 +172,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Balance { team, at } => commands::balance(&dir, &team, at),
         Command::Alerts { team } => commands::alerts(&dir, &team),
         Command::Advise { team, months, format } => {
-            commands::advise(&dir, &team, months, matches!(format, AdviceFormat::Json))
+            advise::run(&dir, &team, months, matches!(format, AdviceFormat::Json))
         }
         Command::Replay => commands::replay(&dir),
         Command::Verify => commands::verify(&dir),
