@@ -2,15 +2,16 @@
 //! caller may acknowledge anything.
 use std::collections::HashMap;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use ledger_core::team::{Applied, RefundLookup, Reject};
 use ledger_core::{AccountChange, AccountEvent, Catalog, Entry, Event, EventId, RefundTarget, Team, TeamId};
-use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use crate::codec::{self, Hash, IndexRun, StoredEntry};
 use crate::index::{id_hash, Index};
 use crate::keys;
+use crate::parked::ParkedRefunds;
+pub use crate::parked::{refund_wait, Parked};
 use crate::store::{OutboxMsg, Store};
 use crate::{Error, Result};
 
@@ -47,37 +48,6 @@ pub enum Outcome {
     /// A refund of an event not (yet) in the ledger: the two input topics have no order
     /// between them, so it waits, durably, for that event (see `Parked`).
     Parked,
-}
-
-/// How long, in the team's own time (its newest event), a parked refund waits for the
-/// event it names before it is given up as `refund_unknown_event`.
-pub fn refund_wait() -> Duration {
-    Duration::days(1)
-}
-
-/// A `QualityRefund` that arrived before the image event it names. Kept in the store
-/// (written in the batch that took it, with the source position) and submitted right
-/// after that event is appended; given up once the team's clock passes the refund by
-/// `refund_wait()`, or when `close --until` passes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Parked {
-    pub event: AccountEvent,
-    /// Where it came from (`topic/partition` and offset for Kafka, a line for a file).
-    pub stream: Option<String>,
-    pub offset: u64,
-}
-
-impl Parked {
-    pub fn original(&self) -> &EventId {
-        match &self.event.change {
-            AccountChange::QualityRefund { original_event_id, .. } => original_event_id,
-            _ => unreachable!("only refunds are parked"),
-        }
-    }
-
-    fn key(&self) -> Vec<u8> {
-        keys::parked(self.event.team_id.as_str(), self.event.event_id.as_str())
-    }
 }
 
 fn unknown_after_wait(refund: &AccountEvent) -> Reject {
@@ -118,8 +88,8 @@ pub struct Ledger {
     index: Index,
     next_outbox: u64,
     conflicts: u64,
-    /// Parked refunds by the event id they wait for.
-    parked: HashMap<EventId, Vec<Parked>>,
+    /// Refunds waiting for the image they name.
+    parked: ParkedRefunds,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -227,10 +197,9 @@ impl Ledger {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "Folded the ledger."
         );
-        let mut parked: HashMap<EventId, Vec<Parked>> = HashMap::new();
+        let mut parked = ParkedRefunds::default();
         for raw in store.tree.scan_prefix([keys::PARKED]).values() {
-            let p: Parked = codec::decode(&raw?, "parked refund")?;
-            parked.entry(p.original().clone()).or_default().push(p);
+            parked.insert(codec::decode(&raw?, "parked refund")?);
         }
         Ok(Ledger { store, catalog, teams, heads, alert_counts, index, next_outbox, conflicts: 0, parked })
     }
@@ -254,7 +223,7 @@ impl Ledger {
 
     /// Refunds waiting for the event they name.
     pub fn parked(&self) -> usize {
-        self.parked.values().map(Vec::len).sum()
+        self.parked.len()
     }
 
     /// Appends a batch: dedup, validation and the core fold per event, then one atomic
@@ -380,16 +349,14 @@ impl Ledger {
         let parked = Parked { event, stream: source.stream, offset: source.offset };
         staged.batch.insert(parked.key(), codec::encode(&parked));
         debug!(team_id = %parked.event.team_id, event_id = %parked.event.event_id, original = %parked.original(), "Parked a refund until its event arrives.");
-        let waiting = self.parked.entry(parked.original().clone()).or_default();
-        waiting.retain(|p| p.event.event_id != parked.event.event_id);
-        waiting.push(parked);
+        self.parked.insert(parked);
         Outcome::Parked
     }
 
     /// Submits the refunds that waited for the event just appended.
     fn unpark(&mut self, staged: &mut Staged, appended: Option<EventId>) -> Result<()> {
-        let Some(waiting) = appended.and_then(|id| self.parked.remove(&id)) else { return Ok(()) };
-        for p in waiting {
+        let Some(id) = appended else { return Ok(()) };
+        for p in self.parked.take_for(&id) {
             staged.batch.remove(p.key());
             let source = Source { stream: p.stream.clone(), offset: p.offset };
             let outcome = self.submit_one(staged, Submission { event: Event::Account(p.event.clone()), source })?;
@@ -400,21 +367,7 @@ impl Ledger {
 
     /// Gives up the parked refunds (of `team`, or all) that `until` passed by the wait.
     fn give_up(&mut self, staged: &mut Staged, team: Option<&TeamId>, until: DateTime<Utc>) {
-        let due =
-            |p: &Parked| team.is_none_or(|t| p.event.team_id == *t) && p.event.occurred_at + refund_wait() <= until;
-        if !self.parked.values().flatten().any(due) {
-            return;
-        }
-        let mut given_up = Vec::new();
-        for waiting in self.parked.values_mut() {
-            let (gone, kept): (Vec<Parked>, Vec<Parked>) = std::mem::take(waiting).into_iter().partition(due);
-            *waiting = kept;
-            given_up.extend(gone);
-        }
-        self.parked.retain(|_, w| !w.is_empty());
-        given_up
-            .sort_by(|a, b| (a.event.occurred_at, &a.event.event_id).cmp(&(b.event.occurred_at, &b.event.event_id)));
-        for p in given_up {
+        for p in self.parked.take_due(team, until) {
             staged.batch.remove(p.key());
             let reject = unknown_after_wait(&p.event);
             warn!(team_id = %p.event.team_id, event_id = %p.event.event_id, detail = %reject.detail, "Gave up a parked refund.");

@@ -10,6 +10,7 @@ mod datadir;
 mod index;
 mod keys;
 mod ledger;
+mod parked;
 mod store;
 mod verify;
 
