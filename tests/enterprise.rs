@@ -152,3 +152,26 @@ fn contracts_the_catalog_does_not_sell_are_refused() {
          reject discount-100 plan_rule",
     );
 }
+
+/// A refund inside the open month gives the image back to the allotment (it rolls over):
+/// January draws 1,000 of 20,000, 19,000 roll out. A two-year term bills its annual fee
+/// again on month 13, and rollover runs on across the year boundary: 19,000 + 11 ×
+/// 20,000 = 239,000 roll into month 13, 259,000 out of it.
+#[test]
+fn refunds_return_to_the_allotment_and_a_second_year_bills_its_fee() {
+    let out = run_scenario(
+        "@t7 contract 01-01 24 240000 0.015 0.08 3600.00 roll
+         @t7 rb 01-10 5000 #img
+         @t7 refund 01-11 img #r
+         @t7 rb 01-12 1000
+         close 2027-02-02",
+    );
+    // The statements of each year's first month.
+    let lines: Vec<&str> = out.lines().filter(|l| l.split(' ').nth(2).is_some_and(|d| d.ends_with("-01-01"))).collect();
+    assert_text(
+        &lines.join("\n"),
+        "invoice t7 2026-01-01 total=3600.00 v=2026-01-01 | contract_fee 1x3600.00=3600.00, commitment_drawdown 1000x0.00=0.00 | contract m=1/24 allot=20000 in=0 drawn=1000 over=0 out=19000 forfeited=0 (0.00) used=1000/480000 | refunded=5000
+         invoice t7 2027-01-01 total=3600.00 v=2026-01-01 | contract_fee 1x3600.00=3600.00, commitment_drawdown 0x0.00=0.00 | contract m=13/24 allot=20000 in=239000 drawn=0 over=0 out=259000 forfeited=0 (0.00) used=1000/480000",
+    );
+    assert!(out.contains("contract_fee") && !out.contains("commitment_forfeited"), "{out}");
+}
