@@ -494,6 +494,11 @@ fn two_members_share_the_partitions_and_hand_them_over_on_exit() {
     assert!(Command::new("kill").args(["-TERM", &a.child.id().to_string()]).status().unwrap().success());
     let (a_log, a_appended) = a.finish();
     assert!(a_log.contains("handed over partitions; owns []"), "{a_log}");
+    // The eager rebalance that brought b in took every partition back from a and gave
+    // two back: those stayed open, so a folded each ledger once.
+    let opened: Vec<&str> = a_log.lines().filter_map(|l| l.split("ledgers of partitions ").nth(1)).collect();
+    let opened = opened.iter().flat_map(|o| o.trim_matches(['[', ']']).split(", ")).count();
+    assert_eq!(opened, 4, "{a_log}");
     b.wait_until_owns(|o| o == "[0, 1, 2, 3]", Duration::from_secs(60));
     let (_, b_appended) = b.finish();
     assert!(a_appended > 0 && b_appended > 0, "both members appended: {a_appended} and {b_appended}");
@@ -525,7 +530,7 @@ impl ledger_kafka::Partitions for PositionsLog {
             .collect()
     }
 
-    fn revoked(&self, partitions: &[(String, i32)]) {
+    fn revoked(&self, partitions: &[(String, i32)], _eager: bool) {
         self.log.lock().unwrap().extend(partitions.iter().map(|(_, p)| format!("revoke {p}")));
     }
 }

@@ -43,8 +43,10 @@ pub trait Partitions: Send + Sync {
     /// Partitions just assigned: the next offset of each, as the ledger recorded it
     /// (`None`: nothing consumed yet, start at the beginning).
     fn assigned(&self, partitions: &[(String, i32)]) -> Vec<Option<i64>>;
-    /// Partitions just revoked or lost.
-    fn revoked(&self, _partitions: &[(String, i32)]) {}
+    /// Partitions just revoked or lost. `eager`: an eager rebalance took every partition
+    /// back and an assignment follows (some may come back); otherwise (cooperative
+    /// revocation, lost partitions) they are gone now.
+    fn revoked(&self, _partitions: &[(String, i32)], _eager: bool) {}
 }
 
 /// An owner that keeps no positions: every partition is read from its beginning
@@ -151,7 +153,7 @@ impl ConsumerContext for GroupContext {
                     }
                     revoked
                 };
-                self.owner.revoked(&revoked);
+                self.owner.revoked(&revoked, !cooperative && !lost);
                 info!(partitions = ?revoked, cooperative, lost, "Partitions revoked.");
                 if cooperative {
                     consumer.incremental_unassign(tpl)
@@ -162,7 +164,7 @@ impl ConsumerContext for GroupContext {
             other => {
                 warn!(error = ?other, "Rebalance error; giving up every partition.");
                 let revoked: Vec<_> = self.owned.lock().expect("not poisoned").drain().collect();
-                self.owner.revoked(&revoked);
+                self.owner.revoked(&revoked, false);
                 consumer.unassign()
             }
         };

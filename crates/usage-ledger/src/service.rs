@@ -72,18 +72,35 @@ struct Stats {
 /// that partition N of both input topics (range assignment keeps them on one member)
 /// lands in one ledger, and a team, keyed to one partition number, in one ledger.
 /// Opened when assigned, flushed and closed when revoked; sled's file lock keeps a
-/// second process from writing a ledger it was not handed yet.
+/// second process from writing a ledger it was not handed yet. An eager rebalance
+/// revokes every partition before it reassigns them: their ledgers wait in `released`
+/// until the assignment, so those that come back are not folded again.
 struct Shards {
     dir: PathBuf,
     catalog: Catalog,
     open: BTreeMap<i32, Ledger>,
+    released: BTreeMap<i32, Ledger>,
+    released_at: Option<Instant>,
     owned: BTreeSet<(String, i32)>,
     takeover_wait: Duration,
     /// Why an assigned partition's ledger could not be opened: the service stops on it.
     failure: Option<String>,
 }
 
+/// How long ledgers released by an eager revocation wait for the assignment that follows
+/// (the next owner waits up to `--takeover-wait-ms` for them).
+const RELEASED_WAIT: Duration = Duration::from_secs(5);
+
 impl Shards {
+    /// Closes the released ledgers the new assignment did not give back.
+    fn hand_over_released(&mut self) {
+        self.released_at = None;
+        if !self.released.is_empty() {
+            self.released.clear();
+            eprintln!("usage-ledger: handed over partitions; owns {:?}", self.open.keys().collect::<Vec<_>>());
+        }
+    }
+
     fn open_ledger(&mut self, partition: i32) -> anyhow::Result<&mut Ledger> {
         if !self.open.contains_key(&partition) {
             let dir = ledger_store::partition_dir(&self.dir, partition);
@@ -103,6 +120,14 @@ struct Owner(Arc<Mutex<Shards>>);
 impl Partitions for Owner {
     fn assigned(&self, partitions: &[(String, i32)]) -> Vec<Option<i64>> {
         let mut shards = self.0.lock().expect("not poisoned");
+        // Back after an eager revocation: kept open, not folded again.
+        for (_, partition) in partitions {
+            if let Some(ledger) = shards.released.remove(partition) {
+                shards.open.insert(*partition, ledger);
+            }
+        }
+        shards.hand_over_released();
+        let was_open: BTreeSet<i32> = shards.open.keys().copied().collect();
         let positions = partitions
             .iter()
             .map(|(topic, partition)| {
@@ -116,21 +141,30 @@ impl Partitions for Owner {
                 })
             })
             .collect();
+        let opened: Vec<&i32> = shards.open.keys().filter(|p| !was_open.contains(p)).collect();
+        if !opened.is_empty() {
+            eprintln!("usage-ledger: opened and folded the ledgers of partitions {opened:?}");
+        }
         eprintln!("usage-ledger: owns partitions {:?}", shards.open.keys().collect::<Vec<_>>());
         positions
     }
 
-    fn revoked(&self, partitions: &[(String, i32)]) {
+    fn revoked(&self, partitions: &[(String, i32)], eager: bool) {
         let mut shards = self.0.lock().expect("not poisoned");
         for p in partitions {
             shards.owned.remove(p);
         }
         let keep: BTreeSet<i32> = shards.owned.iter().map(|(_, p)| *p).collect();
-        // Every batch was flushed before it was acknowledged; dropping closes sled.
-        let before = shards.open.len();
-        shards.open.retain(|p, _| keep.contains(p));
-        if shards.open.len() != before {
-            eprintln!("usage-ledger: handed over partitions; owns {:?}", shards.open.keys().collect::<Vec<_>>());
+        let gone: Vec<i32> = shards.open.keys().filter(|p| !keep.contains(p)).copied().collect();
+        for partition in gone {
+            // Every batch was flushed before it was acknowledged; dropping closes sled.
+            let ledger = shards.open.remove(&partition).expect("listed");
+            shards.released.insert(partition, ledger);
+        }
+        if eager {
+            shards.released_at.get_or_insert_with(Instant::now);
+        } else {
+            shards.hand_over_released();
         }
     }
 }
@@ -169,6 +203,8 @@ pub fn run(dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
         dir: dir.to_path_buf(),
         catalog: Catalog::builtin(),
         open: BTreeMap::new(),
+        released: BTreeMap::new(),
+        released_at: None,
         owned: BTreeSet::new(),
         takeover_wait: Duration::from_millis(args.takeover_wait_ms),
         failure: None,
@@ -199,6 +235,9 @@ pub fn run(dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
         let mut shards = shards.lock().expect("not poisoned");
         if let Some(why) = &shards.failure {
             bail!("cannot take over {why}");
+        }
+        if shards.released_at.is_some_and(|t| t.elapsed() > RELEASED_WAIT) {
+            shards.hand_over_released();
         }
         if !records.is_empty() {
             last_record = Instant::now();
@@ -249,6 +288,7 @@ pub fn run(dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
     info!(?stats, "Stopping: the last batch is durable and published.");
     let waiting: usize = shards.lock().expect("not poisoned").open.values().map(Ledger::parked).sum();
     consumer.close();
+    shards.lock().expect("not poisoned").hand_over_released();
     if let Some(handle) = demo {
         let _ = handle.join();
         crate::demo::print_invoices(&ledger_store::open_all(dir, &Catalog::builtin(), OpenOptions::default())?)?;
