@@ -92,6 +92,19 @@ struct Shards {
 const RELEASED_WAIT: Duration = Duration::from_secs(5);
 
 impl Shards {
+    fn new(dir: &Path, takeover_wait: Duration) -> Shards {
+        Shards {
+            dir: dir.to_path_buf(),
+            catalog: Catalog::builtin(),
+            open: BTreeMap::new(),
+            released: BTreeMap::new(),
+            released_at: None,
+            owned: BTreeSet::new(),
+            takeover_wait,
+            failure: None,
+        }
+    }
+
     /// Closes the released ledgers the new assignment did not give back.
     fn hand_over_released(&mut self) {
         self.released_at = None;
@@ -179,36 +192,8 @@ pub fn run(dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the signal handler")?;
-    let _broker;
-    let brokers = match &args.brokers {
-        Some(b) => b.clone(),
-        None => {
-            let broker = EmbeddedBroker::start(&dir.join("broker"), args.broker_port)?;
-            eprintln!("usage-ledger: embedded Kafka-protocol broker (tansu) listening on {}", broker.address);
-            let address = broker.address.clone();
-            _broker = broker;
-            address
-        }
-    };
-    ledger_kafka::create_topics(&brokers, args.partitions)?;
-    let counts = ledger_kafka::partition_counts(&brokers, &[IMAGES, ACCOUNTS])?;
-    if counts[0] != counts[1] || counts[0] == 0 {
-        bail!(
-            "{IMAGES} has {} partitions and {ACCOUNTS} {}: a team's events must meet in one partition number",
-            counts[0],
-            counts[1]
-        );
-    }
-    let shards = Arc::new(Mutex::new(Shards {
-        dir: dir.to_path_buf(),
-        catalog: Catalog::builtin(),
-        open: BTreeMap::new(),
-        released: BTreeMap::new(),
-        released_at: None,
-        owned: BTreeSet::new(),
-        takeover_wait: Duration::from_millis(args.takeover_wait_ms),
-        failure: None,
-    }));
+    let (brokers, _broker) = connect(dir, &args)?;
+    let shards = Arc::new(Mutex::new(Shards::new(dir, Duration::from_millis(args.takeover_wait_ms))));
     let owner = Arc::new(Owner(Arc::clone(&shards)));
     let consumer = Consumer::new(&brokers, &args.group, &[IMAGES, ACCOUNTS], args.session_timeout_ms, owner)?;
     let producer = Producer::new(&brokers)?;
@@ -242,17 +227,9 @@ pub fn run(dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
         if !records.is_empty() {
             last_record = Instant::now();
             let show_balances = args.demo && last_balances.elapsed() > Duration::from_secs(1);
-            for (partition, records) in by_partition(records) {
-                let ledger = shards
-                    .open
-                    .get_mut(&partition)
-                    .with_context(|| format!("records of partition {partition} arrived, its ledger is not open"))?;
-                process(ledger, &records, &mut stats, &metrics)?;
-                debug!(partition, records = records.len(), first_offset = records[0].offset, "Batch applied.");
-                if show_balances {
-                    crate::demo::print_live_balances(ledger, &records)?;
-                    last_balances = Instant::now();
-                }
+            apply(&mut shards, records, show_balances, &mut stats, &metrics)?;
+            if show_balances {
+                last_balances = Instant::now();
             }
         } else if shards.owned.is_empty() {
             // Not idle while waiting for an assignment (a rebalance after a crash takes
@@ -261,15 +238,7 @@ pub fn run(dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
         } else if args.exit_when_idle_ms.is_some_and(|ms| last_record.elapsed() > Duration::from_millis(ms)) {
             stop.store(true, Ordering::SeqCst);
         }
-        for ledger in shards.open.values_mut() {
-            if args.close_on_wall_clock {
-                let report = ledger.close_until_with(chrono::Utc::now(), settled_dead_letters)?;
-                stats.dead_letters += report.settled.len() as u64;
-            }
-            let published = publish_outbox(ledger.store(), &producer)?;
-            stats.published += published;
-            metrics.published.inc_by(published);
-        }
+        publish(&mut shards, args.close_on_wall_clock, &producer, &mut stats, &metrics)?;
         let owned: Vec<i32> = shards.open.keys().copied().collect();
         drop(shards);
         consumer.commit(&next)?;
@@ -293,11 +262,81 @@ pub fn run(dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
         let _ = handle.join();
         crate::demo::print_invoices(&ledger_store::open_all(dir, &Catalog::builtin(), OpenOptions::default())?)?;
     }
+    report_stop(&stats, waiting);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The closing line (the bench reads its figures).
+fn report_stop(stats: &Stats, waiting: usize) {
     eprintln!(
         "usage-ledger: stopped after {} records ({} appended, {} duplicates, {} dead letters, {waiting} refunds waiting for their image); {:.2} s applying batches, {:.2} s from the first record to the last",
         stats.records, stats.appended, stats.duplicates, stats.dead_letters, stats.batch_secs, stats.first_to_last_secs
     );
-    Ok(ExitCode::SUCCESS)
+}
+
+/// The broker to use (an embedded one, kept alive by the returned handle, when none is
+/// configured), with the input topics created and co-partitioned.
+fn connect(dir: &Path, args: &RunArgs) -> anyhow::Result<(String, Option<EmbeddedBroker>)> {
+    let (brokers, embedded) = match &args.brokers {
+        Some(b) => (b.clone(), None),
+        None => {
+            let broker = EmbeddedBroker::start(&dir.join("broker"), args.broker_port)?;
+            eprintln!("usage-ledger: embedded Kafka-protocol broker (tansu) listening on {}", broker.address);
+            (broker.address.clone(), Some(broker))
+        }
+    };
+    ledger_kafka::create_topics(&brokers, args.partitions)?;
+    let counts = ledger_kafka::partition_counts(&brokers, &[IMAGES, ACCOUNTS])?;
+    if counts[0] != counts[1] || counts[0] == 0 {
+        bail!(
+            "{IMAGES} has {} partitions and {ACCOUNTS} {}: a team's events must meet in one partition number",
+            counts[0],
+            counts[1]
+        );
+    }
+    Ok((brokers, embedded))
+}
+
+/// Applies a polled batch, one commit per partition ledger.
+fn apply(
+    shards: &mut Shards,
+    records: Vec<Record>,
+    show_balances: bool,
+    stats: &mut Stats,
+    metrics: &crate::metrics::Metrics,
+) -> anyhow::Result<()> {
+    for (partition, records) in by_partition(records) {
+        let ledger = shards
+            .open
+            .get_mut(&partition)
+            .with_context(|| format!("records of partition {partition} arrived, its ledger is not open"))?;
+        process(ledger, &records, stats, metrics)?;
+        debug!(partition, records = records.len(), first_offset = records[0].offset, "Batch applied.");
+        if show_balances {
+            crate::demo::print_live_balances(ledger, &records)?;
+        }
+    }
+    Ok(())
+}
+
+/// Closes cycles by wall time if asked, then publishes every open ledger's outbox.
+fn publish(
+    shards: &mut Shards,
+    close_on_wall_clock: bool,
+    producer: &Producer,
+    stats: &mut Stats,
+    metrics: &crate::metrics::Metrics,
+) -> anyhow::Result<()> {
+    for ledger in shards.open.values_mut() {
+        if close_on_wall_clock {
+            let report = ledger.close_until_with(chrono::Utc::now(), settled_dead_letters)?;
+            stats.dead_letters += report.settled.len() as u64;
+        }
+        let published = publish_outbox(ledger.store(), producer)?;
+        stats.published += published;
+        metrics.published.inc_by(published);
+    }
+    Ok(())
 }
 
 /// The batch cut by input partition number, in record order within each.
