@@ -45,6 +45,23 @@ pub struct AppMonth {
 }
 
 impl AppMonth {
+    /// Month `month` since `since` of `plan` on `interval` with `seats`: the allowances
+    /// the version's rule gives that many seats.
+    fn on(version: &Version, plan: Plan, options: AppOptions, since: DateTime<Utc>, month: u32) -> Option<AppMonth> {
+        let Some(PlanRule::App { exports_per_month, ai_credits_per_month, top_ups, .. }) = version.plan(plan) else {
+            return None;
+        };
+        let seats = u64::from(options.seats);
+        Some(AppMonth {
+            options,
+            exports: exports_per_month * seats,
+            ai_credits: ai_credits_per_month * seats,
+            since,
+            month,
+            top_ups: *top_ups,
+        })
+    }
+
     /// A yearly subscription holds its plan until the year it paid for ends.
     pub fn holds_next_cycle(&self) -> bool {
         self.options.interval == BillingInterval::Yearly && !(self.month + 1).is_multiple_of(12)
@@ -441,10 +458,8 @@ fn open_cycle(
     terms: PlanTerms,
     cause: &EventId,
 ) -> Result<CycleSpec, Violation> {
-    let refuse = |reason: String| Violation { event_id: cause.clone(), reason };
-    let version =
-        catalog.version_at(start).ok_or_else(|| refuse(format!("no catalog version is in force at {start}")))?;
-    check_plan(version, &terms).map_err(refuse)?;
+    let version = version_in_force(catalog, start, cause)?;
+    check_plan(version, &terms).map_err(|reason| Violation { event_id: cause.clone(), reason })?;
     let price = version.price(&terms);
     let allowance = allowance(version, &terms, price);
     let mut charges = Vec::new();
@@ -530,19 +545,11 @@ fn app_upgrade(
             (fraction_left(week_start, week_start + week, at) + Decimal::from(later), "weeks")
         }
     };
-    let Some(PlanRule::App { label, exports_per_month, ai_credits_per_month, top_ups, .. }) = version.plan(terms.plan)
-    else {
-        return false;
-    };
-    let description = format!("Upgrade to {label}, {seats} seat(s), {} {what} left", left.normalize());
+    let options = AppOptions { interval, seats };
+    let Some(upgraded) = AppMonth::on(version, terms.plan, options, month.since, month.month) else { return false };
+    let description =
+        format!("Upgrade to {}, {seats} seat(s), {} {what} left", label(version, terms), left.normalize());
     a.cycle.charges.push(Charge::once(ChargeKind::UpgradeCharge, description, round_cents(diff * left), left));
-    let upgraded = AppMonth {
-        options: AppOptions { interval, seats },
-        exports: exports_per_month * u64::from(seats),
-        ai_credits: ai_credits_per_month * u64::from(seats),
-        top_ups: *top_ups,
-        ..month.clone()
-    };
     let gen = a.cycle.gens.last_mut().expect("a cycle has a generation");
     *gen = Gen { from: gen.from, number: gen.number + 1, terms: terms.clone(), allowance: Allowance::App(upgraded) };
     true
@@ -559,31 +566,14 @@ fn open_app_cycle(
     month: Option<AppMonth>,
     cause: &EventId,
 ) -> Result<CycleSpec, Violation> {
-    let refuse = |reason: String| Violation { event_id: cause.clone(), reason };
-    let version =
-        catalog.version_at(start).ok_or_else(|| refuse(format!("no catalog version is in force at {start}")))?;
-    let seats = check_app(version, &terms, &options, false).map_err(refuse)?;
-    let Some(PlanRule::App { label, exports_per_month, ai_credits_per_month, prices, top_ups, .. }) =
-        version.plan(terms.plan)
-    else {
-        unreachable!("check_app found the rule")
-    };
-    let month = month.unwrap_or(AppMonth {
-        options: AppOptions { interval: options.interval, seats },
-        exports: 0,
-        ai_credits: 0,
-        since: start,
-        month: 0,
-        top_ups: false,
-    });
-    let month = AppMonth {
-        options: AppOptions { interval: options.interval, seats },
-        exports: exports_per_month * u64::from(seats),
-        ai_credits: ai_credits_per_month * u64::from(seats),
-        top_ups: *top_ups,
-        ..month
-    };
-    let price = prices.get(options.interval).expect("check_app found the price");
+    let version = version_in_force(catalog, start, cause)?;
+    let seats =
+        check_app(version, &terms, &options, false).map_err(|reason| Violation { event_id: cause.clone(), reason })?;
+    let (since, n) = month.map_or((start, 0), |m| (m.since, m.month));
+    let options = AppOptions { interval: options.interval, seats };
+    let month = AppMonth::on(version, terms.plan, options, since, n).expect("check_app found the rule");
+    let label = label(version, &terms);
+    let price = app_fee(version, terms.plan, options.interval, 1).expect("check_app found the price");
     let periods = match options.interval {
         BillingInterval::Monthly => 1,
         BillingInterval::Yearly => u64::from(month.month.is_multiple_of(12)),
@@ -617,9 +607,7 @@ fn open_contract_cycle(
     month: ContractMonth,
     cause: &EventId,
 ) -> Result<CycleSpec, Violation> {
-    let refuse = |reason: String| Violation { event_id: cause.clone(), reason };
-    let version =
-        catalog.version_at(start).ok_or_else(|| refuse(format!("no catalog version is in force at {start}")))?;
+    let version = version_in_force(catalog, start, cause)?;
     let mut charges = Vec::new();
     if month.opens_a_year() && month.terms.annual_fee > Decimal::ZERO {
         let year = month.month / 12 + 1;
@@ -632,6 +620,14 @@ fn open_contract_cycle(
     }
     let terms = PlanTerms { plan: Plan::ApiEnterprise, bucket_images: 0, upgrade_policy: None };
     Ok(cycle_of(start, end, version, terms, Allowance::Contract(month), charges))
+}
+
+/// The catalog version a cycle starting at `start` is governed by.
+fn version_in_force<'c>(catalog: &'c Catalog, start: DateTime<Utc>, cause: &EventId) -> Result<&'c Version, Violation> {
+    catalog.version_at(start).ok_or_else(|| Violation {
+        event_id: cause.clone(),
+        reason: format!("no catalog version is in force at {start}"),
+    })
 }
 
 /// A cycle with one generation, from its start.
