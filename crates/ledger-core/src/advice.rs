@@ -138,20 +138,13 @@ pub fn simulate(
         .sum();
     let billable: u64 = invoices.iter().map(|i| i.usage.billable_images).sum();
     Ok(PlanCost {
-        plan: plan_label(terms),
+        plan: terms.name(),
         total: fmt_cents(total),
         forfeited: fmt_cents(forfeited),
         overage: fmt_cents(overage),
         effective_cost_per_image: per_image(total, billable),
         total_exact: total,
     })
-}
-
-fn plan_label(terms: &PlanTerms) -> String {
-    match terms.bucket_images {
-        0 => terms.plan.key().to_string(),
-        n => format!("{} {n}", terms.plan.key()),
-    }
 }
 
 /// Ranks what `simulate` found for each candidate (in `candidates` order).

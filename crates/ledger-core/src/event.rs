@@ -154,6 +154,16 @@ pub struct PlanTerms {
     pub upgrade_policy: Option<UpgradePolicy>,
 }
 
+impl PlanTerms {
+    /// How invoices name the plan: `api_basic 2000`, or the key alone without a bucket.
+    pub fn name(&self) -> String {
+        match self.bucket_images {
+            0 => self.plan.key().to_string(),
+            n => format!("{} {n}", self.plan.key()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageProcessed {
     pub event_id: EventId,

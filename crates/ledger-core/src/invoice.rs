@@ -730,14 +730,7 @@ pub fn build(input: InvoiceInput<'_>) -> Invoice {
 }
 
 fn plan_name(spec: &CycleSpec) -> String {
-    let names: Vec<String> = spec
-        .gens
-        .iter()
-        .map(|g| match g.terms.bucket_images {
-            0 => g.terms.plan.key().to_string(),
-            n => format!("{} {n}", g.terms.plan.key()),
-        })
-        .collect();
+    let names: Vec<String> = spec.gens.iter().map(|g| g.terms.name()).collect();
     names.join(" -> ")
 }
 

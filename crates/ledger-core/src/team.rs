@@ -383,10 +383,9 @@ impl Team {
                 ))
             };
         }
-        let on_credits = self.cycle_at(at).map(|c| {
-            let spec = &self.schedule[c];
-            (matches!(spec.gens[spec.gen_at(at)].allowance, Allowance::Credits { .. }), &spec.version_id)
-        });
+        let on_credits = self
+            .in_force(at)
+            .map(|(c, gen)| (matches!(gen.allowance, Allowance::Credits { .. }), &self.schedule[c].version_id));
         let Some((true, version_id)) = on_credits else {
             return Err(Reject::new("plan_rule", format!("no api_credits plan is active at {}", fmt_time(at))));
         };
@@ -399,21 +398,30 @@ impl Team {
         }
     }
 
-    /// Whether a plan in force at the record's time prices its API (app usage needs an
-    /// app plan, API calls an API plan).
+    /// The cycle and plan generation in force at `t`, if any.
+    fn in_force(&self, t: DateTime<Utc>) -> Option<(usize, &crate::schedule::Gen)> {
+        let c = self.cycle_at(t)?;
+        let spec = &self.schedule[c];
+        Some((c, &spec.gens[spec.gen_at(t)]))
+    }
+
+    /// The cycle and rate an image of `api` at `t` is billed at, if a plan in force prices
+    /// it (app usage needs an app plan, API calls an API plan); free allowances bill 0.
+    fn rate_in_force(&self, catalog: &Catalog, t: DateTime<Utc>, api: Api) -> Option<(usize, Decimal)> {
+        let (c, gen) = self.in_force(t)?;
+        let version = catalog.version(&self.schedule[c].version_id).expect("cycle version exists");
+        let rate = gen.allowance.rate(version, &gen.terms, api)?;
+        Some((c, if matches!(gen.allowance, Allowance::Trial { .. }) { Decimal::ZERO } else { rate }))
+    }
+
+    /// Whether a plan in force at the record's time prices its API.
     fn priced(&self, catalog: &Catalog, rec: &UsageRec) -> bool {
-        self.cycle_at(rec.at).is_some_and(|c| {
-            let spec = &self.schedule[c];
-            let gen = &spec.gens[spec.gen_at(rec.at)];
-            let version = catalog.version(&spec.version_id).expect("cycle version exists");
-            gen.allowance.rate(version, &gen.terms, rec.api).is_some()
-        })
+        self.rate_in_force(catalog, rec.at, rec.api).is_some()
     }
 
     /// The app subscription month in force at `t`, if the team is on one.
     fn app_month_at(&self, t: DateTime<Utc>) -> Option<&crate::schedule::AppMonth> {
-        let spec = &self.schedule[self.cycle_at(t)?];
-        match &spec.gens[spec.gen_at(t)].allowance {
+        match &self.in_force(t)?.1.allowance {
             Allowance::App(m) => Some(m),
             _ => None,
         }
@@ -451,14 +459,8 @@ impl Team {
 
     /// The cycle, API and rate an image at `target` was billed at, if any plan priced it.
     fn charge_of(&self, catalog: &Catalog, target: &RefundTarget) -> Option<(usize, Api, Decimal)> {
-        let c = self.cycle_at(target.occurred_at)?;
-        let spec = &self.schedule[c];
-        let gen = &spec.gens[spec.gen_at(target.occurred_at)];
-        if matches!(gen.allowance, Allowance::Trial { .. }) {
-            return Some((c, target.api, Decimal::ZERO));
-        }
-        let version = catalog.version(&spec.version_id)?;
-        Some((c, target.api, gen.allowance.rate(version, &gen.terms, target.api)?))
+        let (c, rate) = self.rate_in_force(catalog, target.occurred_at, target.api)?;
+        Some((c, target.api, rate))
     }
 
     /// Folds one ledger entry. The same function serves live appends and replay.
