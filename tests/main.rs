@@ -6,6 +6,7 @@ mod advise;
 mod app;
 mod catalog;
 mod cli;
+mod compat;
 mod crash;
 mod enterprise;
 mod kafka;

@@ -1,0 +1,91 @@
+//! The compatibility fixture (issue 9): `tests/fixtures/compat-v1/store` is a sled store
+//! written by the build before the core was reshaped (commit 2d90d5d), holding every plan
+//! family, refunds (open-cycle, of an invoiced event, one still parked), late usage, a
+//! refused late plan change, an id conflict and closed cycles. `expected/` holds what
+//! that build printed for it. This build must read it the same, byte for byte, and
+//! write into it what that build wrote: the invoices closed after `part3.jsonl` carry
+//! the hash of the chain through the entries this build appended.
+use std::path::{Path, PathBuf};
+
+use crate::support::ul;
+
+const TEAMS: [&str; 11] =
+    ["app", "appy", "bucket", "credits", "ent", "gone", "park", "partner", "plus", "trial", "newteam"];
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/compat-v1")
+}
+
+fn read(name: &str) -> String {
+    std::fs::read_to_string(fixture().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// A working copy of the fixture store (opening a sled store writes to it).
+fn copy_store(to: &Path) {
+    let from = fixture().join("store");
+    std::fs::create_dir_all(to.join("blobs")).unwrap();
+    for entry in std::fs::read_dir(&from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// Every read command of every team, as the fixture's `expected/*.txt` recorded them.
+fn snapshot(dir: &Path) -> String {
+    let mut out = String::new();
+    for team in TEAMS {
+        let commands: [Vec<&str>; 6] = [
+            vec!["invoices", "--team", team],
+            vec!["invoices", "--team", team, "--format", "csv"],
+            vec!["invoices", "--team", team, "--draft"],
+            vec!["balance", "--team", team],
+            vec!["balance", "--team", team, "--at", "2026-03-20T00:00:00Z"],
+            vec!["alerts", "--team", team],
+        ];
+        for args in commands {
+            let run = ul(dir, &args);
+            out += &format!("### {}\n{}{}### exit {}\n", args.join(" "), run.stdout, run.stderr, run.code);
+        }
+    }
+    out
+}
+
+fn digest(dir: &Path) -> String {
+    let run = ul(dir, &["replay"]);
+    assert_eq!(run.code, 0, "replay: {}", run.stderr);
+    run.stdout.lines().filter(|l| l.starts_with("digest:")).map(|l| format!("{l}\n")).collect()
+}
+
+fn verify(dir: &Path) -> String {
+    let run = ul(dir, &["verify"]);
+    format!("{}{}", run.stdout, run.stderr)
+}
+
+/// Compares line by line so a failure names the first line that differs.
+fn assert_same(what: &str, actual: &str, expected: &str) {
+    for (n, (a, e)) in actual.lines().zip(expected.lines()).enumerate() {
+        assert_eq!(a, e, "{what}: line {} differs", n + 1);
+    }
+    assert_eq!(actual.lines().count(), expected.lines().count(), "{what}: line counts differ");
+}
+
+#[test]
+fn the_store_of_the_previous_build_reads_replays_and_grows_unchanged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    copy_store(&dir);
+    assert_same("verify", &verify(&dir), &read("expected/before.verify"));
+    assert_same("replay digest", &digest(&dir), &read("expected/before.digest"));
+    assert_same("read commands", &snapshot(&dir), &read("expected/before.txt"));
+
+    let part3 = fixture().join("part3.jsonl");
+    let run = ul(&dir, &["import", part3.to_str().unwrap()]);
+    assert_eq!(run.code, 0, "import: {}", run.stderr);
+    let run = ul(&dir, &["close", "--until", "2026-05-02T00:00:00Z"]);
+    assert_eq!(run.code, 0, "close: {}", run.stderr);
+    assert_same("verify after writing", &verify(&dir), &read("expected/after.verify"));
+    assert_same("replay digest after writing", &digest(&dir), &read("expected/after.digest"));
+    assert_same("read commands after writing", &snapshot(&dir), &read("expected/after.txt"));
+}
