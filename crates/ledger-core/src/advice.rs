@@ -6,12 +6,12 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 
 use crate::catalog::{Catalog, PlanRule};
-use crate::cycle::cycle_start;
 use crate::event::{AccountChange, AccountEvent, Event, ImageProcessed, Plan, PlanTerms};
 use crate::ids::{EventId, TeamId};
-use crate::invoice::{fmt_time, per_image};
 use crate::money::{fmt_cents, round_cents};
+use crate::report::{fmt_time, per_image};
 use crate::team::Team;
+use crate::timeline::calendar::cycle_start;
 
 /// Bucket sizes tried per plan at most; past it they are spread over the range.
 pub const MAX_SIZES_PER_PLAN: u64 = 16;
@@ -31,7 +31,7 @@ pub struct PlanCost {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Advice {
     pub team_id: String,
-    pub period: crate::invoice::Period,
+    pub period: crate::report::Period,
     pub cycles: u32,
     pub price_book_version: String,
     pub billable_images: u64,
@@ -130,12 +130,7 @@ pub fn simulate(
     keep(state.close_until(catalog, cycle_start(anchor, cycles + 1) - Duration::seconds(1)));
     let total: Decimal = invoices.iter().map(|i| i.total_exact).sum();
     let forfeited: Decimal = invoices.iter().map(|i| round_cents(i.forfeited_exact)).sum();
-    let overage: Decimal = invoices
-        .iter()
-        .flat_map(|i| i.lines.iter())
-        .filter(|l| l.kind == "overage")
-        .map(|l| l.amount.parse::<Decimal>().expect("line amounts parse"))
-        .sum();
+    let overage: Decimal = invoices.iter().map(|i| i.overage_exact).sum();
     let billable: u64 = invoices.iter().map(|i| i.usage.billable_images).sum();
     Ok(PlanCost {
         plan: terms.name(),
@@ -167,7 +162,7 @@ pub fn rank(
         .sum();
     Ok(Advice {
         team_id: team.to_string(),
-        period: crate::invoice::Period::new(anchor, cycle_start(anchor, cycles)),
+        period: crate::report::Period::new(anchor, cycle_start(anchor, cycles)),
         cycles,
         price_book_version: version.id.clone(),
         billable_images: billable,

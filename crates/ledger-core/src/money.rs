@@ -6,11 +6,16 @@ pub fn round_cents(d: Decimal) -> Decimal {
     d.round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero)
 }
 
-/// An invoice amount: rounded to cents, always two decimals ("20.00").
-pub fn fmt_cents(d: Decimal) -> String {
+/// An invoice line's amount: rounded to cents, with exactly two decimals.
+pub fn cents(d: Decimal) -> Decimal {
     let mut r = round_cents(d);
     r.rescale(2);
-    r.to_string()
+    r
+}
+
+/// An invoice amount: rounded to cents, always two decimals ("20.00").
+pub fn fmt_cents(d: Decimal) -> String {
+    cents(d).to_string()
 }
 
 /// An exact value (rate, consumed value): no trailing zeros past two decimals, never rounded.

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use ledger_core::refund::unknown_after_wait;
 use ledger_core::team::{Applied, RefundLookup, Reject};
 use ledger_core::{AccountChange, AccountEvent, Catalog, Entry, Event, EventId, RefundTarget, Team, TeamId};
 use tracing::{debug, info, warn};
@@ -48,17 +49,6 @@ pub enum Outcome {
     /// A refund of an event not (yet) in the ledger: the two input topics have no order
     /// between them, so it waits, durably, for that event (see `Parked`).
     Parked,
-}
-
-fn unknown_after_wait(refund: &AccountEvent) -> Reject {
-    let AccountChange::QualityRefund { original_event_id, .. } = &refund.change else {
-        unreachable!("only refunds wait")
-    };
-    let detail = format!(
-        "no image event {original_event_id} arrived within {} h of the team's time after the refund",
-        refund_wait().num_hours()
-    );
-    Reject { code: "refund_unknown_event", detail }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -4,17 +4,13 @@
 //! input buffering, persisted under `P` in the same batches as the entries.
 use std::collections::{BTreeSet, HashMap};
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use ledger_core::{AccountChange, AccountEvent, EventId, TeamId};
 use serde::{Deserialize, Serialize};
 
 use crate::keys;
 
-/// How long, in the team's own time (its newest event), a parked refund waits for the
-/// event it names before it is given up as `refund_unknown_event`.
-pub fn refund_wait() -> Duration {
-    Duration::days(1)
-}
+pub use ledger_core::refund::refund_wait;
 
 /// A `QualityRefund` that arrived before the image event it names. Kept in the store
 /// (written in the batch that took it, with the source position) and submitted right

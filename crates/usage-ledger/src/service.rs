@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use ledger_core::{Catalog, Event};
+use ledger_core::{Catalog, Event, Reject};
 use ledger_kafka::{Consumer, Outgoing, Partitions, Producer, Record, ACCOUNTS, ALERTS, DEADLETTER, IMAGES, INVOICES};
 use ledger_store::{Ledger, OpenOptions, OutboxMsg, Outcome, Source, Store, Submission};
 use tracing::{debug, info, warn};
@@ -357,6 +357,14 @@ fn next_offsets(records: &[Record]) -> Vec<(String, i32, i64)> {
     next.into_iter().map(|((t, p), n)| (t, p, n)).collect()
 }
 
+/// The dead letter of a record the rules refused: `reason.code` as the contract names
+/// it, and `reason.cause`, the specific rule.
+fn rejected(r: &Record, reject: &Reject, who: Option<(&str, &str)>) -> OutboxMsg {
+    let mut msg = dead_letter(r, reject.code.code(), &reject.detail, who);
+    msg.headers.push(("reason.cause".to_string(), reject.code.cause().to_string()));
+    msg
+}
+
 /// A dead letter: the original bytes, with the source and the reason in headers.
 fn dead_letter(r: &Record, code: &str, reason: &str, who: Option<(&str, &str)>) -> OutboxMsg {
     let mut headers = vec![
@@ -398,7 +406,7 @@ fn settled_dead_letters(settled: &[(ledger_store::Parked, Outcome)]) -> Vec<Outb
                 headers: Vec::new(),
             };
             let who = Some((p.event.team_id.as_str(), p.event.event_id.as_str()));
-            Some(dead_letter(&record, reject.code, &reject.detail, who))
+            Some(rejected(&record, reject, who))
         })
         .collect()
 }
@@ -441,7 +449,7 @@ fn process(
             let r = &records[origin[k]];
             let who = Some((who[k].0.as_str(), who[k].1.as_str()));
             match outcome {
-                Outcome::Rejected(reject) => dead.push(dead_letter(r, reject.code, &reject.detail, who)),
+                Outcome::Rejected(reject) => dead.push(rejected(r, reject, who)),
                 Outcome::Conflict { team, seq } => {
                     let reason = format!("event id already used by team {team} seq {seq} with other content");
                     dead.push(dead_letter(r, "conflict", &reason, who));

@@ -1,7 +1,12 @@
 //! Monthly cycles, always computed from the original anchor with the day clamped to
 //! the month's length: Jan 31 10:00 → Feb 28 (29) 10:00 → Mar 31 10:00 → Apr 30 10:00.
-use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, Utc};
 use rust_decimal::Decimal;
+
+/// An instant as invoices, alerts and messages show it (RFC 3339, `Z`).
+pub fn fmt_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
 
 fn days_in_month(year: i32, month: u32) -> u32 {
     let (ny, nm) = if month == 12 { (year + 1, 1) } else { (year, month + 1) };

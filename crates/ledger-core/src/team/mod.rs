@@ -1,0 +1,223 @@
+//! One team's ledger fold. `submit` decides which entries an event appends (closing
+//! due cycles first, `decide`); `apply` folds one entry into the state and returns its
+//! effects (`fold`, `close`). Replay calls `apply` alone, so live and replayed
+//! projections cannot differ. `meters` fires alerts; `views` answers balances and drafts.
+mod close;
+mod decide;
+mod fold;
+mod meters;
+mod views;
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Duration, Utc};
+use rust_decimal::Decimal;
+
+use crate::catalog::Catalog;
+use crate::entry::{Entry, RefundTarget};
+use crate::event::{AccountEvent, Api, Event};
+use crate::figures::{CarryLine, CycleFigures, Purchase, UsageRec};
+use crate::ids::{EventId, TeamId};
+use crate::plans::{AppMonth, MeterInput};
+use crate::report::{fmt_time, Alert, Invoice, Unplanned};
+use crate::timeline::{self, CycleSpec, Gen};
+
+pub use crate::reject::{Fault, Reject};
+use close::Carried;
+use meters::AlertKey;
+
+/// How the store resolved the event a `QualityRefund` points at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefundLookup {
+    Found(RefundTarget),
+    NotFound,
+    OtherTeam(TeamId),
+}
+
+/// What folding an entry produced, as values for the adapters to publish.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Effects {
+    pub alerts: Vec<Alert>,
+    pub invoice: Option<Invoice>,
+}
+
+/// An entry the fold accepted, with the sequence number it takes in the team's ledger.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    pub seq: u64,
+    pub entry: Entry,
+    pub effects: Effects,
+}
+
+#[derive(Debug)]
+pub struct Team {
+    id: TeamId,
+    next_seq: u64,
+    open_from_seq: u64,
+    clock: Option<DateTime<Utc>>,
+    /// Plan changes, sorted by `(occurred_at, event_id)`.
+    account: Vec<AccountEvent>,
+    schedule: Vec<CycleSpec>,
+    horizon: DateTime<Utc>,
+    /// `schedule[..closed]` are closed; they end at `closed_through`.
+    closed: usize,
+    closed_through: Option<DateTime<Utc>>,
+    closed_figures: Vec<CycleFigures>,
+    /// Usage not yet in a closed cycle, in ledger order.
+    pending: Vec<UsageRec>,
+    /// What each open generation used so far, by (cycle start, generation).
+    aggs: HashMap<(DateTime<Utc>, usize), MeterInput>,
+    fired: HashSet<AlertKey>,
+    carry: Vec<CarryLine>,
+    refunded: HashSet<EventId>,
+    unplanned: Vec<Unplanned>,
+    /// Legacy credit purchases, sorted by `(at, event_id)`.
+    purchases: Vec<Purchase>,
+    /// Credits and contract term position at the end of the last closed cycle.
+    carried: Carried,
+    /// AI-credit top-ups of app subscriptions, sorted by `(at, event_id)`.
+    top_ups: Vec<Purchase>,
+    /// The recorded expiry: `(seq, credits)`.
+    credits_expired: Option<(u64, u64)>,
+}
+
+const HORIZON_STEP_DAYS: i64 = 62;
+
+impl Team {
+    pub fn new(id: TeamId) -> Team {
+        Team {
+            id,
+            next_seq: 1,
+            open_from_seq: 1,
+            clock: None,
+            account: Vec::new(),
+            schedule: Vec::new(),
+            horizon: DateTime::<Utc>::MIN_UTC,
+            closed: 0,
+            closed_through: None,
+            closed_figures: Vec::new(),
+            pending: Vec::new(),
+            aggs: HashMap::new(),
+            fired: HashSet::new(),
+            carry: Vec::new(),
+            refunded: HashSet::new(),
+            unplanned: Vec::new(),
+            purchases: Vec::new(),
+            carried: Carried::default(),
+            top_ups: Vec::new(),
+            credits_expired: None,
+        }
+    }
+
+    pub fn id(&self) -> &TeamId {
+        &self.id
+    }
+
+    /// Sequence number of the last entry folded (0 = none).
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    pub fn clock(&self) -> Option<DateTime<Utc>> {
+        self.clock
+    }
+
+    /// Validates `event`, then appends: the `CycleClosed` markers its time makes due,
+    /// then the event itself. A rejected event changes nothing.
+    pub fn submit(
+        &mut self,
+        catalog: &Catalog,
+        event: Event,
+        refund: Option<RefundLookup>,
+    ) -> Result<Vec<Applied>, Reject> {
+        debug_assert_eq!(event.team_id(), &self.id);
+        let until = self.clock.map_or(event.occurred_at(), |c| c.max(event.occurred_at()));
+        let due = self.due(catalog, until);
+        let closed_through = if due > 0 { Some(self.schedule[self.closed + due - 1].end) } else { self.closed_through };
+        let entry = self.admit(catalog, event, refund, closed_through)?;
+        let mut applied = self.close_due(catalog, until, due);
+        let seq = self.next_seq;
+        let effects = self.apply(catalog, seq, &entry).unwrap_or_else(|f| panic!("a validated entry must fold: {f}"));
+        applied.push(Applied { seq, entry, effects });
+        // A plan event can create cycles the clock has already passed (its usage arrived
+        // first): close those now rather than waiting for the next event.
+        if let Some(clock) = self.clock {
+            let due = self.due(catalog, clock);
+            applied.extend(self.close_due(catalog, clock, due));
+        }
+        Ok(applied)
+    }
+
+    /// Closes every cycle whose end + grace ≤ `until` (the operator's `close --until`).
+    pub fn close_until(&mut self, catalog: &Catalog, until: DateTime<Utc>) -> Vec<Applied> {
+        let due = self.due(catalog, until);
+        self.close_due(catalog, until, due)
+    }
+
+    /// How many open cycles close by `until`.
+    fn due(&mut self, catalog: &Catalog, until: DateTime<Utc>) -> usize {
+        self.ensure_horizon(catalog, until);
+        self.schedule[self.closed..].iter().take_while(|c| c.closes_at() <= until).count()
+    }
+
+    /// The cycle and plan generation in force at `t`, if any.
+    fn in_force(&self, t: DateTime<Utc>) -> Option<(usize, &Gen)> {
+        let c = self.cycle_at(t)?;
+        let spec = &self.schedule[c];
+        Some((c, &spec.gens[spec.gen_at(t)]))
+    }
+
+    /// The cycle and rate an image of `api` at `t` is billed at, if a plan in force prices
+    /// it (app usage needs an app plan, API calls an API plan); free allowances bill 0.
+    fn rate_in_force(&self, catalog: &Catalog, t: DateTime<Utc>, api: Api) -> Option<(usize, Decimal)> {
+        let (c, gen) = self.in_force(t)?;
+        let version = catalog.version(&self.schedule[c].version_id).expect("cycle version exists");
+        Some((c, gen.allowance.billed_rate(version, &gen.terms, api)?))
+    }
+
+    /// Whether a plan in force at the record's time prices its API.
+    fn priced(&self, catalog: &Catalog, rec: &UsageRec) -> bool {
+        self.rate_in_force(catalog, rec.at, rec.api).is_some()
+    }
+
+    /// The app subscription month in force at `t`, if the team is on one.
+    fn app_month_at(&self, t: DateTime<Utc>) -> Option<&AppMonth> {
+        match &self.in_force(t)?.1.allowance {
+            crate::plans::Allowance::App(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    fn ensure_horizon(&mut self, catalog: &Catalog, t: DateTime<Utc>) {
+        if t >= self.horizon {
+            self.horizon = t + Duration::days(HORIZON_STEP_DAYS);
+            self.rederive(catalog).expect("an accepted timeline derives");
+        }
+    }
+
+    fn rederive(&mut self, catalog: &Catalog) -> Result<(), timeline::Violation> {
+        let schedule = timeline::derive(&self.account, catalog, self.horizon)?;
+        debug_assert!(self.schedule[..self.closed] == schedule[..self.closed], "closed cycles never change");
+        self.schedule = schedule;
+        Ok(())
+    }
+
+    fn cycle_at(&self, t: DateTime<Utc>) -> Option<usize> {
+        let i = self.schedule.partition_point(|c| c.start <= t);
+        (i > 0 && self.schedule[i - 1].contains(t)).then(|| i - 1)
+    }
+}
+
+fn unplanned_of(rec: &UsageRec) -> Unplanned {
+    Unplanned {
+        event_id: rec.event_id.to_string(),
+        occurred_at: fmt_time(rec.at),
+        api: rec.api.key(),
+        images: rec.images,
+    }
+}
+
+fn insert_sorted(account: &mut Vec<AccountEvent>, e: AccountEvent) {
+    let i = account.partition_point(|x| (x.occurred_at, &x.event_id) <= (e.occurred_at, &e.event_id));
+    account.insert(i, e);
+}

@@ -1,0 +1,131 @@
+//! Views of the state: a cycle's figures (from its pending usage and what the open
+//! cycles before it carried in), its invoice, the open cycle's draft, and the balance.
+use chrono::{DateTime, Utc};
+
+use super::close::Carried;
+use super::{unplanned_of, Team};
+use crate::catalog::Catalog;
+use crate::figures::{self, CycleFigures, UsageRec};
+use crate::plans::app::TopUpInput;
+use crate::plans::credits::CreditInput;
+use crate::plans::Allowance;
+use crate::report::{self, fmt_time, AllowanceBalance, Balance, CycleView, Exceptions, Invoice, InvoiceInput};
+use crate::timeline::CycleSpec;
+
+impl Team {
+    /// Figures of cycle `c` from its pending usage, optionally only up to `at`.
+    pub(super) fn cycle_figures(&self, catalog: &Catalog, c: usize, at: Option<DateTime<Utc>>) -> CycleFigures {
+        let carried = self.carried_into(catalog, c);
+        self.figures_with(catalog, c, at, carried)
+    }
+
+    /// Credits left when open cycle `c` starts (the open cycles before it drew some).
+    pub(super) fn carried_into(&self, catalog: &Catalog, c: usize) -> Carried {
+        let is_contract = |spec: &CycleSpec| spec.gens.iter().any(|g| matches!(g.allowance, Allowance::Contract(_)));
+        if c == self.closed {
+            return self.carried;
+        }
+        if self.purchases.is_empty()
+            && self.top_ups.is_empty()
+            && !self.schedule[self.closed..c].iter().any(is_contract)
+        {
+            return Carried::default();
+        }
+        (self.closed..c)
+            .fold(self.carried, |carried, k| Carried::out_of(carried, &self.figures_with(catalog, k, None, carried)))
+    }
+
+    pub(super) fn figures_with(
+        &self,
+        catalog: &Catalog,
+        c: usize,
+        at: Option<DateTime<Utc>>,
+        carried: Carried,
+    ) -> CycleFigures {
+        let spec = &self.schedule[c];
+        let version = catalog.version(&spec.version_id).expect("cycle version exists");
+        let mut records: Vec<&UsageRec> =
+            self.pending.iter().filter(|r| spec.contains(r.at) && at.is_none_or(|t| r.at <= t)).collect();
+        records.sort_by(|a, b| (a.at, &a.event_id).cmp(&(b.at, &b.event_id)));
+        let credits = CreditInput {
+            carried: carried.credits,
+            purchases: self.purchases.iter().filter(|p| spec.contains(p.at) && at.is_none_or(|t| p.at <= t)).collect(),
+            expires_at: self.credits_expire_at(),
+            expiry_seq: self.credits_expired.map(|(seq, _)| seq),
+        };
+        let top_ups = TopUpInput {
+            carried: carried.top_ups,
+            purchases: self.top_ups.iter().filter(|p| spec.contains(p.at) && at.is_none_or(|t| p.at <= t)).collect(),
+        };
+        figures::figures(spec, version, &records, &credits, carried.contract, &top_ups)
+    }
+
+    pub(super) fn invoice_for(&self, catalog: &Catalog, c: usize, draft: bool, last_seq: u64) -> Invoice {
+        let spec = &self.schedule[c];
+        let version = catalog.version(&spec.version_id).expect("cycle version exists");
+        let figures = self.cycle_figures(catalog, c, None);
+        report::build(InvoiceInput {
+            team_id: &self.id,
+            spec,
+            version,
+            figures: &figures,
+            carry: &self.carry,
+            draft,
+            first_seq: self.open_from_seq,
+            last_seq,
+        })
+    }
+
+    /// The open cycle's invoice as it stands (status "draft"), if a cycle is open.
+    pub fn draft_invoice(&mut self, catalog: &Catalog) -> Option<Invoice> {
+        if let Some(clock) = self.clock {
+            self.ensure_horizon(catalog, clock);
+        }
+        let c = self.clock.and_then(|t| self.cycle_at(t)).filter(|c| *c >= self.closed)?;
+        Some(self.invoice_for(catalog, c, true, self.last_seq()))
+    }
+
+    /// Allowances, consumed and remaining in the cycle containing `at` (default: the team's clock).
+    pub fn balance(&mut self, catalog: &Catalog, at: Option<DateTime<Utc>>) -> Balance {
+        let at = at.or(self.clock);
+        if let Some(t) = at {
+            self.ensure_horizon(catalog, t);
+        }
+        let cycle = at.and_then(|t| self.cycle_at(t));
+        let (cycle_view, allowances) = match cycle {
+            Some(c) => {
+                let spec = &self.schedule[c];
+                let closed = c < self.closed;
+                let figures = if closed { self.closed_figures[c].clone() } else { self.cycle_figures(catalog, c, at) };
+                let view = CycleView {
+                    start: fmt_time(spec.start),
+                    end: fmt_time(spec.end),
+                    status: if closed { "closed" } else { "open" },
+                    price_book_version: spec.version_id.clone(),
+                };
+                (Some(view), allowance_balances(&figures))
+            }
+            None => (None, Vec::new()),
+        };
+        let mut unplanned = self.unplanned.clone();
+        unplanned.extend(self.pending.iter().filter(|r| !self.priced(catalog, r)).map(unplanned_of));
+        Balance {
+            team_id: self.id.to_string(),
+            at: at.map(fmt_time),
+            cycle: cycle_view,
+            allowances,
+            exceptions: Exceptions { unplanned, pending_lines: self.carry.len() },
+        }
+    }
+}
+
+/// Each generation's meters, as balance rows in meter order.
+fn allowance_balances(figures: &CycleFigures) -> Vec<AllowanceBalance> {
+    let mut rows = Vec::new();
+    for g in &figures.gens {
+        let mut meters = g.allowance.meters(&g.meter_input(figures));
+        meters.sort_by_key(|m| m.kind);
+        rows.extend(meters.iter().map(|m| AllowanceBalance::of(m, g.number)));
+    }
+    rows
+}

@@ -1,0 +1,125 @@
+//! The plan timeline turned into cycles: which plan, bucket generation and catalog
+//! version govern each instant, and the prepaid charges each cycle carries (§2).
+//! `calendar` computes the cycles' instants; `derive` walks the plan changes; what
+//! each plan family does at a cycle's opening lives in `plans`.
+pub mod calendar;
+pub(crate) mod derive;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+
+use crate::catalog::{Catalog, Version};
+use crate::event::PlanTerms;
+use crate::ids::EventId;
+use crate::plans::Allowance;
+use crate::reject::{Reject, RejectCode};
+
+pub use derive::derive;
+
+/// One bucket generation: the plan in force from `from` until the next one (or the
+/// cycle's end). An upgrade starts a new generation, whose alert thresholds fire afresh.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gen {
+    pub from: DateTime<Utc>,
+    pub number: u32,
+    pub terms: PlanTerms,
+    pub allowance: Allowance,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChargeKind {
+    BucketFee,
+    UpgradeCharge,
+    ContractFee,
+    SubscriptionFee,
+}
+
+/// A prepaid charge of the cycle: the bucket fee at its start, or an upgrade charge.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Charge {
+    pub kind: ChargeKind,
+    pub description: String,
+    /// Units charged (seats × weeks for a weekly app fee; 1 otherwise) at `unit_price`.
+    pub quantity: u64,
+    pub unit_price: Decimal,
+    /// Rounded to cents: what the team pays, and for an upgrade what the bucket is worth.
+    pub amount: Decimal,
+    /// Share of the cycle charged (1 for a bucket fee).
+    pub fraction: Decimal,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CycleSpec {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub version_id: String,
+    pub grace_seconds: u32,
+    pub gens: Vec<Gen>,
+    pub charges: Vec<Charge>,
+}
+
+impl CycleSpec {
+    pub fn contains(&self, t: DateTime<Utc>) -> bool {
+        self.start <= t && t < self.end
+    }
+
+    /// Position of the generation in force at `t` (`t` inside the cycle).
+    pub fn gen_at(&self, t: DateTime<Utc>) -> usize {
+        self.gens.iter().rposition(|g| g.from <= t).unwrap_or(0)
+    }
+
+    pub fn closes_at(&self) -> DateTime<Utc> {
+        self.end + chrono::Duration::seconds(self.grace_seconds as i64)
+    }
+}
+
+/// A plan change the timeline cannot accept, with the event that caused it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub event_id: EventId,
+    pub reject: Reject,
+}
+
+impl Violation {
+    pub fn new(event_id: &EventId, reject: Reject) -> Violation {
+        Violation { event_id: event_id.clone(), reject }
+    }
+}
+
+/// The catalog version a cycle starting at `start` is governed by.
+pub(crate) fn version_in_force<'c>(
+    catalog: &'c Catalog,
+    start: DateTime<Utc>,
+    cause: &EventId,
+) -> Result<&'c Version, Violation> {
+    catalog.version_at(start).ok_or_else(|| {
+        let reject = Reject::new(RejectCode::NoCatalogVersion, format!("no catalog version is in force at {start}"));
+        Violation::new(cause, reject)
+    })
+}
+
+/// A cycle with one generation, from its start.
+pub(crate) fn cycle_of(
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    version: &Version,
+    terms: PlanTerms,
+    allowance: Allowance,
+    charges: Vec<Charge>,
+) -> CycleSpec {
+    CycleSpec {
+        start,
+        end,
+        version_id: version.id.clone(),
+        grace_seconds: version.grace_seconds,
+        gens: vec![Gen { from: start, number: 0, terms, allowance }],
+        charges,
+    }
+}
+
+impl Charge {
+    /// A charge of one unit.
+    pub(crate) fn once(kind: ChargeKind, description: String, amount: Decimal, fraction: Decimal) -> Charge {
+        Charge { kind, description, quantity: 1, unit_price: amount, amount, fraction }
+    }
+}
