@@ -18,6 +18,7 @@ mod demo;
 mod generate;
 mod import;
 mod metrics;
+mod produce;
 mod service;
 
 #[derive(Debug, Parser)]
@@ -161,7 +162,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let dir = cli.data_dir;
     match cli.command {
         Command::Run(args) => service::run(&dir, args),
-        Command::Produce { brokers, file } => service::produce(&brokers, &file),
+        Command::Produce { brokers, file } => produce::produce(&brokers, &file),
         Command::Import { file, batch_events_max, report_acks } => {
             import::run(&dir, &file, batch_events_max, report_acks)
         }

@@ -1,0 +1,229 @@
+//! `run`: the service. Consume a batch → decode and validate → one atomic, flushed sled
+//! commit holding entries, positions and dead letters → publish the outbox → tell Kafka
+//! (advisory). `ownership` holds the partitions' ledgers, `pipeline` applies a batch,
+//! `publishing` empties the outboxes.
+mod ownership;
+mod pipeline;
+mod publishing;
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use ledger_core::Catalog;
+use ledger_kafka::{Consumer, Producer, ACCOUNTS, IMAGES};
+use ledger_store::{Ledger, OpenOptions};
+use tracing::info;
+
+use ownership::{Owner, Shards, RELEASED_WAIT};
+
+use crate::broker::EmbeddedBroker;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Kafka bootstrap servers; without them an embedded broker is started.
+    #[arg(long, env = "USAGE_LEDGER_BROKERS")]
+    pub brokers: Option<String>,
+    /// Port of the embedded broker.
+    #[arg(long, default_value_t = 9092)]
+    pub broker_port: u16,
+    #[arg(long, default_value = "usage-ledger")]
+    pub group: String,
+    /// How long the group waits for a silent member before moving its partitions.
+    #[arg(long, default_value_t = 45_000)]
+    pub session_timeout_ms: u32,
+    /// Partitions of the input topics when this service creates them.
+    #[arg(long, default_value_t = 4)]
+    pub partitions: i32,
+    #[arg(long, default_value_t = 5000)]
+    pub batch_events_max: usize,
+    #[arg(long, default_value_t = 200)]
+    pub batch_wait_ms: u64,
+    /// Also close cycles by wall-clock time (not only by the teams' event clocks).
+    #[arg(long)]
+    pub close_on_wall_clock: bool,
+    /// Run a pipeline simulator beside the service and print balances and alerts.
+    #[arg(long)]
+    pub demo: bool,
+    /// Serve Prometheus metrics on `GET /metrics` at this address (e.g. 127.0.0.1:9464).
+    #[arg(long)]
+    pub metrics_addr: Option<String>,
+    /// How long an assigned partition waits for its previous owner to let go of the
+    /// partition's ledger before the service stops with an error.
+    #[arg(long, default_value_t = 60_000)]
+    pub takeover_wait_ms: u64,
+    /// Drain and exit once no record arrived for this long (back-fills, tests).
+    #[arg(long)]
+    pub exit_when_idle_ms: Option<u64>,
+}
+
+/// Counters the service reports as it goes.
+#[derive(Debug, Default)]
+struct Stats {
+    records: u64,
+    appended: u64,
+    duplicates: u64,
+    dead_letters: u64,
+    published: u64,
+    /// Time spent applying, committing and publishing batches (not waiting for records).
+    batch_secs: f64,
+    /// From the first record polled to the last one applied.
+    first_to_last_secs: f64,
+}
+
+pub fn run(dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
+    if ledger_store::layout(dir)? == ledger_store::Layout::Single {
+        bail!(
+            "{} holds a ledger written by `import`; the service keeps one ledger per partition: use another --data-dir",
+            dir.display()
+        );
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the signal handler")?;
+    let (brokers, _broker) = connect(dir, &args)?;
+    let shards = Arc::new(Mutex::new(Shards::new(dir, Duration::from_millis(args.takeover_wait_ms))));
+    let owner = Arc::new(Owner(Arc::clone(&shards)));
+    let consumer = Consumer::new(&brokers, &args.group, &[IMAGES, ACCOUNTS], args.session_timeout_ms, owner)?;
+    let producer = Producer::new(&brokers)?;
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    if let Some(addr) = &args.metrics_addr {
+        let bound = crate::metrics::serve(addr, Arc::clone(&metrics))?;
+        eprintln!("usage-ledger: metrics on http://{bound}/metrics");
+    }
+    eprintln!(
+        "usage-ledger: consuming {IMAGES} and {ACCOUNTS} from {brokers} as group {}; ledgers in {}",
+        args.group,
+        ledger_store::partition_dir(dir, 0).parent().expect("has a parent").display()
+    );
+    let demo = args.demo.then(|| crate::demo::spawn_live(brokers.clone(), Arc::clone(&stop)));
+    let mut service =
+        Service { args, shards, consumer, producer, metrics, stats: Stats::default(), clocks: Clocks::new() };
+    while !stop.load(Ordering::SeqCst) {
+        if service.step()? {
+            stop.store(true, Ordering::SeqCst);
+        }
+    }
+    info!(stats = ?service.stats, "Stopping: the last batch is durable and published.");
+    let waiting: usize = service.shards.lock().expect("not poisoned").open.values().map(Ledger::parked).sum();
+    let Service { shards, consumer, stats, .. } = service;
+    consumer.close();
+    shards.lock().expect("not poisoned").hand_over_released();
+    if let Some(handle) = demo {
+        let _ = handle.join();
+        crate::demo::print_invoices(&ledger_store::open_all(dir, &Catalog::builtin(), OpenOptions::default())?)?;
+    }
+    report_stop(&stats, waiting);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The running service's parts.
+struct Service {
+    args: RunArgs,
+    shards: Arc<Mutex<Shards>>,
+    consumer: Consumer,
+    producer: Producer,
+    metrics: Arc<crate::metrics::Metrics>,
+    stats: Stats,
+    clocks: Clocks,
+}
+
+/// When things last happened, for idleness, progress lines and the demo's balances.
+struct Clocks {
+    last_report: Instant,
+    last_record: Instant,
+    last_balances: Instant,
+    first_record: Option<Instant>,
+}
+
+impl Clocks {
+    fn new() -> Clocks {
+        let now = Instant::now();
+        Clocks { last_report: now, last_record: now, last_balances: now, first_record: None }
+    }
+}
+
+impl Service {
+    /// One batch: poll, fold newly assigned ledgers, apply, publish, then tell Kafka.
+    /// Returns true once the service has been idle for `--exit-when-idle-ms`.
+    fn step(&mut self) -> anyhow::Result<bool> {
+        let (args, clocks) = (&self.args, &mut self.clocks);
+        let records = self.consumer.poll_batch(args.batch_events_max, Duration::from_millis(args.batch_wait_ms))?;
+        let batch_started = Instant::now();
+        let next = pipeline::next_offsets(&records);
+        let mut shards = self.shards.lock().expect("not poisoned");
+        if let Some(why) = &shards.failure {
+            bail!("cannot take over {why}");
+        }
+        if shards.released_at.is_some_and(|t| t.elapsed() > RELEASED_WAIT) {
+            shards.hand_over_released();
+        }
+        shards.fold_assigned()?;
+        let mut idle = false;
+        if !records.is_empty() {
+            clocks.last_record = Instant::now();
+            let show_balances = args.demo && clocks.last_balances.elapsed() > Duration::from_secs(1);
+            pipeline::apply(&mut shards, records, show_balances, &mut self.stats, &self.metrics)?;
+            if show_balances {
+                clocks.last_balances = Instant::now();
+            }
+        } else if shards.owned.is_empty() {
+            // Not idle while waiting for an assignment (a rebalance after a crash takes
+            // up to the session timeout).
+            clocks.last_record = Instant::now();
+        } else if args.exit_when_idle_ms.is_some_and(|ms| clocks.last_record.elapsed() > Duration::from_millis(ms)) {
+            idle = true;
+        }
+        let (close, producer) = (args.close_on_wall_clock, &self.producer);
+        publishing::publish(&mut shards, close, producer, &mut self.stats, &self.metrics)?;
+        let owned: Vec<i32> = shards.open.keys().copied().collect();
+        drop(shards);
+        self.consumer.commit(&next)?;
+        if !next.is_empty() {
+            let secs = batch_started.elapsed().as_secs_f64();
+            self.metrics.batch_seconds.observe(secs);
+            self.stats.batch_secs += secs;
+            let first = *clocks.first_record.get_or_insert(batch_started);
+            self.stats.first_to_last_secs = first.elapsed().as_secs_f64();
+        }
+        if clocks.last_report.elapsed() > Duration::from_secs(10) {
+            info!(stats = ?self.stats, partitions = ?owned, "Progress.");
+            clocks.last_report = Instant::now();
+        }
+        Ok(idle)
+    }
+}
+
+/// The closing line (the bench reads its figures).
+fn report_stop(stats: &Stats, waiting: usize) {
+    eprintln!(
+        "usage-ledger: stopped after {} records ({} appended, {} duplicates, {} dead letters, {waiting} refunds waiting for their image); {:.2} s applying batches, {:.2} s from the first record to the last",
+        stats.records, stats.appended, stats.duplicates, stats.dead_letters, stats.batch_secs, stats.first_to_last_secs
+    );
+}
+
+/// The broker to use (an embedded one, kept alive by the returned handle, when none is
+/// configured), with the input topics created and co-partitioned.
+fn connect(dir: &Path, args: &RunArgs) -> anyhow::Result<(String, Option<EmbeddedBroker>)> {
+    let (brokers, embedded) = match &args.brokers {
+        Some(b) => (b.clone(), None),
+        None => {
+            let broker = EmbeddedBroker::start(&dir.join("broker"), args.broker_port)?;
+            eprintln!("usage-ledger: embedded Kafka-protocol broker (tansu) listening on {}", broker.address);
+            (broker.address.clone(), Some(broker))
+        }
+    };
+    ledger_kafka::create_topics(&brokers, args.partitions)?;
+    let counts = ledger_kafka::partition_counts(&brokers, &[IMAGES, ACCOUNTS])?;
+    if counts[0] != counts[1] || counts[0] == 0 {
+        bail!(
+            "{IMAGES} has {} partitions and {ACCOUNTS} {}: a team's events must meet in one partition number",
+            counts[0],
+            counts[1]
+        );
+    }
+    Ok((brokers, embedded))
+}

@@ -1,0 +1,177 @@
+//! A polled batch through the ledger: cut by partition, each record decoded and
+//! validated into a submission (or a dead letter), one flushed commit per partition
+//! ledger holding entries, positions and the dead letters of what the rules refused.
+use std::collections::{BTreeMap, HashMap};
+
+use anyhow::Context;
+use ledger_core::{Event, Reject};
+use ledger_kafka::{Record, ACCOUNTS, DEADLETTER, IMAGES};
+use ledger_store::{Ledger, OutboxMsg, Outcome, Source, Submission};
+use tracing::{debug, warn};
+
+use super::ownership::Shards;
+use super::Stats;
+
+/// Applies a polled batch, one commit per partition ledger.
+pub(super) fn apply(
+    shards: &mut Shards,
+    records: Vec<Record>,
+    show_balances: bool,
+    stats: &mut Stats,
+    metrics: &crate::metrics::Metrics,
+) -> anyhow::Result<()> {
+    for (partition, records) in by_partition(records) {
+        let ledger = shards
+            .open
+            .get_mut(&partition)
+            .with_context(|| format!("records of partition {partition} arrived, its ledger is not open"))?;
+        process(ledger, &records, stats, metrics)?;
+        debug!(partition, records = records.len(), first_offset = records[0].offset, "Batch applied.");
+        if show_balances {
+            crate::demo::print_live_balances(ledger, &records)?;
+        }
+    }
+    Ok(())
+}
+
+/// The batch cut by input partition number, in record order within each.
+fn by_partition(records: Vec<Record>) -> BTreeMap<i32, Vec<Record>> {
+    let mut parts: BTreeMap<i32, Vec<Record>> = BTreeMap::new();
+    for r in records {
+        parts.entry(r.partition).or_default().push(r);
+    }
+    parts
+}
+
+pub(super) fn next_offsets(records: &[Record]) -> Vec<(String, i32, i64)> {
+    let mut next: HashMap<(String, i32), i64> = HashMap::new();
+    for r in records {
+        let e = next.entry((r.topic.clone(), r.partition)).or_default();
+        *e = (*e).max(r.offset + 1);
+    }
+    next.into_iter().map(|((t, p), n)| (t, p, n)).collect()
+}
+
+/// The dead letter of a record the rules refused: `reason.code` as the contract names
+/// it, and `reason.cause`, the specific rule.
+fn rejected(r: &Record, reject: &Reject, who: Option<(&str, &str)>) -> OutboxMsg {
+    let mut msg = dead_letter(r, reject.code.code(), &reject.detail, who);
+    msg.headers.push(("reason.cause".to_string(), reject.code.cause().to_string()));
+    msg
+}
+
+/// A dead letter: the original bytes, with the source and the reason in headers.
+fn dead_letter(r: &Record, code: &str, reason: &str, who: Option<(&str, &str)>) -> OutboxMsg {
+    let mut headers = vec![
+        ("source.topic".to_string(), r.topic.clone()),
+        ("source.partition".to_string(), r.partition.to_string()),
+        ("source.offset".to_string(), r.offset.to_string()),
+        ("reason.code".to_string(), code.to_string()),
+        ("reason".to_string(), reason.to_string()),
+    ];
+    if let Some((team, event)) = who {
+        headers.push(("team_id".to_string(), team.to_string()));
+        headers.push(("event_id".to_string(), event.to_string()));
+    }
+    warn!(topic = %r.topic, partition = r.partition, offset = r.offset, team_id = who.map(|w| w.0), event_id = who.map(|w| w.1), code, reason, "Dead-lettered a record.");
+    OutboxMsg {
+        topic: DEADLETTER.to_string(),
+        key: String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned(),
+        id: format!("{}/{}/{}", r.topic, r.partition, r.offset),
+        json: String::new(),
+        payload: r.payload.clone(),
+        headers,
+    }
+}
+
+/// Dead letters for parked refunds a batch rejected after all (given up, or refused once
+/// their event arrived): the record is rebuilt from the parked event and its source.
+pub(super) fn settled_dead_letters(settled: &[(ledger_store::Parked, Outcome)]) -> Vec<OutboxMsg> {
+    settled
+        .iter()
+        .filter_map(|(p, outcome)| {
+            let Outcome::Rejected(reject) = outcome else { return None };
+            let (topic, partition) = p.stream.as_deref().and_then(|s| s.rsplit_once('/')).unwrap_or((ACCOUNTS, "0"));
+            let record = Record {
+                topic: topic.to_string(),
+                partition: partition.parse().unwrap_or_default(),
+                offset: p.offset as i64,
+                key: Some(p.event.team_id.as_str().as_bytes().to_vec()),
+                payload: ledger_proto::encode_event(&Event::Account(p.event.clone())),
+                headers: Vec::new(),
+            };
+            let who = Some((p.event.team_id.as_str(), p.event.event_id.as_str()));
+            Some(rejected(&record, reject, who))
+        })
+        .collect()
+}
+
+fn decode(r: &Record) -> Result<Event, ledger_proto::Invalid> {
+    match r.topic.as_str() {
+        IMAGES => ledger_proto::decode_image(&r.payload),
+        _ => ledger_proto::decode_account(&r.payload),
+    }
+}
+
+fn process(
+    ledger: &mut Ledger,
+    records: &[Record],
+    stats: &mut Stats,
+    metrics: &crate::metrics::Metrics,
+) -> anyhow::Result<()> {
+    stats.records += records.len() as u64;
+    metrics.records.inc_by(records.len() as u64);
+    let mut submissions = Vec::with_capacity(records.len());
+    let mut origin = Vec::with_capacity(records.len());
+    let mut dead = Vec::new();
+    let mut positions: HashMap<String, u64> = HashMap::new();
+    for (i, r) in records.iter().enumerate() {
+        positions.insert(r.stream(), r.offset as u64 + 1);
+        match decode(r) {
+            Ok(event) => {
+                submissions
+                    .push(Submission { event, source: Source { stream: Some(r.stream()), offset: r.offset as u64 } });
+                origin.push(i);
+            }
+            Err(e) => dead.push(dead_letter(r, e.code(), &e.to_string(), None)),
+        }
+    }
+    let who: Vec<(String, String)> =
+        submissions.iter().map(|s| (s.event.team_id().to_string(), s.event.event_id().to_string())).collect();
+    let positions: Vec<(String, u64)> = positions.into_iter().collect();
+    let report = ledger.submit_batch_with(submissions, &positions, |outcomes, settled| {
+        for (k, outcome) in outcomes.iter().enumerate() {
+            let r = &records[origin[k]];
+            let who = Some((who[k].0.as_str(), who[k].1.as_str()));
+            match outcome {
+                Outcome::Rejected(reject) => dead.push(rejected(r, reject, who)),
+                Outcome::Conflict { team, seq } => {
+                    let reason = format!("event id already used by team {team} seq {seq} with other content");
+                    dead.push(dead_letter(r, "conflict", &reason, who));
+                }
+                Outcome::Appended { .. } | Outcome::Duplicate { .. } | Outcome::Parked => {}
+            }
+        }
+        dead.extend(settled_dead_letters(settled));
+        for msg in &dead {
+            let reason = msg.headers.iter().find(|(k, _)| k == "reason.code").map_or("", |(_, v)| v.as_str());
+            metrics.dead_letters.get_or_create(&crate::metrics::Reason { reason: reason.to_string() }).inc();
+        }
+        stats.dead_letters += dead.len() as u64;
+        dead
+    })?;
+    for outcome in report.outcomes.iter().chain(report.settled.iter().map(|(_, o)| o)) {
+        match outcome {
+            Outcome::Appended { .. } => {
+                stats.appended += 1;
+                metrics.appended.inc();
+            }
+            Outcome::Duplicate { .. } => {
+                stats.duplicates += 1;
+                metrics.duplicates.inc();
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
