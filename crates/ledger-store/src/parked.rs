@@ -8,8 +8,6 @@ use chrono::{DateTime, Duration, Utc};
 use ledger_core::{AccountChange, AccountEvent, EventId, TeamId};
 use serde::{Deserialize, Serialize};
 
-use crate::keys;
-
 /// How long, in the team's own time (its newest event), a parked refund waits for the
 /// event it names before it is given up as `refund_unknown_event`.
 pub fn refund_wait() -> Duration {
@@ -34,10 +32,6 @@ impl Parked {
             AccountChange::QualityRefund { original_event_id, .. } => original_event_id,
             _ => unreachable!("only refunds are parked"),
         }
-    }
-
-    pub(crate) fn key(&self) -> Vec<u8> {
-        keys::parked(self.event.team_id.as_str(), self.event.event_id.as_str())
     }
 
     /// When the wait ends, in the team's time.
