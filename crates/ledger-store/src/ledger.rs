@@ -14,7 +14,7 @@ use crate::store::Store;
 use crate::tables::conflicts::{self, Conflict};
 use crate::tables::entries::{self, Hash, StoredEntry};
 use crate::tables::index::IndexRun;
-use crate::tables::outbox::{self, OutboxMsg};
+use crate::tables::outbox::{self, OutboxKind, OutboxMsg};
 use crate::tables::{self, alerts, invoices, offsets, Row};
 use crate::{Error, Result};
 
@@ -460,20 +460,20 @@ impl Ledger {
             let row = alerts::row(team_id.as_str(), *n, &alert);
             *n += 1;
             staged.report.alerts += 1;
-            self.stage_projection(staged, team_id, "usage.alerts.v1", row);
+            self.stage_projection(staged, team_id, OutboxKind::Alert, row);
         }
         if let Some(invoice) = effects.invoice {
             let row = invoices::row(team_id.as_str(), invoice, hash);
             staged.report.invoices += 1;
-            self.stage_projection(staged, team_id, "billing.invoices.v1", row);
+            self.stage_projection(staged, team_id, OutboxKind::Invoice, row);
         }
     }
 
     /// Stages a projection row and the outbox message that publishes it.
-    fn stage_projection(&mut self, staged: &mut Staged, team_id: &TeamId, topic: &str, row: Row) {
+    fn stage_projection(&mut self, staged: &mut Staged, team_id: &TeamId, kind: OutboxKind, row: Row) {
         staged.batch.insert(row.key, row.json.as_bytes());
         let msg = OutboxMsg {
-            topic: topic.into(),
+            kind,
             key: team_id.to_string(),
             id: row.id,
             json: row.json,

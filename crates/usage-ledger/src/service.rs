@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use ledger_core::{Catalog, Event};
 use ledger_kafka::{Consumer, Outgoing, Partitions, Producer, Record, ACCOUNTS, ALERTS, DEADLETTER, IMAGES, INVOICES};
-use ledger_store::{Ledger, OpenOptions, OutboxMsg, Outcome, Source, Store, Submission};
+use ledger_store::{Ledger, OpenOptions, OutboxKind, OutboxMsg, Outcome, Source, Store, Submission};
 use tracing::{debug, info, warn};
 
 use crate::broker::EmbeddedBroker;
@@ -372,7 +372,7 @@ fn dead_letter(r: &Record, code: &str, reason: &str, who: Option<(&str, &str)>) 
     }
     warn!(topic = %r.topic, partition = r.partition, offset = r.offset, team_id = who.map(|w| w.0), event_id = who.map(|w| w.1), code, reason, "Dead-lettered a record.");
     OutboxMsg {
-        topic: DEADLETTER.to_string(),
+        kind: OutboxKind::DeadLetter,
         key: String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned(),
         id: format!("{}/{}/{}", r.topic, r.partition, r.offset),
         json: String::new(),
@@ -485,14 +485,14 @@ fn publish_outbox(store: &Store, producer: &Producer) -> anyhow::Result<u64> {
         let messages = batch
             .iter()
             .map(|(_, m)| {
-                let payload = match m.topic.as_str() {
-                    ALERTS => ledger_proto::alert_bytes(&m.json)?,
-                    INVOICES => ledger_proto::invoice_bytes(&m.json, &m.id)?,
-                    _ => m.payload.clone(),
+                let (topic, payload) = match m.kind {
+                    OutboxKind::Alert => (ALERTS, ledger_proto::alert_bytes(&m.json)?),
+                    OutboxKind::Invoice => (INVOICES, ledger_proto::invoice_bytes(&m.json, &m.id)?),
+                    OutboxKind::DeadLetter => (DEADLETTER, m.payload.clone()),
                 };
                 let mut headers = m.headers.clone();
                 headers.push(("id".to_string(), m.id.clone()));
-                Ok(Outgoing { topic: m.topic.clone(), key: m.key.clone().into_bytes(), payload, headers })
+                Ok(Outgoing { topic: topic.to_string(), key: m.key.clone().into_bytes(), payload, headers })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         producer.send_all(&messages)?;
