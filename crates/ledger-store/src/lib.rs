@@ -2,8 +2,8 @@
 //!
 //! One tree, one table per key kind (see `tables`): per-team entry blocks chained by
 //! SHA-256, a permanent event-id index, projections (alerts, invoices), source offsets,
-//! conflicts, parked refunds, metadata and the outbox. Each batch is one atomic `apply_batch` followed by `flush()`: nothing is
-//! acknowledged before it is durable.
+//! conflicts, parked refunds, metadata and the outbox. Each batch is one atomic
+//! `apply_batch` followed by `flush()`: nothing is acknowledged before it is durable.
 
 mod datadir;
 mod index;
