@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use ledger_core::Catalog;
 
-use crate::store::{OpenOptions, ReplayReport, Store};
+use crate::replay::ReplayReport;
+use crate::store::{OpenOptions, Store};
 use crate::verify::VerifyReport;
 use crate::{Error, Result};
 

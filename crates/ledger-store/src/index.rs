@@ -5,11 +5,11 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, DefaultHasher, Hash, Hasher};
 
-use ledger_core::TeamId;
+use ledger_core::{Event, TeamId};
+use sha2::{Digest, Sha256};
 
-use crate::codec::{self, IndexRun};
-use crate::keys;
 use crate::store::Store;
+use crate::tables;
 use crate::{Error, Result};
 
 /// Keys are already hashes: pass them through.
@@ -47,6 +47,13 @@ pub(crate) struct Index {
     pub len: u64,
 }
 
+/// Content fingerprint of an input event: same id + same fingerprint = duplicate.
+pub(crate) fn fingerprint(event: &Event) -> [u8; 16] {
+    let bytes = postcard::to_allocvec(event).expect("events encode");
+    let digest = Sha256::digest(&bytes);
+    digest[..16].try_into().expect("16 bytes")
+}
+
 pub(crate) fn id_hash(id: &str) -> u64 {
     let mut h = DefaultHasher::new();
     id.hash(&mut h);
@@ -57,11 +64,10 @@ impl Index {
     /// Loads every segment.
     pub fn load(store: &Store) -> Result<Index> {
         let mut index = Index::default();
-        for kv in store.tree.scan_prefix([keys::INDEX]) {
-            let (k, v) = kv?;
-            let n = u64::from_be_bytes(k[1..].try_into().map_err(|_| Error::Corrupt("index segment key".into()))?);
-            let segment: Vec<IndexRun> = codec::decode(&v, "index segment")?;
-            for run in segment {
+        for segment in tables::index::segments(&store.tree) {
+            let segment = segment?;
+            let n = segment.number()?;
+            for run in segment.runs()? {
                 let team = TeamId::new(run.team).map_err(|e| Error::Corrupt(format!("index segment {n}: {e}")))?;
                 for (event_id, seq) in run.events {
                     index.insert(id_hash(&event_id), &team, seq);

@@ -5,15 +5,18 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use ledger_core::refund::unknown_after_wait;
 use ledger_core::team::{Applied, RefundLookup, Reject};
-use ledger_core::{AccountChange, AccountEvent, Catalog, Entry, Event, EventId, RefundTarget, Team, TeamId};
+use ledger_core::{AccountChange, AccountEvent, Catalog, Effects, Entry, Event, EventId, RefundTarget, Team, TeamId};
 use tracing::{debug, info, warn};
 
-use crate::codec::{self, Hash, IndexRun, StoredEntry};
-use crate::index::{id_hash, Index};
-use crate::keys;
+use crate::index::{fingerprint, id_hash, Index};
 use crate::parked::ParkedRefunds;
 pub use crate::parked::{refund_wait, Parked};
-use crate::store::{OutboxMsg, Store};
+use crate::store::Store;
+use crate::tables::conflicts::{self, Conflict};
+use crate::tables::entries::{self, Hash, StoredEntry};
+use crate::tables::index::IndexRun;
+use crate::tables::outbox::{self, OutboxKind, OutboxMsg};
+use crate::tables::{self, alerts, invoices, offsets, Row};
 use crate::{Error, Result};
 
 /// Where an event came from, for reports and dead letters (a file line, a Kafka offset).
@@ -97,7 +100,7 @@ struct Known {
 
 impl Known {
     fn fingerprint(&self) -> [u8; 16] {
-        codec::fingerprint(&self.entry.as_event().expect("indexed entries record events"))
+        fingerprint(&self.entry.as_event().expect("indexed entries record events"))
     }
 
     /// What a refund of this event needs, if it is an image event.
@@ -133,13 +136,23 @@ struct Staged {
 }
 
 impl Staged {
+    /// The index of the team's block in this batch, started at `first_seq` if new.
+    fn block_for(&mut self, team: &TeamId, first_seq: u64) -> usize {
+        if let Some(b) = self.block_of.get(team) {
+            return *b;
+        }
+        self.blocks.push(StagedBlock { team: team.clone(), first_seq, entries: Vec::new(), events: Vec::new() });
+        self.block_of.insert(team.clone(), self.blocks.len() - 1);
+        self.blocks.len() - 1
+    }
+
     /// Entry `seq` of `team` if this batch appended it.
     fn entry(&self, team: &TeamId, seq: u64) -> Result<Option<Entry>> {
         let Some(block) = self.block_of.get(team).map(|b| &self.blocks[*b]) else { return Ok(None) };
         let Some(stored) = seq.checked_sub(block.first_seq).and_then(|i| block.entries.get(i as usize)) else {
             return Ok(None);
         };
-        codec::decode_entry(&stored.body).map(Some).map_err(|e| Error::Corrupt(format!("staged entry: {e}")))
+        entries::decode_entry(&stored.body).map(Some).map_err(|e| Error::Corrupt(format!("staged entry: {e}")))
     }
 }
 
@@ -171,10 +184,7 @@ impl Ledger {
             heads.insert(id.clone(), Head { seq: team.last_seq(), hash });
             teams.insert(id, team);
         }
-        let next_outbox = match store.tree.scan_prefix([keys::OUTBOX]).keys().next_back() {
-            Some(k) => u64::from_be_bytes(k?[1..].try_into().map_err(|_| Error::Corrupt("outbox key".into()))?) + 1,
-            None => 0,
-        };
+        let next_outbox = outbox::next_number(&store.tree)?;
         if events != index.len {
             return Err(Error::Corrupt(format!(
                 "the ledger holds {events} events but the index {}; run verify",
@@ -188,8 +198,8 @@ impl Ledger {
             "Folded the ledger."
         );
         let mut parked = ParkedRefunds::default();
-        for raw in store.tree.scan_prefix([keys::PARKED]).values() {
-            parked.insert(codec::decode(&raw?, "parked refund")?);
+        for p in tables::parked::all(&store.tree)? {
+            parked.insert(p);
         }
         Ok(Ledger { store, catalog, teams, heads, alert_counts, index, next_outbox, conflicts: 0, parked })
     }
@@ -245,11 +255,10 @@ impl Ledger {
             staged.report.outcomes.push(outcome);
         }
         for (stream, next) in positions {
-            staged.batch.insert(keys::simple(keys::OFFSET, stream.as_bytes()), next.to_be_bytes().to_vec());
+            offsets::insert(&mut staged.batch, stream, *next);
         }
         for msg in extra(&staged.report.outcomes, &staged.report.settled) {
-            staged.batch.insert(keys::outbox(self.next_outbox), codec::encode(&msg));
-            self.next_outbox += 1;
+            self.stage_outbox(&mut staged, &msg);
         }
         self.commit(staged)
     }
@@ -270,8 +279,7 @@ impl Ledger {
         let mut staged = Staged::default();
         self.give_up(&mut staged, None, until);
         for msg in extra(&staged.report.settled) {
-            staged.batch.insert(keys::outbox(self.next_outbox), codec::encode(&msg));
-            self.next_outbox += 1;
+            self.stage_outbox(&mut staged, &msg);
         }
         let mut ids: Vec<TeamId> = self.teams.keys().cloned().collect();
         ids.sort();
@@ -287,7 +295,7 @@ impl Ledger {
         let Submission { event, source } = sub;
         let hash = id_hash(event.event_id().as_str());
         if let Some(existing) = self.lookup(staged, event.event_id(), hash)? {
-            if existing.fingerprint() == codec::fingerprint(&event) {
+            if existing.fingerprint() == fingerprint(&event) {
                 return Ok(Outcome::Duplicate { seq: existing.seq });
             }
             self.record_conflict(staged, &event, &existing);
@@ -337,7 +345,7 @@ impl Ledger {
             return Outcome::Rejected(unknown_after_wait(&event));
         }
         let parked = Parked { event, stream: source.stream, offset: source.offset };
-        staged.batch.insert(parked.key(), codec::encode(&parked));
+        tables::parked::insert(&mut staged.batch, &parked);
         debug!(team_id = %parked.event.team_id, event_id = %parked.event.event_id, original = %parked.original(), "Parked a refund until its event arrives.");
         self.parked.insert(parked);
         Outcome::Parked
@@ -347,7 +355,7 @@ impl Ledger {
     fn unpark(&mut self, staged: &mut Staged, appended: Option<EventId>) -> Result<()> {
         let Some(id) = appended else { return Ok(()) };
         for p in self.parked.take_for(&id) {
-            staged.batch.remove(p.key());
+            tables::parked::remove(&mut staged.batch, &p);
             let source = Source { stream: p.stream.clone(), offset: p.offset };
             let outcome = self.submit_one(staged, Submission { event: Event::Account(p.event.clone()), source })?;
             staged.report.settled.push((p, outcome));
@@ -358,7 +366,7 @@ impl Ledger {
     /// Gives up the parked refunds (of `team`, or all) that `until` passed by the wait.
     fn give_up(&mut self, staged: &mut Staged, team: Option<&TeamId>, until: DateTime<Utc>) {
         for p in self.parked.take_due(team, until) {
-            staged.batch.remove(p.key());
+            tables::parked::remove(&mut staged.batch, &p);
             let reject = unknown_after_wait(&p.event);
             warn!(team_id = %p.event.team_id, event_id = %p.event.event_id, detail = %reject.detail, "Gave up a parked refund.");
             staged.report.settled.push((p, Outcome::Rejected(reject)));
@@ -397,18 +405,13 @@ impl Ledger {
     fn record_conflict(&mut self, staged: &mut Staged, event: &Event, existing: &Known) {
         self.conflicts += 1;
         let team = event.team_id().as_str();
-        let mut key = keys::team_prefix(keys::CONFLICT, team);
-        key.extend_from_slice(event.event_id().as_str().as_bytes());
-        key.push(0);
-        key.extend_from_slice(&self.conflicts.to_be_bytes());
-        let record = serde_json::json!({
-            "event_id": event.event_id().as_str(),
-            "team_id": team,
-            "existing_team_id": existing.team.as_str(),
-            "existing_seq": existing.seq,
-            "reason": "same event_id with different content",
-        });
-        staged.batch.insert(key, serde_json::to_vec(&record).expect("json"));
+        let conflict = Conflict {
+            team,
+            event_id: event.event_id().as_str(),
+            existing_team: existing.team.as_str(),
+            existing_seq: existing.seq,
+        };
+        conflicts::insert(&mut staged.batch, self.conflicts, &conflict);
         debug!(team_id = team, event_id = %event.event_id(), existing_seq = existing.seq, "Recorded a conflicting duplicate.");
     }
 
@@ -417,84 +420,74 @@ impl Ledger {
         if applied.is_empty() {
             return;
         }
-        if !self.heads.contains_key(team_id) {
-            self.heads.insert(team_id.clone(), Head { seq: 0, hash: [0; 32] });
-        }
-        let head = self.heads.get_mut(team_id).expect("inserted above");
-        let block = match staged.block_of.get(team_id) {
-            Some(b) => *b,
-            None => {
-                staged.blocks.push(StagedBlock {
-                    team: team_id.clone(),
-                    first_seq: head.seq + 1,
-                    entries: Vec::new(),
-                    events: Vec::new(),
-                });
-                staged.block_of.insert(team_id.clone(), staged.blocks.len() - 1);
-                staged.blocks.len() - 1
-            }
-        };
+        let mut head = self.heads.get(team_id).copied().unwrap_or(Head { seq: 0, hash: [0; 32] });
+        let block = staged.block_for(team_id, head.seq + 1);
         for a in applied {
             assert_eq!(a.seq, head.seq + 1, "team {team_id}: entries are dense");
-            let body = codec::encode_entry(&a.entry);
-            let hash = codec::chain(&head.hash, a.seq, &body);
-            *head = Head { seq: a.seq, hash };
+            let body = entries::encode_entry(&a.entry);
+            let hash = entries::chain(&head.hash, a.seq, &body);
+            head = Head { seq: a.seq, hash };
             let block = &mut staged.blocks[block];
             if let Some(id) = a.entry.event_id() {
                 block.events.push((id.to_string(), a.seq));
             }
             block.entries.push(StoredEntry { seq: a.seq, hash, body });
             staged.report.entries += 1;
-            for alert in a.effects.alerts {
-                let n = self.alert_counts.entry(team_id.clone()).or_default();
-                let json = serde_json::to_string(&alert).expect("alert serializes");
-                staged.batch.insert(keys::team_key(keys::ALERT, team_id.as_str(), *n), json.as_bytes());
-                *n += 1;
-                staged.report.alerts += 1;
-                let msg = OutboxMsg {
-                    topic: "usage.alerts.v1".into(),
-                    key: team_id.to_string(),
-                    id: alert.alert_id,
-                    json,
-                    payload: Vec::new(),
-                    headers: Vec::new(),
-                };
-                staged.batch.insert(keys::outbox(self.next_outbox), codec::encode(&msg));
-                self.next_outbox += 1;
-            }
-            if let Some(mut invoice) = a.effects.invoice {
-                invoice.ledger.head_hash = hex::encode(hash);
-                let json = invoice.to_json();
-                let key = keys::time_key(keys::INVOICE, team_id.as_str(), invoice.period_start.timestamp());
-                staged.batch.insert(key, json.as_bytes());
-                staged.report.invoices += 1;
-                let id = format!("{}:{}", team_id, invoice.period.start);
-                let msg = OutboxMsg {
-                    topic: "billing.invoices.v1".into(),
-                    key: team_id.to_string(),
-                    id,
-                    json,
-                    payload: Vec::new(),
-                    headers: Vec::new(),
-                };
-                staged.batch.insert(keys::outbox(self.next_outbox), codec::encode(&msg));
-                self.next_outbox += 1;
+            self.stage_effects(staged, team_id, a.effects, &hash);
+        }
+        match self.heads.get_mut(team_id) {
+            Some(h) => *h = head,
+            None => {
+                self.heads.insert(team_id.clone(), head);
             }
         }
+    }
+
+    /// Stages the alerts and the invoice an entry raised (its chain hash is `hash`).
+    fn stage_effects(&mut self, staged: &mut Staged, team_id: &TeamId, effects: Effects, hash: &Hash) {
+        for alert in effects.alerts {
+            let n = self.alert_counts.entry(team_id.clone()).or_default();
+            let row = alerts::row(team_id.as_str(), *n, &alert);
+            *n += 1;
+            staged.report.alerts += 1;
+            self.stage_projection(staged, team_id, OutboxKind::Alert, row);
+        }
+        if let Some(invoice) = effects.invoice {
+            let row = invoices::row(team_id.as_str(), invoice, hash);
+            staged.report.invoices += 1;
+            self.stage_projection(staged, team_id, OutboxKind::Invoice, row);
+        }
+    }
+
+    /// Stages a projection row and the outbox message that publishes it.
+    fn stage_projection(&mut self, staged: &mut Staged, team_id: &TeamId, kind: OutboxKind, row: Row) {
+        staged.batch.insert(row.key, row.json.as_bytes());
+        let msg = OutboxMsg {
+            kind,
+            key: team_id.to_string(),
+            id: row.id,
+            json: row.json,
+            payload: Vec::new(),
+            headers: Vec::new(),
+        };
+        self.stage_outbox(staged, &msg);
+    }
+
+    fn stage_outbox(&mut self, staged: &mut Staged, msg: &OutboxMsg) {
+        outbox::insert(&mut staged.batch, self.next_outbox, msg);
+        self.next_outbox += 1;
     }
 
     fn commit(&mut self, mut staged: Staged) -> Result<BatchReport> {
         let mut segment: Vec<IndexRun> = Vec::with_capacity(staged.blocks.len());
         for block in std::mem::take(&mut staged.blocks) {
-            let key = keys::team_key(keys::ENTRY, block.team.as_str(), block.first_seq);
-            staged.batch.insert(key, codec::encode_block(&block.entries));
+            entries::insert(&mut staged.batch, block.team.as_str(), block.first_seq, &block.entries);
             if !block.events.is_empty() {
                 segment.push(IndexRun { team: block.team.to_string(), events: block.events });
             }
         }
         if !segment.is_empty() {
-            let key = keys::simple(keys::INDEX, &self.index.next_segment.to_be_bytes());
-            staged.batch.insert(key, codec::encode(&segment));
+            tables::index::insert(&mut staged.batch, self.index.next_segment, &segment);
             self.index.next_segment += 1;
         }
         self.store.tree.apply_batch(staged.batch)?;

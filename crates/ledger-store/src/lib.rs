@@ -1,23 +1,26 @@
 //! The immutable ledger on sled (pinned 0.34.7). The only crate that names sled.
 //!
-//! One tree, keys by prefix (see `keys`): per-team entry blocks chained by SHA-256, a
-//! permanent event-id index, projections (alerts, invoices), source offsets and the
-//! outbox. Each batch is one atomic `apply_batch` followed by `flush()`: nothing is
-//! acknowledged before it is durable.
+//! One tree, one table per key kind (see `tables`): per-team entry blocks chained by
+//! SHA-256, a permanent event-id index, projections (alerts, invoices), source offsets,
+//! conflicts, parked refunds, metadata and the outbox. Each batch is one atomic
+//! `apply_batch` followed by `flush()`: nothing is acknowledged before it is durable.
 
-mod codec;
 mod datadir;
 mod index;
-mod keys;
 mod ledger;
 mod parked;
+mod replay;
 mod store;
+mod tables;
 mod verify;
 
-pub use codec::{StoredEntry, FORMAT_VERSION};
 pub use datadir::{layout, open_all, partition_dir, replay_all, verify_all, Layout};
 pub use ledger::{refund_wait, BatchReport, Ledger, Outcome, Parked, Source, Submission};
-pub use store::{OpenOptions, OutboxMsg, ReplayReport, Store};
+pub use replay::ReplayReport;
+pub use store::{OpenOptions, Store};
+pub use tables::entries::StoredEntry;
+pub use tables::outbox::{OutboxKind, OutboxMsg};
+pub use tables::FORMAT_VERSION;
 pub use verify::{tamper_entry, VerifyReport};
 
 /// Storage failures. Any of these stops the writer: nothing more is acknowledged.

@@ -8,8 +8,6 @@ use chrono::{DateTime, Utc};
 use ledger_core::{AccountChange, AccountEvent, EventId, TeamId};
 use serde::{Deserialize, Serialize};
 
-use crate::keys;
-
 pub use ledger_core::refund::refund_wait;
 
 /// A `QualityRefund` that arrived before the image event it names. Kept in the store
@@ -30,10 +28,6 @@ impl Parked {
             AccountChange::QualityRefund { original_event_id, .. } => original_event_id,
             _ => unreachable!("only refunds are parked"),
         }
-    }
-
-    pub(crate) fn key(&self) -> Vec<u8> {
-        keys::parked(self.event.team_id.as_str(), self.event.event_id.as_str())
     }
 
     /// When the wait ends, in the team's time.

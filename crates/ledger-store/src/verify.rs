@@ -5,9 +5,9 @@ use std::path::Path;
 
 use ledger_core::Catalog;
 
-use crate::codec::{self, Hash, IndexRun};
-use crate::keys;
 use crate::store::Store;
+use crate::tables::entries::{self, Hash};
+use crate::tables::index;
 use crate::{Error, Result};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -25,7 +25,7 @@ impl Store {
         // (team, seq) -> event id, to check the index both ways.
         let mut events: HashMap<(String, u64), String> = HashMap::new();
         let mut chains: HashMap<String, (u64, Hash)> = HashMap::new();
-        for block in self.blocks(&[keys::ENTRY]) {
+        for block in entries::blocks(&self.tree, entries::all()) {
             let (team, first, entries) = match block {
                 Ok(b) => b,
                 Err(e) => {
@@ -46,10 +46,10 @@ impl Store {
                         stored.seq
                     ));
                 }
-                if codec::chain(&chain.1, stored.seq, &stored.body) != stored.hash {
+                if entries::chain(&chain.1, stored.seq, &stored.body) != stored.hash {
                     report.faults.push(format!("team {team} seq {}: hash chain broken (entry altered)", stored.seq));
                 }
-                match codec::decode_entry(&stored.body) {
+                match entries::decode_entry(&stored.body) {
                     Ok(entry) => {
                         if let Some(id) = entry.event_id() {
                             events.insert((team.clone(), stored.seq), id.to_string());
@@ -68,16 +68,16 @@ impl Store {
     /// Every index record points at an entry recording that event, and every event
     /// entry is indexed exactly once.
     fn verify_index(&self, events: &mut HashMap<(String, u64), String>, report: &mut VerifyReport) -> Result<()> {
-        for kv in self.tree.scan_prefix([keys::INDEX]) {
-            let (k, v) = kv?;
-            let segment: Vec<IndexRun> = match codec::decode(&v, "index segment") {
-                Ok(s) => s,
+        for segment in index::segments(&self.tree) {
+            let segment = segment?;
+            let runs = match segment.runs() {
+                Ok(runs) => runs,
                 Err(e) => {
-                    report.faults.push(format!("index segment {}: {e}", hex::encode(&k[1..])));
+                    report.faults.push(format!("index segment {}: {e}", segment.label()));
                     continue;
                 }
             };
-            for run in segment {
+            for run in runs {
                 for (event_id, seq) in run.events {
                     report.index_records += 1;
                     let team = &run.team;
@@ -106,14 +106,13 @@ impl Store {
 /// hash alone: what `verify` must catch. For tests and drills only.
 pub fn tamper_entry(dir: &Path, team: &str, seq: u64) -> Result<()> {
     let store = Store::open(dir, &Catalog::builtin())?;
-    let prefix = keys::team_prefix(keys::ENTRY, team);
-    for kv in store.tree.scan_prefix(&prefix) {
+    for kv in entries::team_blocks(&store.tree, team) {
         let (k, v) = kv?;
-        let mut entries = codec::decode_block(&v)?;
-        if let Some(e) = entries.iter_mut().find(|e| e.seq == seq) {
+        let mut run = entries::decode_block(&v)?;
+        if let Some(e) = run.iter_mut().find(|e| e.seq == seq) {
             let at = e.body.len() / 2;
             e.body[at] ^= 0x01;
-            store.tree.insert(k, codec::encode_block(&entries))?;
+            store.tree.insert(k, entries::encode_block(&run))?;
             store.db.flush()?;
             return Ok(());
         }

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use anyhow::Context;
 use ledger_core::{Event, Reject};
-use ledger_kafka::{Record, ACCOUNTS, DEADLETTER, IMAGES};
-use ledger_store::{Ledger, OutboxMsg, Outcome, Source, Submission};
+use ledger_kafka::{Record, ACCOUNTS, IMAGES};
+use ledger_store::{Ledger, OutboxKind, OutboxMsg, Outcome, Source, Submission};
 use tracing::{debug, warn};
 
 use super::ownership::Shards;
@@ -75,7 +75,7 @@ fn dead_letter(r: &Record, code: &str, reason: &str, who: Option<(&str, &str)>) 
     }
     warn!(topic = %r.topic, partition = r.partition, offset = r.offset, team_id = who.map(|w| w.0), event_id = who.map(|w| w.1), code, reason, "Dead-lettered a record.");
     OutboxMsg {
-        topic: DEADLETTER.to_string(),
+        kind: OutboxKind::DeadLetter,
         key: String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned(),
         id: format!("{}/{}/{}", r.topic, r.partition, r.offset),
         json: String::new(),

@@ -1,7 +1,7 @@
 //! Publishing the outbox: alerts and invoices as protobuf, dead letters as the original
 //! bytes, each with its deterministic `id` header; marked sent once the broker has them.
-use ledger_kafka::{Outgoing, Producer, ALERTS, INVOICES};
-use ledger_store::Store;
+use ledger_kafka::{Outgoing, Producer, ALERTS, DEADLETTER, INVOICES};
+use ledger_store::{OutboxKind, Store};
 
 use super::ownership::Shards;
 use super::pipeline::settled_dead_letters;
@@ -39,14 +39,14 @@ fn publish_outbox(store: &Store, producer: &Producer) -> anyhow::Result<u64> {
         let messages = batch
             .iter()
             .map(|(_, m)| {
-                let payload = match m.topic.as_str() {
-                    ALERTS => ledger_proto::alert_bytes(&m.json)?,
-                    INVOICES => ledger_proto::invoice_bytes(&m.json, &m.id)?,
-                    _ => m.payload.clone(),
+                let (topic, payload) = match m.kind {
+                    OutboxKind::Alert => (ALERTS, ledger_proto::alert_bytes(&m.json)?),
+                    OutboxKind::Invoice => (INVOICES, ledger_proto::invoice_bytes(&m.json, &m.id)?),
+                    OutboxKind::DeadLetter => (DEADLETTER, m.payload.clone()),
                 };
                 let mut headers = m.headers.clone();
                 headers.push(("id".to_string(), m.id.clone()));
-                Ok(Outgoing { topic: m.topic.clone(), key: m.key.clone().into_bytes(), payload, headers })
+                Ok(Outgoing { topic: topic.to_string(), key: m.key.clone().into_bytes(), payload, headers })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         producer.send_all(&messages)?;

@@ -1,0 +1,136 @@
+//! `replay`: rebuilds the projections (alerts, invoices) from the entries alone through
+//! the same table rows live staging writes, counts the stored ones that differ, replaces
+//! them, and digests every invoice.
+use std::collections::HashMap;
+
+use ledger_core::Catalog;
+use sha2::{Digest, Sha256};
+
+use crate::store::Store;
+use crate::tables::{alerts, invoices};
+use crate::Result;
+
+/// Projection rows as (key, value) pairs.
+type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// What `replay` rebuilt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayReport {
+    pub teams: u64,
+    pub entries: u64,
+    pub invoices: u64,
+    pub alerts: u64,
+    /// Stored projections that differed from the rebuilt ones (0 on a healthy store).
+    pub mismatched: u64,
+    /// SHA-256 over every final invoice (key, JSON) in key order: the same for the same
+    /// ledger however its teams are spread over data directories.
+    pub digest: String,
+    /// The rebuilt invoices (key, JSON), kept to merge reports of several stores.
+    pub(crate) invoice_items: Rows,
+}
+
+impl ReplayReport {
+    /// One report for several stores (the partitions of one ledger).
+    pub fn merge(reports: Vec<ReplayReport>) -> ReplayReport {
+        let mut all = ReplayReport {
+            teams: 0,
+            entries: 0,
+            invoices: 0,
+            alerts: 0,
+            mismatched: 0,
+            digest: String::new(),
+            invoice_items: Vec::new(),
+        };
+        for r in reports {
+            all.teams += r.teams;
+            all.entries += r.entries;
+            all.invoices += r.invoices;
+            all.alerts += r.alerts;
+            all.mismatched += r.mismatched;
+            all.invoice_items.extend(r.invoice_items);
+        }
+        all.invoice_items.sort();
+        all.digest = digest(&all.invoice_items);
+        all
+    }
+}
+
+fn digest(items: &[(Vec<u8>, Vec<u8>)]) -> String {
+    let mut digest = Sha256::new();
+    for (k, v) in items {
+        digest.update(k);
+        digest.update(v);
+    }
+    hex::encode(digest.finalize())
+}
+
+/// The projections rebuilt from the entries, each sorted.
+#[derive(Default)]
+struct Rebuilt {
+    entries: u64,
+    alerts: Rows,
+    invoices: Rows,
+    alert_no: HashMap<String, u64>,
+}
+
+impl Store {
+    /// Rebuilds every projection (alerts, invoices) from the ledger alone, replaces the
+    /// stored ones, and returns a digest of all invoices.
+    pub fn replay(&self, catalog: &Catalog) -> Result<ReplayReport> {
+        let (teams, accs) = self.fold_all(catalog, |acc: &mut Rebuilt, team, stored, _, effects| {
+            acc.entries += 1;
+            let team_id = team.id().as_str();
+            for alert in effects.alerts {
+                let n = acc.alert_no.entry(team_id.to_string()).or_default();
+                let row = alerts::row(team_id, *n, &alert);
+                acc.alerts.push((row.key, row.json.into_bytes()));
+                *n += 1;
+            }
+            if let Some(invoice) = effects.invoice {
+                let row = invoices::row(team_id, invoice, &stored.hash);
+                acc.invoices.push((row.key, row.json.into_bytes()));
+            }
+            Ok(())
+        })?;
+        let mut all = Rebuilt::default();
+        for acc in accs {
+            all.entries += acc.entries;
+            all.alerts.extend(acc.alerts);
+            all.invoices.extend(acc.invoices);
+        }
+        all.alerts.sort();
+        all.invoices.sort();
+        let mismatched = self.replace_projections(&all)?;
+        Ok(ReplayReport {
+            teams: teams.len() as u64,
+            entries: all.entries,
+            invoices: all.invoices.len() as u64,
+            alerts: all.alerts.len() as u64,
+            mismatched,
+            digest: digest(&all.invoices),
+            invoice_items: all.invoices,
+        })
+    }
+
+    /// Replaces every stored alert and invoice with the rebuilt ones, in one flushed
+    /// batch, and counts the stored ones that differed or were extra.
+    fn replace_projections(&self, rebuilt: &Rebuilt) -> Result<u64> {
+        let mut batch = sled::Batch::default();
+        let mut stored_keys = 0u64;
+        for k in alerts::keys(&self.tree).chain(invoices::keys(&self.tree)) {
+            batch.remove(k?);
+            stored_keys += 1;
+        }
+        let mut mismatched = 0u64;
+        for (k, v) in rebuilt.alerts.iter().chain(&rebuilt.invoices) {
+            if self.tree.get(k)?.as_deref() != Some(v.as_slice()) {
+                mismatched += 1;
+            }
+            batch.insert(k.as_slice(), v.as_slice());
+        }
+        mismatched += stored_keys.saturating_sub((rebuilt.alerts.len() + rebuilt.invoices.len()) as u64);
+        self.tree.apply_batch(batch)?;
+        self.db.flush()?;
+        Ok(mismatched)
+    }
+}

@@ -1,0 +1,158 @@
+//! Table `E`: each team's entries, one block per batch under `team 0 first_seq`.
+//! Entries are postcard-encoded core `Entry` values; the per-team chain hashes exactly
+//! those bytes, so a changed byte anywhere breaks it at that entry.
+use ledger_core::Entry;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{split_team_key, KeyKind, FORMAT_VERSION};
+use crate::{Error, Result};
+
+pub type Hash = [u8; 32];
+
+/// One entry as stored: its sequence number, its chain hash and its canonical bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredEntry {
+    pub seq: u64,
+    pub hash: Hash,
+    pub body: Vec<u8>,
+}
+
+/// One block as read: the team, the seq of its first entry, and its entries.
+pub(crate) type Block = (String, u64, Vec<StoredEntry>);
+
+/// The key of the team's block starting at `first_seq`.
+pub(crate) fn key(team: &str, first_seq: u64) -> Vec<u8> {
+    KeyKind::Entry.team_key(team, first_seq)
+}
+
+/// The key range of every team's blocks.
+pub(crate) fn all() -> (Vec<u8>, Vec<u8>) {
+    below_ff(KeyKind::Entry.prefix().to_vec())
+}
+
+/// The key range of one team's blocks.
+pub(crate) fn of_team(team: &str) -> (Vec<u8>, Vec<u8>) {
+    below_ff(KeyKind::Entry.team_prefix(team))
+}
+
+fn below_ff(prefix: Vec<u8>) -> (Vec<u8>, Vec<u8>) {
+    let mut upper = prefix.clone();
+    upper.push(0xff);
+    (prefix, upper)
+}
+
+pub(crate) fn encode_entry(entry: &Entry) -> Vec<u8> {
+    postcard::to_allocvec(entry).expect("entries encode")
+}
+
+pub(crate) fn decode_entry(body: &[u8]) -> std::result::Result<Entry, postcard::Error> {
+    postcard::from_bytes(body)
+}
+
+/// hash(n) = SHA-256("usage-ledger/entry/v1" ‖ hash(n−1) ‖ seq BE ‖ body); hash(0) = zeros.
+pub(crate) fn chain(prev: &Hash, seq: u64, body: &[u8]) -> Hash {
+    let mut h = Sha256::new();
+    h.update(b"usage-ledger/entry/v1");
+    h.update(prev);
+    h.update(seq.to_be_bytes());
+    h.update(body);
+    h.finalize().into()
+}
+
+/// A block: the format byte, then the postcard encoding of its entries.
+pub(crate) fn encode_block(entries: &[StoredEntry]) -> Vec<u8> {
+    let mut out = vec![FORMAT_VERSION];
+    out.extend(postcard::to_allocvec(entries).expect("blocks encode"));
+    out
+}
+
+pub(crate) fn decode_block(bytes: &[u8]) -> Result<Vec<StoredEntry>> {
+    match bytes.first() {
+        Some(&FORMAT_VERSION) => {
+            postcard::from_bytes(&bytes[1..]).map_err(|e| Error::Corrupt(format!("block does not decode: {e}")))
+        }
+        Some(&found) => Err(Error::Format { found, expected: FORMAT_VERSION }),
+        None => Err(Error::Corrupt("empty block".into())),
+    }
+}
+
+/// Stages the team's block starting at `first_seq`.
+pub(crate) fn insert(batch: &mut sled::Batch, team: &str, first_seq: u64, entries: &[StoredEntry]) {
+    batch.insert(key(team, first_seq), encode_block(entries));
+}
+
+/// Entry `seq` of `team`, read from the block that holds it.
+pub(crate) fn read(tree: &sled::Tree, team: &str, seq: u64) -> Result<Option<Entry>> {
+    let upper = key(team, seq);
+    let lower = KeyKind::Entry.team_prefix(team);
+    let Some(kv) = tree.range(lower..=upper).next_back() else { return Ok(None) };
+    let (_, v) = kv?;
+    let entries = decode_block(&v)?;
+    match entries.iter().find(|e| e.seq == seq) {
+        Some(stored) => {
+            Ok(Some(decode_entry(&stored.body).map_err(|e| Error::Corrupt(format!("team {team} seq {seq}: {e}")))?))
+        }
+        None => Ok(None),
+    }
+}
+
+/// The blocks in `lower..upper`, in key order (each team's in ledger order).
+pub(crate) fn blocks(tree: &sled::Tree, (lower, upper): (Vec<u8>, Vec<u8>)) -> impl Iterator<Item = Result<Block>> {
+    tree.range(lower..upper).map(|kv| {
+        let (k, v) = kv?;
+        let (team, first) = split_team_key(&k).ok_or_else(|| Error::Corrupt("entry key".into()))?;
+        let entries = decode_block(&v).map_err(|e| Error::Corrupt(format!("team {team} block at seq {first}: {e}")))?;
+        Ok((team.to_string(), first, entries))
+    })
+}
+
+/// The team's blocks as stored, key and value (to rewrite one: `tamper_entry`).
+pub(crate) fn team_blocks(tree: &sled::Tree, team: &str) -> impl Iterator<Item = Result<(sled::IVec, sled::IVec)>> {
+    tree.scan_prefix(KeyKind::Entry.team_prefix(team)).map(|kv| Ok(kv?))
+}
+
+/// Whether the team has entries.
+pub(crate) fn has_team(tree: &sled::Tree, team: &str) -> Result<bool> {
+    Ok(tree.scan_prefix(KeyKind::Entry.team_prefix(team)).next().transpose()?.is_some())
+}
+
+/// Every team with entries, in key order.
+pub(crate) fn teams(tree: &sled::Tree) -> Result<Vec<String>> {
+    let mut teams: Vec<String> = Vec::new();
+    for k in KeyKind::Entry.keys(tree) {
+        let k = k?;
+        let (team, _) = split_team_key(&k).ok_or_else(|| Error::Corrupt("entry key".into()))?;
+        if teams.last().is_none_or(|t| t != team) {
+            teams.push(team.to_string());
+        }
+    }
+    Ok(teams)
+}
+
+/// `parts + 1` keys cutting the entry key space at team boundaries into `parts`
+/// ranges with about the same number of blocks.
+pub(crate) fn team_bounds(tree: &sled::Tree, parts: usize) -> Result<Vec<Vec<u8>>> {
+    // Each team's key prefix (`E` team 0) with the number of blocks before it.
+    let mut starts: Vec<(Vec<u8>, usize)> = Vec::new();
+    let mut blocks = 0usize;
+    for k in KeyKind::Entry.keys(tree) {
+        let k = k?;
+        let prefix_len = k.iter().position(|b| *b == 0).map_or(k.len(), |zero| zero + 1);
+        if starts.last().is_none_or(|(p, _)| p.as_slice() != &k[..prefix_len]) {
+            starts.push((k[..prefix_len].to_vec(), blocks));
+        }
+        blocks += 1;
+    }
+    let mut bounds = vec![KeyKind::Entry.prefix().to_vec()];
+    for part in 1..parts {
+        let target = blocks * part / parts;
+        if let Some((prefix, _)) = starts.iter().find(|(_, before)| *before >= target) {
+            if bounds.last().is_some_and(|b| b < prefix) {
+                bounds.push(prefix.clone());
+            }
+        }
+    }
+    bounds.push(vec![KeyKind::Entry as u8 + 1]);
+    Ok(bounds)
+}

@@ -1,0 +1,53 @@
+//! Table `I`: the event-id index on disk, one immutable segment per batch under the
+//! batch number, listing every event the batch appended (see `crate::index` for the
+//! map it is loaded into).
+use serde::{Deserialize, Serialize};
+
+use super::{decode, encode, number, KeyKind};
+use crate::Result;
+
+/// One team's part of an index segment: the events a batch appended to its ledger,
+/// with their sequence numbers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct IndexRun {
+    pub team: String,
+    pub events: Vec<(String, u64)>,
+}
+
+fn key(segment: u64) -> Vec<u8> {
+    KeyKind::Index.key(&segment.to_be_bytes())
+}
+
+/// Stages segment number `segment`.
+pub(crate) fn insert(batch: &mut sled::Batch, segment: u64, runs: &[IndexRun]) {
+    batch.insert(key(segment), encode(&runs));
+}
+
+/// A stored segment, not yet decoded (`verify` reports a bad one and goes on).
+pub(crate) struct Segment {
+    key: sled::IVec,
+    value: sled::IVec,
+}
+
+impl Segment {
+    pub fn number(&self) -> Result<u64> {
+        number(&self.key, "index segment")
+    }
+
+    /// The segment number as it is written in faults: its key bytes in hex.
+    pub fn label(&self) -> String {
+        hex::encode(&self.key[1..])
+    }
+
+    pub fn runs(&self) -> Result<Vec<IndexRun>> {
+        decode(&self.value, "index segment")
+    }
+}
+
+/// Every segment, oldest first.
+pub(crate) fn segments(tree: &sled::Tree) -> impl Iterator<Item = Result<Segment>> {
+    tree.scan_prefix(KeyKind::Index.prefix()).map(|kv| {
+        let (key, value) = kv?;
+        Ok(Segment { key, value })
+    })
+}

@@ -1,0 +1,42 @@
+//! Table `M`: the store's metadata by name: `format` (the encoding version, one byte)
+//! and `catalog` (the catalog the store recorded, as postcard-framed JSON).
+use ledger_core::Catalog;
+
+use super::{decode, encode, KeyKind, FORMAT_VERSION};
+use crate::{Error, Result};
+
+fn format_key() -> Vec<u8> {
+    KeyKind::Meta.key(b"format")
+}
+
+fn catalog_key() -> Vec<u8> {
+    KeyKind::Meta.key(b"catalog")
+}
+
+fn catalog_value(catalog: &Catalog) -> Vec<u8> {
+    encode(&serde_json::to_string(catalog).expect("catalog serializes"))
+}
+
+/// The recorded format value, if the store has one (a new store has not).
+pub(crate) fn format(tree: &sled::Tree) -> Result<Option<sled::IVec>> {
+    Ok(tree.get(format_key())?)
+}
+
+/// Stages what a new store records: this build's format and `catalog`.
+pub(crate) fn insert_new(batch: &mut sled::Batch, catalog: &Catalog) {
+    batch.insert(format_key(), vec![FORMAT_VERSION]);
+    batch.insert(catalog_key(), catalog_value(catalog));
+}
+
+/// Replaces the recorded catalog.
+pub(crate) fn set_catalog(tree: &sled::Tree, catalog: &Catalog) -> Result<()> {
+    tree.insert(catalog_key(), catalog_value(catalog))?;
+    Ok(())
+}
+
+/// The recorded catalog.
+pub(crate) fn catalog(tree: &sled::Tree) -> Result<Catalog> {
+    let raw = tree.get(catalog_key())?.ok_or_else(|| Error::Corrupt("no catalog recorded".into()))?;
+    let json: String = decode(&raw, "catalog")?;
+    serde_json::from_str(&json).map_err(|e| Error::Corrupt(format!("recorded catalog: {e}")))
+}

@@ -1,0 +1,18 @@
+//! Table `O`: the next offset to consume of each source (`topic/partition`), written in
+//! the same atomic batch as the entries it covers.
+use super::KeyKind;
+use crate::Result;
+
+fn key(source: &str) -> Vec<u8> {
+    KeyKind::Offset.key(source.as_bytes())
+}
+
+/// Stages `next` as the source's next offset.
+pub(crate) fn insert(batch: &mut sled::Batch, source: &str, next: u64) {
+    batch.insert(key(source), next.to_be_bytes().to_vec());
+}
+
+/// The next offset to consume for a source, if one was recorded.
+pub(crate) fn get(tree: &sled::Tree, source: &str) -> Result<Option<u64>> {
+    Ok(tree.get(key(source))?.map(|v| u64::from_be_bytes(v.as_ref().try_into().expect("offsets are 8 bytes"))))
+}
