@@ -7,6 +7,7 @@ mod app;
 mod catalog;
 mod cli;
 mod compat;
+mod core_path;
 mod crash;
 mod enterprise;
 mod kafka;

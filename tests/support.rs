@@ -148,10 +148,18 @@ pub fn step(n: usize, line: &str) -> Step {
     Step::Line(json)
 }
 
+/// Runs a scenario through the store and through the pure core (`core_path`), asserts
+/// both tell the same story, and returns it.
+pub fn run_scenario(script: &str) -> String {
+    let store = run_scenario_store(script);
+    assert_text(&crate::core_path::run_scenario_core(script), &store);
+    store
+}
+
 /// Runs a scenario through the real import path into a sled store on disk and renders
 /// every outcome that is not a plain append, then each team's invoices, alerts and
 /// unplanned usage, one line each.
-pub fn run_scenario(script: &str) -> String {
+pub fn run_scenario_store(script: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let mut ledger = Ledger::open(Store::open(dir.path(), &ledger_core::Catalog::builtin()).unwrap()).unwrap();
     let mut out = String::new();
