@@ -269,6 +269,12 @@ fn every_dead_letter_reason_reaches_the_topic_with_source_and_bytes() {
         assert!(r.header("source.partition").is_some() && r.header("source.offset").is_some(), "{r:?}");
         assert!(!r.header("reason").unwrap_or_default().is_empty(), "{r:?}");
     }
+    // A refusal also names its specific rule beside the contract's code.
+    let causes: std::collections::BTreeSet<(&str, &str)> =
+        dead.iter().filter_map(|r| Some((r.header("reason.code").unwrap(), r.header("reason.cause")?))).collect();
+    assert!(causes.contains(&("plan_rule", "plan_already_active")), "{causes:?}");
+    assert!(causes.contains(&("refund_sandbox", "refund_sandbox")), "{causes:?}");
+    assert!(causes.iter().all(|(code, _)| !["undecodable", "invalid", "conflict"].contains(code)), "{causes:?}");
     // Nothing else was lost: the appended events are all in the ledger.
     assert!(ul_ok(&dir, &["verify"]).starts_with("ok: 3 teams"), "verify");
     let balance: serde_json::Value =
