@@ -94,6 +94,12 @@ impl GenFigures {
         value - covered
     }
 
+    /// Covers a usage worth `value` from an allowance worth `limit`, as far as it goes;
+    /// returns the rest.
+    pub(crate) fn cover_up_to(&mut self, limit: Decimal, value: Decimal) -> Decimal {
+        self.cover(value, value.min(limit - self.covered))
+    }
+
     /// Value of a bucket or trial allowance left unused.
     pub fn unused(&self) -> Decimal {
         self.allowance.value().map_or(Decimal::ZERO, |v| v - self.covered)

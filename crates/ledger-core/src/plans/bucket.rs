@@ -68,11 +68,6 @@ pub(crate) fn upgrade(
     }
 }
 
-/// Usage covers the bucket's value first; the rest is overage.
-pub(crate) fn draw(g: &mut GenFigures, limit: Decimal, value: Decimal) -> Decimal {
-    g.cover(value, value.min(limit - g.covered))
-}
-
 /// Overage beyond the buckets' value, by API at its list rate.
 pub(crate) fn overage_lines(figures: &CycleFigures, version: &Version) -> Vec<LineItem> {
     let mut over: BTreeMap<Api, Decimal> = BTreeMap::new();

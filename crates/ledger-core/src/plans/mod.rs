@@ -161,8 +161,8 @@ impl Allowance {
 /// (overage, or usage over a free allowance).
 pub(crate) fn draw(g: &mut GenFigures, draws: &mut Draws<'_>, usage: Usage<'_>) -> Decimal {
     match g.allowance {
-        Allowance::Bucket { value } => bucket::draw(g, value, usage.value),
-        Allowance::Trial { value, .. } => trial::draw(g, value, usage.value),
+        // A bucket's or a trial's value covers usage first; the rest is past it.
+        Allowance::Bucket { value } | Allowance::Trial { value, .. } => g.cover_up_to(value, usage.value),
         Allowance::Partner { .. } => Decimal::ZERO,
         Allowance::Credits { image_rate } => credits::draw(g, draws, image_rate, usage),
         Allowance::Contract(_) => draws.contract.as_mut().expect("a contract cycle has its term").draw(usage),

@@ -4,16 +4,11 @@ use rust_decimal::Decimal;
 
 use crate::catalog::Version;
 use crate::event::Api;
-use crate::figures::{CycleFigures, GenFigures};
+use crate::figures::CycleFigures;
 use crate::plans::{Allowance, Meter, MeterInput, MeterKind};
 
 pub(crate) fn allowance(version: &Version, api: Api, images: u64, sandbox_images: Option<u64>) -> Allowance {
     Allowance::Trial { value: version.rate(api).expect("trial api has a rate") * Decimal::from(images), sandbox_images }
-}
-
-/// Usage covers the allowance first; the rest is over the allowance (never billed).
-pub(crate) fn draw(g: &mut GenFigures, limit: Decimal, value: Decimal) -> Decimal {
-    g.cover(value, value.min(limit - g.covered))
 }
 
 pub(crate) fn meters(value: Decimal, sandbox_images: Option<u64>, m: &MeterInput) -> Vec<Meter> {
