@@ -10,6 +10,7 @@ mod compat;
 mod core_path;
 mod crash;
 mod enterprise;
+mod hostile;
 mod kafka;
 mod properties;
 mod rules;

@@ -9,6 +9,10 @@ use ledger_core::{
 use prost::Message as _;
 use rust_decimal::Decimal;
 
+pub mod limits;
+
+pub use limits::{Limit, Window};
+
 /// Generated protobuf messages of package `usage_ledger.v1`.
 #[allow(clippy::all, missing_docs)]
 pub mod pb {
@@ -54,12 +58,18 @@ pub enum Invalid {
     BadInterval(String),
     #[error("billing_interval and seats apply to app plans only, not {0}")]
     NotAnApp(&'static str),
+    #[error("{0}")]
+    Limit(#[from] Limit),
+    #[error("the record's key {key:?} is not its team_id {team:?}: the team's history would split over partitions")]
+    KeyMismatch { key: String, team: String },
 }
 
 impl Invalid {
     pub fn code(&self) -> &'static str {
         match self {
             Invalid::Json(_) | Invalid::Protobuf(_) => "undecodable",
+            Invalid::Limit(limit) => limit.code(),
+            Invalid::KeyMismatch { .. } => "key_mismatch",
             _ => "invalid",
         }
     }
@@ -229,6 +239,12 @@ fn image_from_pb(m: pb::ImageProcessed) -> Result<ImageProcessed, Invalid> {
     if m.images == 0 {
         return Err(Invalid::ZeroImages);
     }
+    limits::at_most("images", u64::from(m.images), u64::from(limits::IMAGES_MAX))?;
+    limits::count("operations", m.operations.len(), limits::OPERATIONS_MAX)?;
+    for op in &m.operations {
+        limits::text("operation", op, limits::TEXT_MAX_BYTES)?;
+    }
+    limits::text("request_id", &m.request_id, limits::TEXT_MAX_BYTES)?;
     Ok(ImageProcessed {
         event_id,
         team_id,
@@ -255,6 +271,8 @@ fn image_to_pb(e: &ImageProcessed) -> pb::ImageProcessed {
 }
 
 fn terms_from_pb(plan: &str, bucket_images: u64, policy: &str) -> Result<PlanTerms, Invalid> {
+    limits::text("plan", plan, limits::NAME_MAX_BYTES)?;
+    limits::text("upgrade_policy", policy, limits::NAME_MAX_BYTES)?;
     let plan = Plan::from_key(plan).ok_or_else(|| Invalid::UnknownPlan(plan.to_string()))?;
     let bad = |why| Invalid::BadBucket { plan: plan.key(), images: bucket_images, why };
     if plan.has_bucket() && (bucket_images == 0 || !bucket_images.is_multiple_of(1000)) {
@@ -272,6 +290,7 @@ fn terms_from_pb(plan: &str, bucket_images: u64, policy: &str) -> Result<PlanTer
 
 /// An app plan's interval and seats; other plans take neither.
 fn app_options(terms: &PlanTerms, interval: &str, seats: u32) -> Result<Option<AppOptions>, Invalid> {
+    limits::text("billing_interval", interval, limits::NAME_MAX_BYTES)?;
     if !terms.plan.is_app() {
         return if interval.is_empty() && seats == 0 { Ok(None) } else { Err(Invalid::NotAnApp(terms.plan.key())) };
     }
@@ -323,12 +342,16 @@ fn account_from_pb(m: pb::AccountEvent) -> Result<AccountEvent, Invalid> {
         Change::QualityRefund(r) => {
             AccountChange::QualityRefund { original_event_id: EventId::new(r.original_event_id)?, reason: r.reason }
         }
-        Change::CreditsPurchased(c) => AccountChange::CreditsPurchased {
-            credits: c.credits,
-            amount: c.amount.parse::<Decimal>().map_err(|_| Invalid::BadAmount(c.amount.clone()))?,
-        },
+        Change::CreditsPurchased(c) => {
+            limits::text("amount", &c.amount, limits::NAME_MAX_BYTES)?;
+            AccountChange::CreditsPurchased {
+                credits: c.credits,
+                amount: c.amount.parse::<Decimal>().map_err(|_| Invalid::BadAmount(c.amount.clone()))?,
+            }
+        }
         Change::ContractSigned(c) => {
             let decimal = |field: &'static str, value: &str| {
+                limits::text(field, value, limits::NAME_MAX_BYTES)?;
                 value.parse::<Decimal>().map_err(|_| Invalid::BadDecimal { field, value: value.to_string() })
             };
             let tiers = c
@@ -352,6 +375,7 @@ fn account_from_pb(m: pb::AccountEvent) -> Result<AccountEvent, Invalid> {
             })
         }
     };
+    limits::account_change(&change)?;
     Ok(AccountEvent { event_id, team_id, occurred_at, change })
 }
 

@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use ledger_core::{Catalog, Event};
-use ledger_proto::{parse_json_line, Invalid};
+use ledger_proto::{parse_json_line, Invalid, Window};
 use ledger_store::{Ledger, Outcome, Source, Store, Submission};
 use tracing::info;
 
@@ -29,7 +29,13 @@ struct Tally {
     invoices: u64,
 }
 
-pub fn run(dir: &Path, file: &Path, batch_events_max: usize, report_acks: bool) -> anyhow::Result<ExitCode> {
+pub fn run(
+    dir: &Path,
+    file: &Path,
+    batch_events_max: usize,
+    report_acks: bool,
+    future_skew: chrono::Duration,
+) -> anyhow::Result<ExitCode> {
     let (input, size): (Box<dyn Read + Send>, Option<u64>) = if file == Path::new("-") {
         (Box::new(std::io::stdin()), None)
     } else {
@@ -47,7 +53,8 @@ pub fn run(dir: &Path, file: &Path, batch_events_max: usize, report_acks: bool) 
     let progress = progress_bar(size);
     let started = Instant::now();
     let (tx, rx) = mpsc::sync_channel::<(Parsed, u64)>(4);
-    let reader = std::thread::spawn(move || parse_lines(input, batch_events_max.max(1), tx));
+    let window = crate::window(future_skew);
+    let reader = std::thread::spawn(move || parse_lines(input, batch_events_max.max(1), window, tx));
     let mut tally = Tally::default();
     for (parsed, bytes) in rx {
         let last_line = parsed.last().map(|(n, _)| *n);
@@ -105,23 +112,27 @@ fn progress_bar(size: Option<u64>) -> ProgressBar {
     }
 }
 
-fn parse_lines(input: Box<dyn Read + Send>, chunk: usize, tx: mpsc::SyncSender<(Parsed, u64)>) -> anyhow::Result<()> {
+fn parse_lines(
+    input: Box<dyn Read + Send>,
+    chunk: usize,
+    window: Window,
+    tx: mpsc::SyncSender<(Parsed, u64)>,
+) -> anyhow::Result<()> {
     let mut reader = BufReader::with_capacity(1 << 20, input);
-    let mut line = String::new();
+    let mut line = Vec::new();
     let (mut parsed, mut bytes, mut number) = (Vec::with_capacity(chunk), 0u64, 0u64);
     loop {
         line.clear();
-        let n = reader.read_line(&mut line).context("reading input")?;
+        let (n, fits) = read_line(&mut reader, &mut line).context("reading input")?;
         if n == 0 {
             break;
         }
         number += 1;
         bytes += n as u64;
-        let text = line.trim_end_matches(['\n', '\r']);
-        if text.trim().is_empty() {
+        if fits && line.trim_ascii().is_empty() {
             continue;
         }
-        parsed.push((number, parse_json_line(text)));
+        parsed.push((number, if fits { parse_line(&line, &window) } else { Err(too_long(n)) }));
         if parsed.len() >= chunk {
             if tx.send((std::mem::replace(&mut parsed, Vec::with_capacity(chunk)), bytes)).is_err() {
                 return Ok(());
@@ -133,6 +144,46 @@ fn parse_lines(input: Box<dyn Read + Send>, chunk: usize, tx: mpsc::SyncSender<(
         let _ = tx.send((parsed, bytes));
     }
     Ok(())
+}
+
+/// One line's event, validated and dated inside the window.
+fn parse_line(line: &[u8], window: &Window) -> Result<Event, Invalid> {
+    let text = std::str::from_utf8(line).map_err(|e| Invalid::Json(format!("the line is not UTF-8: {e}")))?;
+    let event = parse_json_line(text.trim_end_matches(['\n', '\r']))?;
+    window.admit(&event)?;
+    Ok(event)
+}
+
+fn too_long(n: usize) -> Invalid {
+    Invalid::Limit(ledger_proto::Limit::TextTooLong { field: "line", len: n, max: LINE_MAX_BYTES })
+}
+
+/// The longest line `import` reads; a longer one is refused and skipped to its end.
+const LINE_MAX_BYTES: usize = 1 << 20;
+
+/// Reads one line into `line` (at most `LINE_MAX_BYTES` of it). Returns the bytes it
+/// consumed (0 at the end) and whether the line fit.
+fn read_line(reader: &mut impl BufRead, line: &mut Vec<u8>) -> std::io::Result<(usize, bool)> {
+    let n = reader.by_ref().take(LINE_MAX_BYTES as u64 + 1).read_until(b'\n', line)?;
+    if n <= LINE_MAX_BYTES || line.ends_with(b"\n") {
+        return Ok((n, true));
+    }
+    let mut skipped = n;
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok((skipped, false));
+        }
+        let (take, done) = match buf.iter().position(|b| *b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        reader.consume(take);
+        skipped += take;
+        if done {
+            return Ok((skipped, false));
+        }
+    }
 }
 
 fn submit(ledger: &mut Ledger, parsed: Parsed, tally: &mut Tally) -> anyhow::Result<()> {

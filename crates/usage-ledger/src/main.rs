@@ -31,6 +31,10 @@ struct Cli {
     /// Where the ledger lives.
     #[arg(long, global = true, env = "USAGE_LEDGER_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
+    /// How far past the wall clock an event may be dated (`run`, `import`) and a close
+    /// may reach (`close`), in seconds.
+    #[arg(long, global = true, env = "USAGE_LEDGER_FUTURE_SKEW_SECS", default_value_t = 86_400)]
+    future_skew_secs: u32,
     #[command(subcommand)]
     command: Command,
 }
@@ -72,6 +76,9 @@ enum Command {
     Close {
         #[arg(long)]
         until: DateTime<Utc>,
+        /// Close past now + the future skew (closing is irreversible).
+        #[arg(long)]
+        allow_future: bool,
     },
     /// The team's invoices, oldest first.
     Invoices {
@@ -158,15 +165,36 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
 }
 
+/// The instants an event may be dated, with "now" read here, at the edge.
+pub fn window(future_skew: chrono::Duration) -> ledger_proto::Window {
+    let first = ledger_core::Catalog::builtin().versions[0].effective_from;
+    ledger_proto::Window::new(first, Utc::now(), future_skew)
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let dir = cli.data_dir;
+    let skew = chrono::Duration::seconds(i64::from(cli.future_skew_secs));
     match cli.command {
-        Command::Run(args) => service::run(&dir, args),
+        Command::Run(args) => service::run(&dir, args, skew),
         Command::Produce { brokers, file } => produce::produce(&brokers, &file),
         Command::Import { file, batch_events_max, report_acks } => {
-            import::run(&dir, &file, batch_events_max, report_acks)
+            import::run(&dir, &file, batch_events_max, report_acks, skew)
         }
-        Command::Close { until } => commands::close(&dir, until),
+        Command::Close { until, allow_future } => {
+            let latest = window(skew).latest;
+            let range_end: DateTime<Utc> = "2200-01-01T00:00:00Z".parse().expect("valid instant");
+            if until >= range_end {
+                anyhow::bail!("--until {} is outside the ledger's range (before 2200)", until.to_rfc3339());
+            }
+            if until > latest && !allow_future {
+                anyhow::bail!(
+                    "--until {} is after now + the future skew ({}); closing is irreversible: pass --allow-future to mean it",
+                    until.to_rfc3339(),
+                    latest.to_rfc3339()
+                );
+            }
+            commands::close(&dir, until)
+        }
         Command::Invoices { team, format, draft } => {
             commands::invoices(&dir, &team, matches!(format, Format::Csv), draft)
         }

@@ -74,7 +74,7 @@ struct Stats {
     first_to_last_secs: f64,
 }
 
-pub fn run(dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
+pub fn run(dir: &Path, args: RunArgs, future_skew: chrono::Duration) -> anyhow::Result<ExitCode> {
     if ledger_store::layout(dir)? == ledger_store::Layout::Single {
         bail!(
             "{} holds a ledger written by `import`; the service keeps one ledger per partition: use another --data-dir",
@@ -100,8 +100,16 @@ pub fn run(dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
         ledger_store::partition_dir(dir, 0).parent().expect("has a parent").display()
     );
     let demo = args.demo.then(|| crate::demo::spawn_live(brokers.clone(), Arc::clone(&stop)));
-    let mut service =
-        Service { args, shards, consumer, producer, metrics, stats: Stats::default(), clocks: Clocks::new() };
+    let mut service = Service {
+        args,
+        future_skew,
+        shards,
+        consumer,
+        producer,
+        metrics,
+        stats: Stats::default(),
+        clocks: Clocks::new(),
+    };
     while !stop.load(Ordering::SeqCst) {
         if service.step()? {
             stop.store(true, Ordering::SeqCst);
@@ -123,6 +131,7 @@ pub fn run(dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
 /// The running service's parts.
 struct Service {
     args: RunArgs,
+    future_skew: chrono::Duration,
     shards: Arc<Mutex<Shards>>,
     consumer: Consumer,
     producer: Producer,
@@ -166,7 +175,8 @@ impl Service {
         if !records.is_empty() {
             clocks.last_record = Instant::now();
             let show_balances = args.demo && clocks.last_balances.elapsed() > Duration::from_secs(1);
-            pipeline::apply(&mut shards, records, show_balances, &mut self.stats, &self.metrics)?;
+            let window = crate::window(self.future_skew);
+            pipeline::apply(&mut shards, records, window, show_balances, &mut self.stats, &self.metrics)?;
             if show_balances {
                 clocks.last_balances = Instant::now();
             }

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use anyhow::Context;
 use ledger_core::{Event, Reject};
 use ledger_kafka::{Record, ACCOUNTS, IMAGES};
+use ledger_proto::{Invalid, Window};
 use ledger_store::{Ledger, OutboxKind, OutboxMsg, Outcome, Source, Submission};
 use tracing::{debug, warn};
 
@@ -16,6 +17,7 @@ use super::Stats;
 pub(super) fn apply(
     shards: &mut Shards,
     records: Vec<Record>,
+    window: Window,
     show_balances: bool,
     stats: &mut Stats,
     metrics: &crate::metrics::Metrics,
@@ -25,7 +27,7 @@ pub(super) fn apply(
             .open
             .get_mut(&partition)
             .with_context(|| format!("records of partition {partition} arrived, its ledger is not open"))?;
-        process(ledger, &records, stats, metrics)?;
+        process(ledger, &records, window, stats, metrics)?;
         debug!(partition, records = records.len(), first_offset = records[0].offset, "Batch applied.");
         if show_balances {
             crate::demo::print_live_balances(ledger, &records)?;
@@ -106,16 +108,26 @@ pub(super) fn settled_dead_letters(settled: &[(ledger_store::Parked, Outcome)]) 
         .collect()
 }
 
-fn decode(r: &Record) -> Result<Event, ledger_proto::Invalid> {
-    match r.topic.as_str() {
+/// A record's event, validated: decoded by its topic, keyed by its team, dated inside
+/// the window.
+fn decode(r: &Record, window: &Window) -> Result<Event, Invalid> {
+    let event = match r.topic.as_str() {
         IMAGES => ledger_proto::decode_image(&r.payload),
         _ => ledger_proto::decode_account(&r.payload),
+    }?;
+    let key = r.key.as_deref().unwrap_or_default();
+    if key != event.team_id().as_str().as_bytes() {
+        let shown = String::from_utf8_lossy(&key[..key.len().min(ledger_core::TeamId::MAX_LEN + 1)]).into_owned();
+        return Err(Invalid::KeyMismatch { key: shown, team: event.team_id().to_string() });
     }
+    window.admit(&event)?;
+    Ok(event)
 }
 
 fn process(
     ledger: &mut Ledger,
     records: &[Record],
+    window: Window,
     stats: &mut Stats,
     metrics: &crate::metrics::Metrics,
 ) -> anyhow::Result<()> {
@@ -127,7 +139,7 @@ fn process(
     let mut positions: HashMap<String, u64> = HashMap::new();
     for (i, r) in records.iter().enumerate() {
         positions.insert(r.stream(), r.offset as u64 + 1);
-        match decode(r) {
+        match decode(r, &window) {
             Ok(event) => {
                 submissions
                     .push(Submission { event, source: Source { stream: Some(r.stream()), offset: r.offset as u64 } });
