@@ -185,7 +185,11 @@ fn every_limit_is_dead_lettered_with_its_code_and_the_stream_goes_on() {
     let mut bad: Vec<Outgoing> = hostile().iter().map(|(l, _)| keyed(l)).collect();
     // Keyed by another team: it would start a second history in another partition.
     bad.push(record(&image("h1-key", "h1", T, ""), "h9"));
+    // Near the broker's size limit: its dead letter must still fit one.
+    let huge =
+        Outgoing { topic: IMAGES.into(), key: b"h1".to_vec(), payload: vec![0xff; 900 << 10], headers: Vec::new() };
     producer.send_all(&bad).unwrap();
+    producer.send_all(std::slice::from_ref(&huge)).unwrap();
     producer.send_all(&tail().iter().map(keyed).collect::<Vec<_>>()).unwrap();
     drain_until(&dir, &broker.address, 5);
     drain(&dir, &broker.address);
@@ -198,11 +202,72 @@ fn every_limit_is_dead_lettered_with_its_code_and_the_stream_goes_on() {
     let mut want: Vec<(String, Vec<u8>)> =
         hostile().iter().zip(&bad).map(|((_, code), r)| (code.to_string(), r.payload.clone())).collect();
     want.push(("key_mismatch".into(), bad.last().unwrap().payload.clone()));
+    want.push(("undecodable".into(), huge.payload[..4 << 10].to_vec()));
     want.sort();
     assert_eq!(seen, want, "every hostile record is dead-lettered once, with its code and its bytes");
     for r in &dead {
         let size = r.payload.len() + r.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
         assert!(size < 64 << 10, "dead letters stay small: {size} bytes");
     }
+    let cut = dead.iter().find(|r| r.header("payload.size").is_some()).expect("the oversized record's dead letter");
+    assert_eq!(cut.header("payload.size"), Some((900 << 10).to_string().as_str()));
+    use sha2::Digest as _;
+    assert_eq!(cut.header("payload.sha256"), Some(hex::encode(sha2::Sha256::digest(&huge.payload)).as_str()));
     assert_only_the_good_were_billed(&dir);
+}
+
+/// A message the broker refuses for good (here: every invoice, with the producer's
+/// message limit set below an invoice's size) is set aside in the failed table, named by
+/// `outbox`, and the alerts behind it are published; nothing is retried forever.
+#[test]
+fn a_message_refused_for_good_is_set_aside_and_the_rest_flow() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(tmp.path());
+    ledger_kafka::create_topics(&broker.address, 1).unwrap();
+    let producer = Producer::new(&broker.address).unwrap();
+    let dir = tmp.path().join("data");
+    let mut lines = vec![account(
+        "w-start",
+        "w1",
+        "2026-04-01T00:00:00Z",
+        r#""planStarted":{"plan":"api_basic","bucketImages":"1000"}"#,
+    )];
+    lines.push(image("w-1", "w1", T, "").replace(r#""images":1"#, r#""images":1000"#));
+    // May: April closes, its invoice is due.
+    lines.push(image("w-2", "w1", "2026-05-03T00:00:00Z", ""));
+    producer.send_all(&lines.iter().map(|l| record(l, "w1")).collect::<Vec<_>>()).unwrap();
+    let out = crate::kafka::service(
+        &dir,
+        &broker.address,
+        &["--exit-when-idle-ms", "5000", "--producer-property", "message.max.bytes=1000"],
+    )
+    .wait_with_output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the service does not wedge: {stderr}");
+    let alerts = ledger_kafka::read_topic(&broker.address, ledger_kafka::ALERTS, Duration::from_secs(3)).unwrap();
+    assert_eq!(alerts.len(), 2, "the 80 % and 100 % alerts were published");
+    let invoices = ledger_kafka::read_topic(&broker.address, ledger_kafka::INVOICES, Duration::from_secs(3)).unwrap();
+    assert!(invoices.is_empty(), "the invoice was refused: {invoices:?}");
+    let listed = ul(&dir, &["outbox"]);
+    assert_eq!(listed.code, 0, "{}", listed.stderr);
+    let failed: Vec<serde_json::Value> = listed.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(failed.len(), 1, "{}", listed.stdout);
+    assert_eq!(failed[0]["kind"], "Invoice");
+    assert_eq!(failed[0]["id"], "w1:2026-04-01T00:00:00Z");
+    assert!(failed[0]["reason"].as_str().unwrap().to_lowercase().contains("size"), "{}", failed[0]);
+    assert!(listed.stderr.contains("0 message(s) waiting to be published, 1 refused for good"), "{}", listed.stderr);
+}
+
+#[test]
+fn kafka_properties_pass_through_but_never_the_ones_the_ledger_rests_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = ul(tmp.path(), &["--kafka-property", "enable.auto.commit=true", "outbox"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(
+        run.stderr.trim(),
+        "error: kafka properties: enable.auto.commit is set by the ledger and cannot be overridden"
+    );
+    let run = ul(tmp.path(), &["--kafka-property", "no-equals-sign", "outbox"]);
+    assert_eq!(run.code, 2, "clap refuses it: {}", run.stderr);
 }

@@ -8,11 +8,9 @@ use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _, ProducerContext};
+use rdkafka::message::{Header, Headers, Message};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, warn};
@@ -32,9 +30,17 @@ pub enum Error {
     Topic { topic: String, reason: String },
     #[error("{failed} of {total} messages were not delivered: {first}")]
     Delivery { failed: usize, total: usize, first: String },
+    #[error("kafka properties: {0}")]
+    Config(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+mod config;
+mod producer;
+
+pub use config::{configure, from_env, property, Properties};
+pub use producer::{Delivery, Outgoing, Producer};
 
 /// The consumer's owner: told of partitions coming and going, on the polling thread,
 /// inside `poll`, before any record of a new assignment is returned and after the last
@@ -218,16 +224,17 @@ impl Consumer {
             Assignor::Range => "range",
             Assignor::CooperativeSticky => "cooperative-sticky",
         };
-        let inner: BaseConsumer<GroupContext> = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("group.id", group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("partition.assignment.strategy", strategy)
-            .set("session.timeout.ms", session_timeout_ms.to_string())
-            .set("heartbeat.interval.ms", (session_timeout_ms / 10).clamp(100, 3000).to_string())
-            .create_with_context(context)?;
+        let settings = [
+            ("group.id", group.to_string()),
+            ("enable.auto.commit", "false".into()),
+            ("enable.auto.offset.store", "false".into()),
+            ("auto.offset.reset", "earliest".into()),
+            ("partition.assignment.strategy", strategy.into()),
+            ("session.timeout.ms", session_timeout_ms.to_string()),
+            ("heartbeat.interval.ms", (session_timeout_ms / 10).clamp(100, 3000).to_string()),
+        ];
+        let inner: BaseConsumer<GroupContext> =
+            config::client(brokers, &settings, false).create_with_context(context)?;
         inner.subscribe(topics)?;
         Ok(Consumer { inner })
     }
@@ -284,79 +291,9 @@ impl Consumer {
     }
 }
 
-/// A message to publish.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outgoing {
-    pub topic: String,
-    pub key: Vec<u8>,
-    pub payload: Vec<u8>,
-    pub headers: Vec<(String, String)>,
-}
-
-#[derive(Default)]
-struct DeliveryContext {
-    failures: Mutex<Vec<String>>,
-}
-
-impl ClientContext for DeliveryContext {}
-
-impl ProducerContext for DeliveryContext {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = result {
-            self.failures.lock().expect("not poisoned").push(e.to_string());
-        }
-    }
-}
-
-/// Publishes and waits for every delivery: `send_all` returns only when each message
-/// is acknowledged by the broker, or fails.
-pub struct Producer {
-    inner: BaseProducer<DeliveryContext>,
-}
-
-impl Producer {
-    pub fn new(brokers: &str) -> Result<Producer> {
-        let inner = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("message.timeout.ms", "30000")
-            .create_with_context(DeliveryContext::default())?;
-        Ok(Producer { inner })
-    }
-
-    pub fn send_all(&self, messages: &[Outgoing]) -> Result<()> {
-        self.inner.context().failures.lock().expect("not poisoned").clear();
-        for m in messages {
-            let mut headers = OwnedHeaders::new();
-            for (k, v) in &m.headers {
-                headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
-            }
-            let mut record = BaseRecord::to(&m.topic).key(&m.key).payload(&m.payload).headers(headers);
-            loop {
-                match self.inner.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                        record = r;
-                        self.inner.poll(Duration::from_millis(10));
-                    }
-                    Err((e, _)) => return Err(e.into()),
-                }
-            }
-        }
-        self.inner.flush(Duration::from_secs(30))?;
-        let failures = self.inner.context().failures.lock().expect("not poisoned");
-        match failures.first() {
-            None => Ok(()),
-            Some(first) => Err(Error::Delivery { failed: failures.len(), total: messages.len(), first: first.clone() }),
-        }
-    }
-}
-
 /// Creates the topics (input topics with `partitions` partitions); existing ones are fine.
 pub fn create_topics(brokers: &str, partitions: i32) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    let admin: AdminClient<DefaultClientContext> = config::client(brokers, &[], false).create()?;
     let specs: Vec<NewTopic<'_>> = ALL_TOPICS
         .iter()
         .map(|t| {
@@ -376,7 +313,7 @@ pub fn create_topics(brokers: &str, partitions: i32) -> Result<()> {
 
 /// How many partitions each topic has (0: unknown to the broker).
 pub fn partition_counts(brokers: &str, topics: &[&str]) -> Result<Vec<usize>> {
-    let client: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    let client: BaseConsumer = config::client(brokers, &[], false).create()?;
     topics
         .iter()
         .map(|topic| {
@@ -389,12 +326,12 @@ pub fn partition_counts(brokers: &str, topics: &[&str]) -> Result<Vec<usize>> {
 /// Reads every record of `topic` from the beginning until `idle` passes with nothing new
 /// (tools and tests: what did the ledger publish?).
 pub fn read_topic(brokers: &str, topic: &str, idle: Duration) -> Result<Vec<Record>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("usage-ledger-reader-{}", std::process::id()))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()?;
+    let settings = [
+        ("group.id", format!("usage-ledger-reader-{}", std::process::id())),
+        ("enable.auto.commit", "false".into()),
+        ("auto.offset.reset", "earliest".into()),
+    ];
+    let consumer: BaseConsumer = config::client(brokers, &settings, false).create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let mut tpl = TopicPartitionList::new();
     for t in metadata.topics() {

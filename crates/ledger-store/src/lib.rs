@@ -19,7 +19,7 @@ pub use ledger::{refund_wait, BatchReport, Ledger, Outcome, Parked, Source, Subm
 pub use replay::ReplayReport;
 pub use store::{OpenOptions, Store};
 pub use tables::entries::StoredEntry;
-pub use tables::outbox::{OutboxKind, OutboxMsg};
+pub use tables::outbox::{OutboxKind, OutboxMsg, FAILED_REASON};
 pub use tables::FORMAT_VERSION;
 pub use verify::{tamper_entry, VerifyReport};
 

@@ -201,6 +201,23 @@ impl Store {
         Ok(())
     }
 
+    /// Moves messages the broker refused for good out of the outbox, with the reason:
+    /// the rest flow on.
+    pub fn fail_outbox(&self, failed: &[(u64, OutboxMsg, String)]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for (n, msg, reason) in failed {
+            outbox::fail(&mut batch, *n, msg, reason);
+        }
+        self.tree.apply_batch(batch)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Messages the broker refused for good, oldest first.
+    pub fn failed_outbox(&self) -> Result<Vec<(u64, OutboxMsg)>> {
+        outbox::failed(&self.tree)
+    }
+
     /// Reads entry `seq` of `team` from the block that holds it.
     pub fn read_entry(&self, team: &str, seq: u64) -> Result<Option<Entry>> {
         entries::read(&self.tree, team, seq)

@@ -159,6 +159,26 @@ pub fn alerts(dir: &Path, team: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `outbox`: how many messages wait to be published, then each one the broker refused
+/// for good (JSON lines: its number, kind, id, size and the refusal).
+pub fn outbox(dir: &Path) -> anyhow::Result<ExitCode> {
+    let (mut waiting, mut failed) = (0, Vec::new());
+    for store in open_existing(dir)? {
+        waiting += store.outbox(usize::MAX)?.len();
+        failed.extend(store.failed_outbox()?);
+    }
+    for (n, m) in &failed {
+        let reason = m.headers.iter().find(|(k, _)| k == ledger_store::FAILED_REASON).map_or("", |(_, v)| v.as_str());
+        let line = serde_json::json!({
+            "n": n, "kind": format!("{:?}", m.kind), "id": m.id, "key": m.key,
+            "bytes": m.json.len() + m.payload.len(), "reason": reason,
+        });
+        crate::emit(&line.to_string())?;
+    }
+    eprintln!("{waiting} message(s) waiting to be published, {} refused for good", failed.len());
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn replay(dir: &Path) -> anyhow::Result<ExitCode> {
     let stores = open_existing(dir)?;
     let started = Instant::now();

@@ -35,6 +35,14 @@ struct Cli {
     /// may reach (`close`), in seconds.
     #[arg(long, global = true, env = "USAGE_LEDGER_FUTURE_SKEW_SECS", default_value_t = 86_400)]
     future_skew_secs: u32,
+    /// A librdkafka property for every Kafka client (TLS, SASL, timeouts...), `KEY=VALUE`,
+    /// repeatable; also from the environment as `USAGE_LEDGER_KAFKA_SECURITY_PROTOCOL=SSL`.
+    #[arg(long, global = true, value_parser = ledger_kafka::property)]
+    kafka_property: Vec<(String, String)>,
+    /// A librdkafka property for producers only (`USAGE_LEDGER_PRODUCER_...` in the
+    /// environment).
+    #[arg(long, global = true, value_parser = ledger_kafka::property)]
+    producer_property: Vec<(String, String)>,
     #[command(subcommand)]
     command: Command,
 }
@@ -113,6 +121,8 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: AdviceFormat,
     },
+    /// Outbox messages waiting to be published, and those the broker refused for good.
+    Outbox,
     /// Rebuild every projection from the ledger alone and print a digest of all invoices.
     Replay,
     /// Check every team's hash chain, head and the event-id index.
@@ -173,6 +183,11 @@ pub fn window(future_skew: chrono::Duration) -> ledger_proto::Window {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let dir = cli.data_dir;
+    let mut all = ledger_kafka::from_env("USAGE_LEDGER_KAFKA_");
+    all.extend(cli.kafka_property);
+    let mut producer = ledger_kafka::from_env("USAGE_LEDGER_PRODUCER_");
+    producer.extend(cli.producer_property);
+    ledger_kafka::configure(ledger_kafka::Properties { all, producer })?;
     let skew = chrono::Duration::seconds(i64::from(cli.future_skew_secs));
     match cli.command {
         Command::Run(args) => service::run(&dir, args, skew),
@@ -203,6 +218,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Advise { team, months, format } => {
             advise::run(&dir, &team, months, matches!(format, AdviceFormat::Json))
         }
+        Command::Outbox => commands::outbox(&dir),
         Command::Replay => commands::replay(&dir),
         Command::Verify => commands::verify(&dir),
         Command::Demo => demo::run(&dir),

@@ -22,6 +22,7 @@ pub struct Metrics {
     pub duplicates: Counter,
     pub dead_letters: Family<Reason, Counter>,
     pub published: Counter,
+    pub outbox_failed: Counter,
     pub batch_seconds: Histogram,
 }
 
@@ -34,6 +35,7 @@ impl Metrics {
             duplicates: Counter::default(),
             dead_letters: Family::default(),
             published: Counter::default(),
+            outbox_failed: Counter::default(),
             batch_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             registry: Registry::default(),
         };
@@ -45,6 +47,11 @@ impl Metrics {
             "published",
             "Outbox messages published (alerts, invoices, dead letters)",
             m.published.clone(),
+        );
+        registry.register(
+            "outbox_failed",
+            "Outbox messages the broker refused for good, moved to the failed table",
+            m.outbox_failed.clone(),
         );
         registry.register(
             "batch_seconds",

@@ -15,6 +15,7 @@
 //! | `C`  | team 0 event_id 0 n (u64 BE)       | conflict record JSON               | `conflicts` |
 //! | `M`  | `format`, `catalog`                | encoding version, recorded catalog | `meta`      |
 //! | `P`  | team 0 refund event_id             | parked refund                      | `parked`    |
+//! | `F`  | n (u64 BE)                         | outbox message refused for good    | `outbox`    |
 //!
 //! Reserved: `H` (per-team chain heads, retired when the index became per-batch
 //! segments; heads are folded from the entries). A retired kind is never reused.
@@ -51,6 +52,8 @@ pub(crate) enum KeyKind {
     Conflict = b'C',
     Meta = b'M',
     Parked = b'P',
+    /// Added in format 1 without changing any other encoding: older builds ignore it.
+    Failed = b'F',
 }
 
 impl KeyKind {

@@ -93,12 +93,38 @@ pub(crate) fn remove(batch: &mut sled::Batch, n: u64) {
     batch.remove(key(n));
 }
 
-/// The number the next message takes: one past the newest unsent one.
+/// The number the next message takes: one past the newest unsent or failed one.
 pub(crate) fn next_number(tree: &sled::Tree) -> Result<u64> {
-    match tree.scan_prefix(KeyKind::Outbox.prefix()).keys().next_back() {
-        Some(k) => Ok(number(&k?, "outbox")? + 1),
-        None => Ok(0),
+    let mut next = 0;
+    for kind in [KeyKind::Outbox, KeyKind::Failed] {
+        if let Some(k) = tree.scan_prefix(kind.prefix()).keys().next_back() {
+            next = next.max(number(&k?, "outbox")? + 1);
+        }
     }
+    Ok(next)
+}
+
+/// The header a failed message carries its refusal in.
+pub const FAILED_REASON: &str = "failed.reason";
+
+/// Stages moving message `n` out of the outbox, refused for good with `reason`: kept,
+/// never retried, listed for an operator.
+pub(crate) fn fail(batch: &mut sled::Batch, n: u64, msg: &OutboxMsg, reason: &str) {
+    let mut failed = msg.clone();
+    failed.headers.push((FAILED_REASON.to_string(), reason.to_string()));
+    batch.remove(key(n));
+    batch.insert(KeyKind::Failed.key(&n.to_be_bytes()), encode_msg(&failed));
+}
+
+/// Every message refused for good, oldest first, with its number.
+pub(crate) fn failed(tree: &sled::Tree) -> Result<Vec<(u64, OutboxMsg)>> {
+    tree.scan_prefix(KeyKind::Failed.prefix())
+        .map(|kv| {
+            let (k, v) = kv?;
+            let n = number(&k, "failed outbox")?;
+            Ok((n, decode_msg(n, &v)?))
+        })
+        .collect()
 }
 
 /// Up to `limit` unsent messages, oldest first, with their numbers.

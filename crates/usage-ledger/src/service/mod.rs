@@ -102,6 +102,7 @@ pub fn run(dir: &Path, args: RunArgs, future_skew: chrono::Duration) -> anyhow::
     let demo = args.demo.then(|| crate::demo::spawn_live(brokers.clone(), Arc::clone(&stop)));
     let mut service = Service {
         args,
+        backoff: publishing::Backoff::new(),
         future_skew,
         shards,
         consumer,
@@ -131,6 +132,7 @@ pub fn run(dir: &Path, args: RunArgs, future_skew: chrono::Duration) -> anyhow::
 /// The running service's parts.
 struct Service {
     args: RunArgs,
+    backoff: publishing::Backoff,
     future_skew: chrono::Duration,
     shards: Arc<Mutex<Shards>>,
     consumer: Consumer,
@@ -188,7 +190,7 @@ impl Service {
             idle = true;
         }
         let (close, producer) = (args.close_on_wall_clock, &self.producer);
-        publishing::publish(&mut shards, close, producer, &mut self.stats, &self.metrics)?;
+        publishing::publish(&mut shards, close, producer, &mut self.backoff, &mut self.stats, &self.metrics)?;
         let owned: Vec<i32> = shards.open.keys().copied().collect();
         drop(shards);
         self.consumer.commit(&next)?;

@@ -62,15 +62,39 @@ fn rejected(r: &Record, reject: &Reject, who: Option<(&str, &str)>) -> OutboxMsg
     msg
 }
 
-/// A dead letter: the original bytes, with the source and the reason in headers.
+/// A dead letter carries a record whole up to this size; past it, a prefix of
+/// `DEAD_LETTER_PREFIX` bytes with the record's size and SHA-256, so a dead letter always
+/// fits the producer's message limit.
+const DEAD_LETTER_PAYLOAD_MAX: usize = 256 << 10;
+const DEAD_LETTER_PREFIX: usize = 4 << 10;
+/// Longest reason or key a dead letter repeats.
+const DEAD_LETTER_TEXT_MAX: usize = 1 << 10;
+
+fn bounded(s: &str) -> String {
+    if s.len() <= DEAD_LETTER_TEXT_MAX {
+        return s.to_string();
+    }
+    let cut = (0..=DEAD_LETTER_TEXT_MAX).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0);
+    format!("{}…", &s[..cut])
+}
+
+/// A dead letter: the original bytes (bounded), with the source and the reason in headers.
 fn dead_letter(r: &Record, code: &str, reason: &str, who: Option<(&str, &str)>) -> OutboxMsg {
     let mut headers = vec![
         ("source.topic".to_string(), r.topic.clone()),
         ("source.partition".to_string(), r.partition.to_string()),
         ("source.offset".to_string(), r.offset.to_string()),
         ("reason.code".to_string(), code.to_string()),
-        ("reason".to_string(), reason.to_string()),
+        ("reason".to_string(), bounded(reason)),
     ];
+    let mut payload = r.payload.clone();
+    if payload.len() > DEAD_LETTER_PAYLOAD_MAX {
+        use sha2::Digest as _;
+        headers.push(("payload.size".to_string(), payload.len().to_string()));
+        headers.push(("payload.sha256".to_string(), hex::encode(sha2::Sha256::digest(&payload))));
+        headers.push(("payload.truncated".to_string(), DEAD_LETTER_PREFIX.to_string()));
+        payload.truncate(DEAD_LETTER_PREFIX);
+    }
     if let Some((team, event)) = who {
         headers.push(("team_id".to_string(), team.to_string()));
         headers.push(("event_id".to_string(), event.to_string()));
@@ -78,10 +102,10 @@ fn dead_letter(r: &Record, code: &str, reason: &str, who: Option<(&str, &str)>) 
     warn!(topic = %r.topic, partition = r.partition, offset = r.offset, team_id = who.map(|w| w.0), event_id = who.map(|w| w.1), code, reason, "Dead-lettered a record.");
     OutboxMsg {
         kind: OutboxKind::DeadLetter,
-        key: String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned(),
+        key: bounded(&String::from_utf8_lossy(r.key.as_deref().unwrap_or_default())),
         id: format!("{}/{}/{}", r.topic, r.partition, r.offset),
         json: String::new(),
-        payload: r.payload.clone(),
+        payload,
         headers,
     }
 }

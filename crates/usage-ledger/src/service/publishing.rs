@@ -1,17 +1,53 @@
 //! Publishing the outbox: alerts and invoices as protobuf, dead letters as the original
 //! bytes, each with its deterministic `id` header; marked sent once the broker has them.
-use ledger_kafka::{Outgoing, Producer, ALERTS, DEADLETTER, INVOICES};
-use ledger_store::{OutboxKind, Store};
+//! The outbox never wedges: a message the broker refuses for good moves to the failed
+//! table (logged with its id, counted, listed by `usage-ledger outbox`) and the rest flow
+//! on; a transient failure is retried, oldest first, after a growing pause.
+use std::time::{Duration, Instant};
+
+use ledger_kafka::{Delivery, Outgoing, Producer, ALERTS, DEADLETTER, INVOICES};
+use ledger_store::{OutboxKind, OutboxMsg, Store};
+use tracing::{error, warn};
 
 use super::ownership::Shards;
 use super::pipeline::settled_dead_letters;
 use super::Stats;
+
+/// When publishing may next be tried after a transient failure.
+#[derive(Debug)]
+pub(super) struct Backoff {
+    pause: Duration,
+    until: Option<Instant>,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(200);
+    const MAX: Duration = Duration::from_secs(30);
+
+    pub fn new() -> Backoff {
+        Backoff { pause: Backoff::FIRST, until: None }
+    }
+
+    fn ready(&self) -> bool {
+        self.until.is_none_or(|t| Instant::now() >= t)
+    }
+
+    fn failed(&mut self) {
+        self.until = Some(Instant::now() + self.pause);
+        self.pause = (self.pause * 2).min(Backoff::MAX);
+    }
+
+    fn succeeded(&mut self) {
+        *self = Backoff::new();
+    }
+}
 
 /// Closes cycles by wall time if asked, then publishes every open ledger's outbox.
 pub(super) fn publish(
     shards: &mut Shards,
     close_on_wall_clock: bool,
     producer: &Producer,
+    backoff: &mut Backoff,
     stats: &mut Stats,
     metrics: &crate::metrics::Metrics,
 ) -> anyhow::Result<()> {
@@ -20,37 +56,86 @@ pub(super) fn publish(
             let report = ledger.close_until_with(chrono::Utc::now(), settled_dead_letters)?;
             stats.dead_letters += report.settled.len() as u64;
         }
-        let published = publish_outbox(ledger.store(), producer)?;
-        stats.published += published;
-        metrics.published.inc_by(published);
+    }
+    if !backoff.ready() {
+        return Ok(());
+    }
+    let mut retry = false;
+    for ledger in shards.open.values() {
+        let round = publish_outbox(ledger.store(), producer)?;
+        stats.published += round.sent;
+        metrics.published.inc_by(round.sent);
+        metrics.outbox_failed.inc_by(round.failed);
+        retry |= round.retry;
+    }
+    if retry {
+        backoff.failed();
+    } else {
+        backoff.succeeded();
     }
     Ok(())
 }
 
+/// What one round of publishing a ledger's outbox did.
+#[derive(Debug, Default)]
+struct Round {
+    sent: u64,
+    failed: u64,
+    /// A message failed for now: the round stopped there, to be retried.
+    retry: bool,
+}
+
 /// Publishes every outbox message (alerts, invoices, dead letters), then marks them sent.
 /// After a crash, unsent ones go again with the same ids.
-fn publish_outbox(store: &Store, producer: &Producer) -> anyhow::Result<u64> {
-    let mut sent = 0;
+fn publish_outbox(store: &Store, producer: &Producer) -> anyhow::Result<Round> {
+    let mut round = Round::default();
     loop {
         let batch = store.outbox(1000)?;
         if batch.is_empty() {
-            return Ok(sent);
+            return Ok(round);
         }
-        let messages = batch
-            .iter()
-            .map(|(_, m)| {
-                let (topic, payload) = match m.kind {
-                    OutboxKind::Alert => (ALERTS, ledger_proto::alert_bytes(&m.json)?),
-                    OutboxKind::Invoice => (INVOICES, ledger_proto::invoice_bytes(&m.json, &m.id)?),
-                    OutboxKind::DeadLetter => (DEADLETTER, m.payload.clone()),
-                };
-                let mut headers = m.headers.clone();
-                headers.push(("id".to_string(), m.id.clone()));
-                Ok(Outgoing { topic: topic.to_string(), key: m.key.clone().into_bytes(), payload, headers })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        producer.send_all(&messages)?;
-        store.ack_outbox(&batch.iter().map(|(n, _)| *n).collect::<Vec<_>>())?;
-        sent += messages.len() as u64;
+        let messages: Vec<Outgoing> = batch.iter().map(|(_, m)| outgoing(m)).collect();
+        let (mut sent, mut failed) = (Vec::new(), Vec::new());
+        for ((n, msg), delivery) in batch.into_iter().zip(producer.send_each(&messages)) {
+            match delivery {
+                Delivery::Sent => sent.push(n),
+                Delivery::Permanent(reason) => {
+                    error!(n, id = %msg.id, kind = ?msg.kind, %reason, "The broker refused an outbox message for good; kept in the failed table.");
+                    failed.push((n, msg, reason));
+                }
+                Delivery::Transient(reason) => {
+                    warn!(n, id = %msg.id, %reason, "Publishing failed for now; retrying after a pause.");
+                    round.retry = true;
+                }
+            }
+        }
+        store.ack_outbox(&sent)?;
+        store.fail_outbox(&failed)?;
+        round.sent += sent.len() as u64;
+        round.failed += failed.len() as u64;
+        if round.retry {
+            return Ok(round);
+        }
     }
+}
+
+/// The message as published: its topic, its payload (an alert or invoice converted to
+/// protobuf; a stored projection that no longer converts is published as its JSON so the
+/// broker, not the ledger, has the last word) and its `id` header.
+fn outgoing(m: &OutboxMsg) -> Outgoing {
+    let converted = match m.kind {
+        OutboxKind::Alert => (ALERTS, ledger_proto::alert_bytes(&m.json)),
+        OutboxKind::Invoice => (INVOICES, ledger_proto::invoice_bytes(&m.json, &m.id)),
+        OutboxKind::DeadLetter => (DEADLETTER, Ok(m.payload.clone())),
+    };
+    let (topic, payload) = match converted {
+        (topic, Ok(bytes)) => (topic, bytes),
+        (topic, Err(e)) => {
+            error!(id = %m.id, error = %e, "An outbox projection does not convert to protobuf; publishing its JSON.");
+            (topic, m.json.clone().into_bytes())
+        }
+    };
+    let mut headers = m.headers.clone();
+    headers.push(("id".to_string(), m.id.clone()));
+    Outgoing { topic: topic.to_string(), key: m.key.clone().into_bytes(), payload, headers }
 }
