@@ -16,3 +16,4 @@ mod properties;
 mod rules;
 mod scenarios;
 mod support;
+mod transport;

@@ -1,6 +1,7 @@
 //! Opening the data directory, reading it through its tables, and folding the ledger
 //! back.
 use std::collections::HashMap;
+use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 
 use ledger_core::{Catalog, Effects, Entry, Team, TeamId};
@@ -73,7 +74,8 @@ impl Store {
 
     pub fn open_with(dir: &Path, catalog: &Catalog, options: OpenOptions) -> Result<Store> {
         let created = !dir.join("db").exists();
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        // Readable by this user only: the ledger holds every team's usage and money.
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io(dir))?;
         // No background flusher: every batch is flushed explicitly before it is
         // acknowledged, and the flusher thread would hold the directory lock for up to
         // its period after the handle is dropped.

@@ -1,6 +1,9 @@
 //! The embedded default broker: with no brokers configured, `run` starts tansu (an
 //! Apache-Kafka-compatible broker in Rust, durable on SQLite) as a child process on
 //! 127.0.0.1, keeping its data beside the ledger. Any Kafka client can connect to it.
+//! It dies with the service, even a `kill -9`d one (a watcher process ends it), and a
+//! later `run` never adopts whatever listens on the port: a broker left by this data
+//! dir (its pid file says so) is stopped first, anything else is refused.
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -32,8 +35,9 @@ impl EmbeddedBroker {
         let tansu = find_tansu().context(
             "no brokers configured and no embedded broker installed: run `cargo install tansu --locked --features libsql` or pass --brokers",
         )?;
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        crate::private_dir(dir)?;
         let address = format!("127.0.0.1:{port}");
+        stop_leftover(dir, &address)?;
         let url = format!("tcp://{address}");
         let log = std::fs::File::create(dir.join("broker.log"))?;
         let child = Command::new(tansu)
@@ -46,6 +50,8 @@ impl EmbeddedBroker {
             .stderr(log)
             .spawn()
             .context("starting tansu")?;
+        std::fs::write(dir.join(PID_FILE), child.id().to_string())?;
+        watch(child.id())?;
         let mut broker = EmbeddedBroker { child, address };
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(&broker.address).is_err() {
@@ -59,6 +65,50 @@ impl EmbeddedBroker {
         }
         Ok(broker)
     }
+}
+
+const PID_FILE: &str = "tansu.pid";
+
+/// A process that ends the broker once this process is gone, however it ended.
+fn watch(broker: u32) -> anyhow::Result<()> {
+    let script = format!(
+        "while kill -0 {me} 2>/dev/null && kill -0 {broker} 2>/dev/null; do sleep 0.5; done; kill -9 {broker} 2>/dev/null",
+        me = std::process::id()
+    );
+    Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the broker's watcher")?;
+    Ok(())
+}
+
+/// Makes the port free for this data dir's broker: a tansu this data dir started
+/// earlier (its pid file names a live tansu) is stopped; anything else listening is
+/// refused with the reason.
+fn stop_leftover(dir: &Path, address: &str) -> anyhow::Result<()> {
+    if TcpStream::connect(address).is_err() {
+        return Ok(());
+    }
+    let pid = std::fs::read_to_string(dir.join(PID_FILE)).ok().and_then(|p| p.trim().parse::<u32>().ok());
+    let ours = pid.filter(|pid| {
+        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains("tansu"))
+    });
+    let Some(pid) = ours else {
+        bail!("{address} is in use by another process, not this data dir's broker: pass --brokers to use it, or --broker-port");
+    };
+    eprintln!("usage-ledger: stopping the embedded broker (pid {pid}) a previous run left on {address}");
+    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(address).is_ok() {
+        if Instant::now() > deadline {
+            bail!("{address} is still in use 10 s after stopping pid {pid}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
 }
 
 impl Drop for EmbeddedBroker {

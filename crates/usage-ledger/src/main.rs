@@ -175,6 +175,17 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
 }
 
+/// Creates `dir` (and its missing parents) readable by this user only: a ledger holds
+/// every team's usage and money.
+pub fn private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))
+}
+
 /// The instants an event may be dated, with "now" read here, at the edge.
 pub fn window(future_skew: chrono::Duration) -> ledger_proto::Window {
     let first = ledger_core::Catalog::builtin().versions[0].effective_from;

@@ -1,0 +1,89 @@
+//! The service's edges as an operator meets them: the embedded broker dies with the
+//! service (even a `kill -9`ed one), a later `run` never adopts a stranger on its port,
+//! and a new data directory is readable by its owner only.
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::{bin, ul_ok};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `run` on its embedded broker; returns once it consumes, with its stderr lines so far.
+fn run_embedded(dir: &Path, port: u16) -> (Child, Vec<String>) {
+    let mut child = bin()
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["run", "--broker-port", &port.to_string(), "--session-timeout-ms", "6000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = Vec::new();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !lines.iter().any(|l: &String| l.contains("consuming")) {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "run ended early: {lines:?}");
+        lines.push(line);
+        assert!(Instant::now() < deadline, "run never consumed: {lines:?}");
+    }
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    (child, lines)
+}
+
+fn wait_until(what: &str, within: Duration, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} within {within:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_embedded_broker_dies_with_the_service_and_a_stranger_on_its_port_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let port = free_port();
+    let address = format!("127.0.0.1:{port}");
+    let (mut first, _) = run_embedded(&dir, port);
+    let pid = std::fs::read_to_string(dir.join("broker/tansu.pid")).unwrap().trim().to_string();
+    assert!(Path::new(&format!("/proc/{pid}")).exists(), "tansu runs as pid {pid}");
+    Command::new("kill").args(["-9", &first.id().to_string()]).status().unwrap();
+    first.wait().unwrap();
+    wait_until("the broker ends with the service", Duration::from_secs(10), || {
+        !Path::new(&format!("/proc/{pid}")).exists() || TcpStream::connect(&address).is_err()
+    });
+
+    // The next run starts its own broker on the same data; it serves as before.
+    let (mut second, _) = run_embedded(&dir, port);
+    Command::new("kill").args(["-TERM", &second.id().to_string()]).status().unwrap();
+    assert!(second.wait().unwrap().success());
+
+    // Someone else listening on the port is not adopted.
+    let stranger = TcpListener::bind(&address).unwrap();
+    let out = bin().arg("--data-dir").arg(&dir).args(["run", "--broker-port", &port.to_string()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("in use by another process"), "{stderr}");
+    drop(stranger);
+}
+
+#[test]
+fn a_new_data_dir_is_readable_by_its_owner_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("fresh/data");
+    let file = tmp.path().join("one.jsonl");
+    let start = r#"{"accountEvent":{"eventId":"a1","teamId":"t1","occurredAt":"2026-04-01T00:00:00Z","planStarted":{"plan":"api_basic","bucketImages":"1000"}}}"#;
+    std::fs::write(&file, format!("{start}\n")).unwrap();
+    ul_ok(&dir, &["import", file.to_str().unwrap()]);
+    for d in [&dir, &tmp.path().join("fresh")] {
+        let mode = std::fs::metadata(d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", d.display());
+    }
+}
