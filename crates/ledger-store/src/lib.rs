@@ -9,6 +9,7 @@ mod datadir;
 mod index;
 mod ledger;
 mod parked;
+pub mod progress;
 mod replay;
 mod store;
 mod tables;

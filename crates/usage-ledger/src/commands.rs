@@ -197,8 +197,27 @@ pub fn replay(dir: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `verify`: every chain and the index both ways, then every team refolded from its
+/// entries alone (each `CycleClosed` and `CreditsExpired` recomputed and compared) with
+/// the stored alerts and invoices compared to the fold, and every outbox message read.
 pub fn verify(dir: &Path) -> anyhow::Result<ExitCode> {
-    let report = ledger_store::verify_all(&open_existing(dir)?)?;
+    let stores = open_existing(dir)?;
+    let mut report = ledger_store::verify_all(&stores)?;
+    if report.faults.is_empty() {
+        match ledger_store::replay_all(&stores) {
+            Ok(replay) if replay.mismatched > 0 => report.faults.push(format!(
+                "{} stored alert(s) or invoice(s) differ from what the entries fold to",
+                replay.mismatched
+            )),
+            Ok(_) => {}
+            Err(e) => report.faults.push(format!("the entries do not refold: {e}")),
+        }
+        for store in &stores {
+            if let Err(e) = store.outbox(usize::MAX).and_then(|_| store.failed_outbox()) {
+                report.faults.push(format!("the outbox does not read: {e}"));
+            }
+        }
+    }
     for fault in &report.faults {
         eprintln!("fault: {fault}");
     }

@@ -49,7 +49,9 @@ pub fn run(
             dir.display()
         );
     }
+    let watch = crate::watchdog::Watchdog::arm("opening the ledger", dir);
     let mut ledger = Ledger::open(Store::open(dir, &Catalog::builtin())?)?;
+    drop(watch);
     let progress = progress_bar(size);
     let started = Instant::now();
     let (tx, rx) = mpsc::sync_channel::<(Parsed, u64)>(4);

@@ -20,6 +20,7 @@ mod import;
 mod metrics;
 mod produce;
 mod service;
+mod watchdog;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -143,11 +144,37 @@ enum Command {
     },
 }
 
+/// A panic is a fault of the ledger or of a damaged store (sled panics on some damaged
+/// files instead of returning an error): one line says which, nothing was acknowledged
+/// after the last flush, and the exit code is 101. `RUST_BACKTRACE=1` adds the trace.
+fn one_line_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let at = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+        let whose = if at.contains("/sled-") {
+            "the store is damaged (sled failed reading it); restore it from a copy"
+        } else {
+            "a fault of the ledger; nothing after the last flushed batch was acknowledged"
+        };
+        eprintln!("error: stopped on a panic: {} at {at}: {whose}", message.replace('\n', " "));
+        if std::env::var_os("RUST_BACKTRACE").is_some() {
+            default(info);
+        }
+    }));
+}
+
 fn main() -> ExitCode {
+    one_line_panics();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("USAGE_LEDGER_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("USAGE_LEDGER_LOG").unwrap_or_else(|_| "warn,sled=off".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -199,6 +226,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut producer = ledger_kafka::from_env("USAGE_LEDGER_PRODUCER_");
     producer.extend(cli.producer_property);
     ledger_kafka::configure(ledger_kafka::Properties { all, producer })?;
+    // Commands that only read the store are watched whole; the others where they read.
+    let _watch = matches!(
+        cli.command,
+        Command::Close { .. }
+            | Command::Invoices { .. }
+            | Command::Balance { .. }
+            | Command::Alerts { .. }
+            | Command::Advise { .. }
+            | Command::Outbox
+            | Command::Replay
+            | Command::Verify
+    )
+    .then(|| watchdog::Watchdog::arm("reading the ledger", &dir));
     let skew = chrono::Duration::seconds(i64::from(cli.future_skew_secs));
     match cli.command {
         Command::Run(args) => service::run(&dir, args, skew),

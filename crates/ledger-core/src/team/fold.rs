@@ -99,6 +99,10 @@ impl Team {
 
     pub(super) fn apply_purchase(&mut self, catalog: &Catalog, seq: u64, e: &AccountEvent) -> Result<Effects, String> {
         self.advance_clock(e.occurred_at);
+        // Replay folds without `submit`, which derived the cycles up to the event's time:
+        // derive them here too, or a purchase past the horizon finds no cycle (found by
+        // the fold fuzzer: a ledger that would not open again).
+        self.ensure_horizon(catalog, e.occurred_at);
         let AccountChange::CreditsPurchased { credits, amount } = e.change else {
             return Err("purchase entry without CreditsPurchased".into());
         };

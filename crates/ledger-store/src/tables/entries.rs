@@ -87,6 +87,7 @@ pub(crate) fn read(tree: &sled::Tree, team: &str, seq: u64) -> Result<Option<Ent
     let upper = key(team, seq);
     let lower = KeyKind::Entry.team_prefix(team);
     let Some(kv) = tree.range(lower..=upper).next_back() else { return Ok(None) };
+    crate::progress::tick();
     let (_, v) = kv?;
     let entries = decode_block(&v)?;
     match entries.iter().find(|e| e.seq == seq) {
@@ -99,8 +100,10 @@ pub(crate) fn read(tree: &sled::Tree, team: &str, seq: u64) -> Result<Option<Ent
 
 /// The blocks in `lower..upper`, in key order (each team's in ledger order).
 pub(crate) fn blocks(tree: &sled::Tree, (lower, upper): (Vec<u8>, Vec<u8>)) -> impl Iterator<Item = Result<Block>> {
-    tree.range(lower..upper).map(|kv| {
+    let mut order = crate::progress::Ascending::default();
+    tree.range(lower..upper).map(move |kv| {
         let (k, v) = kv?;
+        order.check(&k, "entries")?;
         let (team, first) = split_team_key(&k).ok_or_else(|| Error::Corrupt("entry key".into()))?;
         let entries = decode_block(&v).map_err(|e| Error::Corrupt(format!("team {team} block at seq {first}: {e}")))?;
         Ok((team.to_string(), first, entries))
@@ -109,7 +112,10 @@ pub(crate) fn blocks(tree: &sled::Tree, (lower, upper): (Vec<u8>, Vec<u8>)) -> i
 
 /// The team's blocks as stored, key and value (to rewrite one: `tamper_entry`).
 pub(crate) fn team_blocks(tree: &sled::Tree, team: &str) -> impl Iterator<Item = Result<(sled::IVec, sled::IVec)>> {
-    tree.scan_prefix(KeyKind::Entry.team_prefix(team)).map(|kv| Ok(kv?))
+    tree.scan_prefix(KeyKind::Entry.team_prefix(team)).map(|kv| {
+        crate::progress::tick();
+        Ok(kv?)
+    })
 }
 
 /// Whether the team has entries.

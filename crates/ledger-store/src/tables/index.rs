@@ -46,8 +46,10 @@ impl Segment {
 
 /// Every segment, oldest first.
 pub(crate) fn segments(tree: &sled::Tree) -> impl Iterator<Item = Result<Segment>> {
-    tree.scan_prefix(KeyKind::Index.prefix()).map(|kv| {
+    let mut order = crate::progress::Ascending::default();
+    tree.scan_prefix(KeyKind::Index.prefix()).map(move |kv| {
         let (key, value) = kv?;
+        order.check(&key, "index")?;
         Ok(Segment { key, value })
     })
 }

@@ -88,7 +88,12 @@ impl KeyKind {
 
     /// Every key of this table, its key bytes only.
     pub fn keys(self, tree: &sled::Tree) -> impl Iterator<Item = Result<sled::IVec>> {
-        tree.scan_prefix(self.prefix()).keys().map(|k| Ok(k?))
+        let mut order = crate::progress::Ascending::default();
+        tree.scan_prefix(self.prefix()).keys().map(move |k| {
+            let k = k?;
+            order.check(&k, "keys")?;
+            Ok(k)
+        })
     }
 }
 
@@ -119,6 +124,7 @@ pub(crate) fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Res
 pub(crate) fn texts_under(tree: &sled::Tree, prefix: &[u8]) -> Result<Vec<String>> {
     tree.scan_prefix(prefix)
         .values()
+        .inspect(|_| crate::progress::tick())
         .map(|v| String::from_utf8(v?.to_vec()).map_err(|e| Error::Corrupt(e.to_string())))
         .collect()
 }

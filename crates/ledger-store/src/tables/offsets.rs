@@ -1,7 +1,7 @@
 //! Table `O`: the next offset to consume of each source (`topic/partition`), written in
 //! the same atomic batch as the entries it covers.
 use super::KeyKind;
-use crate::Result;
+use crate::{Error, Result};
 
 fn key(source: &str) -> Vec<u8> {
     KeyKind::Offset.key(source.as_bytes())
@@ -14,5 +14,11 @@ pub(crate) fn insert(batch: &mut sled::Batch, source: &str, next: u64) {
 
 /// The next offset to consume for a source, if one was recorded.
 pub(crate) fn get(tree: &sled::Tree, source: &str) -> Result<Option<u64>> {
-    Ok(tree.get(key(source))?.map(|v| u64::from_be_bytes(v.as_ref().try_into().expect("offsets are 8 bytes"))))
+    match tree.get(key(source))? {
+        None => Ok(None),
+        Some(v) => match <[u8; 8]>::try_from(v.as_ref()) {
+            Ok(bytes) => Ok(Some(u64::from_be_bytes(bytes))),
+            Err(_) => Err(Error::Corrupt(format!("the position of {source} is {} bytes, not 8", v.len()))),
+        },
+    }
 }

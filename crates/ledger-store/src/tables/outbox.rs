@@ -119,6 +119,7 @@ pub(crate) fn fail(batch: &mut sled::Batch, n: u64, msg: &OutboxMsg, reason: &st
 /// Every message refused for good, oldest first, with its number.
 pub(crate) fn failed(tree: &sled::Tree) -> Result<Vec<(u64, OutboxMsg)>> {
     tree.scan_prefix(KeyKind::Failed.prefix())
+        .inspect(|_| crate::progress::tick())
         .map(|kv| {
             let (k, v) = kv?;
             let n = number(&k, "failed outbox")?;
@@ -131,6 +132,7 @@ pub(crate) fn failed(tree: &sled::Tree) -> Result<Vec<(u64, OutboxMsg)>> {
 pub(crate) fn oldest(tree: &sled::Tree, limit: usize) -> Result<Vec<(u64, OutboxMsg)>> {
     tree.scan_prefix(KeyKind::Outbox.prefix())
         .take(limit)
+        .inspect(|_| crate::progress::tick())
         .map(|kv| {
             let (k, v) = kv?;
             let n = number(&k, "outbox")?;

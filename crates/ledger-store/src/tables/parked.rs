@@ -20,5 +20,9 @@ pub(crate) fn remove(batch: &mut sled::Batch, p: &Parked) {
 
 /// Every parked refund.
 pub(crate) fn all(tree: &sled::Tree) -> Result<Vec<Parked>> {
-    tree.scan_prefix(KeyKind::Parked.prefix()).values().map(|raw| decode(&raw?, "parked refund")).collect()
+    tree.scan_prefix(KeyKind::Parked.prefix())
+        .values()
+        .inspect(|_| crate::progress::tick())
+        .map(|raw| decode(&raw?, "parked refund"))
+        .collect()
 }

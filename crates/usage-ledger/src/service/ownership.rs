@@ -75,7 +75,9 @@ impl Shards {
         if !self.assigned.contains_key(&partition) {
             let dir = ledger_store::partition_dir(&self.dir, partition);
             let options = OpenOptions { lock_wait: self.takeover_wait, cache_bytes: 64 << 20 };
-            self.assigned.insert(partition, Store::open_with(&dir, &self.catalog, options)?);
+            // Waiting for the lock reads nothing: the watchdog starts once it is ours.
+            let store = Store::open_with(&dir, &self.catalog, options)?;
+            self.assigned.insert(partition, store);
         }
         Ok(&self.assigned[&partition])
     }
@@ -90,7 +92,9 @@ impl Shards {
         for (partition, store) in std::mem::take(&mut self.assigned) {
             let started = Instant::now();
             let dir = store.dir().to_path_buf();
+            let watch = crate::watchdog::Watchdog::arm("opening a partition's ledger", &dir);
             self.open.insert(partition, Ledger::open(store)?);
+            drop(watch);
             info!(partition, dir = %dir.display(), ms = started.elapsed().as_millis() as u64, "Opened the partition's ledger.");
         }
         eprintln!("usage-ledger: opened and folded the ledgers of partitions {opened:?}");
