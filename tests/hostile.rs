@@ -271,3 +271,27 @@ fn kafka_properties_pass_through_but_never_the_ones_the_ledger_rests_on() {
     let run = ul(tmp.path(), &["--kafka-property", "no-equals-sign", "outbox"]);
     assert_eq!(run.code, 2, "clap refuses it: {}", run.stderr);
 }
+
+/// Refunds waiting for their image are bounded per team: past 10,000 one is refused at
+/// once, the rest of the file goes on.
+#[test]
+fn waiting_refunds_are_bounded_per_team() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mut lines = good();
+    for k in 0..=ledger_store::PARKED_PER_TEAM_MAX {
+        let refund = format!(r#""qualityRefund":{{"originalEventId":"ghost-{k}","reason":"later"}}"#);
+        lines.push(account(&format!("w-{k}"), "h1", T, &refund));
+    }
+    lines.push(image("h1-after", "h1", T, ""));
+    let file = tmp.path().join("refunds.jsonl");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let run = ul(&dir, &["import", file.to_str().unwrap()]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    let n = ledger_store::PARKED_PER_TEAM_MAX;
+    let refused = format!("event w-{n}): refund_unknown_event: {n} refunds of the team already wait for their image");
+    assert!(run.stderr.contains(&refused), "{}", run.stderr);
+    assert!(run.stderr.contains(&format!("{n} refund(s) wait for the image event they name")), "{}", run.stderr);
+    let balance: serde_json::Value = serde_json::from_str(&ul_ok(&dir, &["balance", "--team", "h1"])).unwrap();
+    assert_eq!(balance["allowances"][0]["consumed"], "0.04", "the image after them was appended: {balance}");
+}

@@ -19,6 +19,10 @@ use crate::tables::outbox::{self, OutboxKind, OutboxMsg};
 use crate::tables::{self, alerts, invoices, offsets, Row};
 use crate::{Error, Result};
 
+/// Refunds one team may have waiting for their image; past it a refund is refused at
+/// once (`refund_unknown_event`), so parked refunds stay bounded.
+pub const PARKED_PER_TEAM_MAX: usize = 10_000;
+
 /// Where an event came from, for reports and dead letters (a file line, a Kafka offset).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Source {
@@ -332,17 +336,27 @@ impl Ledger {
                 }
                 Ok(Outcome::Appended { seq })
             }
-            Err(reject) => Ok(Outcome::Rejected(reject)),
+            Err(reject) => {
+                // A refusal leaves nothing behind, not even an empty team.
+                if team.last_seq() == 0 {
+                    self.teams.remove(&team_id);
+                }
+                Ok(Outcome::Rejected(reject))
+            }
         }
     }
 
     /// Keeps a refund of an unknown event until that event arrives (a repeat of a
-    /// parked refund replaces it: same key).
+    /// parked refund replaces it: same key), at most `PARKED_PER_TEAM_MAX` per team.
     fn park(&mut self, staged: &mut Staged, event: AccountEvent, source: Source) -> Outcome {
         let clock = self.teams.get(&event.team_id).and_then(Team::clock);
         if clock.is_some_and(|c| event.occurred_at + refund_wait() <= c) {
             // The team's time is already past the wait: nothing to wait for.
             return Outcome::Rejected(unknown_after_wait(&event));
+        }
+        if self.parked.waiting(&event.team_id) >= PARKED_PER_TEAM_MAX {
+            let detail = format!("{PARKED_PER_TEAM_MAX} refunds of the team already wait for their image");
+            return Outcome::Rejected(Reject::new(ledger_core::RejectCode::RefundUnknownEvent, detail));
         }
         let parked = Parked { event, stream: source.stream, offset: source.offset };
         tables::parked::insert(&mut staged.batch, &parked);

@@ -16,7 +16,7 @@ mod tables;
 mod verify;
 
 pub use datadir::{layout, open_all, partition_dir, replay_all, verify_all, Layout};
-pub use ledger::{refund_wait, BatchReport, Ledger, Outcome, Parked, Source, Submission};
+pub use ledger::{refund_wait, BatchReport, Ledger, Outcome, Parked, Source, Submission, PARKED_PER_TEAM_MAX};
 pub use replay::ReplayReport;
 pub use store::{OpenOptions, Store};
 pub use tables::entries::StoredEntry;

@@ -51,6 +51,11 @@ impl ParkedRefunds {
         self.deadlines.values().map(BTreeSet::len).sum()
     }
 
+    /// Refunds of `team` waiting.
+    pub fn waiting(&self, team: &TeamId) -> usize {
+        self.deadlines.get(team).map_or(0, BTreeSet::len)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.deadlines.is_empty()
     }
