@@ -301,7 +301,7 @@ fn halves(dir: &Path, lines: &[String]) -> (PathBuf, PathBuf) {
 
 /// Every team (`team-0000` …) bills as the same file imported cleanly; with `brokers`,
 /// the alert topic also holds exactly the stored alerts, each id once.
-fn assert_bills_like_import(dir: &Path, file: &Path, teams: u32, brokers: Option<&str>) {
+pub(crate) fn assert_bills_like_import(dir: &Path, file: &Path, teams: u32, brokers: Option<&str>) {
     let clean = dir.parent().unwrap().join("clean");
     ul_ok(&clean, &["import", file.to_str().unwrap()]);
     let mut stored_alert_ids = Vec::new();

@@ -17,5 +17,6 @@ mod kafka;
 mod properties;
 mod rules;
 mod scenarios;
+mod soak;
 mod support;
 mod transport;
