@@ -87,3 +87,88 @@ fn a_new_data_dir_is_readable_by_its_owner_only() {
         assert_eq!(mode, 0o700, "{}", d.display());
     }
 }
+
+/// A small filesystem of its own (tmpfs), unmounted on drop; `None` where this machine
+/// does not let the tests mount one (not root).
+struct SmallDisk {
+    dir: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(dir: &Path, megabytes: u32) -> Option<SmallDisk> {
+        std::fs::create_dir_all(dir).unwrap();
+        let size = format!("size={megabytes}m");
+        let ok = Command::new("mount").args(["-t", "tmpfs", "-o", &size, "tmpfs"]).arg(dir).status().ok()?.success();
+        ok.then(|| SmallDisk { dir: dir.to_path_buf() })
+    }
+
+    fn grow(&self, megabytes: u32) {
+        let opts = format!("remount,size={megabytes}m");
+        assert!(Command::new("mount").args(["-o", &opts]).arg(&self.dir).status().unwrap().success());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).status();
+    }
+}
+
+#[test]
+fn a_full_disk_stops_acknowledging_in_one_line_corrupts_nothing_and_resumes_once_freed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(disk) = SmallDisk::mount(&tmp.path().join("small"), 12) else {
+        eprintln!("SKIPPED: this machine does not let the tests mount a tmpfs (run as root)");
+        return;
+    };
+    let file = tmp.path().join("load.jsonl");
+    ul_ok(tmp.path(), &["generate", "--teams", "200", "--events", "100000", "--out", file.to_str().unwrap()]);
+    let dir = disk.dir.join("data");
+    let full = bin()
+        .arg("--data-dir")
+        .arg(&dir)
+        .args(["import", file.to_str().unwrap()])
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&full.stderr);
+    assert_eq!(full.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("nothing of it was acknowledged") && stderr.contains("No space left"), "{stderr}");
+    // What was acknowledged is intact; freed, the same import carries on where it stood.
+    disk.grow(256);
+    let verify = ul_ok(&dir, &["verify"]);
+    assert!(verify.starts_with("ok: "), "{verify}");
+    ul_ok(&dir, &["import", file.to_str().unwrap()]);
+    let clean = tmp.path().join("clean");
+    ul_ok(&clean, &["import", file.to_str().unwrap()]);
+    assert_eq!(ul_ok(&dir, &["replay"]), ul_ok(&clean, &["replay"]), "the same invoices as a clean import");
+}
+
+#[test]
+fn the_service_on_a_full_disk_stops_without_acknowledging_and_resumes_once_freed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(disk) = SmallDisk::mount(&tmp.path().join("small"), 12) else {
+        eprintln!("SKIPPED: this machine does not let the tests mount a tmpfs (run as root)");
+        return;
+    };
+    let broker = crate::kafka::Broker::start(tmp.path());
+    let file = tmp.path().join("load.jsonl");
+    ul_ok(tmp.path(), &["generate", "--teams", "200", "--events", "100000", "--out", file.to_str().unwrap()]);
+    ul_ok(tmp.path(), &["produce", "--brokers", &broker.address, file.to_str().unwrap()]);
+    let dir = disk.dir.join("data");
+    let out =
+        crate::kafka::service(&dir, &broker.address, &["--exit-when-idle-ms", "5000"]).wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a full disk stops the service: {stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("No space left"), "{stderr}");
+    disk.grow(256);
+    let lines = std::fs::read_to_string(&file).unwrap().lines().count();
+    let verify = crate::kafka::drain_until(&dir, &broker.address, lines);
+    assert!(verify.starts_with("ok: 200 teams"), "{verify}");
+    let clean = tmp.path().join("clean");
+    ul_ok(&clean, &["import", file.to_str().unwrap()]);
+    assert_eq!(ul_ok(&dir, &["replay"]), ul_ok(&clean, &["replay"]), "the same invoices as a clean import");
+}
