@@ -7,7 +7,7 @@
 //! the hash of the chain through the entries this build appended.
 use std::path::{Path, PathBuf};
 
-use crate::support::ul;
+use crate::support::{copy_store, ul};
 
 const TEAMS: [&str; 11] =
     ["app", "appy", "bucket", "credits", "ent", "gone", "park", "partner", "plus", "trial", "newteam"];
@@ -18,18 +18,6 @@ fn fixture() -> PathBuf {
 
 fn read(name: &str) -> String {
     std::fs::read_to_string(fixture().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
-/// A working copy of the fixture store (opening a sled store writes to it).
-fn copy_store(to: &Path) {
-    let from = fixture().join("store");
-    std::fs::create_dir_all(to.join("blobs")).unwrap();
-    for entry in std::fs::read_dir(&from).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_type().unwrap().is_file() {
-            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-        }
-    }
 }
 
 /// Every read command of every team, as the fixture's `expected/*.txt` recorded them.
@@ -75,7 +63,7 @@ fn assert_same(what: &str, actual: &str, expected: &str) {
 fn the_store_of_the_previous_build_reads_replays_and_grows_unchanged() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("store");
-    copy_store(&dir);
+    copy_store(&fixture().join("store"), &dir);
     assert_same("verify", &verify(&dir), &read("expected/before.verify"));
     assert_same("replay digest", &digest(&dir), &read("expected/before.digest"));
     assert_same("read commands", &snapshot(&dir), &read("expected/before.txt"));

@@ -6,38 +6,24 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::support::{bin, slow_tests_enabled, ul_ok};
+use crate::support::{bin, copy_store, slow_tests_enabled, ul_ok, Rng};
 
-/// xorshift64*: the same flips for the same seed.
+/// Flips `flips` random bits of `db`, the same ones for the same seed.
 fn flip(db: &Path, flips: usize, seed: u64) {
     let mut bytes = std::fs::read(db).unwrap();
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     for _ in 0..flips {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        let r = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
-        let at = (r % bytes.len() as u64) as usize;
-        bytes[at] ^= 1 << (r >> 61);
+        let at = rng.below(bytes.len());
+        bytes[at] ^= 1 << rng.below(8);
     }
     std::fs::write(db, bytes).unwrap();
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to.join("blobs")).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_type().unwrap().is_file() {
-            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-        }
-    }
 }
 
 /// Runs `verify` on a damaged copy; it must end within `within`, sound or saying why.
 fn verify_ends(store: &Path, flips: usize, seed: u64, within: Duration) -> &'static str {
     let tmp = tempfile::tempdir().unwrap();
     let copy = tmp.path().join("store");
-    copy_dir(store, &copy);
+    copy_store(store, &copy);
     flip(&copy.join("db"), flips, seed);
     let mut child = bin()
         .arg("--data-dir")

@@ -21,25 +21,7 @@ use ledger_core::{AccountChange, Catalog, Event, EventId, RefundTarget, Team, Te
 use ledger_proto::{decode_account, decode_image, decode_input, parse_json_line, Window, WireEvent};
 use prost::Message as _;
 
-/// xorshift64*: deterministic, so a failure reproduces from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-}
+use crate::support::Rng;
 
 fn execs() -> u64 {
     std::env::var("USAGE_LEDGER_FUZZ_EXECS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000)

@@ -156,6 +156,15 @@ fn every_limit_is_refused_with_its_code_through_import() {
     assert_eq!(beyond.code, 1, "past the ledger's range even when meant: {}", beyond.stderr);
 }
 
+/// A broker with the topics (one partition) and a producer to it.
+fn on_a_broker() -> (tempfile::TempDir, Broker, Producer) {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(tmp.path());
+    ledger_kafka::create_topics(&broker.address, 1).unwrap();
+    let producer = Producer::new(&broker.address).unwrap();
+    (tmp, broker, producer)
+}
+
 /// One JSONL line as the record its topic carries.
 fn record(line: &str, key: &str) -> Outgoing {
     let input: pb::LedgerInput = serde_json::from_str(line).unwrap();
@@ -174,10 +183,7 @@ fn team_of(line: &str) -> String {
 
 #[test]
 fn every_limit_is_dead_lettered_with_its_code_and_the_stream_goes_on() {
-    let tmp = tempfile::tempdir().unwrap();
-    let broker = Broker::start(tmp.path());
-    ledger_kafka::create_topics(&broker.address, 1).unwrap();
-    let producer = Producer::new(&broker.address).unwrap();
+    let (tmp, broker, producer) = on_a_broker();
     let dir = tmp.path().join("data");
     let keyed = |line: &String| record(line, &team_of(line));
     producer.send_all(&good().iter().map(keyed).collect::<Vec<_>>()).unwrap();
@@ -221,10 +227,7 @@ fn every_limit_is_dead_lettered_with_its_code_and_the_stream_goes_on() {
 /// `outbox`, and the alerts behind it are published; nothing is retried forever.
 #[test]
 fn a_message_refused_for_good_is_set_aside_and_the_rest_flow() {
-    let tmp = tempfile::tempdir().unwrap();
-    let broker = Broker::start(tmp.path());
-    ledger_kafka::create_topics(&broker.address, 1).unwrap();
-    let producer = Producer::new(&broker.address).unwrap();
+    let (tmp, broker, producer) = on_a_broker();
     let dir = tmp.path().join("data");
     let mut lines = vec![account(
         "w-start",

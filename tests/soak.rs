@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use crate::kafka::{drain_until, service, Broker};
-use crate::support::{slow_tests_enabled, ul, ul_ok};
+use crate::support::{slow_tests_enabled, ul, ul_ok, Rng};
 
 fn cycles() -> usize {
     let default = if slow_tests_enabled() { 25 } else { 3 };
@@ -66,7 +66,7 @@ fn soak_kills_the_service_and_the_broker_and_bills_like_a_clean_import() {
     let dir = tmp.path().join("soaked");
     let n = cycles();
     let chunk = set.len().div_ceil(n);
-    let mut x: u64 = 0x50a6;
+    let mut rng = Rng(0x50a6);
     for (i, part) in set.chunks(chunk).enumerate() {
         let part_file = tmp.path().join(format!("part-{i}.jsonl"));
         std::fs::write(&part_file, part.join("\n") + "\n").unwrap();
@@ -75,10 +75,7 @@ fn soak_kills_the_service_and_the_broker_and_bills_like_a_clean_import() {
         // broker never waits out the session of a member killed a moment ago.
         let group = format!("soak-{i}");
         let mut child = service(&dir, &broker.address, &["--batch-events-max", "400", "--group", &group]);
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        std::thread::sleep(Duration::from_millis(300 + x % 2200));
+        std::thread::sleep(Duration::from_millis(300 + rng.next() % 2200));
         child.kill().unwrap(); // SIGKILL, at a random moment
         child.wait().unwrap();
         if i % 6 == 5 {

@@ -316,3 +316,35 @@ pub fn assert_text(actual: &str, expected: &str) {
     let (a, e) = (norm(actual), norm(expected));
     assert!(a == e, "\n--- expected\n{e}\n--- actual\n{a}\n");
 }
+
+/// xorshift64*: a deterministic generator for the tests that pick at random (fuzzing,
+/// flipped bytes, kill moments), so a failure reproduces from its seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+}
+
+/// A working copy of a sled store (opening one writes to it).
+pub fn copy_store(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.join("blobs")).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
