@@ -94,20 +94,30 @@ fn publish_outbox(store: &Store, producer: &Producer) -> anyhow::Result<Round> {
         if batch.is_empty() {
             return Ok(round);
         }
-        let messages: Vec<Outgoing> = batch.iter().map(|(_, m)| outgoing(m)).collect();
-        let (mut sent, mut failed) = (Vec::new(), Vec::new());
-        for ((n, msg), delivery) in batch.into_iter().zip(producer.send_each(&messages)) {
+        // A stored projection that no longer converts can never be published: it is set
+        // aside like a message the broker refused for good.
+        let (mut sent, mut failed, mut ready, mut messages) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (n, msg) in batch {
+            match outgoing(&msg) {
+                Ok(out) => {
+                    ready.push((n, msg));
+                    messages.push(out);
+                }
+                Err(e) => failed.push((n, msg, format!("does not convert to protobuf: {e}"))),
+            }
+        }
+        for ((n, msg), delivery) in ready.into_iter().zip(producer.send_each(&messages)) {
             match delivery {
                 Delivery::Sent => sent.push(n),
-                Delivery::Permanent(reason) => {
-                    error!(n, id = %msg.id, kind = ?msg.kind, %reason, "The broker refused an outbox message for good; kept in the failed table.");
-                    failed.push((n, msg, reason));
-                }
+                Delivery::Permanent(reason) => failed.push((n, msg, reason)),
                 Delivery::Transient(reason) => {
                     warn!(n, id = %msg.id, %reason, "Publishing failed for now; retrying after a pause.");
                     round.retry = true;
                 }
             }
+        }
+        for (n, msg, reason) in &failed {
+            error!(n, id = %msg.id, kind = ?msg.kind, %reason, "An outbox message can never be published; kept in the failed table.");
         }
         store.ack_outbox(&sent)?;
         store.fail_outbox(&failed)?;
@@ -119,23 +129,15 @@ fn publish_outbox(store: &Store, producer: &Producer) -> anyhow::Result<Round> {
     }
 }
 
-/// The message as published: its topic, its payload (an alert or invoice converted to
-/// protobuf; a stored projection that no longer converts is published as its JSON so the
-/// broker, not the ledger, has the last word) and its `id` header.
-fn outgoing(m: &OutboxMsg) -> Outgoing {
-    let converted = match m.kind {
-        OutboxKind::Alert => (ALERTS, ledger_proto::alert_bytes(&m.json)),
-        OutboxKind::Invoice => (INVOICES, ledger_proto::invoice_bytes(&m.json, &m.id)),
-        OutboxKind::DeadLetter => (DEADLETTER, Ok(m.payload.clone())),
-    };
-    let (topic, payload) = match converted {
-        (topic, Ok(bytes)) => (topic, bytes),
-        (topic, Err(e)) => {
-            error!(id = %m.id, error = %e, "An outbox projection does not convert to protobuf; publishing its JSON.");
-            (topic, m.json.clone().into_bytes())
-        }
+/// The message as published: its topic, its payload (alerts and invoices as protobuf,
+/// dead letters as the record's bytes) and its `id` header.
+fn outgoing(m: &OutboxMsg) -> Result<Outgoing, ledger_proto::Invalid> {
+    let (topic, payload) = match m.kind {
+        OutboxKind::Alert => (ALERTS, ledger_proto::alert_bytes(&m.json)?),
+        OutboxKind::Invoice => (INVOICES, ledger_proto::invoice_bytes(&m.json, &m.id)?),
+        OutboxKind::DeadLetter => (DEADLETTER, m.payload.clone()),
     };
     let mut headers = m.headers.clone();
     headers.push(("id".to_string(), m.id.clone()));
-    Outgoing { topic: topic.to_string(), key: m.key.clone().into_bytes(), payload, headers }
+    Ok(Outgoing { topic: topic.to_string(), key: m.key.clone().into_bytes(), payload, headers })
 }
