@@ -26,10 +26,12 @@ pub fn run(dir: &Path, team: &str, months: u32, json: bool) -> anyhow::Result<Ex
         bail!("--months must be at least 1");
     }
     let id = team_id(team)?;
+    let watch = crate::watchdog::Watchdog::arm("reading the team's ledger", dir);
     let Some(store) = team_store(open_existing(dir)?, &id)? else { bail!("team {team} has no entries in the ledger") };
     let catalog = store.catalog()?;
     let window = window(&store.invoices(team)?, months, team)?;
     let images = unrefunded_images(store.team_entries(&catalog, &id)?);
+    drop(watch);
     if !images.iter().any(|i| !i.sandbox && window.anchor <= i.occurred_at && i.occurred_at < window.end) {
         bail!("team {team} used no API images in its last {} closed cycle(s): no plan to compare", window.cycles);
     }

@@ -35,7 +35,10 @@ pub(crate) fn team_id(team: &str) -> anyhow::Result<TeamId> {
 pub fn close(dir: &Path, until: DateTime<Utc>) -> anyhow::Result<ExitCode> {
     let (mut invoices, mut entries) = (0, 0);
     for store in open_existing(dir)? {
-        let report = Ledger::open(store)?.close_until(until)?;
+        let watch = crate::watchdog::Watchdog::arm("opening the ledger", dir);
+        let mut ledger = Ledger::open(store)?;
+        drop(watch);
+        let report = ledger.close_until(until)?;
         for (parked, outcome) in &report.settled {
             if let ledger_store::Outcome::Rejected(r) = outcome {
                 eprintln!(

@@ -226,14 +226,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut producer = ledger_kafka::from_env("USAGE_LEDGER_PRODUCER_");
     producer.extend(cli.producer_property);
     ledger_kafka::configure(ledger_kafka::Properties { all, producer })?;
-    // Commands that only read the store are watched whole; the others where they read.
+    // Commands that only read the store are watched whole; the others (close, advise,
+    // import, run) where they read, not while they compute or write.
     let _watch = matches!(
         cli.command,
-        Command::Close { .. }
-            | Command::Invoices { .. }
+        Command::Invoices { .. }
             | Command::Balance { .. }
             | Command::Alerts { .. }
-            | Command::Advise { .. }
             | Command::Outbox
             | Command::Replay
             | Command::Verify
