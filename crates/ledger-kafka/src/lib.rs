@@ -277,6 +277,24 @@ impl Consumer {
         }
     }
 
+    /// Records past this member's position on each partition it owns: (topic, partition,
+    /// lag). Partitions whose watermarks do not come within `timeout` are left out.
+    pub fn lag(&self, timeout: Duration) -> Vec<(String, i32, i64)> {
+        let Ok(positions) = self.inner.position() else { return Vec::new() };
+        let mut out = Vec::new();
+        for e in positions.elements() {
+            let Ok((low, high)) = self.inner.fetch_watermarks(e.topic(), e.partition(), timeout) else { continue };
+            // Before its first fetch a partition has no position: count all it holds.
+            let position = match e.offset() {
+                Offset::Offset(p) => p,
+                _ => low,
+            };
+            out.push((e.topic().to_string(), e.partition(), (high - position).max(0)));
+        }
+        out.sort();
+        out
+    }
+
     /// Partitions this member owns now.
     pub fn owned(&self) -> Vec<(String, i32)> {
         let mut v: Vec<_> = self.inner.context().owned.lock().expect("not poisoned").iter().cloned().collect();

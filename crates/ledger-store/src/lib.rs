@@ -5,6 +5,7 @@
 //! conflicts, parked refunds, metadata and the outbox. Each batch is one atomic
 //! `apply_batch` followed by `flush()`: nothing is acknowledged before it is durable.
 
+mod audit;
 mod datadir;
 mod index;
 mod ledger;
@@ -15,6 +16,7 @@ mod store;
 mod tables;
 mod verify;
 
+pub use audit::{tamper_image_rechained, InvoiceCheck};
 pub use datadir::{layout, open_all, partition_dir, replay_all, verify_all, Layout};
 pub use ledger::{refund_wait, BatchReport, Ledger, Outcome, Parked, Source, Submission, PARKED_PER_TEAM_MAX};
 pub use replay::ReplayReport;

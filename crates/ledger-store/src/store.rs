@@ -192,6 +192,16 @@ impl Store {
         outbox::oldest(&self.tree, limit)
     }
 
+    /// How many outbox messages wait to be published (keys counted, values not read).
+    pub fn outbox_len(&self) -> Result<u64> {
+        let mut n = 0u64;
+        for k in crate::tables::KeyKind::Outbox.keys(&self.tree) {
+            k?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Marks outbox messages sent.
     pub fn ack_outbox(&self, numbers: &[u64]) -> Result<()> {
         let mut batch = sled::Batch::default();

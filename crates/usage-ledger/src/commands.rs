@@ -8,6 +8,8 @@ use chrono::{DateTime, Utc};
 use ledger_core::{Catalog, TeamId};
 use ledger_store::{Ledger, OpenOptions, Store};
 
+use crate::documents;
+
 /// Opens every ledger of an existing data directory: one (`import`) or one per input
 /// partition (the service). Read commands never create one.
 pub fn open_existing(dir: &Path) -> anyhow::Result<Vec<Store>> {
@@ -20,16 +22,29 @@ pub fn open_existing(dir: &Path) -> anyhow::Result<Vec<Store>> {
 
 /// The ledger that holds the team (teams have one owner), if any does.
 pub(crate) fn team_store(stores: Vec<Store>, team: &TeamId) -> anyhow::Result<Option<Store>> {
-    for store in stores {
-        if store.has_team(team.as_str())? {
-            return Ok(Some(store));
-        }
-    }
-    Ok(None)
+    Ok(documents::team_store(&stores, team)?.cloned())
 }
 
 pub(crate) fn team_id(team: &str) -> anyhow::Result<TeamId> {
     TeamId::new(team).with_context(|| format!("--team {team:?}"))
+}
+
+/// Whether an operator may close until `until`: before 2200 (the ledger's range), and
+/// not past now + the future skew unless they say they mean it (closing is irreversible).
+pub fn close_allowed(until: DateTime<Utc>, future_skew: chrono::Duration, allow_future: bool) -> anyhow::Result<()> {
+    let latest = crate::window(future_skew).latest;
+    let range_end: DateTime<Utc> = "2200-01-01T00:00:00Z".parse().expect("valid instant");
+    if until >= range_end {
+        bail!("--until {} is outside the ledger's range (before 2200)", until.to_rfc3339());
+    }
+    if until > latest && !allow_future {
+        bail!(
+            "--until {} is after now + the future skew ({}); closing is irreversible: pass --allow-future to mean it",
+            until.to_rfc3339(),
+            latest.to_rfc3339()
+        );
+    }
+    Ok(())
 }
 
 pub fn close(dir: &Path, until: DateTime<Utc>) -> anyhow::Result<ExitCode> {
@@ -54,112 +69,59 @@ pub fn close(dir: &Path, until: DateTime<Utc>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn json_array(items: &[String]) -> String {
-    if items.is_empty() {
-        return "[]".into();
-    }
-    format!("[\n{}\n]", items.join(",\n"))
-}
-
 pub fn invoices(dir: &Path, team: &str, csv: bool, draft: bool) -> anyhow::Result<ExitCode> {
     let id = team_id(team)?;
-    let mut items = Vec::new();
-    if let Some(store) = team_store(open_existing(dir)?, &id)? {
-        items = store.invoices(id.as_str())?;
-        if draft {
-            let catalog = store.catalog()?;
-            if let Some(invoice) = store.load_team(&catalog, &id)?.draft_invoice(&catalog) {
-                items.push(invoice.to_json());
-            }
-        }
-    }
+    let stores = open_existing(dir)?;
+    let items = documents::team_invoices(documents::team_store(&stores, &id)?, &id, draft)?;
+    emit_invoices(&items, csv)
+}
+
+/// `invoices --all --period YYYY-MM`: every team's final invoices of the month.
+pub fn month_invoices(dir: &Path, month: &str, csv: bool) -> anyhow::Result<ExitCode> {
+    let items = documents::month_invoices(&open_existing(dir)?, month)?;
+    emit_invoices(&items, csv)
+}
+
+fn emit_invoices(items: &[String], csv: bool) -> anyhow::Result<ExitCode> {
     if csv {
-        crate::emit(to_csv(&items)?.trim_end())?;
+        crate::emit(documents::invoices_csv(items)?.trim_end())?;
     } else {
-        crate::emit(&json_array(&items))?;
+        crate::emit(&documents::json_array(items))?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
-/// One row per invoice line plus a `total` row per invoice.
-fn to_csv(items: &[String]) -> anyhow::Result<String> {
-    let mut out = String::from("team_id,period_start,period_end,status,price_book_version,kind,description,quantity,unit_price,amount,line_period_start,line_period_end\n");
-    for item in items {
-        let v: serde_json::Value = serde_json::from_str(item)?;
-        let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
-        let head = [
-            s(&v["team_id"]),
-            s(&v["period"]["start"]),
-            s(&v["period"]["end"]),
-            s(&v["status"]),
-            s(&v["price_book_version"]),
-        ];
-        let mut rows: Vec<[String; 7]> = v["lines"]
-            .as_array()
-            .map(|lines| {
-                lines
-                    .iter()
-                    .map(|l| {
-                        [
-                            s(&l["kind"]),
-                            s(&l["description"]),
-                            s(&l["quantity"]),
-                            s(&l["unit_price"]),
-                            s(&l["amount"]),
-                            s(&l["period"]["start"]),
-                            s(&l["period"]["end"]),
-                        ]
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        rows.push([
-            "total".into(),
-            String::new(),
-            String::new(),
-            String::new(),
-            s(&v["total"]),
-            String::new(),
-            String::new(),
-        ]);
-        for row in rows {
-            let fields: Vec<String> = head.iter().chain(row.iter()).map(|f| csv_field(f)).collect();
-            out.push_str(&fields.join(","));
-            out.push('\n');
-        }
-    }
-    Ok(out)
-}
-
 pub fn balance(dir: &Path, team: &str, at: Option<DateTime<Utc>>) -> anyhow::Result<ExitCode> {
     let id = team_id(team)?;
-    let Some(store) = team_store(open_existing(dir)?, &id)? else { bail!("team {id} has no ledger entries") };
-    let catalog = store.catalog()?;
-    let mut state = store.load_team(&catalog, &id)?;
-    crate::emit(&serde_json::to_string_pretty(&state.balance(&catalog, at))?)?;
+    let stores = open_existing(dir)?;
+    let Some(store) = documents::team_store(&stores, &id)? else { bail!("team {id} has no ledger entries") };
+    crate::emit(&documents::balance(store, &id, at)?)?;
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn alerts(dir: &Path, team: &str) -> anyhow::Result<ExitCode> {
     let id = team_id(team)?;
-    let alerts = match team_store(open_existing(dir)?, &id)? {
-        Some(store) => store.alerts(id.as_str())?,
-        None => Vec::new(),
-    };
-    let alerts: Vec<String> = alerts
-        .iter()
-        .map(|a| Ok(serde_json::to_string_pretty(&serde_json::from_str::<serde_json::Value>(a)?)?))
-        .collect::<anyhow::Result<_>>()?;
-    crate::emit(&json_array(&alerts))?;
+    let stores = open_existing(dir)?;
+    crate::emit(&documents::alerts(documents::team_store(&stores, &id)?, &id)?)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `verify-invoice`: the invoice recomputed from the team's entries alone, compared with
+/// the one issued; exit 1 when they differ.
+pub fn verify_invoice(dir: &Path, team: &str, day: chrono::NaiveDate) -> anyhow::Result<ExitCode> {
+    let id = team_id(team)?;
+    let stores = open_existing(dir)?;
+    let Some(doc) = documents::verification(documents::team_store(&stores, &id)?, &id, day)? else {
+        bail!("team {id} has no final invoice for a period starting {day}")
+    };
+    crate::emit(&doc)?;
+    let check: serde_json::Value = serde_json::from_str(&doc)?;
+    if check["matches"] == serde_json::Value::Bool(true) {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("error: team {id} invoice {day}: {}", check["mismatch"].as_str().unwrap_or("does not match"));
+        Ok(ExitCode::from(1))
+    }
 }
 
 /// `outbox`: how many messages wait to be published, then each one the broker refused

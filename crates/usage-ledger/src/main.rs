@@ -14,8 +14,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod advise;
 mod broker;
 mod commands;
+mod config;
 mod demo;
+mod documents;
 mod generate;
+mod http;
 mod import;
 mod metrics;
 mod produce;
@@ -29,9 +32,16 @@ mod watchdog;
     about = "Event-sourced usage ledger: buckets, alerts and invoices from an immutable per-team ledger"
 )]
 struct Cli {
+    /// A TOML config file giving defaults for any option (see
+    /// deploy/usage-ledger.example.toml) and the API tokens.
+    #[arg(long, global = true, env = "USAGE_LEDGER_CONFIG")]
+    config: Option<PathBuf>,
     /// Where the ledger lives.
     #[arg(long, global = true, env = "USAGE_LEDGER_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
+    /// Log lines as text or as JSON objects (one per line, on stderr).
+    #[arg(long, global = true, env = "USAGE_LEDGER_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
     /// How far past the wall clock an event may be dated (`run`, `import`) and a close
     /// may reach (`close`), in seconds.
     #[arg(long, global = true, env = "USAGE_LEDGER_FUTURE_SKEW_SECS", default_value_t = 86_400)]
@@ -52,6 +62,12 @@ struct Cli {
 enum Format {
     Json,
     Csv,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -89,16 +105,33 @@ enum Command {
         #[arg(long)]
         allow_future: bool,
     },
-    /// The team's invoices, oldest first.
+    /// The team's invoices, oldest first; with `--all --period YYYY-MM`, every team's
+    /// final invoices whose period starts in that month (the finance export).
     Invoices {
-        #[arg(long)]
-        team: String,
+        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        team: Option<String>,
+        #[arg(long, requires = "period")]
+        all: bool,
+        /// The month of `--all`, `YYYY-MM`.
+        #[arg(long, requires = "all", value_parser = month)]
+        period: Option<String>,
         #[arg(long, value_enum, default_value = "json")]
         format: Format,
         /// Also show the open cycle's invoice as it stands (status "draft").
-        #[arg(long)]
+        #[arg(long, conflicts_with = "all")]
         draft: bool,
     },
+    /// Recompute one issued invoice from the team's ledger entries alone (walking the
+    /// hash chain to the invoice's head) and say whether it matches; exit 1 if not.
+    VerifyInvoice {
+        #[arg(long)]
+        team: String,
+        /// The invoice's period start date, `YYYY-MM-DD`.
+        #[arg(long)]
+        period: chrono::NaiveDate,
+    },
+    /// Serve the HTTP API and dashboard over the data dir, without Kafka.
+    Serve(http::ServeArgs),
     /// Allowances, consumed and remaining in the cycle at an instant (default: the team's clock).
     Balance {
         #[arg(long)]
@@ -171,13 +204,19 @@ fn one_line_panics() {
 
 fn main() -> ExitCode {
     one_line_panics();
+    if let Err(e) = config::load(&<Cli as clap::CommandFactory>::command()) {
+        eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+        return ExitCode::from(2);
+    }
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("USAGE_LEDGER_LOG").unwrap_or_else(|_| "warn,sled=off".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("USAGE_LEDGER_LOG").unwrap_or_else(|_| "warn,sled=off".into());
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
@@ -213,6 +252,15 @@ pub fn private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))
 }
 
+/// A month, `YYYY-MM`.
+fn month(s: &str) -> Result<String, String> {
+    chrono::NaiveDate::parse_from_str(&format!("{s}-01"), "%Y-%m-%d")
+        .ok()
+        .filter(|_| s.len() == 7)
+        .map(|_| s.to_string())
+        .ok_or_else(|| format!("{s:?} is not a month (YYYY-MM)"))
+}
+
 /// The instants an event may be dated, with "now" read here, at the edge.
 pub fn window(future_skew: chrono::Duration) -> ledger_proto::Window {
     let first = ledger_core::Catalog::builtin().versions[0].effective_from;
@@ -233,6 +281,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Invoices { .. }
             | Command::Balance { .. }
             | Command::Alerts { .. }
+            | Command::VerifyInvoice { .. }
             | Command::Outbox
             | Command::Replay
             | Command::Verify
@@ -246,23 +295,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             import::run(&dir, &file, batch_events_max, report_acks, skew)
         }
         Command::Close { until, allow_future } => {
-            let latest = window(skew).latest;
-            let range_end: DateTime<Utc> = "2200-01-01T00:00:00Z".parse().expect("valid instant");
-            if until >= range_end {
-                anyhow::bail!("--until {} is outside the ledger's range (before 2200)", until.to_rfc3339());
-            }
-            if until > latest && !allow_future {
-                anyhow::bail!(
-                    "--until {} is after now + the future skew ({}); closing is irreversible: pass --allow-future to mean it",
-                    until.to_rfc3339(),
-                    latest.to_rfc3339()
-                );
-            }
+            commands::close_allowed(until, skew, allow_future)?;
             commands::close(&dir, until)
         }
-        Command::Invoices { team, format, draft } => {
+        Command::Invoices { team: Some(team), format, draft, .. } => {
             commands::invoices(&dir, &team, matches!(format, Format::Csv), draft)
         }
+        Command::Invoices { team: None, period, format, .. } => {
+            commands::month_invoices(&dir, period.as_deref().unwrap_or_default(), matches!(format, Format::Csv))
+        }
+        Command::VerifyInvoice { team, period } => commands::verify_invoice(&dir, &team, period),
+        Command::Serve(args) => http::serve_dir(&dir, args, skew),
         Command::Balance { team, at } => commands::balance(&dir, &team, at),
         Command::Alerts { team } => commands::alerts(&dir, &team),
         Command::Advise { team, months, format } => {

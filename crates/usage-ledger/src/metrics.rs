@@ -6,6 +6,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use tracing::warn;
@@ -15,6 +16,22 @@ pub struct Reason {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Code {
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Partition {
+    pub topic: String,
+    pub partition: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Kind {
+    pub kind: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub records: Counter,
@@ -22,8 +39,14 @@ pub struct Metrics {
     pub duplicates: Counter,
     pub dead_letters: Family<Reason, Counter>,
     pub published: Counter,
+    /// Published by kind: alert, invoice, dead_letter.
+    pub published_kind: Family<Kind, Counter>,
     pub outbox_failed: Counter,
     pub batch_seconds: Histogram,
+    pub outbox_depth: Gauge,
+    pub store_bytes: Gauge,
+    pub consumer_lag: Family<Partition, Gauge>,
+    pub http_requests: Family<Code, Counter>,
 }
 
 impl Metrics {
@@ -35,8 +58,13 @@ impl Metrics {
             duplicates: Counter::default(),
             dead_letters: Family::default(),
             published: Counter::default(),
+            published_kind: Family::default(),
             outbox_failed: Counter::default(),
             batch_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            outbox_depth: Gauge::default(),
+            store_bytes: Gauge::default(),
+            consumer_lag: Family::default(),
+            http_requests: Family::default(),
             registry: Registry::default(),
         };
         registry.register("records", "Records consumed from the input topics", m.records.clone());
@@ -58,6 +86,19 @@ impl Metrics {
             "Decode, append, flush and publish time of one batch",
             m.batch_seconds.clone(),
         );
+        registry.register(
+            "published_by_kind",
+            "Outbox messages published, by kind (alert, invoice, dead_letter)",
+            m.published_kind.clone(),
+        );
+        registry.register("outbox_depth", "Outbox messages waiting to be published", m.outbox_depth.clone());
+        registry.register("store_bytes", "Bytes the held ledgers take on disk", m.store_bytes.clone());
+        registry.register(
+            "consumer_lag",
+            "Records on the broker past the ledger's position, per input partition owned",
+            m.consumer_lag.clone(),
+        );
+        registry.register("http_requests", "HTTP requests answered, by status code", m.http_requests.clone());
         Metrics { registry, ..m }
     }
 

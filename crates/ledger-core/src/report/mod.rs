@@ -11,7 +11,10 @@ use serde::Serialize;
 
 pub use crate::timeline::calendar::fmt_time;
 pub use alert::Alert;
-pub use balance::{AllowanceBalance, Balance, CycleView, Exceptions, Unplanned};
+pub use balance::{
+    AllowanceBalance, AllowanceForecast, Balance, CycleView, Exceptions, Forecast, MeterSeries, SeriesPoint, Unplanned,
+    UsageSeries,
+};
 pub use invoice::{
     build, AllowanceSummary, ApiUsage, AppSummary, BucketSummary, ContractSummary, CreditSummary, Invoice,
     InvoiceInput, LedgerRef, Line, UsageSummary,

@@ -5,11 +5,14 @@ use chrono::{DateTime, Utc};
 use super::close::Carried;
 use super::{unplanned_of, Team};
 use crate::catalog::Catalog;
+use crate::event::Api;
+use crate::money::fmt_exact;
 use crate::figures::{self, CycleFigures, UsageRec};
 use crate::plans::app::TopUpInput;
 use crate::plans::credits::CreditInput;
-use crate::plans::Allowance;
-use crate::report::{self, fmt_time, AllowanceBalance, Balance, CycleView, Exceptions, Invoice, InvoiceInput};
+use crate::plans::{Allowance, Meter};
+use crate::report::{
+    self, fmt_time, AllowanceBalance, AllowanceForecast, Balance, Forecast, MeterSeries, SeriesPoint, UsageSeries, CycleView, Exceptions, Invoice, InvoiceInput};
 use crate::timeline::CycleSpec;
 
 impl Team {
@@ -92,7 +95,7 @@ impl Team {
             self.ensure_horizon(catalog, t);
         }
         let cycle = at.and_then(|t| self.cycle_at(t));
-        let (cycle_view, allowances) = match cycle {
+        let (cycle_view, allowances, forecast) = match cycle {
             Some(c) => {
                 let spec = &self.schedule[c];
                 let closed = c < self.closed;
@@ -103,9 +106,10 @@ impl Team {
                     status: if closed { "closed" } else { "open" },
                     price_book_version: spec.version_id.clone(),
                 };
-                (Some(view), allowance_balances(&figures))
+                let forecast = at.filter(|_| !closed).map(|at| forecast(&figures, (spec.start, spec.end), at));
+                (Some(view), allowance_balances(&figures), forecast)
             }
-            None => (None, Vec::new()),
+            None => (None, Vec::new(), None),
         };
         let mut unplanned = self.unplanned.clone();
         unplanned.extend(self.pending.iter().filter(|r| !self.priced(catalog, r)).map(unplanned_of));
@@ -115,17 +119,79 @@ impl Team {
             cycle: cycle_view,
             allowances,
             exceptions: Exceptions { unplanned, pending_lines: self.carry.len() },
+            forecast,
         }
     }
 }
 
-/// Each generation's meters, as balance rows in meter order.
-fn allowance_balances(figures: &CycleFigures) -> Vec<AllowanceBalance> {
+impl Team {
+    /// The open cycle containing `at` (default: the team's clock) sampled at `points`
+    /// instants from its start to `at`: each meter's consumption at each.
+    pub fn usage_series(&mut self, catalog: &Catalog, at: Option<DateTime<Utc>>, points: u32) -> UsageSeries {
+        let at = at.or(self.clock);
+        if let Some(t) = at {
+            self.ensure_horizon(catalog, t);
+        }
+        let mut series =
+            UsageSeries { team_id: self.id.to_string(), cycle: None, rates: Default::default(), meters: Vec::new() };
+        let (Some(at), points) = (at, points.max(2)) else { return series };
+        let Some(c) = self.cycle_at(at).filter(|c| *c >= self.closed) else { return series };
+        let spec = &self.schedule[c];
+        let (start, end) = (spec.start, at.min(spec.end));
+        let version = catalog.version(&spec.version_id).expect("cycle version exists");
+        for (api, key) in [(Api::RemoveBackground, "remove_background"), (Api::ImageEditing, "image_editing")] {
+            if let Some(rate) = version.rate(api) {
+                series.rates.insert(key, fmt_exact(rate));
+            }
+        }
+        series.cycle = Some(CycleView {
+            start: fmt_time(spec.start),
+            end: fmt_time(spec.end),
+            status: "open",
+            price_book_version: spec.version_id.clone(),
+        });
+        for i in 0..points {
+            let t = start + (end - start) * i as i32 / (points - 1) as i32;
+            let figures = self.cycle_figures(catalog, c, Some(t));
+            for (meter, generation) in meters(&figures) {
+                let key = (meter.kind.key(), generation);
+                let n = match series.meters.iter().position(|m| (m.allowance, m.generation) == key) {
+                    Some(n) => n,
+                    None => {
+                        let (allowance, value, points) = (key.0, String::new(), Vec::new());
+                        series.meters.push(MeterSeries { allowance, generation, value, points });
+                        series.meters.len() - 1
+                    }
+                };
+                let row = &mut series.meters[n];
+                row.value = fmt_exact(meter.limit);
+                row.points.push(SeriesPoint { at: fmt_time(t), consumed: fmt_exact(meter.consumed) });
+            }
+        }
+        series
+    }
+}
+
+/// Each generation's meters with its number, in meter order.
+fn meters(figures: &CycleFigures) -> Vec<(Meter, u32)> {
     let mut rows = Vec::new();
     for g in &figures.gens {
         let mut meters = g.allowance.meters(&g.meter_input(figures));
         meters.sort_by_key(|m| m.kind);
-        rows.extend(meters.iter().map(|m| AllowanceBalance::of(m, g.number)));
+        rows.extend(meters.into_iter().map(|m| (m, g.number)));
     }
     rows
+}
+
+/// Each generation's meters, as balance rows in meter order.
+fn allowance_balances(figures: &CycleFigures) -> Vec<AllowanceBalance> {
+    meters(figures).iter().map(|(m, generation)| AllowanceBalance::of(m, *generation)).collect()
+}
+
+/// Each meter projected to the end of its span at the pace so far.
+fn forecast(figures: &CycleFigures, cycle: (DateTime<Utc>, DateTime<Utc>), at: DateTime<Utc>) -> Forecast {
+    Forecast {
+        basis: "linear: consumption so far over the time elapsed since the span started",
+        allowances: meters(figures).iter().filter_map(|(m, g)| AllowanceForecast::of(m, *g, cycle, at)).collect(),
+    }
 }

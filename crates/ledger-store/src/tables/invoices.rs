@@ -32,3 +32,12 @@ pub(crate) fn of_team(tree: &sled::Tree, team: &str) -> Result<Vec<String>> {
 pub(crate) fn keys(tree: &sled::Tree) -> impl Iterator<Item = Result<sled::IVec>> {
     KeyKind::Invoice.keys(tree)
 }
+
+/// The team's final invoice for the period starting at `period_start` seconds.
+pub(crate) fn get(tree: &sled::Tree, team: &str, period_start: i64) -> Result<Option<String>> {
+    crate::progress::tick();
+    match tree.get(key(team, period_start))? {
+        Some(v) => Ok(Some(String::from_utf8(v.to_vec()).map_err(|e| crate::Error::Corrupt(e.to_string()))?)),
+        None => Ok(None),
+    }
+}

@@ -2,13 +2,14 @@
 //! commit holding entries, positions and dead letters → publish the outbox → tell Kafka
 //! (advisory). `ownership` holds the partitions' ledgers, `pipeline` applies a batch,
 //! `publishing` empties the outboxes.
+mod live;
 mod ownership;
 mod pipeline;
 mod publishing;
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,36 +29,41 @@ pub struct RunArgs {
     #[arg(long, env = "USAGE_LEDGER_BROKERS")]
     pub brokers: Option<String>,
     /// Port of the embedded broker.
-    #[arg(long, default_value_t = 9092)]
+    #[arg(long, env = "USAGE_LEDGER_BROKER_PORT", default_value_t = 9092)]
     pub broker_port: u16,
-    #[arg(long, default_value = "usage-ledger")]
+    #[arg(long, env = "USAGE_LEDGER_GROUP", default_value = "usage-ledger")]
     pub group: String,
     /// How long the group waits for a silent member before moving its partitions.
-    #[arg(long, default_value_t = 45_000)]
+    #[arg(long, env = "USAGE_LEDGER_SESSION_TIMEOUT_MS", default_value_t = 45_000)]
     pub session_timeout_ms: u32,
     /// Partitions of the input topics when this service creates them.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, env = "USAGE_LEDGER_PARTITIONS", default_value_t = 4)]
     pub partitions: i32,
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, env = "USAGE_LEDGER_BATCH_EVENTS_MAX", default_value_t = 5000)]
     pub batch_events_max: usize,
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, env = "USAGE_LEDGER_BATCH_WAIT_MS", default_value_t = 200)]
     pub batch_wait_ms: u64,
     /// Also close cycles by wall-clock time (not only by the teams' event clocks).
-    #[arg(long)]
+    #[arg(long, env = "USAGE_LEDGER_CLOSE_ON_WALL_CLOCK")]
     pub close_on_wall_clock: bool,
     /// Run a pipeline simulator beside the service and print balances and alerts.
-    #[arg(long)]
+    #[arg(long, env = "USAGE_LEDGER_DEMO")]
     pub demo: bool,
     /// Serve Prometheus metrics on `GET /metrics` at this address (e.g. 127.0.0.1:9464).
-    #[arg(long)]
+    #[arg(long, env = "USAGE_LEDGER_METRICS_ADDR")]
     pub metrics_addr: Option<String>,
     /// How long an assigned partition waits for its previous owner to let go of the
     /// partition's ledger before the service stops with an error.
-    #[arg(long, default_value_t = 60_000)]
+    #[arg(long, env = "USAGE_LEDGER_TAKEOVER_WAIT_MS", default_value_t = 60_000)]
     pub takeover_wait_ms: u64,
     /// Drain and exit once no record arrived for this long (back-fills, tests).
-    #[arg(long)]
+    #[arg(long, env = "USAGE_LEDGER_EXIT_WHEN_IDLE_MS")]
     pub exit_when_idle_ms: Option<u64>,
+    /// `readyz` answers 503 while the owned partitions lag the broker by more records.
+    #[arg(long, env = "USAGE_LEDGER_READY_LAG_MAX", default_value_t = 10_000)]
+    pub ready_lag_max: u64,
+    #[command(flatten)]
+    pub http: crate::http::HttpArgs,
 }
 
 /// Counters the service reports as it goes.
@@ -99,6 +105,12 @@ pub fn run(dir: &Path, args: RunArgs, future_skew: chrono::Duration) -> anyhow::
         args.group,
         ledger_store::partition_dir(dir, 0).parent().expect("has a parent").display()
     );
+    let lag = Arc::new(AtomicI64::new(-1));
+    if args.http.http_addr.is_some() {
+        let live = live::Live { shards: Arc::clone(&shards), lag: Arc::clone(&lag), lag_max: args.ready_lag_max };
+        let bound = crate::http::spawn(&args.http, "", Arc::new(live), Arc::clone(&metrics), future_skew)?;
+        eprintln!("usage-ledger: HTTP API and dashboard on http://{bound}/");
+    }
     let demo = args.demo.then(|| crate::demo::spawn_live(brokers.clone(), Arc::clone(&stop)));
     let mut service = Service {
         args,
@@ -110,6 +122,7 @@ pub fn run(dir: &Path, args: RunArgs, future_skew: chrono::Duration) -> anyhow::
         metrics,
         stats: Stats::default(),
         clocks: Clocks::new(),
+        lag,
     };
     while !stop.load(Ordering::SeqCst) {
         if service.step()? {
@@ -140,6 +153,8 @@ struct Service {
     metrics: Arc<crate::metrics::Metrics>,
     stats: Stats,
     clocks: Clocks,
+    /// Total consumer lag, for `readyz` (see `measure_lag`).
+    lag: Arc<AtomicI64>,
 }
 
 /// When things last happened, for idleness, progress lines and the demo's balances.
@@ -147,13 +162,14 @@ struct Clocks {
     last_report: Instant,
     last_record: Instant,
     last_balances: Instant,
+    last_lag: Option<Instant>,
     first_record: Option<Instant>,
 }
 
 impl Clocks {
     fn new() -> Clocks {
         let now = Instant::now();
-        Clocks { last_report: now, last_record: now, last_balances: now, first_record: None }
+        Clocks { last_report: now, last_record: now, last_balances: now, last_lag: None, first_record: None }
     }
 }
 
@@ -201,11 +217,36 @@ impl Service {
             let first = *clocks.first_record.get_or_insert(batch_started);
             self.stats.first_to_last_secs = first.elapsed().as_secs_f64();
         }
+        if clocks.last_lag.is_none_or(|t| t.elapsed() > LAG_EVERY) {
+            self.measure_lag();
+        }
+        let clocks = &mut self.clocks;
         if clocks.last_report.elapsed() > Duration::from_secs(10) {
             info!(stats = ?self.stats, partitions = ?owned, "Progress.");
             clocks.last_report = Instant::now();
         }
         Ok(idle)
+    }
+}
+
+/// How often the consumer lag is measured (one watermark request per owned partition).
+const LAG_EVERY: Duration = Duration::from_secs(2);
+
+impl Service {
+    /// The lag of every owned partition into the metrics, and its total for `readyz`.
+    fn measure_lag(&mut self) {
+        self.clocks.last_lag = Some(Instant::now());
+        let lags = self.consumer.lag(Duration::from_millis(500));
+        let mut total = 0i64;
+        self.metrics.consumer_lag.clear();
+        for (topic, partition, lag) in &lags {
+            let label = crate::metrics::Partition { topic: topic.clone(), partition: partition.to_string() };
+            self.metrics.consumer_lag.get_or_create(&label).set(*lag);
+            total += lag;
+        }
+        if !lags.is_empty() {
+            self.lag.store(total, Ordering::Relaxed);
+        }
     }
 }
 

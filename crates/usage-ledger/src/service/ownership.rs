@@ -61,6 +61,11 @@ impl Shards {
         }
     }
 
+    /// Assigned partitions whose ledgers the loop has not folded yet.
+    pub fn pending_folds(&self) -> usize {
+        self.assigned.len()
+    }
+
     /// The partition numbers whose ledgers this member holds.
     fn partitions(&self) -> Vec<i32> {
         self.open.keys().chain(self.assigned.keys()).copied().collect::<BTreeSet<i32>>().into_iter().collect()

@@ -66,6 +66,9 @@ pub(super) fn publish(
         stats.published += round.sent;
         metrics.published.inc_by(round.sent);
         metrics.outbox_failed.inc_by(round.failed);
+        for (kind, n) in &round.by_kind {
+            metrics.published_kind.get_or_create(&crate::metrics::Kind { kind: kind.to_string() }).inc_by(*n);
+        }
         retry |= round.retry;
     }
     if retry {
@@ -83,6 +86,7 @@ struct Round {
     failed: u64,
     /// A message failed for now: the round stopped there, to be retried.
     retry: bool,
+    by_kind: std::collections::BTreeMap<&'static str, u64>,
 }
 
 /// Publishes every outbox message (alerts, invoices, dead letters), then marks them sent.
@@ -108,7 +112,15 @@ fn publish_outbox(store: &Store, producer: &Producer) -> anyhow::Result<Round> {
         }
         for ((n, msg), delivery) in ready.into_iter().zip(producer.send_each(&messages)) {
             match delivery {
-                Delivery::Sent => sent.push(n),
+                Delivery::Sent => {
+                    let kind = match msg.kind {
+                        OutboxKind::Alert => "alert",
+                        OutboxKind::Invoice => "invoice",
+                        OutboxKind::DeadLetter => "dead_letter",
+                    };
+                    *round.by_kind.entry(kind).or_default() += 1;
+                    sent.push(n)
+                }
                 Delivery::Permanent(reason) => failed.push((n, msg, reason)),
                 Delivery::Transient(reason) => {
                     warn!(n, id = %msg.id, %reason, "Publishing failed for now; retrying after a pause.");

@@ -1,0 +1,168 @@
+//! The HTTP API and dashboard (paths in `../shared/spec/http.md`, described by
+//! `openapi.json`): served by `run --http-addr` from the ledgers the service holds, and
+//! by `serve` over a data dir without Kafka. Handlers read through `Ledgers` and render
+//! with `documents`, the renderer the command line prints with.
+mod auth;
+mod dashboard;
+mod routes;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use ledger_store::{Ledger, Store};
+
+pub use auth::TokenConfig;
+
+/// HTTP options shared by `run` and `serve` (`[http]` in the config file).
+#[derive(Debug, Clone, clap::Args)]
+pub struct HttpArgs {
+    /// Serve the HTTP API and dashboard at this address (`serve`: 127.0.0.1:8080).
+    #[arg(long, env = "USAGE_LEDGER_HTTP_ADDR")]
+    pub http_addr: Option<String>,
+    /// The URL clients reach this server at, for portal links (default: from the
+    /// request's Host header).
+    #[arg(long, env = "USAGE_LEDGER_HTTP_PUBLIC_URL")]
+    pub http_public_url: Option<String>,
+    /// The key portal links are signed with (≥ 16 characters); without it a random key
+    /// is drawn at start and links die with the process.
+    #[arg(long, env = "USAGE_LEDGER_HTTP_PORTAL_SECRET", hide_env_values = true)]
+    pub http_portal_secret: Option<String>,
+    /// How long a portal link opens its dashboard.
+    #[arg(long, env = "USAGE_LEDGER_HTTP_PORTAL_LINK_TTL_SECS", default_value_t = 3600)]
+    pub http_portal_link_ttl_secs: u32,
+    /// Largest request body accepted (413 past it).
+    #[arg(long, env = "USAGE_LEDGER_HTTP_BODY_MAX_BYTES", default_value_t = 16 * 1024)]
+    pub http_body_max_bytes: usize,
+    /// Requests per second per client address (429 past the burst); 0 = no limit.
+    #[arg(long, env = "USAGE_LEDGER_HTTP_REQUESTS_PER_SEC", default_value_t = 50)]
+    pub http_requests_per_sec: u32,
+    #[arg(long, env = "USAGE_LEDGER_HTTP_REQUESTS_BURST", default_value_t = 200)]
+    pub http_requests_burst: u32,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
+
+/// Where the API reads from and acts on: the service's ledgers, or a data dir's.
+pub trait Ledgers: Send + Sync + 'static {
+    /// The stores held now (sled handles: cloning is cheap).
+    fn stores(&self) -> anyhow::Result<Vec<Store>>;
+    /// Why the API cannot serve yet, if it cannot.
+    fn readiness(&self) -> Result<(), String>;
+    /// Closes every cycle due by `until`: (invoices, entries appended).
+    fn close(&self, until: DateTime<Utc>) -> anyhow::Result<(u64, u64)>;
+}
+
+/// The shared state of the handlers.
+pub struct Api {
+    pub ledgers: Arc<dyn Ledgers>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    auth: auth::Auth,
+    limiter: auth::RateLimiter,
+    public_url: Option<String>,
+    body_max_bytes: usize,
+    future_skew: chrono::Duration,
+}
+
+/// Binds `args.http_addr` (or `default_addr`) now, so a taken port is an error at start,
+/// and serves the API from a thread of its own. Returns the bound address.
+pub fn spawn(
+    args: &HttpArgs,
+    default_addr: &str,
+    ledgers: Arc<dyn Ledgers>,
+    metrics: Arc<crate::metrics::Metrics>,
+    future_skew: chrono::Duration,
+) -> anyhow::Result<SocketAddr> {
+    let addr = args.http_addr.as_deref().unwrap_or(default_addr);
+    let config = crate::config::loaded();
+    let auth = auth::Auth::new(
+        &config.http.tokens,
+        args.http_portal_secret.as_deref(),
+        chrono::Duration::seconds(i64::from(args.http_portal_link_ttl_secs)),
+    )?;
+    if config.http.tokens.is_empty() {
+        tracing::warn!("No API tokens configured ([[http.tokens]] in --config): every /v1/ path answers 401.");
+    }
+    let api = Api {
+        ledgers,
+        metrics,
+        auth,
+        limiter: auth::RateLimiter::new(args.http_requests_per_sec, args.http_requests_burst),
+        public_url: args.http_public_url.clone(),
+        body_max_bytes: args.http_body_max_bytes,
+        future_skew,
+    };
+    let listener = std::net::TcpListener::bind(addr).with_context(|| format!("HTTP listener on {addr}"))?;
+    listener.set_nonblocking(true)?;
+    let bound = listener.local_addr()?;
+    let router = routes::router(Arc::new(api));
+    std::thread::Builder::new().name("http".into()).spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("http-worker")
+            .enable_all()
+            .build()
+            .expect("the HTTP runtime starts");
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("a bound listener converts");
+            let service = router.into_make_service_with_connect_info::<SocketAddr>();
+            if let Err(e) = axum::serve(listener, service).await {
+                tracing::error!(error = %e, "The HTTP server stopped.");
+            }
+        });
+    })?;
+    Ok(bound)
+}
+
+/// `serve`: the API over a data dir, no Kafka, until interrupted. The stores are held
+/// (sled's lock) for the process's life; `close` appends through a ledger folded on demand.
+pub fn serve_dir(dir: &Path, args: ServeArgs, future_skew: chrono::Duration) -> anyhow::Result<ExitCode> {
+    let stores = crate::commands::open_existing(dir)?;
+    let ledgers = Arc::new(Served { stores, closing: Mutex::new(()) });
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let bound = spawn(&args.http, "127.0.0.1:8080", ledgers, metrics, future_skew)?;
+    eprintln!("usage-ledger: serving {} over HTTP at http://{bound}/ (no Kafka)", dir.display());
+    let (tx, rx) = std::sync::mpsc::channel();
+    ctrlc::set_handler(move || {
+        let _ = tx.send(());
+    })
+    .context("installing the signal handler")?;
+    let _ = rx.recv();
+    eprintln!("usage-ledger: stopped serving");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A data dir's stores, served without Kafka.
+struct Served {
+    stores: Vec<Store>,
+    /// One close at a time.
+    closing: Mutex<()>,
+}
+
+impl Ledgers for Served {
+    fn stores(&self) -> anyhow::Result<Vec<Store>> {
+        Ok(self.stores.clone())
+    }
+
+    fn readiness(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn close(&self, until: DateTime<Utc>) -> anyhow::Result<(u64, u64)> {
+        let _one = self.closing.lock().expect("not poisoned");
+        let (mut invoices, mut entries) = (0, 0);
+        for store in &self.stores {
+            let report = Ledger::open(store.clone())?.close_until(until)?;
+            invoices += report.invoices;
+            entries += report.entries;
+        }
+        Ok((invoices, entries))
+    }
+}
