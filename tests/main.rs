@@ -13,6 +13,7 @@ mod crash;
 mod enterprise;
 mod fuzz;
 mod hostile;
+mod http;
 mod kafka;
 mod properties;
 mod rules;
