@@ -34,10 +34,21 @@ fn snapshot(dir: &Path) -> String {
         ];
         for args in commands {
             let run = ul(dir, &args);
-            out += &format!("### {}\n{}{}### exit {}\n", args.join(" "), run.stdout, run.stderr, run.code);
+            let stdout = if args[0] == "balance" { without_forecast(&run.stdout) } else { run.stdout };
+            out += &format!("### {}\n{}{}### exit {}\n", args.join(" "), stdout, run.stderr, run.code);
         }
     }
     out
+}
+
+/// The balance document without the `forecast` it gained after the fixture was written
+/// (issue 11), re-rendered as the command renders it: every other byte is compared.
+fn without_forecast(stdout: &str) -> String {
+    let Ok(mut doc) = serde_json::from_str::<serde_json::Value>(stdout) else { return stdout.to_string() };
+    if doc.as_object_mut().and_then(|o| o.remove("forecast")).is_none() {
+        return stdout.to_string();
+    }
+    serde_json::to_string_pretty(&doc).unwrap() + "\n"
 }
 
 fn digest(dir: &Path) -> String {

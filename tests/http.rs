@@ -222,14 +222,23 @@ fn the_documents_are_the_ones_the_command_line_prints() {
     let data = seed(tmp.path());
     let expected = [
         ("/v1/teams/t1/balance", cli(&data, &["balance", "--team", "t1"])),
-        ("/v1/teams/t1/balance?at=2026-04-08T00:00:00Z", cli(&data, &["balance", "--team", "t1", "--at", "2026-04-08T00:00:00Z"])),
+        (
+            "/v1/teams/t1/balance?at=2026-04-08T00:00:00Z",
+            cli(&data, &["balance", "--team", "t1", "--at", "2026-04-08T00:00:00Z"]),
+        ),
         ("/v1/teams/t1/invoices", cli(&data, &["invoices", "--team", "t1"])),
         ("/v1/teams/t1/invoices?draft=true", cli(&data, &["invoices", "--team", "t1", "--draft"])),
         ("/v1/teams/t1/invoices?format=csv", cli(&data, &["invoices", "--team", "t1", "--format", "csv"])),
         ("/v1/teams/t1/alerts", cli(&data, &["alerts", "--team", "t1"])),
         ("/v1/invoices?period=2026-03", cli(&data, &["invoices", "--all", "--period", "2026-03"])),
-        ("/v1/invoices?period=2026-03&format=csv", cli(&data, &["invoices", "--all", "--period", "2026-03", "--format", "csv"])),
-        ("/v1/teams/t1/invoices/2026-03-01/verification", cli(&data, &["verify-invoice", "--team", "t1", "--period", "2026-03-01"])),
+        (
+            "/v1/invoices?period=2026-03&format=csv",
+            cli(&data, &["invoices", "--all", "--period", "2026-03", "--format", "csv"]),
+        ),
+        (
+            "/v1/teams/t1/invoices/2026-03-01/verification",
+            cli(&data, &["verify-invoice", "--team", "t1", "--period", "2026-03-01"]),
+        ),
     ];
     let server = Server::serve(&data, &config(tmp.path(), ""), &[]);
     for (path, cli_output) in &expected {
@@ -239,7 +248,8 @@ fn the_documents_are_the_ones_the_command_line_prints() {
     }
     // The finance export holds both teams' March invoices, and its CSV one row per line
     // plus a total row per invoice.
-    let month: serde_json::Value = json(&get(&format!("{}/v1/invoices?period=2026-03", server.base), Some(FINANCE_TOKEN)));
+    let month: serde_json::Value =
+        json(&get(&format!("{}/v1/invoices?period=2026-03", server.base), Some(FINANCE_TOKEN)));
     let teams: Vec<&str> = month.as_array().unwrap().iter().map(|i| i["team_id"].as_str().unwrap()).collect();
     assert_eq!(teams, ["t1", "t2"]);
     let csv = get(&format!("{}/v1/invoices?period=2026-03&format=csv", server.base), Some(FINANCE_TOKEN));
@@ -249,7 +259,13 @@ fn the_documents_are_the_ones_the_command_line_prints() {
     // One invoice by its period, as JSON and (by Accept) as CSV.
     let one = get(&format!("{}/v1/teams/t1/invoices/2026-03-01", server.base), Some(TEAM_TOKEN));
     assert_eq!(json(&one), month[0]);
-    let one_csv = call("GET", &format!("{}/v1/teams/t1/invoices/2026-03-01", server.base), Some(TEAM_TOKEN), &[("Accept", "text/csv")], None);
+    let one_csv = call(
+        "GET",
+        &format!("{}/v1/teams/t1/invoices/2026-03-01", server.base),
+        Some(TEAM_TOKEN),
+        &[("Accept", "text/csv")],
+        None,
+    );
     assert!(one_csv.content_type.starts_with("text/csv"));
     assert!(one_csv.body.lines().last().unwrap().contains(",total,"), "{}", one_csv.body);
     assert!(one_csv.body.contains(month[0]["total"].as_str().unwrap()));
@@ -293,7 +309,8 @@ fn the_ledger_pages_walk_every_entry_once_in_order() {
     let server = Server::serve(&data, &config(tmp.path(), ""), &[]);
     let (mut after, mut seqs, mut kinds) = (0u64, Vec::new(), std::collections::BTreeSet::new());
     loop {
-        let page = json(&get(&format!("{}/v1/teams/t1/entries?after_seq={after}&limit=7", server.base), Some(TEAM_TOKEN)));
+        let page =
+            json(&get(&format!("{}/v1/teams/t1/entries?after_seq={after}&limit=7", server.base), Some(TEAM_TOKEN)));
         for e in page["entries"].as_array().unwrap() {
             seqs.push(e["seq"].as_u64().unwrap());
             assert_eq!(e["hash"].as_str().unwrap().len(), 64);
@@ -437,7 +454,11 @@ fn the_openapi_document_describes_exactly_the_routes_served() {
             documented.insert((method.clone(), path.clone()), required);
         }
     }
-    assert_eq!(documented.keys().cloned().collect::<std::collections::BTreeSet<_>>(), routes(), "openapi.json and the router differ");
+    assert_eq!(
+        documented.keys().cloned().collect::<std::collections::BTreeSet<_>>(),
+        routes(),
+        "openapi.json and the router differ"
+    );
     // Every documented path is served (not the fallback's 404) with an admin token and
     // its required query.
     for ((method, path), query) in &documented {
@@ -473,6 +494,12 @@ fn the_config_file_sets_options_the_environment_and_command_line_override() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.trim().lines().count() == 1 && stderr.contains("[run] batch_size: no such option"), "{stderr}");
+    // The documented example loads (its one token is valid; no ledger there is exit 1).
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/usage-ledger.example.toml");
+    let run =
+        ul(&tmp.path().join("empty"), &["--config", example.to_str().unwrap(), "serve", "--http-addr", "127.0.0.1:0"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("no ledger at"), "{}", run.stderr);
     // A token without its team is refused at start.
     std::fs::write(&file, "[[http.tokens]]\nsha256 = \"00\"\nrole = \"team\"\n").unwrap();
     let run = ul(&data, &["--config", file.to_str().unwrap(), "serve", "--http-addr", "127.0.0.1:0"]);
@@ -555,4 +582,77 @@ fn the_dashboard_in_chromium_shows_the_figures_the_api_gives() {
         cents += total.replace('.', "").parse::<u64>().unwrap();
     }
     assert_eq!(shown(&dom, "month-total").unwrap(), format!("{}.{:02}", cents / 100, cents % 100));
+}
+
+/// The sum of a metric's samples in Prometheus text (0 when absent).
+fn sample_sum(text: &str, name: &str) -> i64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
+        .sum()
+}
+
+#[test]
+fn under_run_the_api_serves_the_live_ledgers_and_the_metrics_move() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = crate::kafka::Broker::start(tmp.path());
+    let file = tmp.path().join("load.jsonl");
+    ul_ok(
+        tmp.path(),
+        &["generate", "--teams", "20", "--events", "20000", "--seed", "7", "--out", file.to_str().unwrap()],
+    );
+    let events = std::fs::read_to_string(&file).unwrap().lines().count() as i64;
+    let data = tmp.path().join("data");
+    let mut cmd = bin();
+    cmd.arg("--data-dir").arg(&data).arg("--config").arg(config(tmp.path(), ""));
+    cmd.args(["run", "--brokers", &broker.address, "--http-addr", "127.0.0.1:0", "--partitions", "2"]);
+    cmd.args([
+        "--batch-events-max",
+        "200",
+        "--batch-wait-ms",
+        "50",
+        "--kafka-property",
+        "statistics.interval.ms=100",
+        "--session-timeout-ms",
+        "6000",
+    ]);
+    let server = Server::spawn(&mut cmd, "HTTP API and dashboard on ");
+    let produced = bin().args(["produce", "--brokers", &broker.address]).arg(&file).output().unwrap();
+    assert!(produced.status.success(), "{}", String::from_utf8_lossy(&produced.stderr));
+    let (mut lags, mut records) = (Vec::new(), Vec::new());
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    loop {
+        let text = get(&format!("{}/metrics", server.base), None).body;
+        let (lag, consumed) =
+            (sample_sum(&text, "usage_ledger_consumer_lag"), sample_sum(&text, "usage_ledger_records_total"));
+        if lags.last() != Some(&lag) {
+            lags.push(lag);
+        }
+        if records.last() != Some(&consumed) {
+            records.push(consumed);
+        }
+        if consumed >= events && lag == 0 && get(&format!("{}/readyz", server.base), None).status == 200 {
+            assert!(text.contains("usage_ledger_batch_seconds_count"), "{text}");
+            assert!(text.contains(r#"usage_ledger_published_by_kind_total{kind="alert"}"#), "{text}");
+            assert!(sample_sum(&text, "usage_ledger_store_bytes") > 0, "{text}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never caught up: lag {lags:?}, records {records:?}\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(records.len() >= 3, "the records counter moved: {records:?}");
+    assert!(lags.iter().any(|l| *l > 0) && lags.last() == Some(&0), "the lag rose and fell back to 0: {lags:?}");
+    // The live ledgers answer as an import of the same events does.
+    let team = "team-0003";
+    let live = get(&format!("{}/v1/teams/{team}/balance?at=2026-04-20T00:00:00Z", server.base), Some(FINANCE_TOKEN));
+    assert_eq!(live.status, 200, "{}", live.body);
+    drop(server);
+    let imported = tmp.path().join("imported");
+    let import = ul(&imported, &["import", file.to_str().unwrap()]);
+    assert!(import.code == 0 || import.code == 2, "{}", import.stderr);
+    assert_eq!(live.body.trim_end(), cli(&imported, &["balance", "--team", team, "--at", "2026-04-20T00:00:00Z"]));
 }

@@ -109,9 +109,25 @@ struct GroupContext {
     owner: Arc<dyn Partitions>,
     owned: Mutex<HashSet<(String, i32)>>,
     rebalances: AtomicU64,
+    /// The lag of each owned partition, from librdkafka's last statistics.
+    lags: Mutex<Vec<(String, i32, i64)>>,
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    /// librdkafka's periodic statistics (served by `poll`, no request of its own): the
+    /// consumer lag of every partition it fetches, from the high watermark it caches.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let owned = self.owned.lock().expect("not poisoned").clone();
+        let mut lags: Vec<(String, i32, i64)> = statistics
+            .topics
+            .iter()
+            .flat_map(|(topic, t)| t.partitions.iter().map(move |(p, part)| (topic.clone(), *p, part.consumer_lag)))
+            .filter(|(topic, p, lag)| *lag >= 0 && owned.contains(&(topic.clone(), *p)))
+            .collect();
+        lags.sort();
+        *self.lags.lock().expect("not poisoned") = lags;
+    }
+}
 
 fn parts_of(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
     tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect()
@@ -219,7 +235,12 @@ impl Consumer {
         owner: Arc<dyn Partitions>,
         assignor: Assignor,
     ) -> Result<Consumer> {
-        let context = GroupContext { owner, owned: Mutex::new(HashSet::new()), rebalances: AtomicU64::new(0) };
+        let context = GroupContext {
+            owner,
+            owned: Mutex::new(HashSet::new()),
+            rebalances: AtomicU64::new(0),
+            lags: Mutex::new(Vec::new()),
+        };
         let strategy = match assignor {
             Assignor::Range => "range",
             Assignor::CooperativeSticky => "cooperative-sticky",
@@ -232,6 +253,8 @@ impl Consumer {
             ("partition.assignment.strategy", strategy.into()),
             ("session.timeout.ms", session_timeout_ms.to_string()),
             ("heartbeat.interval.ms", (session_timeout_ms / 10).clamp(100, 3000).to_string()),
+            // The consumer lag comes with librdkafka's statistics (`Consumer::lag`).
+            ("statistics.interval.ms", "2000".into()),
         ];
         let inner: BaseConsumer<GroupContext> =
             config::client(brokers, &settings, false).create_with_context(context)?;
@@ -277,22 +300,12 @@ impl Consumer {
         }
     }
 
-    /// Records past this member's position on each partition it owns: (topic, partition,
-    /// lag). Partitions whose watermarks do not come within `timeout` are left out.
-    pub fn lag(&self, timeout: Duration) -> Vec<(String, i32, i64)> {
-        let Ok(positions) = self.inner.position() else { return Vec::new() };
-        let mut out = Vec::new();
-        for e in positions.elements() {
-            let Ok((low, high)) = self.inner.fetch_watermarks(e.topic(), e.partition(), timeout) else { continue };
-            // Before its first fetch a partition has no position: count all it holds.
-            let position = match e.offset() {
-                Offset::Offset(p) => p,
-                _ => low,
-            };
-            out.push((e.topic().to_string(), e.partition(), (high - position).max(0)));
-        }
-        out.sort();
-        out
+    /// Records past this member's position on each partition it owns, as of librdkafka's
+    /// last statistics (every `statistics.interval.ms`, 2 s unless configured): (topic, partition, lag).
+    pub fn lag(&self) -> Vec<(String, i32, i64)> {
+        let owned = self.inner.context().owned.lock().expect("not poisoned").clone();
+        let lags = self.inner.context().lags.lock().expect("not poisoned");
+        lags.iter().filter(|(t, p, _)| owned.contains(&(t.clone(), *p))).cloned().collect()
     }
 
     /// Partitions this member owns now.

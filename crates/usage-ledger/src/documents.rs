@@ -187,7 +187,8 @@ pub fn invoices_csv(items: &[String]) -> anyhow::Result<String> {
                 s(&l["period"]["end"]),
             ]
         };
-        let mut rows: Vec<[String; 7]> = v["lines"].as_array().map(|ls| ls.iter().map(line).collect()).unwrap_or_default();
+        let mut rows: Vec<[String; 7]> =
+            v["lines"].as_array().map(|ls| ls.iter().map(line).collect()).unwrap_or_default();
         let blank = String::new;
         rows.push(["total".into(), blank(), blank(), blank(), s(&v["total"]), blank(), blank()]);
         for row in rows {

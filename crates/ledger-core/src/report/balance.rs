@@ -113,8 +113,11 @@ impl AllowanceForecast {
         // consumed ≤ 1e12 and span ≤ ~4e9 s: the product fits a Decimal; checked anyway.
         let projected = meter.consumed.checked_mul(span)?.checked_div(elapsed)?.round_dp(2);
         let limit = meter.limit;
-        let percent =
-            if limit.is_zero() { Decimal::ZERO } else { projected.checked_mul(Decimal::ONE_HUNDRED)?.checked_div(limit)?.round_dp(2) };
+        let percent = if limit.is_zero() {
+            Decimal::ZERO
+        } else {
+            projected.checked_mul(Decimal::ONE_HUNDRED)?.checked_div(limit)?.round_dp(2)
+        };
         let runs_out_at = (meter.consumed > Decimal::ZERO && projected > limit)
             .then(|| limit.checked_mul(elapsed)?.checked_div(meter.consumed))
             .flatten()

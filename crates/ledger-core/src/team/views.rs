@@ -6,13 +6,15 @@ use super::close::Carried;
 use super::{unplanned_of, Team};
 use crate::catalog::Catalog;
 use crate::event::Api;
-use crate::money::fmt_exact;
 use crate::figures::{self, CycleFigures, UsageRec};
+use crate::money::fmt_exact;
 use crate::plans::app::TopUpInput;
 use crate::plans::credits::CreditInput;
 use crate::plans::{Allowance, Meter};
 use crate::report::{
-    self, fmt_time, AllowanceBalance, AllowanceForecast, Balance, Forecast, MeterSeries, SeriesPoint, UsageSeries, CycleView, Exceptions, Invoice, InvoiceInput};
+    self, fmt_time, AllowanceBalance, AllowanceForecast, Balance, CycleView, Exceptions, Forecast, Invoice,
+    InvoiceInput, MeterSeries, SeriesPoint, UsageSeries,
+};
 use crate::timeline::CycleSpec;
 
 impl Team {

@@ -49,10 +49,7 @@ fn page(team: &str, mode: &str) -> Response {
     let html = PAGE
         .replace("\"{{TEAM}}\"", &serde_json::to_string(team).expect("a string serializes"))
         .replace("\"{{MODE}}\"", &serde_json::to_string(mode).expect("a string serializes"));
-    (
-        [(CONTENT_TYPE, "text/html; charset=utf-8"), (CONTENT_SECURITY_POLICY, POLICY), (CACHE_CONTROL, "no-store")],
-        html,
-    )
+    ([(CONTENT_TYPE, "text/html; charset=utf-8"), (CONTENT_SECURITY_POLICY, POLICY), (CACHE_CONTROL, "no-store")], html)
         .into_response()
 }
 

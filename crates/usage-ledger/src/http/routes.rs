@@ -100,7 +100,8 @@ async fn guard(
     let (method, path) = (request.method().clone(), request.uri().path().to_string());
     let length = request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
     let response = if !api.limiter.allow(client.ip()) {
-        let mut r = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too many requests; retry in a second").into_response();
+        let mut r =
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too many requests; retry in a second").into_response();
         r.headers_mut().insert(RETRY_AFTER, "1".parse().expect("valid header"));
         r
     } else if length.is_some_and(|n| n > api.body_max_bytes) {
@@ -236,7 +237,8 @@ pub async fn read<T: Send + 'static>(
 }
 
 fn day(period: &str) -> Result<NaiveDate, ApiError> {
-    NaiveDate::parse_from_str(period, "%Y-%m-%d").map_err(|_| ApiError::bad(format!("{period:?} is not a date (YYYY-MM-DD)")))
+    NaiveDate::parse_from_str(period, "%Y-%m-%d")
+        .map_err(|_| ApiError::bad(format!("{period:?} is not a date (YYYY-MM-DD)")))
 }
 
 fn no_invoice(team: &TeamId, day: NaiveDate) -> ApiError {
@@ -270,7 +272,12 @@ async fn metrics(State(api): State<Shared>) -> Result<Response, ApiError> {
     Ok(([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], api.metrics.text()).into_response())
 }
 
-async fn balance(State(api): State<Shared>, caller: Caller, Path(team): Path<String>, q: Params) -> Result<Response, ApiError> {
+async fn balance(
+    State(api): State<Shared>,
+    caller: Caller,
+    Path(team): Path<String>,
+    q: Params,
+) -> Result<Response, ApiError> {
     let (team, at) = (caller.team(&team)?, q.instant("at")?);
     read(&api, move |stores| {
         let store = documents::team_store(stores, &team).map_err(ApiError::internal)?.ok_or_else(|| no_team(&team))?;
@@ -279,7 +286,12 @@ async fn balance(State(api): State<Shared>, caller: Caller, Path(team): Path<Str
     .await
 }
 
-async fn usage(State(api): State<Shared>, caller: Caller, Path(team): Path<String>, q: Params) -> Result<Response, ApiError> {
+async fn usage(
+    State(api): State<Shared>,
+    caller: Caller,
+    Path(team): Path<String>,
+    q: Params,
+) -> Result<Response, ApiError> {
     let (team, at) = (caller.team(&team)?, q.instant("at")?);
     let points = q.number("points", 48)?.clamp(2, 500) as u32;
     read(&api, move |stores| {
@@ -357,7 +369,12 @@ async fn alerts(State(api): State<Shared>, caller: Caller, Path(team): Path<Stri
     .await
 }
 
-async fn entries(State(api): State<Shared>, caller: Caller, Path(team): Path<String>, q: Params) -> Result<Response, ApiError> {
+async fn entries(
+    State(api): State<Shared>,
+    caller: Caller,
+    Path(team): Path<String>,
+    q: Params,
+) -> Result<Response, ApiError> {
     let team = caller.team(&team)?;
     let (after, limit) = (q.number("after_seq", 0)?, q.number("limit", 100)?);
     if limit == 0 || limit > documents::PAGE_LIMIT_MAX as u64 {
@@ -370,7 +387,12 @@ async fn entries(State(api): State<Shared>, caller: Caller, Path(team): Path<Str
     .await
 }
 
-async fn month_invoices(State(api): State<Shared>, caller: Caller, q: Params, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn month_invoices(
+    State(api): State<Shared>,
+    caller: Caller,
+    q: Params,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     caller.finance()?;
     let month = q.get("period").ok_or_else(|| ApiError::bad("period=YYYY-MM is required"))?;
     let month = crate::month(month).map_err(ApiError::bad)?;
@@ -390,11 +412,15 @@ struct CloseRequest {
     allow_future: bool,
 }
 
-async fn close(State(api): State<Shared>, caller: Caller, body: Result<Bytes, axum::extract::rejection::BytesRejection>) -> Result<Response, ApiError> {
+async fn close(
+    State(api): State<Shared>,
+    caller: Caller,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
     caller.admin()?;
     let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
-    let request: CloseRequest =
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("body: {e} (expected {{\"until\": RFC3339}})")))?;
+    let request: CloseRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad(format!("body: {e} (expected {{\"until\": RFC3339}})")))?;
     crate::commands::close_allowed(request.until, api.future_skew, request.allow_future)
         .map_err(|e| ApiError::bad(e.to_string().replace("--allow-future", "\"allow_future\": true")))?;
     let until = request.until;
@@ -407,7 +433,12 @@ async fn close(State(api): State<Shared>, caller: Caller, body: Result<Bytes, ax
     Ok(json(serde_json::to_string_pretty(&report).expect("serializes")))
 }
 
-async fn team_link(State(api): State<Shared>, caller: Caller, Path(team): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn team_link(
+    State(api): State<Shared>,
+    caller: Caller,
+    Path(team): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     caller.admin()?;
     let team = caller.team(&team)?;
     let path = format!("/teams/{team}");

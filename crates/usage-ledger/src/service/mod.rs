@@ -162,14 +162,13 @@ struct Clocks {
     last_report: Instant,
     last_record: Instant,
     last_balances: Instant,
-    last_lag: Option<Instant>,
     first_record: Option<Instant>,
 }
 
 impl Clocks {
     fn new() -> Clocks {
         let now = Instant::now();
-        Clocks { last_report: now, last_record: now, last_balances: now, last_lag: None, first_record: None }
+        Clocks { last_report: now, last_record: now, last_balances: now, first_record: None }
     }
 }
 
@@ -217,9 +216,7 @@ impl Service {
             let first = *clocks.first_record.get_or_insert(batch_started);
             self.stats.first_to_last_secs = first.elapsed().as_secs_f64();
         }
-        if clocks.last_lag.is_none_or(|t| t.elapsed() > LAG_EVERY) {
-            self.measure_lag();
-        }
+        self.measure_lag();
         let clocks = &mut self.clocks;
         if clocks.last_report.elapsed() > Duration::from_secs(10) {
             info!(stats = ?self.stats, partitions = ?owned, "Progress.");
@@ -229,14 +226,11 @@ impl Service {
     }
 }
 
-/// How often the consumer lag is measured (one watermark request per owned partition).
-const LAG_EVERY: Duration = Duration::from_secs(2);
-
 impl Service {
-    /// The lag of every owned partition into the metrics, and its total for `readyz`.
+    /// The lag of every owned partition (as of librdkafka's last statistics) into the
+    /// metrics, and its total for `readyz`.
     fn measure_lag(&mut self) {
-        self.clocks.last_lag = Some(Instant::now());
-        let lags = self.consumer.lag(Duration::from_millis(500));
+        let lags = self.consumer.lag();
         let mut total = 0i64;
         self.metrics.consumer_lag.clear();
         for (topic, partition, lag) in &lags {
