@@ -633,6 +633,7 @@ fn under_run_the_api_serves_the_live_ledgers_and_the_metrics_move() {
         }
         if consumed >= events && lag == 0 && get(&format!("{}/readyz", server.base), None).status == 200 {
             assert!(text.contains("usage_ledger_batch_seconds_count"), "{text}");
+            assert!(sample_sum(&text, "usage_ledger_commit_seconds_count") > 0, "{text}");
             assert!(text.contains(r#"usage_ledger_published_by_kind_total{kind="alert"}"#), "{text}");
             assert!(sample_sum(&text, "usage_ledger_store_bytes") > 0, "{text}");
             break;

@@ -147,7 +147,9 @@ pub fn outbox(dir: &Path) -> anyhow::Result<ExitCode> {
 pub fn replay(dir: &Path) -> anyhow::Result<ExitCode> {
     let stores = open_existing(dir)?;
     let started = Instant::now();
+    let reading = crate::reading::Reading::start("replay");
     let report = ledger_store::replay_all(&stores)?;
+    drop(reading);
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
         "replayed {} entries of {} teams in {secs:.2} s ({:.0} entries/s): {} invoices, {} alerts, {} stored projections differed",
@@ -167,6 +169,7 @@ pub fn replay(dir: &Path) -> anyhow::Result<ExitCode> {
 /// the stored alerts and invoices compared to the fold, and every outbox message read.
 pub fn verify(dir: &Path) -> anyhow::Result<ExitCode> {
     let stores = open_existing(dir)?;
+    let reading = crate::reading::Reading::start("verify");
     let mut report = ledger_store::verify_all(&stores)?;
     if report.faults.is_empty() {
         match ledger_store::replay_all(&stores) {
@@ -183,6 +186,7 @@ pub fn verify(dir: &Path) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    drop(reading);
     for fault in &report.faults {
         eprintln!("fault: {fault}");
     }

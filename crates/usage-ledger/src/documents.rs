@@ -85,13 +85,29 @@ pub fn entries_page(store: Option<&Store>, team: &TeamId, after_seq: u64, limit:
             let (kind, body) = tagged
                 .as_object()
                 .and_then(|o| o.iter().next())
-                .map(|(k, v)| (snake(k), v.clone()))
+                .map(|(k, v)| (snake(k), times_as_text(v.clone())))
                 .context("an entry serializes as one tagged object")?;
             Ok(serde_json::json!({"seq": stored.seq, "hash": hex::encode(stored.hash), "kind": kind, "body": body}))
         })
         .collect::<anyhow::Result<_>>()?;
     let next = more.then(|| page[limit - 1].0.seq);
     Ok(serde_json::to_string_pretty(&serde_json::json!({"entries": entries, "next_after_seq": next}))?)
+}
+
+/// The entry's instants (stored as Unix nanoseconds) as RFC 3339 text.
+fn times_as_text(mut body: serde_json::Value) -> serde_json::Value {
+    const INSTANTS: [&str; 5] = ["occurred_at", "at", "period_start", "period_end", "closed_by"];
+    if let Some(fields) = body.as_object_mut() {
+        for (name, value) in fields.iter_mut() {
+            match value.as_i64() {
+                Some(nanos) if INSTANTS.contains(&name.as_str()) => {
+                    *value = ledger_core::report::fmt_time(DateTime::from_timestamp_nanos(nanos)).into();
+                }
+                _ => *value = times_as_text(value.take()),
+            }
+        }
+    }
+    body
 }
 
 /// `CycleClosed` → `cycle_closed`.

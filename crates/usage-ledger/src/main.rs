@@ -22,6 +22,7 @@ mod http;
 mod import;
 mod metrics;
 mod produce;
+mod reading;
 mod service;
 mod watchdog;
 

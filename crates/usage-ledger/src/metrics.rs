@@ -43,6 +43,8 @@ pub struct Metrics {
     pub published_kind: Family<Kind, Counter>,
     pub outbox_failed: Counter,
     pub batch_seconds: Histogram,
+    /// Apply, atomic sled commit and flush of one partition ledger's records of a batch.
+    pub commit_seconds: Histogram,
     pub outbox_depth: Gauge,
     pub store_bytes: Gauge,
     pub consumer_lag: Family<Partition, Gauge>,
@@ -61,6 +63,7 @@ impl Metrics {
             published_kind: Family::default(),
             outbox_failed: Counter::default(),
             batch_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             outbox_depth: Gauge::default(),
             store_bytes: Gauge::default(),
             consumer_lag: Family::default(),
@@ -90,6 +93,11 @@ impl Metrics {
             "published_by_kind",
             "Outbox messages published, by kind (alert, invoice, dead_letter)",
             m.published_kind.clone(),
+        );
+        registry.register(
+            "commit_seconds",
+            "Apply, atomic commit and flush of one partition ledger's records of a batch",
+            m.commit_seconds.clone(),
         );
         registry.register("outbox_depth", "Outbox messages waiting to be published", m.outbox_depth.clone());
         registry.register("store_bytes", "Bytes the held ledgers take on disk", m.store_bytes.clone());

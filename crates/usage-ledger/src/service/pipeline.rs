@@ -175,6 +175,7 @@ fn process(
     let who: Vec<(String, String)> =
         submissions.iter().map(|s| (s.event.team_id().to_string(), s.event.event_id().to_string())).collect();
     let positions: Vec<(String, u64)> = positions.into_iter().collect();
+    let committing = std::time::Instant::now();
     let report = ledger.submit_batch_with(submissions, &positions, |outcomes, settled| {
         for (k, outcome) in outcomes.iter().enumerate() {
             let r = &records[origin[k]];
@@ -196,6 +197,7 @@ fn process(
         stats.dead_letters += dead.len() as u64;
         dead
     })?;
+    metrics.commit_seconds.observe(committing.elapsed().as_secs_f64());
     for outcome in report.outcomes.iter().chain(report.settled.iter().map(|(_, o)| o)) {
         match outcome {
             Outcome::Appended { .. } => {
