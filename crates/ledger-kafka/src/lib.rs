@@ -71,6 +71,8 @@ pub struct Record {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
+    /// The record's Kafka timestamp (ms since the epoch), if it has one.
+    pub timestamp: Option<i64>,
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
     pub headers: Vec<(String, Vec<u8>)>,
@@ -82,6 +84,7 @@ impl Record {
             topic: m.topic().to_string(),
             partition: m.partition(),
             offset: m.offset(),
+            timestamp: m.timestamp().to_millis(),
             key: m.key().map(<[u8]>::to_vec),
             payload: m.payload().unwrap_or_default().to_vec(),
             headers: m
@@ -105,12 +108,23 @@ impl Record {
     }
 }
 
+/// How far librdkafka has got on one partition, as of its last statistics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    pub topic: String,
+    pub partition: i32,
+    /// The high watermark from the last fetch (-1 before the first).
+    pub high: i64,
+    /// Records on the broker past the application's position (-1 while unknown).
+    pub lag: i64,
+}
+
 struct GroupContext {
     owner: Arc<dyn Partitions>,
     owned: Mutex<HashSet<(String, i32)>>,
     rebalances: AtomicU64,
-    /// The lag of each owned partition, from librdkafka's last statistics.
-    lags: Mutex<Vec<(String, i32, i64)>>,
+    /// Each owned partition's progress, from librdkafka's last statistics.
+    lags: Mutex<Vec<Fetched>>,
 }
 
 impl ClientContext for GroupContext {
@@ -118,13 +132,20 @@ impl ClientContext for GroupContext {
     /// consumer lag of every partition it fetches, from the high watermark it caches.
     fn stats(&self, statistics: rdkafka::Statistics) {
         let owned = self.owned.lock().expect("not poisoned").clone();
-        let mut lags: Vec<(String, i32, i64)> = statistics
+        let mut lags: Vec<Fetched> = statistics
             .topics
             .iter()
-            .flat_map(|(topic, t)| t.partitions.iter().map(move |(p, part)| (topic.clone(), *p, part.consumer_lag)))
-            .filter(|(topic, p, lag)| *lag >= 0 && owned.contains(&(topic.clone(), *p)))
+            .flat_map(|(topic, t)| {
+                t.partitions.iter().map(move |(p, part)| Fetched {
+                    topic: topic.clone(),
+                    partition: *p,
+                    high: part.hi_offset,
+                    lag: part.consumer_lag,
+                })
+            })
+            .filter(|f| f.partition >= 0 && owned.contains(&(f.topic.clone(), f.partition)))
             .collect();
-        lags.sort();
+        lags.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
         *self.lags.lock().expect("not poisoned") = lags;
     }
 }
@@ -254,7 +275,7 @@ impl Consumer {
             ("session.timeout.ms", session_timeout_ms.to_string()),
             ("heartbeat.interval.ms", (session_timeout_ms / 10).clamp(100, 3000).to_string()),
             // The consumer lag comes with librdkafka's statistics (`Consumer::lag`).
-            ("statistics.interval.ms", "2000".into()),
+            ("statistics.interval.ms", "1000".into()),
         ];
         let inner: BaseConsumer<GroupContext> =
             config::client(brokers, &settings, false).create_with_context(context)?;
@@ -301,11 +322,11 @@ impl Consumer {
     }
 
     /// Records past this member's position on each partition it owns, as of librdkafka's
-    /// last statistics (every `statistics.interval.ms`, 2 s unless configured): (topic, partition, lag).
-    pub fn lag(&self) -> Vec<(String, i32, i64)> {
+    /// last statistics (every `statistics.interval.ms`, 1 s unless configured): (topic, partition, lag).
+    pub fn lag(&self) -> Vec<Fetched> {
         let owned = self.inner.context().owned.lock().expect("not poisoned").clone();
         let lags = self.inner.context().lags.lock().expect("not poisoned");
-        lags.iter().filter(|(t, p, _)| owned.contains(&(t.clone(), *p))).cloned().collect()
+        lags.iter().filter(|f| owned.contains(&(f.topic.clone(), f.partition))).cloned().collect()
     }
 
     /// Partitions this member owns now.

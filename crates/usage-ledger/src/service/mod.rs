@@ -2,6 +2,7 @@
 //! commit holding entries, positions and dead letters → publish the outbox → tell Kafka
 //! (advisory). `ownership` holds the partitions' ledgers, `pipeline` applies a batch,
 //! `publishing` empties the outboxes.
+mod align;
 mod live;
 mod ownership;
 mod pipeline;
@@ -59,6 +60,10 @@ pub struct RunArgs {
     /// Drain and exit once no record arrived for this long (back-fills, tests).
     #[arg(long, env = "USAGE_LEDGER_EXIT_WHEN_IDLE_MS")]
     pub exit_when_idle_ms: Option<u64>,
+    /// How long one input stream of a partition waits for the other to deliver records
+    /// the broker holds, so both reach the ledger in the order they were produced.
+    #[arg(long, env = "USAGE_LEDGER_ALIGN_WAIT_MS", default_value_t = 5000)]
+    pub align_wait_ms: u64,
     /// `readyz` answers 503 while the owned partitions lag the broker by more records.
     #[arg(long, env = "USAGE_LEDGER_READY_LAG_MAX", default_value_t = 10_000)]
     pub ready_lag_max: u64,
@@ -112,7 +117,9 @@ pub fn run(dir: &Path, args: RunArgs, future_skew: chrono::Duration) -> anyhow::
         eprintln!("usage-ledger: HTTP API and dashboard on http://{bound}/");
     }
     let demo = args.demo.then(|| crate::demo::spawn_live(brokers.clone(), Arc::clone(&stop)));
+    let aligner = align::Aligner::new(Duration::from_millis(args.align_wait_ms));
     let mut service = Service {
+        aligner,
         args,
         backoff: publishing::Backoff::new(),
         future_skew,
@@ -144,6 +151,7 @@ pub fn run(dir: &Path, args: RunArgs, future_skew: chrono::Duration) -> anyhow::
 
 /// The running service's parts.
 struct Service {
+    aligner: align::Aligner,
     args: RunArgs,
     backoff: publishing::Backoff,
     future_skew: chrono::Duration,
@@ -177,8 +185,10 @@ impl Service {
     /// Returns true once the service has been idle for `--exit-when-idle-ms`.
     fn step(&mut self) -> anyhow::Result<bool> {
         let (args, clocks) = (&self.args, &mut self.clocks);
-        let records = self.consumer.poll_batch(args.batch_events_max, Duration::from_millis(args.batch_wait_ms))?;
+        let polled = self.consumer.poll_batch(args.batch_events_max, Duration::from_millis(args.batch_wait_ms))?;
         let batch_started = Instant::now();
+        let owned: std::collections::HashSet<(String, i32)> = self.consumer.owned().into_iter().collect();
+        let records = self.aligner.admit(polled, &owned, &self.consumer.lag());
         let next = pipeline::next_offsets(&records);
         let mut shards = self.shards.lock().expect("not poisoned");
         if let Some(why) = &shards.failure {
@@ -201,6 +211,8 @@ impl Service {
             // Not idle while waiting for an assignment (a rebalance after a crash takes
             // up to the session timeout).
             clocks.last_record = Instant::now();
+        } else if self.aligner.held() > 0 {
+            // Records wait for their other stream: not idle.
         } else if args.exit_when_idle_ms.is_some_and(|ms| clocks.last_record.elapsed() > Duration::from_millis(ms)) {
             idle = true;
         }
@@ -230,13 +242,13 @@ impl Service {
     /// The lag of every owned partition (as of librdkafka's last statistics) into the
     /// metrics, and its total for `readyz`.
     fn measure_lag(&mut self) {
-        let lags = self.consumer.lag();
+        let lags: Vec<_> = self.consumer.lag().into_iter().filter(|f| f.lag >= 0).collect();
         let mut total = 0i64;
         self.metrics.consumer_lag.clear();
-        for (topic, partition, lag) in &lags {
-            let label = crate::metrics::Partition { topic: topic.clone(), partition: partition.to_string() };
-            self.metrics.consumer_lag.get_or_create(&label).set(*lag);
-            total += lag;
+        for f in &lags {
+            let label = crate::metrics::Partition { topic: f.topic.clone(), partition: f.partition.to_string() };
+            self.metrics.consumer_lag.get_or_create(&label).set(f.lag);
+            total += f.lag;
         }
         if !lags.is_empty() {
             self.lag.store(total, Ordering::Relaxed);

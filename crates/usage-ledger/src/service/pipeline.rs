@@ -122,6 +122,7 @@ pub(super) fn settled_dead_letters(settled: &[(ledger_store::Parked, Outcome)]) 
                 topic: topic.to_string(),
                 partition: partition.parse().unwrap_or_default(),
                 offset: p.offset as i64,
+                timestamp: None,
                 key: Some(p.event.team_id.as_str().as_bytes().to_vec()),
                 payload: ledger_proto::encode_event(&Event::Account(p.event.clone())),
                 headers: Vec::new(),
@@ -161,7 +162,19 @@ fn process(
     let mut origin = Vec::with_capacity(records.len());
     let mut dead = Vec::new();
     let mut positions: HashMap<String, u64> = HashMap::new();
+    // The ledger's positions: a record before one was applied already (a partition that
+    // went to another member and came back), and a position never moves back.
+    let mut floors: HashMap<String, u64> = HashMap::new();
+    for r in records {
+        if let std::collections::hash_map::Entry::Vacant(e) = floors.entry(r.stream()) {
+            e.insert(ledger.store().offset(&r.stream())?.unwrap_or(0));
+        }
+    }
     for (i, r) in records.iter().enumerate() {
+        if (r.offset as u64) < floors[&r.stream()] {
+            debug!(stream = %r.stream(), offset = r.offset, "Skipped a record the ledger holds already.");
+            continue;
+        }
         positions.insert(r.stream(), r.offset as u64 + 1);
         match decode(r, &window) {
             Ok(event) => {

@@ -1,0 +1,185 @@
+//! The two input streams of a partition ledger (`images.processed.v1` N and
+//! `billing.accounts.v1` N) merged in the order they were produced, as Kafka Streams
+//! merges co-partitioned topics: records go to the ledger in Kafka-timestamp order
+//! across the two, and one stream's records wait while the other is known to hold
+//! records on the broker not received yet (at most `--align-wait-ms`, then they go on:
+//! a stalled stream never stops the other for good).
+//!
+//! Without it, a stream served late (a broker serves a newly assigned partition after
+//! pauses of seconds) lets images run past a cycle's end + grace ahead of a refund or
+//! plan change produced before them: the cycle closes without it, and the ledger bills
+//! another order than the one events were produced in.
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use ledger_kafka::{Fetched, Record, ACCOUNTS, IMAGES};
+use tracing::debug;
+
+/// Records held per stream at most before everything held goes on regardless.
+const HELD_MAX: usize = 100_000;
+
+#[derive(Debug, Default)]
+struct Stream {
+    held: VecDeque<Record>,
+    /// The offset after the last record received since the stream was assigned.
+    next: Option<i64>,
+}
+
+pub(super) struct Aligner {
+    streams: HashMap<(String, i32), Stream>,
+    /// Since when each partition's merge has been waiting for its other stream.
+    waiting: HashMap<i32, Instant>,
+    wait: Duration,
+}
+
+impl Aligner {
+    pub fn new(wait: Duration) -> Aligner {
+        Aligner { streams: HashMap::new(), waiting: HashMap::new(), wait }
+    }
+
+    /// Takes the polled records in and gives back, in the order to apply them, those that
+    /// may go to the ledgers now. `owned`: the streams this member owns (the others'
+    /// records are dropped: a new owner reads them again from its ledger's position);
+    /// `fetched`: librdkafka's last word on each stream's high watermark and lag.
+    pub fn admit(&mut self, records: Vec<Record>, owned: &HashSet<(String, i32)>, fetched: &[Fetched]) -> Vec<Record> {
+        self.streams.retain(|k, _| owned.contains(k));
+        for r in records {
+            let stream = self.streams.entry((r.topic.clone(), r.partition)).or_default();
+            if stream.next.is_some_and(|next| r.offset < next) {
+                continue; // received already (a re-fetch after a rebalance)
+            }
+            stream.next = Some(r.offset + 1);
+            stream.held.push_back(r);
+        }
+        let partitions: BTreeSet<i32> = self.streams.keys().map(|(_, p)| *p).collect();
+        let mut out = Vec::new();
+        for partition in partitions {
+            self.merge(partition, fetched, &mut out);
+        }
+        out
+    }
+
+    /// Records still held (not yet applied).
+    pub fn held(&self) -> usize {
+        self.streams.values().map(|s| s.held.len()).sum()
+    }
+
+    /// Moves partition `partition`'s records that may go now into `out`, merged.
+    fn merge(&mut self, partition: i32, fetched: &[Fetched], out: &mut Vec<Record>) {
+        let (images, accounts) = ((IMAGES.to_string(), partition), (ACCOUNTS.to_string(), partition));
+        let pending = |key: &(String, i32), stream: Option<&Stream>| -> bool {
+            let f = fetched.iter().find(|f| f.topic == key.0 && f.partition == key.1);
+            match (stream.and_then(|s| s.next), f) {
+                (Some(next), Some(f)) => f.high < 0 || next < f.high,
+                (None, Some(f)) => f.lag != 0,
+                (_, None) => true, // nothing known yet
+            }
+        };
+        let overfull =
+            [&images, &accounts].iter().any(|k| self.streams.get(*k).is_some_and(|s| s.held.len() >= HELD_MAX));
+        let timed_out = self.waiting.get(&partition).is_some_and(|since| since.elapsed() >= self.wait);
+        loop {
+            let head = |k: &(String, i32)| self.streams.get(k).and_then(|s| s.held.front()).map(order);
+            let take = match (head(&images), head(&accounts)) {
+                (None, None) => break,
+                (Some(i), Some(a)) => {
+                    if a <= i {
+                        &accounts
+                    } else {
+                        &images
+                    }
+                }
+                (Some(_), None) if overfull || timed_out || !pending(&accounts, self.streams.get(&accounts)) => &images,
+                (None, Some(_)) if overfull || timed_out || !pending(&images, self.streams.get(&images)) => &accounts,
+                _ => {
+                    let since = *self.waiting.entry(partition).or_insert_with(Instant::now);
+                    debug!(
+                        partition,
+                        waited_ms = since.elapsed().as_millis() as u64,
+                        "Holding records for the other stream."
+                    );
+                    return;
+                }
+            };
+            let record = self.streams.get_mut(take).and_then(|s| s.held.pop_front()).expect("a head was seen");
+            out.push(record);
+        }
+        self.waiting.remove(&partition);
+    }
+}
+
+/// The merge order of a record: its timestamp (records without one go first).
+fn order(r: &Record) -> i64 {
+    r.timestamp.unwrap_or(i64::MIN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(topic: &str, offset: i64, ts: i64) -> Record {
+        Record {
+            topic: topic.into(),
+            partition: 0,
+            offset,
+            timestamp: Some(ts),
+            key: None,
+            payload: Vec::new(),
+            headers: Vec::new(),
+        }
+    }
+
+    fn owned() -> HashSet<(String, i32)> {
+        [(IMAGES.to_string(), 0), (ACCOUNTS.to_string(), 0)].into()
+    }
+
+    fn fetched(images_high: i64, accounts_high: i64) -> Vec<Fetched> {
+        vec![
+            Fetched { topic: IMAGES.into(), partition: 0, high: images_high, lag: -1 },
+            Fetched { topic: ACCOUNTS.into(), partition: 0, high: accounts_high, lag: -1 },
+        ]
+    }
+
+    fn ids(records: &[Record]) -> Vec<(char, i64)> {
+        records.iter().map(|r| (r.topic.chars().next().unwrap(), r.offset)).collect()
+    }
+
+    #[test]
+    fn the_streams_merge_in_timestamp_order() {
+        let mut a = Aligner::new(Duration::from_secs(60));
+        let polled = vec![rec(IMAGES, 0, 10), rec(IMAGES, 1, 30), rec(ACCOUNTS, 0, 20)];
+        let out = a.admit(polled, &owned(), &fetched(2, 1));
+        assert_eq!(ids(&out), [('i', 0), ('b', 0), ('i', 1)]);
+        assert_eq!(a.held(), 0);
+    }
+
+    #[test]
+    fn images_wait_while_the_accounts_stream_holds_records_not_received() {
+        let mut a = Aligner::new(Duration::from_secs(60));
+        // The broker holds accounts 0..1 but none has arrived: images wait.
+        assert!(a.admit(vec![rec(IMAGES, 0, 10), rec(IMAGES, 1, 30)], &owned(), &fetched(2, 1)).is_empty());
+        assert_eq!(a.held(), 2);
+        // The refund arrives: everything goes, in production order.
+        let out = a.admit(vec![rec(ACCOUNTS, 0, 20)], &owned(), &fetched(2, 1));
+        assert_eq!(ids(&out), [('i', 0), ('b', 0), ('i', 1)]);
+        // Caught up on accounts: images go on alone, and a re-fetched record is dropped.
+        let out = a.admit(vec![rec(IMAGES, 2, 40), rec(IMAGES, 1, 30)], &owned(), &fetched(3, 1));
+        assert_eq!(ids(&out), [('i', 2)]);
+    }
+
+    #[test]
+    fn a_stalled_stream_holds_the_other_only_for_the_wait() {
+        let mut a = Aligner::new(Duration::from_millis(30));
+        assert!(a.admit(vec![rec(IMAGES, 0, 10)], &owned(), &fetched(1, 5)).is_empty());
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(ids(&a.admit(Vec::new(), &owned(), &fetched(1, 5))), [('i', 0)]);
+    }
+
+    #[test]
+    fn a_revoked_stream_is_forgotten() {
+        let mut a = Aligner::new(Duration::from_secs(60));
+        assert!(a.admit(vec![rec(IMAGES, 0, 10)], &owned(), &fetched(1, 5)).is_empty());
+        assert!(a.admit(Vec::new(), &HashSet::new(), &[]).is_empty());
+        assert_eq!(a.held(), 0);
+    }
+}
