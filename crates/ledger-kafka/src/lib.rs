@@ -115,6 +115,8 @@ pub struct Fetched {
     pub partition: i32,
     /// The high watermark from the last fetch (-1 before the first).
     pub high: i64,
+    /// The low watermark (-1 before it is known).
+    pub low: i64,
     /// Records on the broker past the application's position (-1 while unknown).
     pub lag: i64,
 }
@@ -140,6 +142,7 @@ impl ClientContext for GroupContext {
                     topic: topic.clone(),
                     partition: *p,
                     high: part.hi_offset,
+                    low: part.lo_offset,
                     lag: part.consumer_lag,
                 })
             })

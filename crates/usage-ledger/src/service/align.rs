@@ -40,8 +40,15 @@ impl Aligner {
     /// Takes the polled records in and gives back, in the order to apply them, those that
     /// may go to the ledgers now. `owned`: the streams this member owns (the others'
     /// records are dropped: a new owner reads them again from its ledger's position);
-    /// `fetched`: librdkafka's last word on each stream's high watermark and lag.
-    pub fn admit(&mut self, records: Vec<Record>, owned: &HashSet<(String, i32)>, fetched: &[Fetched]) -> Vec<Record> {
+    /// `fetched`: librdkafka's last word on each stream's high watermark; `position`: the
+    /// ledger's recorded position in a stream (the next offset it expects), if any.
+    pub fn admit(
+        &mut self,
+        records: Vec<Record>,
+        owned: &HashSet<(String, i32)>,
+        fetched: &[Fetched],
+        position: impl Fn(&str, i32) -> Option<u64>,
+    ) -> Vec<Record> {
         self.streams.retain(|k, _| owned.contains(k));
         for r in records {
             let stream = self.streams.entry((r.topic.clone(), r.partition)).or_default();
@@ -54,7 +61,7 @@ impl Aligner {
         let partitions: BTreeSet<i32> = self.streams.keys().map(|(_, p)| *p).collect();
         let mut out = Vec::new();
         for partition in partitions {
-            self.merge(partition, fetched, &mut out);
+            self.merge(partition, fetched, &position, &mut out);
         }
         out
     }
@@ -65,14 +72,26 @@ impl Aligner {
     }
 
     /// Moves partition `partition`'s records that may go now into `out`, merged.
-    fn merge(&mut self, partition: i32, fetched: &[Fetched], out: &mut Vec<Record>) {
+    fn merge(
+        &mut self,
+        partition: i32,
+        fetched: &[Fetched],
+        position: &impl Fn(&str, i32) -> Option<u64>,
+        out: &mut Vec<Record>,
+    ) {
         let (images, accounts) = ((IMAGES.to_string(), partition), (ACCOUNTS.to_string(), partition));
+        // Whether the broker holds records of the stream past what this member received
+        // or its ledger recorded. The high watermark is at most a statistics interval
+        // old, so it can only say "no" too early, never wait forever.
         let pending = |key: &(String, i32), stream: Option<&Stream>| -> bool {
-            let f = fetched.iter().find(|f| f.topic == key.0 && f.partition == key.1);
-            match (stream.and_then(|s| s.next), f) {
-                (Some(next), Some(f)) => f.high < 0 || next < f.high,
-                (None, Some(f)) => f.lag != 0,
-                (_, None) => true, // nothing known yet
+            let Some(f) = fetched.iter().find(|f| f.topic == key.0 && f.partition == key.1) else { return true };
+            if f.high < 0 {
+                return true;
+            }
+            let recorded = position(&key.0, key.1).map(|p| p as i64);
+            match stream.and_then(|s| s.next).max(recorded) {
+                Some(next) => next < f.high,
+                None => f.high > f.low.max(0),
             }
         };
         let overfull =
@@ -129,14 +148,18 @@ mod tests {
         }
     }
 
+    fn none(_: &str, _: i32) -> Option<u64> {
+        None
+    }
+
     fn owned() -> HashSet<(String, i32)> {
         [(IMAGES.to_string(), 0), (ACCOUNTS.to_string(), 0)].into()
     }
 
     fn fetched(images_high: i64, accounts_high: i64) -> Vec<Fetched> {
         vec![
-            Fetched { topic: IMAGES.into(), partition: 0, high: images_high, lag: -1 },
-            Fetched { topic: ACCOUNTS.into(), partition: 0, high: accounts_high, lag: -1 },
+            Fetched { topic: IMAGES.into(), partition: 0, high: images_high, low: 0, lag: -1 },
+            Fetched { topic: ACCOUNTS.into(), partition: 0, high: accounts_high, low: 0, lag: -1 },
         ]
     }
 
@@ -148,7 +171,7 @@ mod tests {
     fn the_streams_merge_in_timestamp_order() {
         let mut a = Aligner::new(Duration::from_secs(60));
         let polled = vec![rec(IMAGES, 0, 10), rec(IMAGES, 1, 30), rec(ACCOUNTS, 0, 20)];
-        let out = a.admit(polled, &owned(), &fetched(2, 1));
+        let out = a.admit(polled, &owned(), &fetched(2, 1), none);
         assert_eq!(ids(&out), [('i', 0), ('b', 0), ('i', 1)]);
         assert_eq!(a.held(), 0);
     }
@@ -157,29 +180,39 @@ mod tests {
     fn images_wait_while_the_accounts_stream_holds_records_not_received() {
         let mut a = Aligner::new(Duration::from_secs(60));
         // The broker holds accounts 0..1 but none has arrived: images wait.
-        assert!(a.admit(vec![rec(IMAGES, 0, 10), rec(IMAGES, 1, 30)], &owned(), &fetched(2, 1)).is_empty());
+        assert!(a.admit(vec![rec(IMAGES, 0, 10), rec(IMAGES, 1, 30)], &owned(), &fetched(2, 1), none).is_empty());
         assert_eq!(a.held(), 2);
         // The refund arrives: everything goes, in production order.
-        let out = a.admit(vec![rec(ACCOUNTS, 0, 20)], &owned(), &fetched(2, 1));
+        let out = a.admit(vec![rec(ACCOUNTS, 0, 20)], &owned(), &fetched(2, 1), none);
         assert_eq!(ids(&out), [('i', 0), ('b', 0), ('i', 1)]);
         // Caught up on accounts: images go on alone, and a re-fetched record is dropped.
-        let out = a.admit(vec![rec(IMAGES, 2, 40), rec(IMAGES, 1, 30)], &owned(), &fetched(3, 1));
+        let out = a.admit(vec![rec(IMAGES, 2, 40), rec(IMAGES, 1, 30)], &owned(), &fetched(3, 1), none);
         assert_eq!(ids(&out), [('i', 2)]);
     }
 
     #[test]
     fn a_stalled_stream_holds_the_other_only_for_the_wait() {
         let mut a = Aligner::new(Duration::from_millis(30));
-        assert!(a.admit(vec![rec(IMAGES, 0, 10)], &owned(), &fetched(1, 5)).is_empty());
+        assert!(a.admit(vec![rec(IMAGES, 0, 10)], &owned(), &fetched(1, 5), none).is_empty());
         std::thread::sleep(Duration::from_millis(40));
-        assert_eq!(ids(&a.admit(Vec::new(), &owned(), &fetched(1, 5))), [('i', 0)]);
+        assert_eq!(ids(&a.admit(Vec::new(), &owned(), &fetched(1, 5), none)), [('i', 0)]);
+    }
+
+    #[test]
+    fn an_empty_stream_holds_nothing_back() {
+        let mut a = Aligner::new(Duration::from_secs(60));
+        let out = a.admit(vec![rec(IMAGES, 0, 10)], &owned(), &fetched(1, 0), none);
+        assert_eq!(ids(&out), [('i', 0)], "nothing on the accounts partition");
+        // Everything on it was recorded by the ledger before (a restart): nothing to wait for.
+        let out = a.admit(vec![rec(IMAGES, 1, 20)], &owned(), &fetched(2, 7), |t, _| (t == ACCOUNTS).then_some(7));
+        assert_eq!(ids(&out), [('i', 1)]);
     }
 
     #[test]
     fn a_revoked_stream_is_forgotten() {
         let mut a = Aligner::new(Duration::from_secs(60));
-        assert!(a.admit(vec![rec(IMAGES, 0, 10)], &owned(), &fetched(1, 5)).is_empty());
-        assert!(a.admit(Vec::new(), &HashSet::new(), &[]).is_empty());
+        assert!(a.admit(vec![rec(IMAGES, 0, 10)], &owned(), &fetched(1, 5), none).is_empty());
+        assert!(a.admit(Vec::new(), &HashSet::new(), &[], none).is_empty());
         assert_eq!(a.held(), 0);
     }
 }

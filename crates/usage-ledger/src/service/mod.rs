@@ -132,8 +132,19 @@ pub fn run(dir: &Path, args: RunArgs, future_skew: chrono::Duration) -> anyhow::
         lag,
     };
     while !stop.load(Ordering::SeqCst) {
-        if service.step()? {
-            stop.store(true, Ordering::SeqCst);
+        match service.step() {
+            Ok(idle) => {
+                if idle {
+                    stop.store(true, Ordering::SeqCst);
+                }
+            }
+            Err(e) => {
+                // After a failed write (a full disk) sled can wait forever flushing a
+                // store it drops: leave without dropping the ledgers. Everything
+                // acknowledged was flushed; sled recovers the rest from its log.
+                std::mem::forget(service);
+                return Err(e);
+            }
         }
     }
     info!(stats = ?service.stats, "Stopping: the last batch is durable and published.");
@@ -187,9 +198,6 @@ impl Service {
         let (args, clocks) = (&self.args, &mut self.clocks);
         let polled = self.consumer.poll_batch(args.batch_events_max, Duration::from_millis(args.batch_wait_ms))?;
         let batch_started = Instant::now();
-        let owned: std::collections::HashSet<(String, i32)> = self.consumer.owned().into_iter().collect();
-        let records = self.aligner.admit(polled, &owned, &self.consumer.lag());
-        let next = pipeline::next_offsets(&records);
         let mut shards = self.shards.lock().expect("not poisoned");
         if let Some(why) = &shards.failure {
             bail!("cannot take over {why}");
@@ -198,6 +206,13 @@ impl Service {
             shards.hand_over_released();
         }
         shards.fold_assigned()?;
+        let owned: std::collections::HashSet<(String, i32)> = self.consumer.owned().into_iter().collect();
+        let position = |topic: &str, partition: i32| {
+            let ledger = shards.open.get(&partition)?;
+            ledger.store().offset(&format!("{topic}/{partition}")).ok().flatten()
+        };
+        let records = self.aligner.admit(polled, &owned, &self.consumer.lag(), position);
+        let next = pipeline::next_offsets(&records);
         let mut idle = false;
         if !records.is_empty() {
             clocks.last_record = Instant::now();
