@@ -657,3 +657,39 @@ fn under_run_the_api_serves_the_live_ledgers_and_the_metrics_move() {
     assert!(import.code == 0 || import.code == 2, "{}", import.stderr);
     assert_eq!(live.body.trim_end(), cli(&imported, &["balance", "--team", team, "--at", "2026-04-20T00:00:00Z"]));
 }
+
+#[test]
+fn readyz_says_why_a_member_without_partitions_cannot_serve() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = crate::kafka::Broker::start(tmp.path());
+    let config = config(tmp.path(), "");
+    // One partition, two members of one group: one owns it, the other nothing.
+    let member = |name: &str| {
+        let mut cmd = bin();
+        cmd.arg("--data-dir").arg(tmp.path().join("data")).arg("--config").arg(&config);
+        cmd.args(["run", "--brokers", &broker.address, "--http-addr", "127.0.0.1:0", "--partitions", "1"]);
+        cmd.args(["--session-timeout-ms", "6000", "--takeover-wait-ms", "60000"]);
+        let server = Server::spawn(&mut cmd, "HTTP API and dashboard on ");
+        eprintln!("{name} at {}", server.base);
+        server
+    };
+    let (first, second) = (member("first"), member("second"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let replies = [get(&format!("{}/readyz", first.base), None), get(&format!("{}/readyz", second.base), None)];
+        let mut statuses: Vec<u16> = replies.iter().map(|r| r.status).collect();
+        statuses.sort();
+        if statuses == [200, 503] {
+            let idle = replies.iter().find(|r| r.status == 503).unwrap();
+            assert!(json(idle)["error"].as_str().unwrap().contains("no partition"), "{}", idle.body);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never one ready and one not: {statuses:?}\n{}\n{}",
+            first.log(),
+            second.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -236,6 +236,26 @@ pub async fn read<T: Send + 'static>(
         .map_err(|e| ApiError::internal(anyhow::anyhow!("a reader stopped: {e}")))?
 }
 
+/// Runs `f` over the store holding `team` (`None` when no store does), on the blocking
+/// pool.
+async fn with_team<T: Send + 'static>(
+    api: &Shared,
+    team: TeamId,
+    f: impl FnOnce(Option<&Store>, &TeamId) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    read(api, move |stores| f(documents::team_store(stores, &team).map_err(ApiError::internal)?, &team)).await
+}
+
+/// The team's store, or 404.
+fn found<'a>(store: Option<&'a Store>, team: &TeamId) -> Result<&'a Store, ApiError> {
+    store.ok_or_else(|| no_team(team))
+}
+
+/// A rendered JSON document as the response.
+fn doc(rendered: anyhow::Result<String>) -> Result<Response, ApiError> {
+    rendered.map(json).map_err(ApiError::internal)
+}
+
 fn day(period: &str) -> Result<NaiveDate, ApiError> {
     NaiveDate::parse_from_str(period, "%Y-%m-%d")
         .map_err(|_| ApiError::bad(format!("{period:?} is not a date (YYYY-MM-DD)")))
@@ -279,11 +299,7 @@ async fn balance(
     q: Params,
 ) -> Result<Response, ApiError> {
     let (team, at) = (caller.team(&team)?, q.instant("at")?);
-    read(&api, move |stores| {
-        let store = documents::team_store(stores, &team).map_err(ApiError::internal)?.ok_or_else(|| no_team(&team))?;
-        documents::balance(store, &team, at).map(json).map_err(ApiError::internal)
-    })
-    .await
+    with_team(&api, team, move |store, team| doc(documents::balance(found(store, team)?, team, at))).await
 }
 
 async fn usage(
@@ -294,11 +310,7 @@ async fn usage(
 ) -> Result<Response, ApiError> {
     let (team, at) = (caller.team(&team)?, q.instant("at")?);
     let points = q.number("points", 48)?.clamp(2, 500) as u32;
-    read(&api, move |stores| {
-        let store = documents::team_store(stores, &team).map_err(ApiError::internal)?.ok_or_else(|| no_team(&team))?;
-        documents::usage(store, &team, at, points).map(json).map_err(ApiError::internal)
-    })
-    .await
+    with_team(&api, team, move |store, team| doc(documents::usage(found(store, team)?, team, at, points))).await
 }
 
 async fn invoices(
@@ -309,9 +321,8 @@ async fn invoices(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (team, draft, as_csv) = (caller.team(&team)?, q.flag("draft")?, q.wants_csv(&headers)?);
-    read(&api, move |stores| {
-        let store = documents::team_store(stores, &team).map_err(ApiError::internal)?;
-        let items = documents::team_invoices(store, &team, draft).map_err(ApiError::internal)?;
+    with_team(&api, team, move |store, team| {
+        let items = documents::team_invoices(store, team, draft).map_err(ApiError::internal)?;
         render_invoices(&items, as_csv)
     })
     .await
@@ -333,10 +344,9 @@ async fn invoice(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (team, day, as_csv) = (caller.team(&team)?, day(&period)?, q.wants_csv(&headers)?);
-    read(&api, move |stores| {
-        let store = documents::team_store(stores, &team).map_err(ApiError::internal)?;
-        let item = documents::invoice_on(store, &team, day).map_err(ApiError::internal)?;
-        let item = item.ok_or_else(|| no_invoice(&team, day))?;
+    with_team(&api, team, move |store, team| {
+        let item = documents::invoice_on(store, team, day).map_err(ApiError::internal)?;
+        let item = item.ok_or_else(|| no_invoice(team, day))?;
         if as_csv {
             render_invoices(&[item], true)
         } else {
@@ -352,21 +362,16 @@ async fn verification(
     Path((team, period)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let (team, day) = (caller.team(&team)?, day(&period)?);
-    read(&api, move |stores| {
-        let store = documents::team_store(stores, &team).map_err(ApiError::internal)?;
-        let check = documents::verification(store, &team, day).map_err(ApiError::internal)?;
-        check.map(json).ok_or_else(|| no_invoice(&team, day))
+    with_team(&api, team, move |store, team| {
+        let check = documents::verification(store, team, day).map_err(ApiError::internal)?;
+        check.map(json).ok_or_else(|| no_invoice(team, day))
     })
     .await
 }
 
 async fn alerts(State(api): State<Shared>, caller: Caller, Path(team): Path<String>) -> Result<Response, ApiError> {
     let team = caller.team(&team)?;
-    read(&api, move |stores| {
-        let store = documents::team_store(stores, &team).map_err(ApiError::internal)?;
-        documents::alerts(store, &team).map(json).map_err(ApiError::internal)
-    })
-    .await
+    with_team(&api, team, move |store, team| doc(documents::alerts(store, team))).await
 }
 
 async fn entries(
@@ -380,11 +385,7 @@ async fn entries(
     if limit == 0 || limit > documents::PAGE_LIMIT_MAX as u64 {
         return Err(ApiError::bad(format!("limit={limit}: 1 to {}", documents::PAGE_LIMIT_MAX)));
     }
-    read(&api, move |stores| {
-        let store = documents::team_store(stores, &team).map_err(ApiError::internal)?;
-        documents::entries_page(store, &team, after, limit as usize).map(json).map_err(ApiError::internal)
-    })
-    .await
+    with_team(&api, team, move |store, team| doc(documents::entries_page(store, team, after, limit as usize))).await
 }
 
 async fn month_invoices(

@@ -112,9 +112,7 @@ pub fn run(dir: &Path, args: RunArgs, future_skew: chrono::Duration) -> anyhow::
     );
     let lag = Arc::new(AtomicI64::new(-1));
     if args.http.http_addr.is_some() {
-        let live = live::Live { shards: Arc::clone(&shards), lag: Arc::clone(&lag), lag_max: args.ready_lag_max };
-        let bound = crate::http::spawn(&args.http, "", Arc::new(live), Arc::clone(&metrics), future_skew)?;
-        eprintln!("usage-ledger: HTTP API and dashboard on http://{bound}/");
+        serve_http(&args, &shards, &lag, &metrics, future_skew)?;
     }
     let demo = args.demo.then(|| crate::demo::spawn_live(brokers.clone(), Arc::clone(&stop)));
     let aligner = align::Aligner::new(Duration::from_millis(args.align_wait_ms));
@@ -133,18 +131,9 @@ pub fn run(dir: &Path, args: RunArgs, future_skew: chrono::Duration) -> anyhow::
     };
     while !stop.load(Ordering::SeqCst) {
         match service.step() {
-            Ok(idle) => {
-                if idle {
-                    stop.store(true, Ordering::SeqCst);
-                }
-            }
-            Err(e) => {
-                // After a failed write (a full disk) sled can wait forever flushing a
-                // store it drops: leave without dropping the ledgers. Everything
-                // acknowledged was flushed; sled recovers the rest from its log.
-                std::mem::forget(service);
-                return Err(e);
-            }
+            Ok(true) => stop.store(true, Ordering::SeqCst),
+            Ok(false) => {}
+            Err(e) => return Err(e),
         }
     }
     info!(stats = ?service.stats, "Stopping: the last batch is durable and published.");
@@ -269,6 +258,20 @@ impl Service {
             self.lag.store(total, Ordering::Relaxed);
         }
     }
+}
+
+/// The HTTP API over the ledgers the loop holds.
+fn serve_http(
+    args: &RunArgs,
+    shards: &Arc<Mutex<Shards>>,
+    lag: &Arc<AtomicI64>,
+    metrics: &Arc<crate::metrics::Metrics>,
+    future_skew: chrono::Duration,
+) -> anyhow::Result<()> {
+    let live = live::Live { shards: Arc::clone(shards), lag: Arc::clone(lag), lag_max: args.ready_lag_max };
+    let bound = crate::http::spawn(&args.http, "", Arc::new(live), Arc::clone(metrics), future_skew)?;
+    eprintln!("usage-ledger: HTTP API and dashboard on http://{bound}/");
+    Ok(())
 }
 
 /// The closing line (the bench reads its figures).

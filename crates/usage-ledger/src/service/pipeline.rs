@@ -149,6 +149,19 @@ fn decode(r: &Record, window: &Window) -> Result<Event, Invalid> {
     Ok(event)
 }
 
+/// The ledger's position in each stream of `records`: a record below it was applied
+/// already (its partition went to another member and came back), and a position never
+/// moves back.
+fn recorded_positions(ledger: &Ledger, records: &[Record]) -> anyhow::Result<HashMap<String, u64>> {
+    let mut floors: HashMap<String, u64> = HashMap::new();
+    for r in records {
+        if let std::collections::hash_map::Entry::Vacant(e) = floors.entry(r.stream()) {
+            e.insert(ledger.store().offset(&r.stream())?.unwrap_or(0));
+        }
+    }
+    Ok(floors)
+}
+
 fn process(
     ledger: &mut Ledger,
     records: &[Record],
@@ -162,14 +175,7 @@ fn process(
     let mut origin = Vec::with_capacity(records.len());
     let mut dead = Vec::new();
     let mut positions: HashMap<String, u64> = HashMap::new();
-    // The ledger's positions: a record before one was applied already (a partition that
-    // went to another member and came back), and a position never moves back.
-    let mut floors: HashMap<String, u64> = HashMap::new();
-    for r in records {
-        if let std::collections::hash_map::Entry::Vacant(e) = floors.entry(r.stream()) {
-            e.insert(ledger.store().offset(&r.stream())?.unwrap_or(0));
-        }
-    }
+    let floors = recorded_positions(ledger, records)?;
     for (i, r) in records.iter().enumerate() {
         if (r.offset as u64) < floors[&r.stream()] {
             debug!(stream = %r.stream(), offset = r.offset, "Skipped a record the ledger holds already.");
