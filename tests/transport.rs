@@ -127,7 +127,8 @@ fn a_full_disk_stops_acknowledging_in_one_line_corrupts_nothing_and_resumes_once
     let full = bin()
         .arg("--data-dir")
         .arg(&dir)
-        .args(["import", file.to_str().unwrap()])
+        // Batches small enough that several fit before the disk is full.
+        .args(["import", "--batch-events-max", "4096", file.to_str().unwrap()])
         .env_remove("RUST_BACKTRACE")
         .output()
         .unwrap();

@@ -33,6 +33,10 @@ pub enum Error {
     Sled(#[from] sled::Error),
     #[error("io on {path}: {source}")]
     Io { path: String, source: std::io::Error },
+    #[error(
+        "No space left for a batch on the disk holding {dir}: {free} bytes free, {need} needed with the reserve; nothing of it was written"
+    )]
+    DiskFull { dir: String, free: u64, need: u64 },
     #[error("corrupt store: {0}")]
     Corrupt(String),
     #[error("ledger fold failed: {0}")]
