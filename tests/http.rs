@@ -382,7 +382,13 @@ fn admins_close_and_mint_portal_links_that_open_one_team() {
     assert_eq!(json(&april)["matches"], true, "{}", april.body);
 
     let mint = format!("{}/v1/teams/t1/portal-links", server.base);
-    assert_eq!(call("POST", &mint, Some(TEAM_TOKEN), &[], None).status, 403);
+    let finance_mint = format!("{}/v1/portal-links", server.base);
+    for url in [&mint, &finance_mint] {
+        assert_eq!(call("POST", url, None, &[], None).status, 401, "{url}");
+        assert_eq!(call("POST", url, Some(TEAM_TOKEN), &[], None).status, 403, "{url}");
+        assert_eq!(call("POST", url, Some(FINANCE_TOKEN), &[], None).status, 403, "{url}");
+    }
+    assert_eq!(get(&format!("{}/", server.base), None).status, 401, "the finance view needs a credential");
     assert_eq!(call("POST", &mint, Some(FINANCE_TOKEN), &[], None).status, 403);
     let link = json(&call("POST", &mint, Some(ADMIN_TOKEN), &[], None));
     let url = link["url"].as_str().unwrap();
@@ -645,6 +651,7 @@ fn under_run_the_api_serves_the_live_ledgers_and_the_metrics_move() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    eprintln!("metrics during the run: consumer lag {lags:?}; records {records:?}");
     assert!(records.len() >= 3, "the records counter moved: {records:?}");
     assert!(lags.iter().any(|l| *l > 0) && lags.last() == Some(&0), "the lag rose and fell back to 0: {lags:?}");
     // The live ledgers answer as an import of the same events does.

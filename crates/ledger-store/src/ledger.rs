@@ -145,8 +145,8 @@ struct Staged {
 const SPACE_RESERVE_BYTES: u64 = 4 << 20;
 
 /// Refuses a batch of about `bytes` unless the disk holding `dir` has room for it three
-/// times over (sled logs a value, then rewrites its page; ~260 B per event measured on
-/// disk against ~100 B encoded), and the reserve.
+/// times over (sled logs a value, then rewrites its page: 10M imported events took 2.6 GB,
+/// 260 B each, issue 12), and the reserve.
 fn ensure_space(dir: &std::path::Path, bytes: u64) -> Result<()> {
     let stat = rustix::fs::statvfs(dir).map_err(|e| Error::Io { path: dir.display().to_string(), source: e.into() })?;
     let free = stat.f_bavail.saturating_mul(stat.f_frsize);

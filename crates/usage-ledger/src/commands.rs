@@ -31,15 +31,21 @@ pub(crate) fn team_id(team: &str) -> anyhow::Result<TeamId> {
 
 /// Whether an operator may close until `until`: before 2200 (the ledger's range), and
 /// not past now + the future skew unless they say they mean it (closing is irreversible).
-pub fn close_allowed(until: DateTime<Utc>, future_skew: chrono::Duration, allow_future: bool) -> anyhow::Result<()> {
+/// `override_name` is how the caller says it means it (`--allow-future`).
+pub fn close_allowed(
+    until: DateTime<Utc>,
+    future_skew: chrono::Duration,
+    allow_future: bool,
+    override_name: &str,
+) -> anyhow::Result<()> {
     let latest = crate::window(future_skew).latest;
     let range_end: DateTime<Utc> = "2200-01-01T00:00:00Z".parse().expect("valid instant");
     if until >= range_end {
-        bail!("--until {} is outside the ledger's range (before 2200)", until.to_rfc3339());
+        bail!("until {} is outside the ledger's range (before 2200)", until.to_rfc3339());
     }
     if until > latest && !allow_future {
         bail!(
-            "--until {} is after now + the future skew ({}); closing is irreversible: pass --allow-future to mean it",
+            "until {} is after now + the future skew ({}); closing is irreversible: pass {override_name} to mean it",
             until.to_rfc3339(),
             latest.to_rfc3339()
         );
@@ -48,10 +54,19 @@ pub fn close_allowed(until: DateTime<Utc>, future_skew: chrono::Duration, allow_
 }
 
 pub fn close(dir: &Path, until: DateTime<Utc>) -> anyhow::Result<ExitCode> {
+    let (invoices, entries) = close_stores(&open_existing(dir)?, until)?;
+    eprintln!("closed {invoices} cycle(s) until {}: {entries} entries appended", until.to_rfc3339());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Closes every cycle due by `until` in each store (its ledger folded for it, the
+/// watchdog on while it reads), reporting each refund refused on the way; returns the
+/// invoices issued and the entries appended. `close` and `serve` share it.
+pub fn close_stores(stores: &[Store], until: DateTime<Utc>) -> anyhow::Result<(u64, u64)> {
     let (mut invoices, mut entries) = (0, 0);
-    for store in open_existing(dir)? {
-        let watch = crate::watchdog::Watchdog::arm("opening the ledger", dir);
-        let mut ledger = Ledger::open(store)?;
+    for store in stores {
+        let watch = crate::watchdog::Watchdog::arm("opening the ledger", store.dir());
+        let mut ledger = Ledger::open(store.clone())?;
         drop(watch);
         let report = ledger.close_until(until)?;
         for (parked, outcome) in &report.settled {
@@ -65,8 +80,7 @@ pub fn close(dir: &Path, until: DateTime<Utc>) -> anyhow::Result<ExitCode> {
         invoices += report.invoices;
         entries += report.entries;
     }
-    eprintln!("closed {invoices} cycle(s) until {}: {entries} entries appended", until.to_rfc3339());
-    Ok(ExitCode::SUCCESS)
+    Ok((invoices, entries))
 }
 
 pub fn invoices(dir: &Path, team: &str, csv: bool, draft: bool) -> anyhow::Result<ExitCode> {
@@ -111,16 +125,16 @@ pub fn alerts(dir: &Path, team: &str) -> anyhow::Result<ExitCode> {
 pub fn verify_invoice(dir: &Path, team: &str, day: chrono::NaiveDate) -> anyhow::Result<ExitCode> {
     let id = team_id(team)?;
     let stores = open_existing(dir)?;
-    let Some(doc) = documents::verification(documents::team_store(&stores, &id)?, &id, day)? else {
+    let Some(check) = documents::verification(documents::team_store(&stores, &id)?, &id, day)? else {
         bail!("team {id} has no final invoice for a period starting {day}")
     };
-    crate::emit(&doc)?;
-    let check: serde_json::Value = serde_json::from_str(&doc)?;
-    if check["matches"] == serde_json::Value::Bool(true) {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        eprintln!("error: team {id} invoice {day}: {}", check["mismatch"].as_str().unwrap_or("does not match"));
-        Ok(ExitCode::from(1))
+    crate::emit(&documents::to_json(&check)?)?;
+    match &check.mismatch {
+        None => Ok(ExitCode::SUCCESS),
+        Some(why) => {
+            eprintln!("error: team {id} invoice {day}: {why}");
+            Ok(ExitCode::from(1))
+        }
     }
 }
 

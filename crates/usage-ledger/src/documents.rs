@@ -127,12 +127,21 @@ fn snake(variant: &str) -> String {
 }
 
 /// The team's invoice for the period starting on `day`, recomputed from its entries and
-/// compared with the one issued; `None` when no invoice starts that day.
-pub fn verification(store: Option<&Store>, team: &TeamId, day: chrono::NaiveDate) -> anyhow::Result<Option<String>> {
+/// compared with the one issued; `None` when no invoice starts that day. Rendered with
+/// `to_json`.
+pub fn verification(
+    store: Option<&Store>,
+    team: &TeamId,
+    day: chrono::NaiveDate,
+) -> anyhow::Result<Option<InvoiceCheck>> {
     let Some(store) = store else { return Ok(None) };
     let Some(start) = period_start(store, team, day)? else { return Ok(None) };
-    let check: Option<InvoiceCheck> = store.verify_invoice(&Catalog::builtin(), team, start)?;
-    Ok(check.map(|c| serde_json::to_string_pretty(&c)).transpose()?)
+    Ok(store.verify_invoice(&Catalog::builtin(), team, start)?)
+}
+
+/// A document as the commands print it and the API returns it.
+pub fn to_json(doc: &impl serde::Serialize) -> anyhow::Result<String> {
+    Ok(serde_json::to_string_pretty(doc)?)
 }
 
 /// The team's final invoice whose period starts on `day` (UTC), as issued.

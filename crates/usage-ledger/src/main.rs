@@ -296,7 +296,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             import::run(&dir, &file, batch_events_max, report_acks, skew)
         }
         Command::Close { until, allow_future } => {
-            commands::close_allowed(until, skew, allow_future)?;
+            commands::close_allowed(until, skew, allow_future, "--allow-future")?;
             commands::close(&dir, until)
         }
         Command::Invoices { team: Some(team), format, draft, .. } => {

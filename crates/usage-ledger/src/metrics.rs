@@ -1,7 +1,5 @@
-//! The service's Prometheus metrics, served as text on `GET /metrics` when
-//! `run --metrics-addr` is given.
-use std::sync::Arc;
-
+//! The Prometheus metrics, served as text on `GET /metrics` by the HTTP API and by
+//! `run --metrics-addr`.
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -9,7 +7,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use tracing::warn;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {
@@ -110,30 +107,21 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
+    /// The gauges read from the stores: outbox depth and bytes on disk.
+    pub fn refresh(&self, stores: &[ledger_store::Store]) -> ledger_store::Result<()> {
+        let (mut depth, mut bytes) = (0u64, 0u64);
+        for store in stores {
+            depth += store.outbox_len()?;
+            bytes += store.size_on_disk()?;
+        }
+        self.outbox_depth.set(depth as i64);
+        self.store_bytes.set(bytes as i64);
+        Ok(())
+    }
+
     pub fn text(&self) -> String {
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("metrics encode");
         out
     }
-}
-
-/// Serves `GET /metrics` on `addr` from a background thread; returns the bound address.
-pub fn serve(addr: &str, metrics: Arc<Metrics>) -> anyhow::Result<String> {
-    let server = tiny_http::Server::http(addr).map_err(|e| anyhow::anyhow!("metrics listener on {addr}: {e}"))?;
-    let bound = server.server_addr().to_ip().map(|a| a.to_string()).unwrap_or_else(|| addr.to_string());
-    std::thread::spawn(move || {
-        for request in server.incoming_requests() {
-            let response = if request.url() == "/metrics" {
-                let header =
-                    tiny_http::Header::from_bytes("Content-Type", "text/plain; version=0.0.4").expect("valid header");
-                tiny_http::Response::from_string(metrics.text()).with_header(header)
-            } else {
-                tiny_http::Response::from_string("not found\n").with_status_code(404)
-            };
-            if let Err(e) = request.respond(response) {
-                warn!(error = %e, "Metrics response failed.");
-            }
-        }
-    });
-    Ok(bound)
 }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
-use ledger_store::{Ledger, Store};
+use ledger_store::Store;
 
 pub use auth::TokenConfig;
 
@@ -71,8 +71,7 @@ pub struct Api {
     future_skew: chrono::Duration,
 }
 
-/// Binds `args.http_addr` (or `default_addr`) now, so a taken port is an error at start,
-/// and serves the API from a thread of its own. Returns the bound address.
+/// Serves the API at `args.http_addr` (or `default_addr`); returns the bound address.
 pub fn spawn(
     args: &HttpArgs,
     default_addr: &str,
@@ -99,10 +98,24 @@ pub fn spawn(
         body_max_bytes: args.http_body_max_bytes,
         future_skew,
     };
+    serve_router(addr, routes::router(Arc::new(api)))
+}
+
+/// Serves only `GET /metrics` at `addr` (`run --metrics-addr`), the same text as the API's.
+pub fn spawn_metrics(
+    addr: &str,
+    ledgers: Arc<dyn Ledgers>,
+    metrics: Arc<crate::metrics::Metrics>,
+) -> anyhow::Result<SocketAddr> {
+    serve_router(addr, routes::metrics_router(ledgers, metrics))
+}
+
+/// Binds `addr` now, so a taken port is an error at start, and serves `router` from a
+/// thread of its own. Returns the bound address.
+fn serve_router(addr: &str, router: axum::Router) -> anyhow::Result<SocketAddr> {
     let listener = std::net::TcpListener::bind(addr).with_context(|| format!("HTTP listener on {addr}"))?;
     listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
-    let router = routes::router(Arc::new(api));
     std::thread::Builder::new().name("http".into()).spawn(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -157,12 +170,6 @@ impl Ledgers for Served {
 
     fn close(&self, until: DateTime<Utc>) -> anyhow::Result<(u64, u64)> {
         let _one = self.closing.lock().expect("not poisoned");
-        let (mut invoices, mut entries) = (0, 0);
-        for store in &self.stores {
-            let report = Ledger::open(store.clone())?.close_until(until)?;
-            invoices += report.invoices;
-            entries += report.entries;
-        }
-        Ok((invoices, entries))
+        crate::commands::close_stores(&self.stores, until)
     }
 }

@@ -277,19 +277,28 @@ async fn readyz(State(api): State<Shared>) -> Response {
 }
 
 async fn metrics(State(api): State<Shared>) -> Result<Response, ApiError> {
-    let sizes = read(&api, |stores| {
-        let mut depth = 0u64;
-        let mut bytes = 0u64;
-        for store in stores {
-            depth += store.outbox_len().map_err(|e| ApiError::internal(e.into()))?;
-            bytes += store.size_on_disk().map_err(|e| ApiError::internal(e.into()))?;
-        }
-        Ok((depth, bytes))
+    metrics_text(Arc::clone(&api.ledgers), Arc::clone(&api.metrics)).await
+}
+
+/// A router serving only `GET /metrics` (`run --metrics-addr`).
+pub fn metrics_router(ledgers: Arc<dyn super::Ledgers>, metrics: Arc<crate::metrics::Metrics>) -> Router {
+    let handler = move || metrics_text(Arc::clone(&ledgers), Arc::clone(&metrics));
+    Router::new().route("/metrics", get(handler))
+}
+
+/// The metrics as Prometheus text, the store gauges (outbox depth, bytes) read first.
+async fn metrics_text(
+    ledgers: Arc<dyn super::Ledgers>,
+    metrics: Arc<crate::metrics::Metrics>,
+) -> Result<Response, ApiError> {
+    let text = tokio::task::spawn_blocking(move || {
+        metrics.refresh(&ledgers.stores()?)?;
+        anyhow::Ok(metrics.text())
     })
-    .await?;
-    api.metrics.outbox_depth.set(sizes.0 as i64);
-    api.metrics.store_bytes.set(sizes.1 as i64);
-    Ok(([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], api.metrics.text()).into_response())
+    .await
+    .map_err(|e| ApiError::internal(anyhow::anyhow!("metrics stopped: {e}")))?
+    .map_err(ApiError::internal)?;
+    Ok(([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
 }
 
 async fn balance(
@@ -364,7 +373,7 @@ async fn verification(
     let (team, day) = (caller.team(&team)?, day(&period)?);
     with_team(&api, team, move |store, team| {
         let check = documents::verification(store, team, day).map_err(ApiError::internal)?;
-        check.map(json).ok_or_else(|| no_invoice(team, day))
+        doc(documents::to_json(&check.ok_or_else(|| no_invoice(team, day))?))
     })
     .await
 }
@@ -422,8 +431,8 @@ async fn close(
     let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
     let request: CloseRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad(format!("body: {e} (expected {{\"until\": RFC3339}})")))?;
-    crate::commands::close_allowed(request.until, api.future_skew, request.allow_future)
-        .map_err(|e| ApiError::bad(e.to_string().replace("--allow-future", "\"allow_future\": true")))?;
+    crate::commands::close_allowed(request.until, api.future_skew, request.allow_future, "\"allow_future\": true")
+        .map_err(|e| ApiError::bad(e.to_string()))?;
     let until = request.until;
     let ledgers = Arc::clone(&api.ledgers);
     let (invoices, entries) = tokio::task::spawn_blocking(move || ledgers.close(until))

@@ -9,7 +9,7 @@
 //! pauses of seconds) lets images run past a cycle's end + grace ahead of a refund or
 //! plan change produced before them: the cycle closes without it, and the ledger bills
 //! another order than the one events were produced in.
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use ledger_kafka::{Fetched, Record, ACCOUNTS, IMAGES};
@@ -25,16 +25,22 @@ struct Stream {
     next: Option<i64>,
 }
 
+/// The two streams of one partition ledger, and since when one waits for the other.
+#[derive(Debug, Default)]
+struct Pair {
+    images: Stream,
+    accounts: Stream,
+    waiting: Option<Instant>,
+}
+
 pub(super) struct Aligner {
-    streams: HashMap<(String, i32), Stream>,
-    /// Since when each partition's merge has been waiting for its other stream.
-    waiting: HashMap<i32, Instant>,
+    pairs: BTreeMap<i32, Pair>,
     wait: Duration,
 }
 
 impl Aligner {
     pub fn new(wait: Duration) -> Aligner {
-        Aligner { streams: HashMap::new(), waiting: HashMap::new(), wait }
+        Aligner { pairs: BTreeMap::new(), wait }
     }
 
     /// Takes the polled records in and gives back, in the order to apply them, those that
@@ -49,81 +55,80 @@ impl Aligner {
         fetched: &[Fetched],
         position: impl Fn(&str, i32) -> Option<u64>,
     ) -> Vec<Record> {
-        self.streams.retain(|k, _| owned.contains(k));
+        self.pairs.retain(|p, _| owned.iter().any(|(_, owned)| owned == p));
         for r in records {
-            let stream = self.streams.entry((r.topic.clone(), r.partition)).or_default();
+            let pair = self.pairs.entry(r.partition).or_default();
+            let stream = if r.topic == IMAGES { &mut pair.images } else { &mut pair.accounts };
             if stream.next.is_some_and(|next| r.offset < next) {
                 continue; // received already (a re-fetch after a rebalance)
             }
             stream.next = Some(r.offset + 1);
             stream.held.push_back(r);
         }
-        let partitions: BTreeSet<i32> = self.streams.keys().map(|(_, p)| *p).collect();
         let mut out = Vec::new();
-        for partition in partitions {
-            self.merge(partition, fetched, &position, &mut out);
+        for (partition, pair) in &mut self.pairs {
+            let pending = |topic: &str, stream: &Stream| pending(fetched, &position, topic, *partition, stream);
+            pair.merge(*partition, self.wait, pending, &mut out);
         }
         out
     }
 
     /// Records still held (not yet applied).
     pub fn held(&self) -> usize {
-        self.streams.values().map(|s| s.held.len()).sum()
+        self.pairs.values().map(|p| p.images.held.len() + p.accounts.held.len()).sum()
     }
+}
 
-    /// Moves partition `partition`'s records that may go now into `out`, merged.
+/// Whether the broker holds records of a stream past what this member received or its
+/// ledger recorded. The high watermark is at most a statistics interval old, so it can
+/// only say "no" too early, never wait forever.
+fn pending(
+    fetched: &[Fetched],
+    position: &impl Fn(&str, i32) -> Option<u64>,
+    topic: &str,
+    partition: i32,
+    stream: &Stream,
+) -> bool {
+    let Some(f) = fetched.iter().find(|f| f.topic == topic && f.partition == partition) else { return true };
+    if f.high < 0 {
+        return true;
+    }
+    match stream.next.max(position(topic, partition).map(|p| p as i64)) {
+        Some(next) => next < f.high,
+        None => f.high > f.low.max(0),
+    }
+}
+
+impl Pair {
+    /// Moves the records that may go now into `out`, merged.
     fn merge(
         &mut self,
         partition: i32,
-        fetched: &[Fetched],
-        position: &impl Fn(&str, i32) -> Option<u64>,
+        wait: Duration,
+        pending: impl Fn(&str, &Stream) -> bool,
         out: &mut Vec<Record>,
     ) {
-        let (images, accounts) = ((IMAGES.to_string(), partition), (ACCOUNTS.to_string(), partition));
-        // Whether the broker holds records of the stream past what this member received
-        // or its ledger recorded. The high watermark is at most a statistics interval
-        // old, so it can only say "no" too early, never wait forever.
-        let pending = |key: &(String, i32), stream: Option<&Stream>| -> bool {
-            let Some(f) = fetched.iter().find(|f| f.topic == key.0 && f.partition == key.1) else { return true };
-            if f.high < 0 {
-                return true;
-            }
-            let recorded = position(&key.0, key.1).map(|p| p as i64);
-            match stream.and_then(|s| s.next).max(recorded) {
-                Some(next) => next < f.high,
-                None => f.high > f.low.max(0),
-            }
-        };
-        let overfull =
-            [&images, &accounts].iter().any(|k| self.streams.get(*k).is_some_and(|s| s.held.len() >= HELD_MAX));
-        let timed_out = self.waiting.get(&partition).is_some_and(|since| since.elapsed() >= self.wait);
+        let overfull = self.images.held.len() >= HELD_MAX || self.accounts.held.len() >= HELD_MAX;
+        let go_on = overfull || self.waiting.is_some_and(|since| since.elapsed() >= wait);
         loop {
-            let head = |k: &(String, i32)| self.streams.get(k).and_then(|s| s.held.front()).map(order);
-            let take = match (head(&images), head(&accounts)) {
+            let (i, a) = (self.images.held.front().map(order), self.accounts.held.front().map(order));
+            // Which stream goes next: `None` while the only one with records waits.
+            let next = match (i, a) {
                 (None, None) => break,
-                (Some(i), Some(a)) => {
-                    if a <= i {
-                        &accounts
-                    } else {
-                        &images
-                    }
-                }
-                (Some(_), None) if overfull || timed_out || !pending(&accounts, self.streams.get(&accounts)) => &images,
-                (None, Some(_)) if overfull || timed_out || !pending(&images, self.streams.get(&images)) => &accounts,
-                _ => {
-                    let since = *self.waiting.entry(partition).or_insert_with(Instant::now);
-                    debug!(
-                        partition,
-                        waited_ms = since.elapsed().as_millis() as u64,
-                        "Holding records for the other stream."
-                    );
-                    return;
-                }
+                (Some(i), Some(a)) => Some(i < a),
+                (Some(_), None) => (go_on || !pending(ACCOUNTS, &self.accounts)).then_some(true),
+                (None, Some(_)) => (go_on || !pending(IMAGES, &self.images)).then_some(false),
             };
-            let record = self.streams.get_mut(take).and_then(|s| s.held.pop_front()).expect("a head was seen");
-            out.push(record);
+            let Some(from_images) = next else {
+                let since = *self.waiting.get_or_insert_with(Instant::now);
+                let waited_ms = since.elapsed().as_millis() as u64;
+                debug!(partition, waited_ms, "Holding records for the other stream.");
+                return;
+            };
+            let stream = if from_images { &mut self.images } else { &mut self.accounts };
+            out.push(stream.held.pop_front().expect("a head was seen"));
         }
-        self.waiting.remove(&partition);
+        self.waiting = None;
     }
 }
 

@@ -101,19 +101,22 @@ pub fn run(dir: &Path, args: RunArgs, future_skew: chrono::Duration) -> anyhow::
     let consumer = Consumer::new(&brokers, &args.group, &[IMAGES, ACCOUNTS], args.session_timeout_ms, owner)?;
     let producer = Producer::new(&brokers)?;
     let metrics = Arc::new(crate::metrics::Metrics::new());
+    let lag = Arc::new(AtomicI64::new(-1));
+    let live: Arc<dyn crate::http::Ledgers> =
+        Arc::new(live::Live { shards: Arc::clone(&shards), lag: Arc::clone(&lag), lag_max: args.ready_lag_max });
     if let Some(addr) = &args.metrics_addr {
-        let bound = crate::metrics::serve(addr, Arc::clone(&metrics))?;
+        let bound = crate::http::spawn_metrics(addr, Arc::clone(&live), Arc::clone(&metrics))?;
         eprintln!("usage-ledger: metrics on http://{bound}/metrics");
+    }
+    if args.http.http_addr.is_some() {
+        let bound = crate::http::spawn(&args.http, "", live, Arc::clone(&metrics), future_skew)?;
+        eprintln!("usage-ledger: HTTP API and dashboard on http://{bound}/");
     }
     eprintln!(
         "usage-ledger: consuming {IMAGES} and {ACCOUNTS} from {brokers} as group {}; ledgers in {}",
         args.group,
         ledger_store::partition_dir(dir, 0).parent().expect("has a parent").display()
     );
-    let lag = Arc::new(AtomicI64::new(-1));
-    if args.http.http_addr.is_some() {
-        serve_http(&args, &shards, &lag, &metrics, future_skew)?;
-    }
     let demo = args.demo.then(|| crate::demo::spawn_live(brokers.clone(), Arc::clone(&stop)));
     let aligner = align::Aligner::new(Duration::from_millis(args.align_wait_ms));
     let mut service = Service {
@@ -258,20 +261,6 @@ impl Service {
             self.lag.store(total, Ordering::Relaxed);
         }
     }
-}
-
-/// The HTTP API over the ledgers the loop holds.
-fn serve_http(
-    args: &RunArgs,
-    shards: &Arc<Mutex<Shards>>,
-    lag: &Arc<AtomicI64>,
-    metrics: &Arc<crate::metrics::Metrics>,
-    future_skew: chrono::Duration,
-) -> anyhow::Result<()> {
-    let live = live::Live { shards: Arc::clone(shards), lag: Arc::clone(lag), lag_max: args.ready_lag_max };
-    let bound = crate::http::spawn(&args.http, "", Arc::new(live), Arc::clone(metrics), future_skew)?;
-    eprintln!("usage-ledger: HTTP API and dashboard on http://{bound}/");
-    Ok(())
 }
 
 /// The closing line (the bench reads its figures).

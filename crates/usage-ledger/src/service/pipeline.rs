@@ -177,15 +177,16 @@ fn process(
     let mut positions: HashMap<String, u64> = HashMap::new();
     let floors = recorded_positions(ledger, records)?;
     for (i, r) in records.iter().enumerate() {
-        if (r.offset as u64) < floors[&r.stream()] {
-            debug!(stream = %r.stream(), offset = r.offset, "Skipped a record the ledger holds already.");
+        let stream = r.stream();
+        if (r.offset as u64) < floors[&stream] {
+            debug!(%stream, offset = r.offset, "Skipped a record the ledger holds already.");
             continue;
         }
-        positions.insert(r.stream(), r.offset as u64 + 1);
+        positions.insert(stream.clone(), r.offset as u64 + 1);
         match decode(r, &window) {
             Ok(event) => {
                 submissions
-                    .push(Submission { event, source: Source { stream: Some(r.stream()), offset: r.offset as u64 } });
+                    .push(Submission { event, source: Source { stream: Some(stream), offset: r.offset as u64 } });
                 origin.push(i);
             }
             Err(e) => dead.push(dead_letter(r, e.code(), &e.to_string(), None)),
