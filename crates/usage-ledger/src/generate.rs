@@ -32,12 +32,7 @@ fn ts(secs: i64) -> String {
 }
 
 pub fn run(teams: u32, events: u64, seed: u64, out: &Path) -> anyhow::Result<ExitCode> {
-    let sink: Box<dyn Write> = if out == Path::new("-") {
-        Box::new(std::io::stdout().lock())
-    } else {
-        Box::new(File::create(out).with_context(|| format!("cannot create {}", out.display()))?)
-    };
-    let mut w = BufWriter::with_capacity(1 << 20, sink);
+    let mut w = sink(out)?;
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let teams = teams.max(1);
     let mut billed = vec![true; teams as usize];
@@ -78,4 +73,102 @@ pub fn run(teams: u32, events: u64, seed: u64, out: &Path) -> anyhow::Result<Exi
     }
     w.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The benchmark's workload (`--profile realistic`): team volume Zipf-skewed (s = 1: the
+/// busiest team sends about 1/H(teams) of all images), 70/30 background removal / image
+/// editing, ~1 % exact duplicates (a recent line sent again), ~0.1 % refunds, plan
+/// changes (~5 % of teams change plan mid-cycle: upgrades apply at once, downgrades at
+/// the next cycle), April–May 2026 so April's cycles close during the run.
+pub fn realistic(teams: u32, events: u64, seed: u64, out: &Path) -> anyhow::Result<ExitCode> {
+    let mut w = sink(out)?;
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let teams = teams.max(1);
+    let plans = start_plans(&mut w, &mut rng, teams)?;
+    // Cumulative Zipf weights: rank r (0-based) weighs 1 / (r + 1).
+    let mut cumulative = Vec::with_capacity(teams as usize);
+    let mut total = 0.0f64;
+    for r in 0..teams {
+        total += 1.0 / f64::from(r + 1);
+        cumulative.push(total);
+    }
+    let pick = |rng: &mut Rng| {
+        let x = (rng.next() >> 11) as f64 / (1u64 << 53) as f64 * total;
+        cumulative.partition_point(|c| *c < x).min(teams as usize - 1)
+    };
+    let changes_at: Vec<u64> =
+        (0..teams / 20).map(|i| events / 4 + i as u64 * (events / 2) / (teams / 20).max(1) as u64).collect();
+    let mut next_change = 0usize;
+    let mut recent: Vec<String> = Vec::with_capacity(64);
+    for n in 0..events {
+        let t = pick(&mut rng);
+        let at = START + teams as i64 + (n as i64 * (SPAN_SECS - teams as i64)) / events.max(1) as i64;
+        let api = if rng.below(10) < 7 { "API_REMOVE_BACKGROUND" } else { "API_IMAGE_EDITING" };
+        let images = if rng.below(10) == 0 { 2 + rng.below(9) } else { 1 };
+        let line = format!(
+            r#"{{"imageProcessed":{{"eventId":"e{n}","teamId":"team-{t:05}","occurredAt":"{}","api":"{api}","operations":["ai_background"],"images":{images},"requestId":"r{n}"}}}}"#,
+            ts(at)
+        );
+        writeln!(w, "{line}")?;
+        if rng.below(100) == 0 && !recent.is_empty() {
+            // An exact duplicate: the pipeline sent a recent event again.
+            writeln!(w, "{}", recent[rng.below(recent.len() as u64) as usize])?;
+        }
+        if recent.len() < 64 {
+            recent.push(line);
+        } else {
+            recent[(n % 64) as usize] = line;
+        }
+        if rng.below(1000) == 0 && plans[t].1 {
+            writeln!(
+                w,
+                r#"{{"accountEvent":{{"eventId":"refund-{n}","teamId":"team-{t:05}","occurredAt":"{}","qualityRefund":{{"originalEventId":"e{n}","reason":"halo around hair"}}}}}}"#,
+                ts(at)
+            )?;
+        }
+        while changes_at.get(next_change).is_some_and(|c| *c == n) {
+            let c = next_change as u64 * 20 % teams as u64;
+            let (plan, bucket) = if next_change.is_multiple_of(2) { ("api_plus", 3000) } else { ("api_basic", 1000) };
+            if plans[c as usize].1 {
+                writeln!(
+                    w,
+                    r#"{{"accountEvent":{{"eventId":"change-{n}-{c}","teamId":"team-{c:05}","occurredAt":"{}","planChanged":{{"plan":"{plan}","bucketImages":"{bucket}"}}}}}}"#,
+                    ts(at)
+                )?;
+            }
+            next_change += 1;
+        }
+    }
+    w.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One plan start per team (`team-NNNNN`): its plan and whether it is billed.
+fn start_plans(w: &mut impl Write, rng: &mut Rng, teams: u32) -> anyhow::Result<Vec<(&'static str, bool)>> {
+    let mut plans = Vec::with_capacity(teams as usize);
+    for t in 0..teams {
+        let (plan, bucket) = match rng.below(10) {
+            0..=4 => ("api_basic", (1 + rng.below(10)) * 1000),
+            5..=7 => ("api_plus", (1 + rng.below(3)) * 1000),
+            8 => ("api_partner", 0),
+            _ => ("api_free_trial", 0),
+        };
+        writeln!(
+            w,
+            r#"{{"accountEvent":{{"eventId":"start-{t}","teamId":"team-{t:05}","occurredAt":"{}","planStarted":{{"plan":"{plan}","bucketImages":"{bucket}"}}}}}}"#,
+            ts(START + t as i64)
+        )?;
+        // Partners change plan by contract, trials by upgrading: only basic/plus change here.
+        plans.push((plan, matches!(plan, "api_basic" | "api_plus")));
+    }
+    Ok(plans)
+}
+
+fn sink(out: &Path) -> anyhow::Result<BufWriter<Box<dyn Write>>> {
+    let sink: Box<dyn Write> = if out == Path::new("-") {
+        Box::new(std::io::stdout().lock())
+    } else {
+        Box::new(File::create(out).with_context(|| format!("cannot create {}", out.display()))?)
+    };
+    Ok(BufWriter::with_capacity(1 << 20, sink))
 }

@@ -172,10 +172,20 @@ enum Command {
         events: u64,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// `uniform`: every team alike (the tests' load); `realistic`: the benchmark's
+        /// (Zipf-skewed teams, ~1 % duplicates, ~0.1 % refunds, plan changes).
+        #[arg(long, value_enum, default_value_t = Profile::Uniform)]
+        profile: Profile,
         /// Output file (`-` = stdout).
         #[arg(long, default_value = "-")]
         out: PathBuf,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Profile {
+    Uniform,
+    Realistic,
 }
 
 /// A panic is a fault of the ledger or of a damaged store (sled panics on some damaged
@@ -316,6 +326,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Replay => commands::replay(&dir),
         Command::Verify => commands::verify(&dir),
         Command::Demo => demo::run(&dir),
-        Command::Generate { teams, events, seed, out } => generate::run(teams, events, seed, &out),
+        Command::Generate { teams, events, seed, profile: Profile::Uniform, out } => {
+            generate::run(teams, events, seed, &out)
+        }
+        Command::Generate { teams, events, seed, profile: Profile::Realistic, out } => {
+            generate::realistic(teams, events, seed, &out)
+        }
     }
 }

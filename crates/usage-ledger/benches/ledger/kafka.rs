@@ -1,0 +1,175 @@
+//! The Kafka stage: `usage-ledger run` against a real tansu broker (SQLite storage).
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::{run, Figures, BIN};
+
+/// tansu (SQLite storage) stalled for more than 20 s between fetches with 1M records in
+/// four partitions (seen here); the stage takes the workload's first 200,000 lines.
+const LINES: usize = 200_000;
+
+/// Alert samples a run (the first, which includes joining the group, is dropped).
+const SAMPLES: usize = 101;
+
+pub fn stage(tmp: &Path, file: &Path, runs: usize) {
+    let Some(tansu) = tansu() else {
+        println!("kafka: skipped (tansu is not installed)");
+        return;
+    };
+    let sample = tmp.join("kafka.jsonl");
+    let head: Vec<String> = std::fs::read_to_string(file).unwrap().lines().take(LINES).map(String::from).collect();
+    std::fs::write(&sample, head.join("\n")).unwrap();
+    let mut figures = Figures::default();
+    for r in 0..runs {
+        eprintln!("kafka run {} of {runs}", r + 1);
+        let dir = tmp.join("broker");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let brokers = format!("127.0.0.1:{port}");
+        let url = format!("tcp://{brokers}");
+        let mut broker = Command::new(&tansu)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "sqlite://broker.sqlite"])
+            .current_dir(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        while std::net::TcpStream::connect(&brokers).is_err() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        drain(tmp, &brokers, &sample, head.len() as u64, &mut figures);
+        let mut samples = alert_latency(&brokers, &tmp.join("latency"));
+        samples.sort_by(|a, b| a.total_cmp(b));
+        figures.add("alert latency p50", "ms", samples[samples.len() / 2]);
+        figures.add("alert latency p99", "ms", samples[samples.len() * 99 / 100]);
+        let _ = broker.kill();
+        let _ = broker.wait();
+    }
+    println!(
+        "\n== kafka: `run` draining {} records from tansu, then event → alert latency ({} samples a run)",
+        head.len(),
+        SAMPLES - 1
+    );
+    figures.print();
+}
+
+fn tansu() -> Option<std::path::PathBuf> {
+    let home = std::env::var("HOME").unwrap_or_default();
+    Some(std::path::PathBuf::from(format!("{home}/.cargo/bin/tansu"))).filter(|p| p.is_file())
+}
+
+fn drain(tmp: &Path, brokers: &str, file: &Path, lines: u64, figures: &mut Figures) {
+    let (secs, _, _, _) = run(&["produce", "--brokers", brokers, file.to_str().unwrap()]);
+    figures.add("produce (broker)", "records/s", lines as f64 / secs);
+    // Drain into a fresh ledger; the service reports how many records it took, the time from
+    // its first record to its last, and the time it spent on batches (the rest is
+    // waiting for the broker). Runs again until every record is in (tansu can pause for
+    // seconds at 100 % CPU before serving a partition; a gap longer than the idle window
+    // ends a run early).
+    let data = tmp.join("service");
+    let _ = std::fs::remove_dir_all(&data);
+    let idle_ms = 15_000u64;
+    let (mut wall, mut busy, mut taken) = (0.0, 0.0, 0u64);
+    let (mut appended, mut dead) = (0.0, 0.0);
+    let mut waiting = 0u64;
+    for _ in 0..5 {
+        let (_, _, stderr, _) = run(&[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "run",
+            "--brokers",
+            brokers,
+            "--batch-events-max",
+            "20000",
+            "--exit-when-idle-ms",
+            &idle_ms.to_string(),
+        ]);
+        // The closing line: "stopped after N records (A appended, D duplicates, L dead
+        // letters, W refunds waiting for their image); B s applying batches, W s from the
+        // first record to the last". A refund can arrive before its image (the input
+        // topics have no order between them): it waits, and is appended after the image.
+        taken += number(&stderr, "stopped after ", true) as u64;
+        appended += number(&stderr, " appended", false);
+        dead += number(&stderr, " dead letters", false);
+        waiting = number(&stderr, " refunds waiting", false) as u64;
+        busy += number(&stderr, " s applying", false);
+        wall += number(&stderr, " s from the first", false);
+        if taken >= lines {
+            break;
+        }
+    }
+    assert_eq!(taken, lines, "the service took every record");
+    // The workload compresses two months into seconds: a refund whose image ran more than
+    // 24 h of event time ahead on the other topic (a broker pause past `--align-wait-ms`)
+    // is refused `refund_unknown_event` and dead-lettered; counted, not hidden.
+    println!("kafka: {appended} appended, {dead} dead letters, {waiting} refunds waiting");
+    figures.add("consume (with broker)", "events/s", taken as f64 / wall);
+    figures.add("service ledger side", "events/s", taken as f64 / busy);
+}
+
+/// The number right after (`after = true`) or right before `marker` in `text`.
+pub fn number(text: &str, marker: &str, after: bool) -> f64 {
+    let (before, rest) = text.split_once(marker).unwrap_or_else(|| panic!("no {marker:?} in: {text}"));
+    let word = if after { rest.split(' ').next() } else { before.rsplit(' ').next() };
+    word.map(|w| w.trim_matches(|c: char| !c.is_ascii_digit() && c != '.'))
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no number at {marker:?} in: {text}"))
+}
+
+/// Time from producing an event that crosses a threshold to its alert on the topic, in
+/// ms, for `SAMPLES - 1` teams (each team's plan is produced first, then one image
+/// event at a time crossing 80 %, waiting for its alert before the next).
+fn alert_latency(brokers: &str, data: &Path) -> Vec<f64> {
+    use ledger_kafka::{Consumer, Outgoing, Producer, ACCOUNTS, ALERTS, IMAGES};
+    let _ = std::fs::remove_dir_all(data);
+    let mut service = Command::new(BIN)
+        .args(["--data-dir", data.to_str().unwrap(), "run", "--brokers", brokers, "--group", "latency"])
+        .args(["--batch-wait-ms", "20"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let producer = Producer::new(brokers).unwrap();
+    let watcher =
+        Consumer::new(brokers, "latency-watch", &[ALERTS], 10_000, std::sync::Arc::new(ledger_kafka::FromBeginning))
+            .unwrap();
+    while !watcher.poll_batch(10_000, Duration::from_secs(1)).unwrap().is_empty() {}
+    let outgoing = |team: &str, json: String| {
+        let event = ledger_proto::parse_json_line(&json).unwrap();
+        let topic = if json.contains("accountEvent") { ACCOUNTS } else { IMAGES };
+        Outgoing {
+            topic: topic.into(),
+            key: team.as_bytes().to_vec(),
+            payload: ledger_proto::encode_event(&event),
+            headers: Vec::new(),
+        }
+    };
+    let teams: Vec<String> = (0..SAMPLES).map(|i| format!("latency-{i}")).collect();
+    let plans: Vec<Outgoing> = teams
+        .iter()
+        .map(|team| outgoing(team, format!(r#"{{"accountEvent":{{"eventId":"{team}-a","teamId":"{team}","occurredAt":"2026-04-01T00:00:00Z","planStarted":{{"plan":"api_basic","bucketImages":"1000"}}}}}}"#)))
+        .collect();
+    producer.send_all(&plans).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let mut samples = Vec::new();
+    for team in &teams {
+        let image = outgoing(
+            team,
+            format!(
+                r#"{{"imageProcessed":{{"eventId":"{team}-e","teamId":"{team}","occurredAt":"2026-04-02T00:00:00Z","api":"API_REMOVE_BACKGROUND","images":900}}}}"#
+            ),
+        );
+        let started = Instant::now();
+        producer.send_all(&[image]).unwrap();
+        while watcher.poll_batch(10, Duration::from_millis(1)).unwrap().is_empty() {
+            assert!(started.elapsed().as_secs() < 60, "alert within 60 s");
+        }
+        samples.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    samples.remove(0); // the first includes the service joining the group
+    let _ = service.kill();
+    let _ = service.wait();
+    samples
+}

@@ -1,0 +1,78 @@
+//! The stages of one workload size, each run `runs` times.
+use std::path::Path;
+use std::time::Instant;
+
+use ledger_core::{Catalog, Event};
+use ledger_store::{Ledger, Source, Store, Submission};
+
+use crate::{dir_bytes, pg, run, Figures};
+
+/// The batch the append stage and `import` write (events per flushed commit).
+const BATCH: usize = 32_768;
+
+pub fn size(tmp: &Path, file: &Path, runs: usize, pg: Option<&pg::Target>) -> Figures {
+    let mut figures = Figures::default();
+    let file_s = file.to_str().unwrap();
+    let mut digests = Vec::new();
+    for r in 0..runs {
+        eprintln!("run {} of {runs}", r + 1);
+        let text = std::fs::read_to_string(file).unwrap();
+        let started = Instant::now();
+        let events: Vec<Event> =
+            text.lines().map(|l| ledger_proto::parse_json_line(l).expect("generated lines are valid")).collect();
+        let lines = events.len() as f64;
+        figures.add("parse", "lines/s", lines / started.elapsed().as_secs_f64());
+        drop(text);
+        let rows = pg.map(|_| pg::rows(&events));
+
+        let dir = tmp.join("append");
+        let _ = std::fs::remove_dir_all(&dir);
+        let started = Instant::now();
+        append(&dir, events);
+        figures.add("append (durable)", "events/s", lines / started.elapsed().as_secs_f64());
+        let started = Instant::now();
+        let ledger = Ledger::open(Store::open(&dir, &Catalog::builtin()).unwrap()).unwrap();
+        figures.add("open", "s", started.elapsed().as_secs_f64());
+        drop(ledger);
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let data = tmp.join("import");
+        let _ = std::fs::remove_dir_all(&data);
+        let data_s = data.to_str().unwrap();
+        let batch = BATCH.to_string();
+        let (secs, _, _, rss) = run(&["--data-dir", data_s, "import", "--batch-events-max", &batch, file_s]);
+        figures.add("import", "lines/s", lines / secs);
+        figures.add("import peak RSS", "MiB", rss as f64 / (1 << 20) as f64);
+        figures.add("disk", "bytes/event", dir_bytes(&data) as f64 / lines);
+        let (secs, digest, stderr, rss) = run(&["--data-dir", data_s, "replay"]);
+        let entries: f64 = crate::kafka::number(&stderr, "replayed ", true);
+        figures.add("replay", "entries/s", entries / secs);
+        figures.add("replay peak RSS", "MiB", rss as f64 / (1 << 20) as f64);
+        digests.push(digest);
+        let _ = std::fs::remove_dir_all(&data);
+
+        if let (Some(target), Some(rows)) = (pg, rows) {
+            let rate = target.load(&rows);
+            figures.add("postgres", "events/s", rate);
+            let import = figures.0.iter().find(|(s, _, _)| *s == "import").unwrap().2[r];
+            figures.add("ratio import/postgres", "×", import / rate);
+        }
+    }
+    digests.dedup();
+    assert_eq!(digests.len(), 1, "every replay of the same workload gives the same digest");
+    figures
+}
+
+/// Appends the events in batches of `BATCH`, each flushed before the next.
+fn append(dir: &Path, events: Vec<Event>) {
+    let mut ledger = Ledger::open(Store::open(dir, &Catalog::builtin()).unwrap()).unwrap();
+    let mut it = events.into_iter().enumerate().peekable();
+    while it.peek().is_some() {
+        let batch: Vec<Submission> = it
+            .by_ref()
+            .take(BATCH)
+            .map(|(n, event)| Submission { event, source: Source { stream: None, offset: n as u64 } })
+            .collect();
+        ledger.submit_batch(batch).unwrap();
+    }
+}
