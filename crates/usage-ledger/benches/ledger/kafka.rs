@@ -73,6 +73,7 @@ fn drain(tmp: &Path, brokers: &str, file: &Path, lines: u64, figures: &mut Figur
     let _ = std::fs::remove_dir_all(&data);
     let idle_ms = 15_000u64;
     let (mut wall, mut busy, mut taken) = (0.0, 0.0, 0u64);
+    let (mut ledger, mut publishing) = (0.0, 0.0);
     let (mut appended, mut dead) = (0.0, 0.0);
     let mut waiting = 0u64;
     for _ in 0..5 {
@@ -89,7 +90,10 @@ fn drain(tmp: &Path, brokers: &str, file: &Path, lines: u64, figures: &mut Figur
         ]);
         // The closing line: "stopped after N records (A appended, D duplicates, L dead
         // letters, W refunds waiting for their image); B s applying batches, W s from the
-        // first record to the last". A refund can arrive before its image (the input
+        // first record to the last; N batches: L s in the ledger, P s publishing, C s
+        // committing offsets". The ledger's share is folding and the flushed commit;
+        // publishing is waiting for the broker to acknowledge alerts, invoices and dead
+        // letters. A refund can arrive before its image (the input
         // topics have no order between them): it waits, and is appended after the image.
         taken += number(&stderr, "stopped after ", true) as u64;
         appended += number(&stderr, " appended", false);
@@ -97,6 +101,8 @@ fn drain(tmp: &Path, brokers: &str, file: &Path, lines: u64, figures: &mut Figur
         waiting = number(&stderr, " refunds waiting", false) as u64;
         busy += number(&stderr, " s applying", false);
         wall += number(&stderr, " s from the first", false);
+        ledger += number(&stderr, " s in the ledger", false);
+        publishing += number(&stderr, " s publishing", false);
         if taken >= lines {
             break;
         }
@@ -107,7 +113,9 @@ fn drain(tmp: &Path, brokers: &str, file: &Path, lines: u64, figures: &mut Figur
     // is refused `refund_unknown_event` and dead-lettered; counted, not hidden.
     println!("kafka: {appended} appended, {dead} dead letters, {waiting} refunds waiting");
     figures.add("consume (with broker)", "events/s", taken as f64 / wall);
-    figures.add("service ledger side", "events/s", taken as f64 / busy);
+    figures.add("service, batches", "events/s", taken as f64 / busy);
+    figures.add("service, ledger side", "events/s", taken as f64 / ledger);
+    figures.add("service, publishing", "s", publishing);
 }
 
 /// The number right after (`after = true`) or right before `marker` in `text`.

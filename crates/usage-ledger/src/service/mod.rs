@@ -81,6 +81,14 @@ struct Stats {
     published: u64,
     /// Time spent applying, committing and publishing batches (not waiting for records).
     batch_secs: f64,
+    /// Of which in the ledger: the fold, the flushed commit (what the bench calls the
+    /// ledger side) ...
+    ledger_secs: f64,
+    /// ... waiting for the broker to acknowledge published messages ...
+    publish_secs: f64,
+    /// ... and committing consumer offsets to the broker.
+    offsets_secs: f64,
+    batches: u64,
     /// From the first record polled to the last one applied.
     first_to_last_secs: f64,
 }
@@ -211,6 +219,8 @@ impl Service {
             let show_balances = args.demo && clocks.last_balances.elapsed() > Duration::from_secs(1);
             let window = crate::window(self.future_skew);
             pipeline::apply(&mut shards, records, window, show_balances, &mut self.stats, &self.metrics)?;
+            self.stats.ledger_secs += batch_started.elapsed().as_secs_f64();
+            self.stats.batches += 1;
             if show_balances {
                 clocks.last_balances = Instant::now();
             }
@@ -224,10 +234,16 @@ impl Service {
             idle = true;
         }
         let (close, producer) = (args.close_on_wall_clock, &self.producer);
+        let publish_started = Instant::now();
         publishing::publish(&mut shards, close, producer, &mut self.backoff, &mut self.stats, &self.metrics)?;
         let owned: Vec<i32> = shards.open.keys().copied().collect();
         drop(shards);
+        let commit_started = Instant::now();
         self.consumer.commit(&next)?;
+        if !next.is_empty() {
+            self.stats.publish_secs += (commit_started - publish_started).as_secs_f64();
+            self.stats.offsets_secs += commit_started.elapsed().as_secs_f64();
+        }
         if !next.is_empty() {
             let secs = batch_started.elapsed().as_secs_f64();
             self.metrics.batch_seconds.observe(secs);
@@ -266,8 +282,17 @@ impl Service {
 /// The closing line (the bench reads its figures).
 fn report_stop(stats: &Stats, waiting: usize) {
     eprintln!(
-        "usage-ledger: stopped after {} records ({} appended, {} duplicates, {} dead letters, {waiting} refunds waiting for their image); {:.2} s applying batches, {:.2} s from the first record to the last",
-        stats.records, stats.appended, stats.duplicates, stats.dead_letters, stats.batch_secs, stats.first_to_last_secs
+        "usage-ledger: stopped after {} records ({} appended, {} duplicates, {} dead letters, {waiting} refunds waiting for their image); {:.2} s applying batches, {:.2} s from the first record to the last; {} batches: {:.2} s in the ledger, {:.2} s publishing, {:.2} s committing offsets",
+        stats.records,
+        stats.appended,
+        stats.duplicates,
+        stats.dead_letters,
+        stats.batch_secs,
+        stats.first_to_last_secs,
+        stats.batches,
+        stats.ledger_secs,
+        stats.publish_secs,
+        stats.offsets_secs
     );
 }
 
