@@ -14,7 +14,7 @@ pub use crate::parked::{refund_wait, Parked};
 use crate::store::Store;
 use crate::tables::conflicts::{self, Conflict};
 use crate::tables::entries::{self, Hash, StoredEntry};
-use crate::tables::index::IndexRun;
+use crate::tables::index::IndexRunRef;
 use crate::tables::outbox::{self, OutboxKind, OutboxMsg};
 use crate::tables::{self, alerts, invoices, offsets, Row};
 use crate::{Error, Result};
@@ -87,6 +87,49 @@ pub struct Ledger {
     conflicts: u64,
     /// Refunds waiting for the image they name.
     parked: ParkedRefunds,
+    /// The batch being written by a committer thread (`submit_batch_deferred`).
+    in_flight: Option<InFlight>,
+}
+
+/// A batch handed to a committer thread: its blocks stay readable here (lookups of the
+/// next batch may need them) until the write and its flush are done.
+struct InFlight {
+    blocks: std::sync::Arc<Vec<StagedBlock>>,
+    block_of: HashMap<TeamId, usize>,
+    bytes: u64,
+    done: std::thread::JoinHandle<Result<()>>,
+}
+
+impl InFlight {
+    /// Waits for the write and the flush.
+    fn finish(self) -> Result<()> {
+        self.done.join().unwrap_or_else(|_| Err(Error::Corrupt("the committer thread panicked".into())))
+    }
+}
+
+/// Entry `seq` of `team` if `blocks` (staged or in flight) hold it.
+fn entry_in(
+    blocks: &[StagedBlock],
+    block_of: &HashMap<TeamId, usize>,
+    team: &TeamId,
+    seq: u64,
+) -> Result<Option<Entry>> {
+    let Some(block) = block_of.get(team).map(|b| &blocks[*b]) else { return Ok(None) };
+    let Some(stored) = seq.checked_sub(block.first_seq).and_then(|i| block.entries.get(i as usize)) else {
+        return Ok(None);
+    };
+    entries::decode_entry(&stored.body).map(Some).map_err(|e| Error::Corrupt(format!("staged entry: {e}")))
+}
+
+impl Drop for Ledger {
+    /// A batch still in flight is finished (a writer dropped after an error has none).
+    fn drop(&mut self) {
+        if let Some(in_flight) = self.in_flight.take() {
+            if let Err(e) = in_flight.finish() {
+                warn!(error = %e, "The last batch handed to the committer failed.");
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Ledger {
@@ -178,11 +221,7 @@ impl Staged {
 
     /// Entry `seq` of `team` if this batch appended it.
     fn entry(&self, team: &TeamId, seq: u64) -> Result<Option<Entry>> {
-        let Some(block) = self.block_of.get(team).map(|b| &self.blocks[*b]) else { return Ok(None) };
-        let Some(stored) = seq.checked_sub(block.first_seq).and_then(|i| block.entries.get(i as usize)) else {
-            return Ok(None);
-        };
-        entries::decode_entry(&stored.body).map(Some).map_err(|e| Error::Corrupt(format!("staged entry: {e}")))
+        entry_in(&self.blocks, &self.block_of, team, seq)
     }
 }
 
@@ -231,7 +270,18 @@ impl Ledger {
         for p in tables::parked::all(&store.tree)? {
             parked.insert(p);
         }
-        Ok(Ledger { store, catalog, teams, heads, alert_counts, index, next_outbox, conflicts: 0, parked })
+        Ok(Ledger {
+            store,
+            catalog,
+            teams,
+            heads,
+            alert_counts,
+            index,
+            next_outbox,
+            conflicts: 0,
+            parked,
+            in_flight: None,
+        })
     }
 
     pub fn store(&self) -> &Store {
@@ -260,6 +310,17 @@ impl Ledger {
     /// write of entries, index, heads, projections, offsets and outbox, then `flush()`.
     /// On `Err` nothing may be acknowledged and the writer must be dropped.
     pub fn submit_batch(&mut self, submissions: Vec<Submission>) -> Result<BatchReport> {
+        let report = self.submit_batch_deferred(submissions)?;
+        self.wait_durable()?;
+        Ok(report)
+    }
+
+    /// `submit_batch` whose write and flush run on a committer thread while the caller
+    /// folds the next batch: the report is of a batch that is **not yet durable**. It is
+    /// once the next `submit_batch_deferred` or `wait_durable` returns `Ok`; acknowledge
+    /// nothing of it before. On `Err` (of this batch or of the one before it) nothing
+    /// unacknowledged may be acknowledged and the writer must be dropped.
+    pub fn submit_batch_deferred(&mut self, submissions: Vec<Submission>) -> Result<BatchReport> {
         let mut positions: HashMap<String, u64> = HashMap::new();
         for sub in &submissions {
             if let Some(stream) = &sub.source.stream {
@@ -267,7 +328,16 @@ impl Ledger {
             }
         }
         let positions: Vec<(String, u64)> = positions.into_iter().collect();
-        self.submit_batch_with(submissions, &positions, |_, _| Vec::new())
+        let staged = self.stage_batch(submissions, &positions, |_, _| Vec::new())?;
+        self.commit_deferred(staged)
+    }
+
+    /// Waits until every batch submitted so far is written and flushed.
+    pub fn wait_durable(&mut self) -> Result<()> {
+        match self.in_flight.take() {
+            Some(in_flight) => in_flight.finish(),
+            None => Ok(()),
+        }
     }
 
     /// `submit_batch` with explicit source positions (`stream` → next offset, covering
@@ -279,6 +349,30 @@ impl Ledger {
         positions: &[(String, u64)],
         extra: impl FnOnce(&[Outcome], &[(Parked, Outcome)]) -> Vec<OutboxMsg>,
     ) -> Result<BatchReport> {
+        let staged = self.stage_batch(submissions, positions, extra)?;
+        self.commit(staged)
+    }
+
+    /// `submit_batch_with`, written and flushed by a committer thread: durable once
+    /// `wait_durable` returns `Ok` (see `submit_batch_deferred`). The service hands each
+    /// partition ledger's batch over, so their flushes run side by side.
+    pub fn submit_batch_with_deferred(
+        &mut self,
+        submissions: Vec<Submission>,
+        positions: &[(String, u64)],
+        extra: impl FnOnce(&[Outcome], &[(Parked, Outcome)]) -> Vec<OutboxMsg>,
+    ) -> Result<BatchReport> {
+        let staged = self.stage_batch(submissions, positions, extra)?;
+        self.commit_deferred(staged)
+    }
+
+    /// Dedup, validation and the fold of every submission, staged for one write.
+    fn stage_batch(
+        &mut self,
+        submissions: Vec<Submission>,
+        positions: &[(String, u64)],
+        extra: impl FnOnce(&[Outcome], &[(Parked, Outcome)]) -> Vec<OutboxMsg>,
+    ) -> Result<Staged> {
         let mut staged = Staged::default();
         for sub in submissions {
             let outcome = self.submit_one(&mut staged, sub)?;
@@ -290,7 +384,7 @@ impl Ledger {
         for msg in extra(&staged.report.outcomes, &staged.report.settled) {
             self.stage_outbox(&mut staged, &msg);
         }
-        self.commit(staged)
+        Ok(staged)
     }
 
     /// Closes every cycle whose end + grace ≤ `until`, in one batch, and gives up the
@@ -418,7 +512,11 @@ impl Ledger {
     fn lookup(&self, staged: &Staged, id: &EventId, hash: u64) -> Result<Option<Known>> {
         for loc in self.index.candidates(hash) {
             let team = self.index.team(loc.team);
-            let entry = match staged.entry(team, loc.seq)? {
+            let in_flight = match &self.in_flight {
+                Some(f) => entry_in(&f.blocks, &f.block_of, team, loc.seq)?,
+                None => None,
+            };
+            let entry = match staged.entry(team, loc.seq)?.or(in_flight) {
                 Some(entry) => entry,
                 None => self.store.read_entry(team.as_str(), loc.seq)?.ok_or_else(|| {
                     Error::Corrupt(format!("team {team} seq {}: indexed for event {id} but not in the ledger", loc.seq))
@@ -518,21 +616,47 @@ impl Ledger {
         self.next_outbox += 1;
     }
 
-    fn commit(&mut self, mut staged: Staged) -> Result<BatchReport> {
-        ensure_space(self.store.dir(), staged.bytes())?;
-        let mut segment: Vec<IndexRun> = Vec::with_capacity(staged.blocks.len());
-        for block in std::mem::take(&mut staged.blocks) {
-            entries::insert(&mut staged.batch, block.team.as_str(), block.first_seq, &block.entries);
-            if !block.events.is_empty() {
-                segment.push(IndexRun { team: block.team.to_string(), events: block.events });
-            }
-        }
-        if !segment.is_empty() {
-            tables::index::insert(&mut staged.batch, self.index.next_segment, &segment);
+    fn commit(&mut self, staged: Staged) -> Result<BatchReport> {
+        let report = self.commit_deferred(staged)?;
+        self.wait_durable()?;
+        Ok(report)
+    }
+
+    /// Hands the batch to a committer thread once the one before it is durable: it
+    /// encodes the blocks and the index segment, writes the batch atomically and
+    /// flushes. The disk must hold this batch and the one in flight.
+    fn commit_deferred(&mut self, mut staged: Staged) -> Result<BatchReport> {
+        let bytes = staged.bytes();
+        let in_flight_bytes = self.in_flight.as_ref().map_or(0, |f| f.bytes);
+        ensure_space(self.store.dir(), bytes + in_flight_bytes)?;
+        self.wait_durable()?;
+        let blocks = std::sync::Arc::new(std::mem::take(&mut staged.blocks));
+        let block_of = std::mem::take(&mut staged.block_of);
+        let segment_no = blocks.iter().any(|b| !b.events.is_empty()).then(|| {
             self.index.next_segment += 1;
-        }
-        self.store.tree.apply_batch(staged.batch)?;
-        self.store.db.flush()?;
-        Ok(staged.report)
+            self.index.next_segment - 1
+        });
+        let (tree, db, mut batch) = (self.store.tree.clone(), self.store.db.clone(), staged.batch);
+        let written = std::sync::Arc::clone(&blocks);
+        let done = std::thread::Builder::new()
+            .name("ledger-commit".into())
+            .spawn(move || {
+                let mut segment: Vec<IndexRunRef<'_>> = Vec::with_capacity(written.len());
+                for block in written.iter() {
+                    entries::insert(&mut batch, block.team.as_str(), block.first_seq, &block.entries);
+                    if !block.events.is_empty() {
+                        segment.push(IndexRunRef { team: block.team.as_str(), events: &block.events });
+                    }
+                }
+                if let Some(n) = segment_no {
+                    tables::index::insert(&mut batch, n, &segment);
+                }
+                tree.apply_batch(batch)?;
+                db.flush()?;
+                Ok(())
+            })
+            .map_err(|e| Error::Io { path: self.store.dir().display().to_string(), source: e })?;
+        self.in_flight = Some(InFlight { blocks, block_of, bytes, done });
+        Ok(std::mem::take(&mut staged.report))
     }
 }

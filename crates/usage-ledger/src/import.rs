@@ -58,13 +58,21 @@ pub fn run(
     let window = crate::window(future_skew);
     let reader = std::thread::spawn(move || parse_lines(input, batch_events_max.max(1), window, tx));
     let mut tally = Tally::default();
+    // Each batch is written and flushed by a committer thread while the next one folds:
+    // a batch is acknowledged once the submission after it (or the final wait) returns.
+    let mut unacknowledged: Option<u64> = None;
     for (parsed, bytes) in rx {
         let last_line = parsed.last().map(|(n, _)| *n);
         submit(&mut ledger, parsed, &mut tally)?;
         progress.inc(bytes);
-        if let (true, Some(n)) = (report_acks, last_line) {
+        if let (true, Some(n)) = (report_acks, unacknowledged) {
             println!("ack {n}");
         }
+        unacknowledged = last_line;
+    }
+    ledger.wait_durable().context("writing the last batch; nothing of it was acknowledged")?;
+    if let (true, Some(n)) = (report_acks, unacknowledged) {
+        println!("ack {n}");
     }
     reader.join().expect("the parsing thread does not panic")?;
     progress.finish_and_clear();
@@ -204,7 +212,7 @@ fn submit(ledger: &mut Ledger, parsed: Parsed, tally: &mut Tally) -> anyhow::Res
             }
         }
     }
-    let report = ledger.submit_batch(batch).context("appending a batch; nothing of it was acknowledged")?;
+    let report = ledger.submit_batch_deferred(batch).context("appending a batch; nothing of it was acknowledged")?;
     tally.alerts += report.alerts;
     tally.invoices += report.invoices;
     let settled = report

@@ -55,7 +55,10 @@ fn every_table_writes_back_what_it_reads_from_the_fixture_byte_for_byte() {
     }
     for segment in index::segments(&from) {
         let segment = segment.unwrap();
-        index::insert(&mut batch, segment.number().unwrap(), &segment.runs().unwrap());
+        let runs = segment.runs().unwrap();
+        let refs: Vec<index::IndexRunRef<'_>> =
+            runs.iter().map(|r| index::IndexRunRef { team: &r.team, events: &r.events }).collect();
+        index::insert(&mut batch, segment.number().unwrap(), &refs);
     }
     for (n, msg) in outbox::oldest(&from, usize::MAX).unwrap() {
         outbox::insert(&mut batch, n, &msg);

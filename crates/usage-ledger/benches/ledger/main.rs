@@ -7,8 +7,8 @@
 //! changes, April's cycles closing in May), then runs every stage `--runs` times, the
 //! ledger's and PostgreSQL's alternating in each run, and prints min / median / max:
 //!  - parse: JSONL line → validated event, one thread, in this process;
-//!  - append: validated events → durable ledger (`Ledger::submit_batch`, 32,768 a batch,
-//!    flushed before the next);
+//!  - append: validated events → durable ledger (`Ledger::submit_batch_deferred`, 32,768
+//!    a batch, each written and flushed while the next one folds, all flushed at the end);
 //!  - open: `Ledger::open` of that ledger (what a service start or takeover costs);
 //!  - import: the whole `usage-ledger import` command, and its peak RSS;
 //!  - replay: `usage-ledger replay` of the imported store, and its peak RSS;
@@ -153,6 +153,11 @@ fn dir_bytes(path: &Path) -> u64 {
 
 fn main() {
     let args = args();
+    // The bench's own Kafka clients (the alert watcher, the producer) take the same
+    // librdkafka properties from the environment as the service it starts.
+    let all = ledger_kafka::from_env("USAGE_LEDGER_KAFKA_");
+    let producer = ledger_kafka::from_env("USAGE_LEDGER_PRODUCER_");
+    ledger_kafka::configure(ledger_kafka::Properties { all, producer }).expect("librdkafka properties");
     let tmp = tempfile::tempdir().expect("tempdir");
     let pg = pg::Target::from_env();
     println!("usage-ledger bench: {} run(s) per size, {} teams, {}", args.runs, args.teams, machine());

@@ -63,7 +63,8 @@ pub fn size(tmp: &Path, file: &Path, runs: usize, pg: Option<&pg::Target>) -> Fi
     figures
 }
 
-/// Appends the events in batches of `BATCH`, each flushed before the next.
+/// Appends the events in batches of `BATCH` as `import` does: each batch written and
+/// flushed by the committer thread while the next one folds; all durable at the end.
 fn append(dir: &Path, events: Vec<Event>) {
     let mut ledger = Ledger::open(Store::open(dir, &Catalog::builtin()).unwrap()).unwrap();
     let mut it = events.into_iter().enumerate().peekable();
@@ -73,6 +74,7 @@ fn append(dir: &Path, events: Vec<Event>) {
             .take(BATCH)
             .map(|(n, event)| Submission { event, source: Source { stream: None, offset: n as u64 } })
             .collect();
-        ledger.submit_batch(batch).unwrap();
+        ledger.submit_batch_deferred(batch).unwrap();
     }
+    ledger.wait_durable().unwrap();
 }

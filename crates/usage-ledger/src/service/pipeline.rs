@@ -13,7 +13,8 @@ use tracing::{debug, warn};
 use super::ownership::Shards;
 use super::Stats;
 
-/// Applies a polled batch, one commit per partition ledger.
+/// Applies a polled batch, one commit per partition ledger; the commits are written and
+/// flushed side by side, and all are durable when this returns `Ok`.
 pub(super) fn apply(
     shards: &mut Shards,
     records: Vec<Record>,
@@ -22,15 +23,22 @@ pub(super) fn apply(
     stats: &mut Stats,
     metrics: &crate::metrics::Metrics,
 ) -> anyhow::Result<()> {
-    for (partition, records) in by_partition(records) {
+    let parts = by_partition(records);
+    let committing = std::time::Instant::now();
+    for (partition, records) in &parts {
         let ledger = shards
             .open
-            .get_mut(&partition)
+            .get_mut(partition)
             .with_context(|| format!("records of partition {partition} arrived, its ledger is not open"))?;
-        process(ledger, &records, window, stats, metrics)?;
+        process(ledger, records, window, stats, metrics)?;
+    }
+    for (partition, records) in &parts {
+        let ledger = shards.open.get_mut(partition).expect("applied above");
+        ledger.wait_durable()?;
+        metrics.commit_seconds.observe(committing.elapsed().as_secs_f64());
         debug!(partition, records = records.len(), first_offset = records[0].offset, "Batch applied.");
         if show_balances {
-            crate::demo::print_live_balances(ledger, &records)?;
+            crate::demo::print_live_balances(ledger, records)?;
         }
     }
     Ok(())
@@ -195,8 +203,7 @@ fn process(
     let who: Vec<(String, String)> =
         submissions.iter().map(|s| (s.event.team_id().to_string(), s.event.event_id().to_string())).collect();
     let positions: Vec<(String, u64)> = positions.into_iter().collect();
-    let committing = std::time::Instant::now();
-    let report = ledger.submit_batch_with(submissions, &positions, |outcomes, settled| {
+    let report = ledger.submit_batch_with_deferred(submissions, &positions, |outcomes, settled| {
         for (k, outcome) in outcomes.iter().enumerate() {
             let r = &records[origin[k]];
             let who = Some((who[k].0.as_str(), who[k].1.as_str()));
@@ -217,7 +224,6 @@ fn process(
         stats.dead_letters += dead.len() as u64;
         dead
     })?;
-    metrics.commit_seconds.observe(committing.elapsed().as_secs_f64());
     for outcome in report.outcomes.iter().chain(report.settled.iter().map(|(_, o)| o)) {
         match outcome {
             Outcome::Appended { .. } => {
