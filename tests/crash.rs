@@ -108,3 +108,42 @@ fn kill_9_mid_import_loses_no_acknowledged_batch_and_applies_nothing_twice() {
     assert_eq!(snapshot(&crashed, &teams), snapshot(&clean, &teams), "crashed-and-resumed equals a clean import");
     assert_eq!(ul_ok(&crashed, &["replay"]), ul_ok(&clean, &["replay"]));
 }
+
+/// A batch handed to the committer thread stays readable while the next one folds: a
+/// repeat of one of its events is a duplicate, a refund of one finds it, and a conflicting
+/// reuse of its id is a conflict. Each batch is durable once the next submission (or
+/// `wait_durable`) returns, and a writer dropped with a batch in flight finishes it.
+#[test]
+fn deferred_batches_read_the_batch_in_flight_and_finish_it_on_drop() {
+    use ledger_store::{Outcome, Source, Submission};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ledger");
+    let line = |json: &str, n: u64| Submission {
+        event: ledger_proto::parse_json_line(json).unwrap(),
+        source: Source { stream: None, offset: n },
+    };
+    let plan = r#"{"accountEvent":{"eventId":"a1","teamId":"t1","occurredAt":"2026-04-01T00:00:00Z","planStarted":{"plan":"api_basic","bucketImages":"1000"}}}"#;
+    let image = r#"{"imageProcessed":{"eventId":"e1","teamId":"t1","occurredAt":"2026-04-02T00:00:00Z","api":"API_REMOVE_BACKGROUND","images":3}}"#;
+    let other = r#"{"imageProcessed":{"eventId":"e1","teamId":"t1","occurredAt":"2026-04-02T00:00:00Z","api":"API_IMAGE_EDITING","images":3}}"#;
+    let refund = r#"{"accountEvent":{"eventId":"r1","teamId":"t1","occurredAt":"2026-04-03T00:00:00Z","qualityRefund":{"originalEventId":"e1","reason":"halo"}}}"#;
+    let last = r#"{"imageProcessed":{"eventId":"e2","teamId":"t1","occurredAt":"2026-04-04T00:00:00Z","api":"API_REMOVE_BACKGROUND","images":1}}"#;
+    {
+        let mut ledger = Ledger::open(Store::open(&dir, &Catalog::builtin()).unwrap()).unwrap();
+        let first = ledger.submit_batch_deferred(vec![line(plan, 1), line(image, 2)]).unwrap();
+        assert_eq!(first.outcomes, vec![Outcome::Appended { seq: 1 }, Outcome::Appended { seq: 2 }]);
+        // e1 is in the batch in flight (or just written): found either way.
+        let second = ledger.submit_batch_deferred(vec![line(image, 3), line(other, 4), line(refund, 5)]).unwrap();
+        assert_eq!(second.outcomes[0], Outcome::Duplicate { seq: 2 });
+        assert_eq!(second.outcomes[1], Outcome::Conflict { team: "t1".into(), seq: 2 });
+        assert_eq!(second.outcomes[2], Outcome::Appended { seq: 3 });
+        ledger.submit_batch_deferred(vec![line(last, 6)]).unwrap();
+        // Dropped with the third batch in flight: the drop finishes it.
+    }
+    let ledger = Ledger::open(Store::open(&dir, &Catalog::builtin()).unwrap()).unwrap();
+    for id in ["a1", "e1", "r1", "e2"] {
+        assert!(ledger.find(&EventId::new(id).unwrap()).unwrap().is_some(), "{id} is in the ledger");
+    }
+    drop(ledger);
+    let verify = ul(&dir, &["verify"]);
+    assert_eq!(verify.code, 0, "{}", verify.stderr);
+}
