@@ -41,10 +41,19 @@ pub fn stage(tmp: &Path, file: &Path, runs: usize) {
             std::thread::sleep(Duration::from_millis(100));
         }
         drain(tmp, &brokers, &sample, head.len() as u64, &mut figures);
-        let mut samples = alert_latency(&brokers, &tmp.join("latency"));
-        samples.sort_by(|a, b| a.total_cmp(b));
-        figures.add("alert latency p50", "ms", samples[samples.len() / 2]);
-        figures.add("alert latency p99", "ms", samples[samples.len() * 99 / 100]);
+        let (samples, per_batch) = alert_latency(&brokers, &tmp.join("latency"));
+        let alerts = percentiles(samples);
+        figures.add("alert latency p50", "ms", alerts.0);
+        figures.add("alert latency p99", "ms", alerts.1);
+        // The service's own time per batch there (each batch one image and its alert):
+        // fold, flushed commit, and publishing the alert until the broker acknowledged it.
+        figures.add("alert batch, ledger", "ms", per_batch.0);
+        figures.add("alert batch, publish", "ms", per_batch.1);
+        // The alert crosses the broker twice (event in, alert out): one hop measured
+        // alone (produced, acknowledged, consumed), same clients, no ledger.
+        let hop = percentiles(broker_hop(&brokers));
+        figures.add("broker hop p50", "ms", hop.0);
+        figures.add("broker hop p99", "ms", hop.1);
         let _ = broker.kill();
         let _ = broker.wait();
     }
@@ -129,16 +138,18 @@ pub fn number(text: &str, marker: &str, after: bool) -> f64 {
 
 /// Time from producing an event that crosses a threshold to its alert on the topic, in
 /// ms, for `SAMPLES - 1` teams (each team's plan is produced first, then one image
-/// event at a time crossing 80 %, waiting for its alert before the next).
-fn alert_latency(brokers: &str, data: &Path) -> Vec<f64> {
+/// event at a time crossing 80 %, waiting for its alert before the next), and the
+/// service's own ms per batch in the ledger and publishing (from its closing line).
+fn alert_latency(brokers: &str, data: &Path) -> (Vec<f64>, (f64, f64)) {
     use ledger_kafka::{Consumer, Outgoing, Producer, ACCOUNTS, ALERTS, IMAGES};
     let _ = std::fs::remove_dir_all(data);
     let mut service = Command::new(BIN)
         .args(["--data-dir", data.to_str().unwrap(), "run", "--brokers", brokers, "--group", "latency"])
         .args(["--batch-wait-ms", "20"])
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let stderr = crate::read_all(service.stderr.take().unwrap());
     let producer = Producer::new(brokers).unwrap();
     let watcher =
         Consumer::new(brokers, "latency-watch", &[ALERTS], 10_000, std::sync::Arc::new(ledger_kafka::FromBeginning))
@@ -177,7 +188,53 @@ fn alert_latency(brokers: &str, data: &Path) -> Vec<f64> {
         samples.push(started.elapsed().as_secs_f64() * 1000.0);
     }
     samples.remove(0); // the first includes the service joining the group
-    let _ = service.kill();
+                       // SIGINT: the service stops cleanly and prints its closing line.
+    let _ = Command::new("kill").args(["-INT", &service.id().to_string()]).status();
     let _ = service.wait();
+    let stderr = stderr.join().unwrap();
+    let batches = number(&stderr, " batches:", false).max(1.0);
+    let per_batch = (
+        number(&stderr, " s in the ledger", false) * 1000.0 / batches,
+        number(&stderr, " s publishing", false) * 1000.0 / batches,
+    );
+    (samples, per_batch)
+}
+
+/// (p50, p99) of `samples`.
+fn percentiles(mut samples: Vec<f64>) -> (f64, f64) {
+    samples.sort_by(|a, b| a.total_cmp(b));
+    (samples[samples.len() / 2], samples[samples.len() * 99 / 100])
+}
+
+/// One broker hop alone: a record produced and consumed by the bench's own clients
+/// (on the dead-letter topic, which nothing else writes to then), one at a time, in ms.
+fn broker_hop(brokers: &str) -> Vec<f64> {
+    use ledger_kafka::{Consumer, Outgoing, Producer, DEADLETTER};
+    let producer = Producer::new(brokers).unwrap();
+    let watcher =
+        Consumer::new(brokers, "hop-watch", &[DEADLETTER], 10_000, std::sync::Arc::new(ledger_kafka::FromBeginning))
+            .unwrap();
+    let record = |i: usize| Outgoing {
+        topic: DEADLETTER.into(),
+        key: b"hop".to_vec(),
+        payload: format!("hop {i}").into_bytes(),
+        headers: Vec::new(),
+    };
+    // Joins the group and reads whatever is there first.
+    producer.send_all(&[record(0)]).unwrap();
+    let started = Instant::now();
+    while watcher.poll_batch(10_000, Duration::from_millis(200)).unwrap().is_empty() {
+        assert!(started.elapsed().as_secs() < 60, "the watcher gets its partition within 60 s");
+    }
+    while !watcher.poll_batch(10_000, Duration::from_millis(500)).unwrap().is_empty() {}
+    let mut samples = Vec::new();
+    for i in 1..SAMPLES {
+        let started = Instant::now();
+        producer.send_all(&[record(i)]).unwrap();
+        while watcher.poll_batch(10, Duration::from_millis(1)).unwrap().is_empty() {
+            assert!(started.elapsed().as_secs() < 60, "the record comes back within 60 s");
+        }
+        samples.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
     samples
 }
