@@ -605,16 +605,19 @@ fn under_run_the_api_serves_the_live_ledgers_and_the_metrics_move() {
     let file = tmp.path().join("load.jsonl");
     ul_ok(
         tmp.path(),
-        &["generate", "--teams", "20", "--events", "20000", "--seed", "7", "--out", file.to_str().unwrap()],
+        &["generate", "--teams", "20", "--events", "100000", "--seed", "7", "--out", file.to_str().unwrap()],
     );
     let events = std::fs::read_to_string(&file).unwrap().lines().count() as i64;
     let data = tmp.path().join("data");
     let mut cmd = bin();
     cmd.arg("--data-dir").arg(&data).arg("--config").arg(config(tmp.path(), ""));
     cmd.args(["run", "--brokers", &broker.address, "--http-addr", "127.0.0.1:0", "--partitions", "2"]);
+    // Small batches (a flushed commit each) make catching up take a while (the aligner
+    // lets a stream's held records go at once, so the load is large enough to take
+    // seconds even so).
     cmd.args([
         "--batch-events-max",
-        "200",
+        "20",
         "--batch-wait-ms",
         "50",
         "--kafka-property",
@@ -622,9 +625,10 @@ fn under_run_the_api_serves_the_live_ledgers_and_the_metrics_move() {
         "--session-timeout-ms",
         "6000",
     ]);
-    let server = Server::spawn(&mut cmd, "HTTP API and dashboard on ");
+    // The records are on the broker before the service starts: it starts behind.
     let produced = bin().args(["produce", "--brokers", &broker.address]).arg(&file).output().unwrap();
     assert!(produced.status.success(), "{}", String::from_utf8_lossy(&produced.stderr));
+    let server = Server::spawn(&mut cmd, "HTTP API and dashboard on ");
     let (mut lags, mut records) = (Vec::new(), Vec::new());
     let deadline = std::time::Instant::now() + Duration::from_secs(240);
     loop {

@@ -1,8 +1,9 @@
 //! The service's ledgers as the HTTP API sees them: the stores of the folded partition
 //! ledgers, whether it is ready to serve, and `close` through the ledgers the loop holds
 //! (the loop publishes what it appends).
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use ledger_store::Store;
@@ -12,20 +13,49 @@ use super::pipeline::settled_dead_letters;
 
 pub(super) struct Live {
     pub shards: Arc<Mutex<Shards>>,
+    pub readers: Arc<Readers>,
     /// Records on the broker past the ledgers' positions, over the owned partitions;
     /// negative until first measured.
     pub lag: Arc<AtomicI64>,
     pub lag_max: u64,
 }
 
+/// HTTP requests waiting for the shards. The loop holds the lock for a whole batch and
+/// takes it again at once (a `Mutex` is not fair), so under load a request could wait
+/// for the whole backlog; between batches the loop lets waiting requests in first.
+#[derive(Debug, Default)]
+pub(super) struct Readers(AtomicUsize);
+
+impl Readers {
+    /// Bounds the loop's pause for readers between two batches.
+    const PAUSE_MAX: Duration = Duration::from_millis(20);
+
+    /// The shards, for a request.
+    pub fn lock<'a>(&self, shards: &'a Mutex<Shards>) -> MutexGuard<'a, Shards> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        let guard = shards.lock().expect("not poisoned");
+        self.0.fetch_sub(1, Ordering::SeqCst);
+        guard
+    }
+
+    /// Called by the loop with the lock released: waits (≤ `PAUSE_MAX`) while a request
+    /// waits for it.
+    pub fn let_in(&self) {
+        let until = Instant::now() + Readers::PAUSE_MAX;
+        while self.0.load(Ordering::SeqCst) > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
+
 impl crate::http::Ledgers for Live {
     fn stores(&self) -> anyhow::Result<Vec<Store>> {
-        let shards = self.shards.lock().expect("not poisoned");
+        let shards = self.readers.lock(&self.shards);
         Ok(shards.open.values().map(|ledger| ledger.store().clone()).collect())
     }
 
     fn readiness(&self) -> Result<(), String> {
-        let shards = self.shards.lock().expect("not poisoned");
+        let shards = self.readers.lock(&self.shards);
         if let Some(why) = &shards.failure {
             return Err(format!("cannot take over {why}"));
         }
@@ -46,7 +76,7 @@ impl crate::http::Ledgers for Live {
     }
 
     fn close(&self, until: DateTime<Utc>) -> anyhow::Result<(u64, u64)> {
-        let mut shards = self.shards.lock().expect("not poisoned");
+        let mut shards = self.readers.lock(&self.shards);
         let (mut invoices, mut entries) = (0, 0);
         for ledger in shards.open.values_mut() {
             let report = ledger.close_until_with(until, settled_dead_letters)?;

@@ -110,8 +110,13 @@ pub fn run(dir: &Path, args: RunArgs, future_skew: chrono::Duration) -> anyhow::
     let producer = Producer::new(&brokers)?;
     let metrics = Arc::new(crate::metrics::Metrics::new());
     let lag = Arc::new(AtomicI64::new(-1));
-    let live: Arc<dyn crate::http::Ledgers> =
-        Arc::new(live::Live { shards: Arc::clone(&shards), lag: Arc::clone(&lag), lag_max: args.ready_lag_max });
+    let readers = Arc::new(live::Readers::default());
+    let live: Arc<dyn crate::http::Ledgers> = Arc::new(live::Live {
+        shards: Arc::clone(&shards),
+        readers: Arc::clone(&readers),
+        lag: Arc::clone(&lag),
+        lag_max: args.ready_lag_max,
+    });
     if let Some(addr) = &args.metrics_addr {
         let bound = crate::http::spawn_metrics(addr, Arc::clone(&live), Arc::clone(&metrics))?;
         eprintln!("usage-ledger: metrics on http://{bound}/metrics");
@@ -133,6 +138,7 @@ pub fn run(dir: &Path, args: RunArgs, future_skew: chrono::Duration) -> anyhow::
         backoff: publishing::Backoff::new(),
         future_skew,
         shards,
+        readers,
         consumer,
         producer,
         metrics,
@@ -167,6 +173,8 @@ struct Service {
     backoff: publishing::Backoff,
     future_skew: chrono::Duration,
     shards: Arc<Mutex<Shards>>,
+    /// HTTP requests waiting for `shards`.
+    readers: Arc<live::Readers>,
     consumer: Consumer,
     producer: Producer,
     metrics: Arc<crate::metrics::Metrics>,
@@ -238,6 +246,7 @@ impl Service {
         publishing::publish(&mut shards, close, producer, &mut self.backoff, &mut self.stats, &self.metrics)?;
         let owned: Vec<i32> = shards.open.keys().copied().collect();
         drop(shards);
+        self.readers.let_in();
         let commit_started = Instant::now();
         self.consumer.commit(&next)?;
         if !next.is_empty() {
