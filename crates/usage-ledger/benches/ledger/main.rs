@@ -15,6 +15,8 @@
 //!  - disk: bytes of the imported store's directory per event;
 //!  - postgres: the same events into the PostgreSQL ledger most teams would build
 //!    (`pg.rs`), when `USAGE_LEDGER_BENCH_PG` names a server; the ratio import/postgres;
+//!  - with `USAGE_LEDGER_BENCH_BASELINE=/path/to/usage-ledger` (another build), its
+//!    import and replay too, in the same runs, alternating with this build's;
 //!  - kafka (first size only, when tansu is installed): `run` draining the first 200,000
 //!    lines from a tansu broker, the ledger's share of the time apart from the broker's,
 //!    and event → alert latency through the broker.
@@ -95,8 +97,13 @@ fn fmt(x: f64) -> String {
 /// Runs the binary, polling its peak RSS (VmHWM) until it exits: (seconds, stdout,
 /// stderr, peak RSS bytes).
 fn run(args: &[&str]) -> (f64, String, String, u64) {
+    run_bin(BIN, args)
+}
+
+/// `run` with another build of the binary (the baseline).
+fn run_bin(bin: &str, args: &[&str]) -> (f64, String, String, u64) {
     let started = Instant::now();
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(bin)
         .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

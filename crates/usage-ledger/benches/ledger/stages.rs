@@ -5,7 +5,7 @@ use std::time::Instant;
 use ledger_core::{Catalog, Event};
 use ledger_store::{Ledger, Source, Store, Submission};
 
-use crate::{dir_bytes, pg, run, Figures};
+use crate::{dir_bytes, pg, run, run_bin, Figures};
 
 /// The batch the append stage and `import` write (events per flushed commit).
 const BATCH: usize = 32_768;
@@ -50,6 +50,17 @@ pub fn size(tmp: &Path, file: &Path, runs: usize, pg: Option<&pg::Target>) -> Fi
         figures.add("replay peak RSS", "MiB", rss as f64 / (1 << 20) as f64);
         digests.push(digest);
         let _ = std::fs::remove_dir_all(&data);
+        if let Ok(baseline) = std::env::var("USAGE_LEDGER_BENCH_BASELINE") {
+            let (secs, _, _, rss) =
+                run_bin(&baseline, &["--data-dir", data_s, "import", "--batch-events-max", &batch, file_s]);
+            figures.add("import (baseline)", "lines/s", lines / secs);
+            figures.add("import peak RSS (baseline)", "MiB", rss as f64 / (1 << 20) as f64);
+            let (secs, digest, stderr, _) = run_bin(&baseline, &["--data-dir", data_s, "replay"]);
+            let entries: f64 = crate::kafka::number(&stderr, "replayed ", true);
+            figures.add("replay (baseline)", "entries/s", entries / secs);
+            digests.push(digest);
+            let _ = std::fs::remove_dir_all(&data);
+        }
 
         if let (Some(target), Some(rows)) = (pg, rows) {
             let rate = target.load(&rows);
