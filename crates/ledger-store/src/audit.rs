@@ -197,7 +197,7 @@ pub fn tamper_image_rechained(dir: &std::path::Path, team: &str, seq: u64) -> Re
             head = e.hash;
         }
         let (_, first) = split_team_key(&k).ok_or_else(|| Error::Corrupt("entry key".into()))?;
-        store.tree.insert(entries::key(team, first), entries::encode_block(&run))?;
+        store.tree.insert(entries::key(team, first), entries::encode_block(entries::block_format(&v), &run))?;
     }
     store.db.flush()?;
     if changed {

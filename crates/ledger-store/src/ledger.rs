@@ -637,13 +637,14 @@ impl Ledger {
             self.index.next_segment - 1
         });
         let (tree, db, mut batch) = (self.store.tree.clone(), self.store.db.clone(), staged.batch);
+        let format = self.store.format;
         let written = std::sync::Arc::clone(&blocks);
         let done = std::thread::Builder::new()
             .name("ledger-commit".into())
             .spawn(move || {
                 let mut segment: Vec<IndexRunRef<'_>> = Vec::with_capacity(written.len());
                 for block in written.iter() {
-                    entries::insert(&mut batch, block.team.as_str(), block.first_seq, &block.entries);
+                    entries::insert(&mut batch, format, block.team.as_str(), block.first_seq, &block.entries);
                     if !block.events.is_empty() {
                         segment.push(IndexRunRef { team: block.team.as_str(), events: &block.events });
                     }

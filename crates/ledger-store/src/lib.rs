@@ -41,7 +41,7 @@ pub enum Error {
     Corrupt(String),
     #[error("ledger fold failed: {0}")]
     Fault(#[from] ledger_core::team::Fault),
-    #[error("data dir was written by format version {found}, this build reads {expected}")]
+    #[error("data dir was written by format version {found}, this build reads formats 1 to {expected}")]
     Format { found: u8, expected: u8 },
     #[error("catalog: {0}")]
     Catalog(#[from] ledger_core::catalog::CatalogError),

@@ -8,7 +8,7 @@ use ledger_core::{Catalog, Effects, Entry, Team, TeamId};
 
 use crate::tables::entries::{self, Hash, StoredEntry};
 use crate::tables::outbox::{self, OutboxMsg};
-use crate::tables::{alerts, conflicts, invoices, meta, offsets, FORMAT_VERSION};
+use crate::tables::{alerts, conflicts, invoices, meta, offsets, FORMATS_READABLE, FORMAT_VERSION};
 use crate::{Error, Result};
 
 #[derive(Debug, Clone)]
@@ -16,6 +16,8 @@ pub struct Store {
     pub(crate) dir: PathBuf,
     pub(crate) db: sled::Db,
     pub(crate) tree: sled::Tree,
+    /// The format the store recorded: what its new blocks are written in.
+    pub(crate) format: u8,
 }
 
 /// Every team's folded state with its chain head.
@@ -88,8 +90,8 @@ impl Store {
                 fsync_dir(&parent)?;
             }
         }
-        let store = Store { dir: dir.to_path_buf(), db, tree };
-        store.check_meta(catalog)?;
+        let mut store = Store { dir: dir.to_path_buf(), db, tree, format: FORMAT_VERSION };
+        store.format = store.check_meta(catalog)?;
         Ok(store)
     }
 
@@ -97,18 +99,28 @@ impl Store {
         &self.dir
     }
 
-    fn check_meta(&self, catalog: &Catalog) -> Result<()> {
+    /// The store's recorded format, once checked readable (a new store records this
+    /// build's), and its catalog recorded.
+    fn check_meta(&self, catalog: &Catalog) -> Result<u8> {
         match meta::format(&self.tree)? {
-            Some(v) if v.as_ref() == [FORMAT_VERSION] => self.record_catalog(catalog),
+            Some(v) if v.len() == 1 && FORMATS_READABLE.contains(&v[0]) => {
+                self.record_catalog(catalog)?;
+                Ok(v[0])
+            }
             Some(v) => Err(Error::Format { found: v.first().copied().unwrap_or(0), expected: FORMAT_VERSION }),
             None => {
                 let mut batch = sled::Batch::default();
                 meta::insert_new(&mut batch, catalog);
                 self.tree.apply_batch(batch)?;
                 self.db.flush()?;
-                Ok(())
+                Ok(FORMAT_VERSION)
             }
         }
+    }
+
+    /// The format the store recorded (1 for stores written before format 2).
+    pub fn format(&self) -> u8 {
+        self.format
     }
 
     /// Records the versions of `loaded` this ledger has not seen. Recorded versions are

@@ -112,7 +112,7 @@ pub fn tamper_entry(dir: &Path, team: &str, seq: u64) -> Result<()> {
         if let Some(e) = run.iter_mut().find(|e| e.seq == seq) {
             let at = e.body.len() / 2;
             e.body[at] ^= 0x01;
-            store.tree.insert(k, entries::encode_block(&run))?;
+            store.tree.insert(k, entries::encode_block(entries::block_format(&v), &run))?;
             store.db.flush()?;
             return Ok(());
         }

@@ -6,6 +6,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{split_team_key, KeyKind, FORMAT_VERSION};
+
+/// A compressed block decompresses to at most this many times its stored size (LZ4's
+/// own bound is 255): a damaged size prefix is refused instead of allocated.
+const EXPANSION_MAX: usize = 255;
 use crate::{Error, Result};
 
 pub type Hash = [u8; 32];
@@ -60,26 +64,45 @@ pub(crate) fn chain(prev: &Hash, seq: u64, body: &[u8]) -> Hash {
     h.finalize().into()
 }
 
-/// A block: the format byte, then the postcard encoding of its entries.
-pub(crate) fn encode_block(entries: &[StoredEntry]) -> Vec<u8> {
-    let mut out = vec![FORMAT_VERSION];
-    out.extend(postcard::to_allocvec(entries).expect("blocks encode"));
+/// A block: its format byte, then the postcard encoding of its entries; in format 2
+/// LZ4-compressed (lz4_flex's block format, the decompressed size first, u32 LE). The
+/// chain hashes the entry bodies, not the block, so the encoding can change under it.
+pub(crate) fn encode_block(format: u8, entries: &[StoredEntry]) -> Vec<u8> {
+    let raw = postcard::to_allocvec(entries).expect("blocks encode");
+    let mut out = vec![format];
+    match format {
+        1 => out.extend(raw),
+        _ => out.extend(lz4_flex::compress_prepend_size(&raw)),
+    }
     out
 }
 
 pub(crate) fn decode_block(bytes: &[u8]) -> Result<Vec<StoredEntry>> {
+    let corrupt = |e: &dyn std::fmt::Display| Error::Corrupt(format!("block does not decode: {e}"));
     match bytes.first() {
-        Some(&FORMAT_VERSION) => {
-            postcard::from_bytes(&bytes[1..]).map_err(|e| Error::Corrupt(format!("block does not decode: {e}")))
+        Some(1) => postcard::from_bytes(&bytes[1..]).map_err(|e| corrupt(&e)),
+        Some(2) => {
+            let body = &bytes[1..];
+            let size = body.get(..4).map_or(0, |s| u32::from_le_bytes(s.try_into().expect("4 bytes")) as usize);
+            if body.len() < 4 || size > body.len().saturating_mul(EXPANSION_MAX) {
+                return Err(corrupt(&format!("a compressed block of {} bytes claims {size}", body.len())));
+            }
+            let raw = lz4_flex::decompress_size_prepended(body).map_err(|e| corrupt(&e))?;
+            postcard::from_bytes(&raw).map_err(|e| corrupt(&e))
         }
         Some(&found) => Err(Error::Format { found, expected: FORMAT_VERSION }),
         None => Err(Error::Corrupt("empty block".into())),
     }
 }
 
-/// Stages the team's block starting at `first_seq`.
-pub(crate) fn insert(batch: &mut sled::Batch, team: &str, first_seq: u64, entries: &[StoredEntry]) {
-    batch.insert(key(team, first_seq), encode_block(entries));
+/// The format byte a stored block was written in (to rewrite it in the same one).
+pub(crate) fn block_format(bytes: &[u8]) -> u8 {
+    bytes.first().copied().unwrap_or(FORMAT_VERSION)
+}
+
+/// Stages the team's block starting at `first_seq`, in block format `format`.
+pub(crate) fn insert(batch: &mut sled::Batch, format: u8, team: &str, first_seq: u64, entries: &[StoredEntry]) {
+    batch.insert(key(team, first_seq), encode_block(format, entries));
 }
 
 /// Entry `seq` of `team`, read from the block that holds it.

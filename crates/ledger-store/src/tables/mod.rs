@@ -35,8 +35,14 @@ pub(crate) mod parked;
 #[cfg(test)]
 mod tests;
 
-/// Bump on any change to the encoding; older data dirs are refused, never misread.
-pub const FORMAT_VERSION: u8 = 1;
+/// Bump on any change to the encoding. A new store records this one; a store recorded
+/// with an older readable format is read and written in its own (its blocks keep their
+/// encoding), any other is refused, never misread. Format 2 (issue 12): entry blocks
+/// LZ4-compressed; every other table as in format 1.
+pub const FORMAT_VERSION: u8 = 2;
+
+/// The formats this build reads (and writes, into stores that recorded them).
+pub const FORMATS_READABLE: [u8; 2] = [1, 2];
 
 /// The first byte of every key: the table it belongs to. The values are on disk: never
 /// renumber one, and never reuse a reserved one (see the module doc).

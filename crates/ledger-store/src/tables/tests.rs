@@ -6,7 +6,9 @@ use std::path::Path;
 use ledger_core::Catalog;
 
 use super::conflicts::Conflict;
-use super::{conflicts, entries, index, meta, outbox, parked, split_team_key, KeyKind, FORMAT_VERSION};
+use super::{
+    conflicts, entries, index, meta, outbox, parked, split_team_key, KeyKind, FORMATS_READABLE, FORMAT_VERSION,
+};
 use crate::store::Store;
 
 /// A working copy of the fixture store (opening a sled store writes to it).
@@ -51,7 +53,8 @@ fn every_table_writes_back_what_it_reads_from_the_fixture_byte_for_byte() {
     let mut batch = sled::Batch::default();
     for block in entries::blocks(&from, entries::all()) {
         let (team, first, run) = block.unwrap();
-        entries::insert(&mut batch, &team, first, &run);
+        // The fixture was written in format 1, and a store keeps its format.
+        entries::insert(&mut batch, 1, &team, first, &run);
     }
     for segment in index::segments(&from) {
         let segment = segment.unwrap();
@@ -74,7 +77,8 @@ fn every_table_writes_back_what_it_reads_from_the_fixture_byte_for_byte() {
         assert!(!stored.is_empty(), "the fixture has {kind:?} rows");
         assert_eq!(rows(&to, kind), stored, "{kind:?} rows differ");
     }
-    assert_eq!(meta::format(&from).unwrap().unwrap().as_ref(), [FORMAT_VERSION]);
+    assert_eq!(meta::format(&from).unwrap().unwrap().as_ref(), [1]);
+    assert!(FORMATS_READABLE.contains(&1) && FORMAT_VERSION == 2);
     meta::catalog(&from).unwrap();
 }
 
@@ -104,4 +108,35 @@ fn replay_rebuilds_every_projection_of_the_fixture_as_stored() {
     let report = store.replay(&store.catalog().unwrap()).unwrap();
     assert!(report.alerts > 0 && report.invoices > 0, "{report:?}");
     assert_eq!(report.mismatched, 0);
+}
+
+#[test]
+fn blocks_round_trip_in_both_formats_and_damage_is_refused_not_allocated() {
+    let entries: Vec<entries::StoredEntry> = (1..=300u64)
+        .map(|seq| entries::StoredEntry {
+            seq,
+            hash: [seq as u8; 32],
+            body: format!("image event e{seq} of team t1").into_bytes(),
+        })
+        .collect();
+    let v1 = entries::encode_block(1, &entries);
+    let v2 = entries::encode_block(2, &entries);
+    assert_eq!((v1[0], v2[0]), (1, 2));
+    assert!(v2.len() * 2 < v1.len(), "format 2 compresses: {} vs {} bytes", v2.len(), v1.len());
+    assert_eq!(entries::decode_block(&v1).unwrap(), entries);
+    assert_eq!(entries::decode_block(&v2).unwrap(), entries);
+    // A size prefix claiming more than LZ4 can expand to: refused before allocating.
+    let mut huge = v2.clone();
+    huge[1..5].copy_from_slice(&u32::MAX.to_le_bytes());
+    let err = entries::decode_block(&huge).unwrap_err().to_string();
+    assert!(err.contains("claims 4294967295"), "{err}");
+    // Damage inside the compressed bytes is an error or changed bytes, never a panic
+    // (the chain, which hashes the bodies, tells changed bytes).
+    for at in 5..v2.len() {
+        let mut damaged = v2.clone();
+        damaged[at] ^= 0x5a;
+        let _ = entries::decode_block(&damaged);
+    }
+    let err = entries::decode_block(&[3, 0, 0]).unwrap_err().to_string();
+    assert!(err.contains("format version 3"), "{err}");
 }
