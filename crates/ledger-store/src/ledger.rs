@@ -1,6 +1,7 @@
 //! The write path: validated events in, one atomic sled batch out, flushed before the
 //! caller may acknowledge anything.
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use ledger_core::refund::unknown_after_wait;
@@ -8,13 +9,13 @@ use ledger_core::team::{Applied, RefundLookup, Reject};
 use ledger_core::{AccountChange, AccountEvent, Catalog, Effects, Entry, Event, EventId, RefundTarget, Team, TeamId};
 use tracing::{debug, info, warn};
 
+use crate::commit::{self, ensure_space, entry_in, InFlight, Staged};
 use crate::index::{fingerprint, id_hash, Index};
 use crate::parked::ParkedRefunds;
 pub use crate::parked::{refund_wait, Parked};
 use crate::store::Store;
 use crate::tables::conflicts::{self, Conflict};
 use crate::tables::entries::{self, Hash, StoredEntry};
-use crate::tables::index::IndexRunRef;
 use crate::tables::outbox::{self, OutboxKind, OutboxMsg};
 use crate::tables::{self, alerts, invoices, offsets, Row};
 use crate::{Error, Result};
@@ -91,36 +92,6 @@ pub struct Ledger {
     in_flight: Option<InFlight>,
 }
 
-/// A batch handed to a committer thread: its blocks stay readable here (lookups of the
-/// next batch may need them) until the write and its flush are done.
-struct InFlight {
-    blocks: std::sync::Arc<Vec<StagedBlock>>,
-    block_of: HashMap<TeamId, usize>,
-    bytes: u64,
-    done: std::thread::JoinHandle<Result<()>>,
-}
-
-impl InFlight {
-    /// Waits for the write and the flush.
-    fn finish(self) -> Result<()> {
-        self.done.join().unwrap_or_else(|_| Err(Error::Corrupt("the committer thread panicked".into())))
-    }
-}
-
-/// Entry `seq` of `team` if `blocks` (staged or in flight) hold it.
-fn entry_in(
-    blocks: &[StagedBlock],
-    block_of: &HashMap<TeamId, usize>,
-    team: &TeamId,
-    seq: u64,
-) -> Result<Option<Entry>> {
-    let Some(block) = block_of.get(team).map(|b| &blocks[*b]) else { return Ok(None) };
-    let Some(stored) = seq.checked_sub(block.first_seq).and_then(|i| block.entries.get(i as usize)) else {
-        return Ok(None);
-    };
-    entries::decode_entry(&stored.body).map(Some).map_err(|e| Error::Corrupt(format!("staged entry: {e}")))
-}
-
 impl Drop for Ledger {
     /// A batch still in flight is finished (a writer dropped after an error has none).
     fn drop(&mut self) {
@@ -162,66 +133,6 @@ impl Known {
             }),
             _ => None,
         }
-    }
-}
-
-/// One team's part of a batch: its new entries (one block) and their index records.
-struct StagedBlock {
-    team: TeamId,
-    first_seq: u64,
-    entries: Vec<StoredEntry>,
-    events: Vec<(String, u64)>,
-}
-
-/// Per-batch staging: what becomes one `apply_batch`.
-#[derive(Default)]
-struct Staged {
-    batch: sled::Batch,
-    blocks: Vec<StagedBlock>,
-    block_of: HashMap<TeamId, usize>,
-    report: BatchReport,
-}
-
-/// Free space kept on the ledger's disk beyond a batch's own: sled writes whole log
-/// segments, and a write that fails half-way (ENOSPC) can leave sled waiting forever on
-/// its next flush. A batch that would not fit is refused before sled sees it.
-const SPACE_RESERVE_BYTES: u64 = 4 << 20;
-
-/// Refuses a batch of about `bytes` unless the disk holding `dir` has room for it three
-/// times over (sled logs a value, then rewrites its page: 10M imported events took 2.6 GB,
-/// 260 B each, issue 12), and the reserve.
-fn ensure_space(dir: &std::path::Path, bytes: u64) -> Result<()> {
-    let stat = rustix::fs::statvfs(dir).map_err(|e| Error::Io { path: dir.display().to_string(), source: e.into() })?;
-    let free = stat.f_bavail.saturating_mul(stat.f_frsize);
-    let need = bytes.saturating_mul(3).saturating_add(SPACE_RESERVE_BYTES);
-    if free < need {
-        return Err(Error::DiskFull { dir: dir.display().to_string(), free, need });
-    }
-    Ok(())
-}
-
-impl Staged {
-    /// About how many bytes the batch writes: its entries, their index records and a
-    /// share for positions, projections and outbox messages.
-    fn bytes(&self) -> u64 {
-        let entries: usize = self.blocks.iter().flat_map(|b| &b.entries).map(|e| e.body.len() + 48).sum();
-        let index: usize = self.blocks.iter().flat_map(|b| &b.events).map(|(id, _)| id.len() + 16).sum();
-        (entries + index) as u64 + 64 * 1024
-    }
-
-    /// The index of the team's block in this batch, started at `first_seq` if new.
-    fn block_for(&mut self, team: &TeamId, first_seq: u64) -> usize {
-        if let Some(b) = self.block_of.get(team) {
-            return *b;
-        }
-        self.blocks.push(StagedBlock { team: team.clone(), first_seq, entries: Vec::new(), events: Vec::new() });
-        self.block_of.insert(team.clone(), self.blocks.len() - 1);
-        self.blocks.len() - 1
-    }
-
-    /// Entry `seq` of `team` if this batch appended it.
-    fn entry(&self, team: &TeamId, seq: u64) -> Result<Option<Entry>> {
-        entry_in(&self.blocks, &self.block_of, team, seq)
     }
 }
 
@@ -630,33 +541,13 @@ impl Ledger {
         let in_flight_bytes = self.in_flight.as_ref().map_or(0, |f| f.bytes);
         ensure_space(self.store.dir(), bytes + in_flight_bytes)?;
         self.wait_durable()?;
-        let blocks = std::sync::Arc::new(std::mem::take(&mut staged.blocks));
+        let blocks = Arc::new(std::mem::take(&mut staged.blocks));
         let block_of = std::mem::take(&mut staged.block_of);
         let segment_no = blocks.iter().any(|b| !b.events.is_empty()).then(|| {
             self.index.next_segment += 1;
             self.index.next_segment - 1
         });
-        let (tree, db, mut batch) = (self.store.tree.clone(), self.store.db.clone(), staged.batch);
-        let format = self.store.format;
-        let written = std::sync::Arc::clone(&blocks);
-        let done = std::thread::Builder::new()
-            .name("ledger-commit".into())
-            .spawn(move || {
-                let mut segment: Vec<IndexRunRef<'_>> = Vec::with_capacity(written.len());
-                for block in written.iter() {
-                    entries::insert(&mut batch, format, block.team.as_str(), block.first_seq, &block.entries);
-                    if !block.events.is_empty() {
-                        segment.push(IndexRunRef { team: block.team.as_str(), events: &block.events });
-                    }
-                }
-                if let Some(n) = segment_no {
-                    tables::index::insert(&mut batch, n, &segment);
-                }
-                tree.apply_batch(batch)?;
-                db.flush()?;
-                Ok(())
-            })
-            .map_err(|e| Error::Io { path: self.store.dir().display().to_string(), source: e })?;
+        let done = commit::spawn(&self.store, Arc::clone(&blocks), segment_no, staged.batch)?;
         self.in_flight = Some(InFlight { blocks, block_of, bytes, done });
         Ok(std::mem::take(&mut staged.report))
     }

@@ -6,6 +6,7 @@
 //! `apply_batch` followed by `flush()`: nothing is acknowledged before it is durable.
 
 mod audit;
+mod commit;
 mod datadir;
 mod index;
 mod ledger;

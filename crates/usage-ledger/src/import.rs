@@ -76,7 +76,11 @@ pub fn run(
     }
     reader.join().expect("the parsing thread does not panic")?;
     progress.finish_and_clear();
-    let secs = started.elapsed().as_secs_f64();
+    Ok(report(&tally, started.elapsed().as_secs_f64(), ledger.parked()))
+}
+
+/// The closing lines, and the exit code: 2 when some line was refused.
+fn report(tally: &Tally, secs: f64, waiting: usize) -> ExitCode {
     info!(lines = tally.lines, appended = tally.appended, secs, "Import finished.");
     eprintln!(
         "imported {} of {} lines in {secs:.2} s ({:.0} lines/s): {} duplicates, {} rejected, {} alerts, {} invoices",
@@ -88,7 +92,6 @@ pub fn run(
         tally.alerts,
         tally.invoices
     );
-    let waiting = ledger.parked();
     if waiting > 0 {
         eprintln!(
             "{waiting} refund(s) wait for the image event they name (kept; given up {} h of the team's time after the refund, or by `close`)",
@@ -100,9 +103,9 @@ pub fn run(
             "error: {} of {} lines were rejected (listed above); the rest were imported",
             tally.rejected, tally.lines
         );
-        return Ok(ExitCode::from(2));
+        return ExitCode::from(2);
     }
-    Ok(ExitCode::SUCCESS)
+    ExitCode::SUCCESS
 }
 
 fn progress_bar(size: Option<u64>) -> ProgressBar {

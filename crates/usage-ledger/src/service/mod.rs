@@ -111,20 +111,13 @@ pub fn run(dir: &Path, args: RunArgs, future_skew: chrono::Duration) -> anyhow::
     let metrics = Arc::new(crate::metrics::Metrics::new());
     let lag = Arc::new(AtomicI64::new(-1));
     let readers = Arc::new(live::Readers::default());
-    let live: Arc<dyn crate::http::Ledgers> = Arc::new(live::Live {
+    let live = live::Live {
         shards: Arc::clone(&shards),
         readers: Arc::clone(&readers),
         lag: Arc::clone(&lag),
         lag_max: args.ready_lag_max,
-    });
-    if let Some(addr) = &args.metrics_addr {
-        let bound = crate::http::spawn_metrics(addr, Arc::clone(&live), Arc::clone(&metrics))?;
-        eprintln!("usage-ledger: metrics on http://{bound}/metrics");
-    }
-    if args.http.http_addr.is_some() {
-        let bound = crate::http::spawn(&args.http, "", live, Arc::clone(&metrics), future_skew)?;
-        eprintln!("usage-ledger: HTTP API and dashboard on http://{bound}/");
-    }
+    };
+    serve_http(&args, live, &metrics, future_skew)?;
     eprintln!(
         "usage-ledger: consuming {IMAGES} and {ACCOUNTS} from {brokers} as group {}; ledgers in {}",
         args.group,
@@ -164,6 +157,25 @@ pub fn run(dir: &Path, args: RunArgs, future_skew: chrono::Duration) -> anyhow::
     }
     report_stop(&stats, waiting);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The metrics listener and the HTTP API over the live ledgers, as configured.
+fn serve_http(
+    args: &RunArgs,
+    live: live::Live,
+    metrics: &Arc<crate::metrics::Metrics>,
+    future_skew: chrono::Duration,
+) -> anyhow::Result<()> {
+    let live: Arc<dyn crate::http::Ledgers> = Arc::new(live);
+    if let Some(addr) = &args.metrics_addr {
+        let bound = crate::http::spawn_metrics(addr, Arc::clone(&live), Arc::clone(metrics))?;
+        eprintln!("usage-ledger: metrics on http://{bound}/metrics");
+    }
+    if args.http.http_addr.is_some() {
+        let bound = crate::http::spawn(&args.http, "", live, Arc::clone(metrics), future_skew)?;
+        eprintln!("usage-ledger: HTTP API and dashboard on http://{bound}/");
+    }
+    Ok(())
 }
 
 /// The running service's parts.

@@ -1,0 +1,133 @@
+//! The commit side of the write path: a batch as staged (its team blocks, its sled
+//! batch), the space check before sled sees it, and the committer thread that encodes,
+//! writes and flushes it while the writer folds the next batch (see `Ledger`).
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ledger_core::{Entry, TeamId};
+
+use crate::ledger::BatchReport;
+use crate::store::Store;
+use crate::tables;
+use crate::tables::entries::{self, StoredEntry};
+use crate::tables::index::IndexRunRef;
+use crate::{Error, Result};
+
+/// One team's part of a batch: its new entries (one block) and their index records.
+pub(crate) struct StagedBlock {
+    pub team: TeamId,
+    pub first_seq: u64,
+    pub entries: Vec<StoredEntry>,
+    pub events: Vec<(String, u64)>,
+}
+
+/// Per-batch staging: what becomes one `apply_batch`.
+#[derive(Default)]
+pub(crate) struct Staged {
+    pub batch: sled::Batch,
+    pub blocks: Vec<StagedBlock>,
+    pub block_of: HashMap<TeamId, usize>,
+    pub report: BatchReport,
+}
+
+/// Free space kept on the ledger's disk beyond a batch's own: sled writes whole log
+/// segments, and a write that fails half-way (ENOSPC) can leave sled waiting forever on
+/// its next flush. A batch that would not fit is refused before sled sees it.
+const SPACE_RESERVE_BYTES: u64 = 4 << 20;
+
+/// Refuses a batch of about `bytes` unless the disk holding `dir` has room for it three
+/// times over (sled logs a value, then rewrites its page: 10M imported events took 2.6 GB,
+/// 260 B each, issue 12), and the reserve.
+pub(crate) fn ensure_space(dir: &std::path::Path, bytes: u64) -> Result<()> {
+    let stat = rustix::fs::statvfs(dir).map_err(|e| Error::Io { path: dir.display().to_string(), source: e.into() })?;
+    let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+    let need = bytes.saturating_mul(3).saturating_add(SPACE_RESERVE_BYTES);
+    if free < need {
+        return Err(Error::DiskFull { dir: dir.display().to_string(), free, need });
+    }
+    Ok(())
+}
+
+impl Staged {
+    /// About how many bytes the batch writes: its entries, their index records and a
+    /// share for positions, projections and outbox messages.
+    pub fn bytes(&self) -> u64 {
+        let entries: usize = self.blocks.iter().flat_map(|b| &b.entries).map(|e| e.body.len() + 48).sum();
+        let index: usize = self.blocks.iter().flat_map(|b| &b.events).map(|(id, _)| id.len() + 16).sum();
+        (entries + index) as u64 + 64 * 1024
+    }
+
+    /// The index of the team's block in this batch, started at `first_seq` if new.
+    pub fn block_for(&mut self, team: &TeamId, first_seq: u64) -> usize {
+        if let Some(b) = self.block_of.get(team) {
+            return *b;
+        }
+        self.blocks.push(StagedBlock { team: team.clone(), first_seq, entries: Vec::new(), events: Vec::new() });
+        self.block_of.insert(team.clone(), self.blocks.len() - 1);
+        self.blocks.len() - 1
+    }
+
+    /// Entry `seq` of `team` if this batch appended it.
+    pub fn entry(&self, team: &TeamId, seq: u64) -> Result<Option<Entry>> {
+        entry_in(&self.blocks, &self.block_of, team, seq)
+    }
+}
+
+/// A batch handed to a committer thread: its blocks stay readable here (lookups of the
+/// next batch may need them) until the write and its flush are done.
+pub(crate) struct InFlight {
+    pub blocks: Arc<Vec<StagedBlock>>,
+    pub block_of: HashMap<TeamId, usize>,
+    pub bytes: u64,
+    pub done: std::thread::JoinHandle<Result<()>>,
+}
+
+impl InFlight {
+    /// Waits for the write and the flush.
+    pub fn finish(self) -> Result<()> {
+        self.done.join().unwrap_or_else(|_| Err(Error::Corrupt("the committer thread panicked".into())))
+    }
+}
+
+/// Entry `seq` of `team` if `blocks` (staged or in flight) hold it.
+pub(crate) fn entry_in(
+    blocks: &[StagedBlock],
+    block_of: &HashMap<TeamId, usize>,
+    team: &TeamId,
+    seq: u64,
+) -> Result<Option<Entry>> {
+    let Some(block) = block_of.get(team).map(|b| &blocks[*b]) else { return Ok(None) };
+    let Some(stored) = seq.checked_sub(block.first_seq).and_then(|i| block.entries.get(i as usize)) else {
+        return Ok(None);
+    };
+    entries::decode_entry(&stored.body).map(Some).map_err(|e| Error::Corrupt(format!("staged entry: {e}")))
+}
+
+/// Encodes the blocks and the index segment into `batch`, writes it atomically and
+/// flushes, on a thread of its own (`ledger-commit`).
+pub(crate) fn spawn(
+    store: &Store,
+    blocks: Arc<Vec<StagedBlock>>,
+    segment_no: Option<u64>,
+    mut batch: sled::Batch,
+) -> Result<std::thread::JoinHandle<Result<()>>> {
+    let (tree, db, format) = (store.tree.clone(), store.db.clone(), store.format);
+    std::thread::Builder::new()
+        .name("ledger-commit".into())
+        .spawn(move || {
+            let mut segment: Vec<IndexRunRef<'_>> = Vec::with_capacity(blocks.len());
+            for block in blocks.iter() {
+                entries::insert(&mut batch, format, block.team.as_str(), block.first_seq, &block.entries);
+                if !block.events.is_empty() {
+                    segment.push(IndexRunRef { team: block.team.as_str(), events: &block.events });
+                }
+            }
+            if let Some(n) = segment_no {
+                tables::index::insert(&mut batch, n, &segment);
+            }
+            tree.apply_batch(batch)?;
+            db.flush()?;
+            Ok(())
+        })
+        .map_err(|e| Error::Io { path: store.dir().display().to_string(), source: e })
+}
