@@ -148,13 +148,14 @@ pub fn number(text: &str, marker: &str, after: bool) -> f64 {
 fn alert_latency(brokers: &str, data: &Path) -> (Vec<f64>, (f64, f64)) {
     use ledger_kafka::{Consumer, Outgoing, Producer, ACCOUNTS, ALERTS, IMAGES};
     let _ = std::fs::remove_dir_all(data);
+    let log = data.with_extension("log");
     let mut service = Command::new(BIN)
         .args(["--data-dir", data.to_str().unwrap(), "run", "--brokers", brokers, "--group", "latency"])
         .args(["--batch-wait-ms", "20"])
-        .stderr(std::process::Stdio::piped())
+        .env("USAGE_LEDGER_LOG", "info")
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let stderr = crate::read_all(service.stderr.take().unwrap());
     let producer = Producer::new(brokers).unwrap();
     let watcher =
         Consumer::new(brokers, "latency-watch", &[ALERTS], 10_000, std::sync::Arc::new(ledger_kafka::FromBeginning))
@@ -188,7 +189,14 @@ fn alert_latency(brokers: &str, data: &Path) -> (Vec<f64>, (f64, f64)) {
         let started = Instant::now();
         producer.send_all(&[image]).unwrap();
         while watcher.poll_batch(10, Duration::from_millis(1)).unwrap().is_empty() {
-            assert!(started.elapsed().as_secs() < 60, "alert within 60 s");
+            if started.elapsed().as_secs() >= 60 {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                panic!(
+                    "no alert for {team} within 60 s; the service's log ends:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
         }
         samples.push(started.elapsed().as_secs_f64() * 1000.0);
     }
@@ -196,11 +204,12 @@ fn alert_latency(brokers: &str, data: &Path) -> (Vec<f64>, (f64, f64)) {
     // SIGINT: the service stops cleanly and prints its closing line.
     let _ = Command::new("kill").args(["-INT", &service.id().to_string()]).status();
     let _ = service.wait();
-    let stderr = stderr.join().unwrap();
-    let batches = number(&stderr, " batches:", false).max(1.0);
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    let stderr = log_text.lines().find(|l| l.contains("stopped after")).expect("the service's closing line");
+    let batches = number(stderr, " batches:", false).max(1.0);
     let per_batch = (
-        number(&stderr, " s in the ledger", false) * 1000.0 / batches,
-        number(&stderr, " s publishing", false) * 1000.0 / batches,
+        number(stderr, " s in the ledger", false) * 1000.0 / batches,
+        number(stderr, " s publishing", false) * 1000.0 / batches,
     );
     (samples, per_batch)
 }
