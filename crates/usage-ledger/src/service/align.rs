@@ -47,13 +47,15 @@ impl Aligner {
     /// may go to the ledgers now. `owned`: the streams this member owns (the others'
     /// records are dropped: a new owner reads them again from its ledger's position);
     /// `fetched`: librdkafka's last word on each stream's high watermark; `position`: the
-    /// ledger's recorded position in a stream (the next offset it expects), if any.
+    /// ledger's recorded position in a stream (the next offset it expects), if any. At
+    /// most `max` records go at once (a batch); the rest stay held for the next call.
     pub fn admit(
         &mut self,
         records: Vec<Record>,
         owned: &HashSet<(String, i32)>,
         fetched: &[Fetched],
         position: impl Fn(&str, i32) -> Option<u64>,
+        max: usize,
     ) -> Vec<Record> {
         self.pairs.retain(|p, _| owned.iter().any(|(_, owned)| owned == p));
         for r in records {
@@ -68,7 +70,7 @@ impl Aligner {
         let mut out = Vec::new();
         for (partition, pair) in &mut self.pairs {
             let pending = |topic: &str, stream: &Stream| pending(fetched, &position, topic, *partition, stream);
-            pair.merge(*partition, self.wait, pending, &mut out);
+            pair.merge(*partition, self.wait, pending, &mut out, max);
         }
         out
     }
@@ -107,10 +109,11 @@ impl Pair {
         wait: Duration,
         pending: impl Fn(&str, &Stream) -> bool,
         out: &mut Vec<Record>,
+        max: usize,
     ) {
         let overfull = self.images.held.len() >= HELD_MAX || self.accounts.held.len() >= HELD_MAX;
         let go_on = overfull || self.waiting.is_some_and(|since| since.elapsed() >= wait);
-        loop {
+        while out.len() < max {
             let (i, a) = (self.images.held.front().map(order), self.accounts.held.front().map(order));
             // Which stream goes next: `None` while the only one with records waits.
             let next = match (i, a) {
@@ -176,7 +179,7 @@ mod tests {
     fn the_streams_merge_in_timestamp_order() {
         let mut a = Aligner::new(Duration::from_secs(60));
         let polled = vec![rec(IMAGES, 0, 10), rec(IMAGES, 1, 30), rec(ACCOUNTS, 0, 20)];
-        let out = a.admit(polled, &owned(), &fetched(2, 1), none);
+        let out = a.admit(polled, &owned(), &fetched(2, 1), none, usize::MAX);
         assert_eq!(ids(&out), [('i', 0), ('b', 0), ('i', 1)]);
         assert_eq!(a.held(), 0);
     }
@@ -185,39 +188,57 @@ mod tests {
     fn images_wait_while_the_accounts_stream_holds_records_not_received() {
         let mut a = Aligner::new(Duration::from_secs(60));
         // The broker holds accounts 0..1 but none has arrived: images wait.
-        assert!(a.admit(vec![rec(IMAGES, 0, 10), rec(IMAGES, 1, 30)], &owned(), &fetched(2, 1), none).is_empty());
+        assert!(a
+            .admit(vec![rec(IMAGES, 0, 10), rec(IMAGES, 1, 30)], &owned(), &fetched(2, 1), none, usize::MAX)
+            .is_empty());
         assert_eq!(a.held(), 2);
         // The refund arrives: everything goes, in production order.
-        let out = a.admit(vec![rec(ACCOUNTS, 0, 20)], &owned(), &fetched(2, 1), none);
+        let out = a.admit(vec![rec(ACCOUNTS, 0, 20)], &owned(), &fetched(2, 1), none, usize::MAX);
         assert_eq!(ids(&out), [('i', 0), ('b', 0), ('i', 1)]);
         // Caught up on accounts: images go on alone, and a re-fetched record is dropped.
-        let out = a.admit(vec![rec(IMAGES, 2, 40), rec(IMAGES, 1, 30)], &owned(), &fetched(3, 1), none);
+        let out = a.admit(vec![rec(IMAGES, 2, 40), rec(IMAGES, 1, 30)], &owned(), &fetched(3, 1), none, usize::MAX);
         assert_eq!(ids(&out), [('i', 2)]);
     }
 
     #[test]
     fn a_stalled_stream_holds_the_other_only_for_the_wait() {
         let mut a = Aligner::new(Duration::from_millis(30));
-        assert!(a.admit(vec![rec(IMAGES, 0, 10)], &owned(), &fetched(1, 5), none).is_empty());
+        assert!(a.admit(vec![rec(IMAGES, 0, 10)], &owned(), &fetched(1, 5), none, usize::MAX).is_empty());
         std::thread::sleep(Duration::from_millis(40));
-        assert_eq!(ids(&a.admit(Vec::new(), &owned(), &fetched(1, 5), none)), [('i', 0)]);
+        assert_eq!(ids(&a.admit(Vec::new(), &owned(), &fetched(1, 5), none, usize::MAX)), [('i', 0)]);
     }
 
     #[test]
     fn an_empty_stream_holds_nothing_back() {
         let mut a = Aligner::new(Duration::from_secs(60));
-        let out = a.admit(vec![rec(IMAGES, 0, 10)], &owned(), &fetched(1, 0), none);
+        let out = a.admit(vec![rec(IMAGES, 0, 10)], &owned(), &fetched(1, 0), none, usize::MAX);
         assert_eq!(ids(&out), [('i', 0)], "nothing on the accounts partition");
         // Everything on it was recorded by the ledger before (a restart): nothing to wait for.
-        let out = a.admit(vec![rec(IMAGES, 1, 20)], &owned(), &fetched(2, 7), |t, _| (t == ACCOUNTS).then_some(7));
+        let out = a.admit(
+            vec![rec(IMAGES, 1, 20)],
+            &owned(),
+            &fetched(2, 7),
+            |t, _| (t == ACCOUNTS).then_some(7),
+            usize::MAX,
+        );
         assert_eq!(ids(&out), [('i', 1)]);
+    }
+
+    #[test]
+    fn at_most_a_batch_goes_at_once_and_the_rest_stays_held_in_order() {
+        let mut a = Aligner::new(Duration::from_secs(60));
+        let polled = vec![rec(IMAGES, 0, 10), rec(IMAGES, 1, 30), rec(ACCOUNTS, 0, 20)];
+        let out = a.admit(polled, &owned(), &fetched(2, 1), none, 2);
+        assert_eq!(ids(&out), [('i', 0), ('b', 0)]);
+        assert_eq!(a.held(), 1);
+        assert_eq!(ids(&a.admit(Vec::new(), &owned(), &fetched(2, 1), none, 2)), [('i', 1)]);
     }
 
     #[test]
     fn a_revoked_stream_is_forgotten() {
         let mut a = Aligner::new(Duration::from_secs(60));
-        assert!(a.admit(vec![rec(IMAGES, 0, 10)], &owned(), &fetched(1, 5), none).is_empty());
-        assert!(a.admit(Vec::new(), &HashSet::new(), &[], none).is_empty());
+        assert!(a.admit(vec![rec(IMAGES, 0, 10)], &owned(), &fetched(1, 5), none, usize::MAX).is_empty());
+        assert!(a.admit(Vec::new(), &HashSet::new(), &[], none, usize::MAX).is_empty());
         assert_eq!(a.held(), 0);
     }
 }

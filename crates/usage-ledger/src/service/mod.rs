@@ -216,7 +216,10 @@ impl Service {
     /// Returns true once the service has been idle for `--exit-when-idle-ms`.
     fn step(&mut self) -> anyhow::Result<bool> {
         let (args, clocks) = (&self.args, &mut self.clocks);
-        let polled = self.consumer.poll_batch(args.batch_events_max, Duration::from_millis(args.batch_wait_ms))?;
+        // With a batch's worth of records held (a stream released after a wait), poll
+        // without waiting for more.
+        let wait = if self.aligner.held() >= args.batch_events_max { 1 } else { args.batch_wait_ms };
+        let polled = self.consumer.poll_batch(args.batch_events_max, Duration::from_millis(wait))?;
         let batch_started = Instant::now();
         let mut shards = self.shards.lock().expect("not poisoned");
         if let Some(why) = &shards.failure {
@@ -231,7 +234,7 @@ impl Service {
             let ledger = shards.open.get(&partition)?;
             ledger.store().offset(&format!("{topic}/{partition}")).ok().flatten()
         };
-        let records = self.aligner.admit(polled, &owned, &self.consumer.lag(), position);
+        let records = self.aligner.admit(polled, &owned, &self.consumer.lag(), position, args.batch_events_max);
         let next = pipeline::next_offsets(&records);
         let mut idle = false;
         if !records.is_empty() {
