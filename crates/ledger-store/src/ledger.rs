@@ -260,8 +260,9 @@ impl Ledger {
         positions: &[(String, u64)],
         extra: impl FnOnce(&[Outcome], &[(Parked, Outcome)]) -> Vec<OutboxMsg>,
     ) -> Result<BatchReport> {
-        let staged = self.stage_batch(submissions, positions, extra)?;
-        self.commit(staged)
+        let report = self.submit_batch_with_deferred(submissions, positions, extra)?;
+        self.wait_durable()?;
+        Ok(report)
     }
 
     /// `submit_batch_with`, written and flushed by a committer thread: durable once

@@ -24,6 +24,16 @@ impl Rng {
     }
 }
 
+/// A team's plan and bucket: half on Basic, 30 % on Plus, 10 % partners, 10 % on trial.
+fn pick_plan(rng: &mut Rng) -> (&'static str, u64) {
+    match rng.below(10) {
+        0..=4 => ("api_basic", (1 + rng.below(10)) * 1000),
+        5..=7 => ("api_plus", (1 + rng.below(3)) * 1000),
+        8 => ("api_partner", 0),
+        _ => ("api_free_trial", 0),
+    }
+}
+
 const START: i64 = 1_775_001_600; // 2026-04-01T00:00:00Z
 const SPAN_SECS: i64 = 61 * 86_400; // through 2026-05-31
 
@@ -37,12 +47,7 @@ pub fn run(teams: u32, events: u64, seed: u64, out: &Path) -> anyhow::Result<Exi
     let teams = teams.max(1);
     let mut billed = vec![true; teams as usize];
     for t in 0..teams {
-        let (plan, bucket) = match rng.below(10) {
-            0..=4 => ("api_basic", (1 + rng.below(10)) * 1000),
-            5..=7 => ("api_plus", (1 + rng.below(3)) * 1000),
-            8 => ("api_partner", 0),
-            _ => ("api_free_trial", 0),
-        };
+        let (plan, bucket) = pick_plan(&mut rng);
         billed[t as usize] = plan != "api_free_trial";
         writeln!(
             w,
@@ -147,12 +152,7 @@ pub fn realistic(teams: u32, events: u64, seed: u64, out: &Path) -> anyhow::Resu
 fn start_plans(w: &mut impl Write, rng: &mut Rng, teams: u32) -> anyhow::Result<Vec<(&'static str, bool)>> {
     let mut plans = Vec::with_capacity(teams as usize);
     for t in 0..teams {
-        let (plan, bucket) = match rng.below(10) {
-            0..=4 => ("api_basic", (1 + rng.below(10)) * 1000),
-            5..=7 => ("api_plus", (1 + rng.below(3)) * 1000),
-            8 => ("api_partner", 0),
-            _ => ("api_free_trial", 0),
-        };
+        let (plan, bucket) = pick_plan(rng);
         writeln!(
             w,
             r#"{{"accountEvent":{{"eventId":"start-{t}","teamId":"team-{t:05}","occurredAt":"{}","planStarted":{{"plan":"{plan}","bucketImages":"{bucket}"}}}}}}"#,
