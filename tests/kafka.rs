@@ -18,11 +18,7 @@ pub struct Broker {
 }
 
 fn tansu() -> PathBuf {
-    let home = std::env::var("HOME").unwrap_or_default();
-    let candidates = [PathBuf::from(format!("{home}/.cargo/bin/tansu")), PathBuf::from("/usr/local/bin/tansu")];
-    candidates
-        .into_iter()
-        .find(|p| p.is_file())
+    ledger_kafka::tansu_path()
         .expect("tansu is installed (`cargo install tansu --locked --features libsql`; .ci/run does it)")
 }
 

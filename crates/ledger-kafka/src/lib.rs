@@ -42,6 +42,22 @@ mod producer;
 pub use config::{configure, from_env, property, Properties};
 pub use producer::{Delivery, Outgoing, Producer};
 
+/// The tansu binary (the embedded broker of `run`, and the broker of the tests and the
+/// bench): the first on `PATH`, else `$CARGO_HOME/bin` (`~/.cargo/bin`), where
+/// `cargo install tansu` puts it.
+pub fn tansu_path() -> Option<std::path::PathBuf> {
+    use std::path::{Path, PathBuf};
+    let from_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join("tansu")).find(|p| p.is_file()))
+        .unwrap_or_default();
+    from_path.or_else(|| {
+        let home = PathBuf::from(std::env::var_os("CARGO_HOME").unwrap_or_else(|| {
+            std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo").into_os_string()).unwrap_or_default()
+        }));
+        Some(home.join("bin/tansu")).filter(|p| p.is_file())
+    })
+}
+
 /// The consumer's owner: told of partitions coming and going, on the polling thread,
 /// inside `poll`, before any record of a new assignment is returned and after the last
 /// record of a revoked one.

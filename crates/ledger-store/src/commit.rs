@@ -83,6 +83,11 @@ pub(crate) struct InFlight {
 }
 
 impl InFlight {
+    /// Entry `seq` of `team` if this batch appended it.
+    pub fn entry(&self, team: &TeamId, seq: u64) -> Result<Option<Entry>> {
+        entry_in(&self.blocks, &self.block_of, team, seq)
+    }
+
     /// Waits for the write and the flush.
     pub fn finish(self) -> Result<()> {
         self.done.join().unwrap_or_else(|_| Err(Error::Corrupt("the committer thread panicked".into())))
@@ -90,7 +95,7 @@ impl InFlight {
 }
 
 /// Entry `seq` of `team` if `blocks` (staged or in flight) hold it.
-pub(crate) fn entry_in(
+fn entry_in(
     blocks: &[StagedBlock],
     block_of: &HashMap<TeamId, usize>,
     team: &TeamId,

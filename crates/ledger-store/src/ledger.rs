@@ -9,7 +9,7 @@ use ledger_core::team::{Applied, RefundLookup, Reject};
 use ledger_core::{AccountChange, AccountEvent, Catalog, Effects, Entry, Event, EventId, RefundTarget, Team, TeamId};
 use tracing::{debug, info, warn};
 
-use crate::commit::{self, ensure_space, entry_in, InFlight, Staged};
+use crate::commit::{self, ensure_space, InFlight, Staged};
 use crate::index::{fingerprint, id_hash, Index};
 use crate::parked::ParkedRefunds;
 pub use crate::parked::{refund_wait, Parked};
@@ -239,8 +239,7 @@ impl Ledger {
             }
         }
         let positions: Vec<(String, u64)> = positions.into_iter().collect();
-        let staged = self.stage_batch(submissions, &positions, |_, _| Vec::new())?;
-        self.commit_deferred(staged)
+        self.submit_batch_with_deferred(submissions, &positions, |_, _| Vec::new())
     }
 
     /// Waits until every batch submitted so far is written and flushed.
@@ -424,15 +423,18 @@ impl Ledger {
     fn lookup(&self, staged: &Staged, id: &EventId, hash: u64) -> Result<Option<Known>> {
         for loc in self.index.candidates(hash) {
             let team = self.index.team(loc.team);
-            let in_flight = match &self.in_flight {
-                Some(f) => entry_in(&f.blocks, &f.block_of, team, loc.seq)?,
-                None => None,
-            };
-            let entry = match staged.entry(team, loc.seq)?.or(in_flight) {
+            // This batch, then the one in flight, then the store: the first that has it.
+            let entry = match staged.entry(team, loc.seq)? {
                 Some(entry) => entry,
-                None => self.store.read_entry(team.as_str(), loc.seq)?.ok_or_else(|| {
-                    Error::Corrupt(format!("team {team} seq {}: indexed for event {id} but not in the ledger", loc.seq))
-                })?,
+                None => match self.in_flight.as_ref().map(|f| f.entry(team, loc.seq)).transpose()?.flatten() {
+                    Some(entry) => entry,
+                    None => self.store.read_entry(team.as_str(), loc.seq)?.ok_or_else(|| {
+                        Error::Corrupt(format!(
+                            "team {team} seq {}: indexed for event {id} but not in the ledger",
+                            loc.seq
+                        ))
+                    })?,
+                },
             };
             if entry.event_id() == Some(id) {
                 return Ok(Some(Known { team: team.clone(), seq: loc.seq, entry }));

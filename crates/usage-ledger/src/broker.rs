@@ -5,7 +5,7 @@
 //! later `run` never adopts whatever listens on the port: a broker left by this data
 //! dir (its pid file says so) is stopped first, anything else is refused.
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -16,23 +16,11 @@ pub struct EmbeddedBroker {
     pub address: String,
 }
 
-fn find_tansu() -> Option<PathBuf> {
-    let from_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join("tansu")).find(|p| p.is_file()))
-        .unwrap_or_default();
-    from_path.or_else(|| {
-        let home = PathBuf::from(std::env::var_os("CARGO_HOME").unwrap_or_else(|| {
-            std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo").into_os_string()).unwrap_or_default()
-        }));
-        Some(home.join("bin/tansu")).filter(|p| p.is_file())
-    })
-}
-
 impl EmbeddedBroker {
     /// Starts tansu on `127.0.0.1:port` with its SQLite file in `dir`, and waits until it
     /// accepts connections.
     pub fn start(dir: &Path, port: u16) -> anyhow::Result<EmbeddedBroker> {
-        let tansu = find_tansu().context(
+        let tansu = ledger_kafka::tansu_path().context(
             "no brokers configured and no embedded broker installed: run `cargo install tansu --locked --features libsql` or pass --brokers",
         )?;
         crate::private_dir(dir)?;

@@ -83,8 +83,9 @@ pub fn run(teams: u32, events: u64, seed: u64, out: &Path) -> anyhow::Result<Exi
 /// The benchmark's workload (`--profile realistic`): team volume Zipf-skewed (s = 1: the
 /// busiest team sends about 1/H(teams) of all images), 70/30 background removal / image
 /// editing, ~1 % exact duplicates (a recent line sent again), ~0.1 % refunds, plan
-/// changes (~5 % of teams change plan mid-cycle: upgrades apply at once, downgrades at
-/// the next cycle), April–May 2026 so April's cycles close during the run.
+/// changes (every 20th team is scheduled one, sent when it is on Basic or Plus; upgrades
+/// apply at once, downgrades at the next cycle), April–May 2026 so April's cycles close
+/// during the run.
 pub fn realistic(teams: u32, events: u64, seed: u64, out: &Path) -> anyhow::Result<ExitCode> {
     let mut w = sink(out)?;
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
