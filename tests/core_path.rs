@@ -187,9 +187,7 @@ pub fn run_scenario_core(script: &str) -> String {
         }
         if let Some(state) = books.teams.get_mut(&TeamId::new(team.clone()).unwrap()) {
             let catalog = books.catalog.as_ref().expect("set");
-            for u in state.balance(catalog, None).exceptions.unplanned {
-                writeln!(out, "unplanned {team} {}", u.event_id).unwrap();
-            }
+            crate::support::render_unplanned(&mut out, &team, &state.balance(catalog, None).exceptions);
         }
     }
     out

@@ -308,6 +308,22 @@ fn usage_with_no_plan_is_kept_and_reported_as_unplanned() {
     );
 }
 
+/// A balance lists the newest 100 unplanned events (memory stays bounded however many
+/// come) and counts them all; every one stays in the ledger.
+#[test]
+fn a_balance_lists_the_newest_unplanned_usage_and_counts_all_of_it() {
+    let early: Vec<String> = (0..130).map(|i| format!("rb 03-{:02} 1 #u{i:03}", 2 + i / 5)).collect();
+    let script = format!("{}\nstart 04-01 api_basic 1000\nrb 04-02 1 #late-open\nclose 05-02", early.join("\n"));
+    let listed: Vec<String> = (30..130).map(|i| format!("unplanned t1 u{i:03}")).collect();
+    check(
+        &script,
+        &format!(
+            "invoice t1 2026-04-01 total=20.00 v=2026-01-01 | bucket_fee 1x20.00=20.00 | consumed=0.02 forfeited=19.98\n{}\nunplanned t1 total=130",
+            listed.join("\n")
+        ),
+    );
+}
+
 #[test]
 fn a_repeated_event_is_a_no_op_and_a_reused_id_a_recorded_conflict() {
     check(

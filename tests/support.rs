@@ -156,6 +156,16 @@ pub fn run_scenario(script: &str) -> String {
     store
 }
 
+/// The unplanned usage a balance lists, a line each, and the total when it lists fewer.
+pub fn render_unplanned(out: &mut String, team: &str, exceptions: &ledger_core::report::Exceptions) {
+    for u in &exceptions.unplanned {
+        writeln!(out, "unplanned {team} {}", u.event_id).unwrap();
+    }
+    if let Some(total) = exceptions.unplanned_total {
+        writeln!(out, "unplanned {team} total={total}").unwrap();
+    }
+}
+
 /// Runs a scenario through the real import path into a sled store on disk and renders
 /// every outcome that is not a plain append, then each team's invoices, alerts and
 /// unplanned usage, one line each.
@@ -206,9 +216,7 @@ pub fn run_scenario_store(script: &str) -> String {
             .unwrap();
         }
         let mut state = store.load_team(&catalog, &TeamId::new(team.clone()).unwrap()).unwrap();
-        for u in state.balance(&catalog, None).exceptions.unplanned {
-            writeln!(out, "unplanned {team} {}", u.event_id).unwrap();
-        }
+        render_unplanned(&mut out, &team, &state.balance(&catalog, None).exceptions);
     }
     out
 }

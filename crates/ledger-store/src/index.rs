@@ -1,7 +1,10 @@
 //! The event-id index. On disk: one immutable segment per batch (`I` + batch number),
 //! listing every event the batch appended. In memory: a compact map from a 64-bit hash
-//! of the id to where the event lives (a u64 key and a 12-byte location per event). A hash hit is confirmed
-//! against the entry itself, so a collision can never turn into a wrong dedup.
+//! of the id to where the event lives. Most of it is one array of 16-byte slots (the
+//! hash, a team number, a sequence number) sorted by hash and entered through a
+//! directory of the hash's top 16 bits; the newest events wait in a hash map until they
+//! number an eighth of the array, then merge into it. A hash hit is confirmed against
+//! the entry itself, so a collision can never turn into a wrong dedup.
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, DefaultHasher, Hash, Hasher};
 
@@ -36,13 +39,46 @@ pub(crate) struct Loc {
     pub seq: u64,
 }
 
+/// One event in the sorted array: 16 bytes. Events numbered past `u32::MAX` in their
+/// team's ledger stay in `Index::big` instead.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+struct Slot {
+    hash: u64,
+    team: u32,
+    seq: u32,
+}
+
+impl Slot {
+    fn of(hash: u64, loc: Loc) -> Option<Slot> {
+        Some(Slot { hash, team: loc.team, seq: u32::try_from(loc.seq).ok()? })
+    }
+
+    fn loc(self) -> Loc {
+        Loc { team: self.team, seq: u64::from(self.seq) }
+    }
+}
+
+/// The directory has a start for each value of the hash's top `DIR_BITS` bits.
+const DIR_BITS: u32 = 16;
+/// The newest events merge into the sorted array once they number this many and an
+/// eighth of it.
+const RECENT_MIN: usize = 1 << 16;
+
 #[derive(Default)]
 pub(crate) struct Index {
     teams: Vec<TeamId>,
     team_no: HashMap<TeamId, u32>,
-    primary: FastMap<Loc>,
-    /// Further events whose id hash equals one in `primary` (rare).
-    overflow: FastMap<Vec<Loc>>,
+    /// Every merged event, sorted by hash (equal hashes adjacent).
+    sorted: Vec<Slot>,
+    /// `sorted[dir[b]..dir[b + 1]]` holds the hashes whose top bits are `b` (empty while
+    /// `sorted` is).
+    dir: Vec<usize>,
+    /// The newest events, not merged yet.
+    recent: FastMap<Loc>,
+    /// Newest events whose id hash equals one already in `recent` (rare).
+    recent_more: Vec<(u64, Loc)>,
+    /// Events past `u32::MAX` in their team's ledger (never merged).
+    big: FastMap<Vec<Loc>>,
     pub next_segment: u64,
     pub len: u64,
 }
@@ -61,7 +97,7 @@ pub(crate) fn id_hash(id: &str) -> u64 {
 }
 
 impl Index {
-    /// Loads every segment.
+    /// Loads every segment into the sorted array at once.
     pub fn load(store: &Store) -> Result<Index> {
         let mut index = Index::default();
         for segment in tables::index::segments(&store.tree) {
@@ -69,12 +105,21 @@ impl Index {
             let n = segment.number()?;
             for run in segment.runs()? {
                 let team = TeamId::new(run.team).map_err(|e| Error::Corrupt(format!("index segment {n}: {e}")))?;
+                let no = index.team_number(&team);
                 for (event_id, seq) in run.events {
-                    index.insert(id_hash(&event_id), &team, seq);
+                    let (hash, loc) = (id_hash(&event_id), Loc { team: no, seq });
+                    match Slot::of(hash, loc) {
+                        Some(slot) => index.sorted.push(slot),
+                        None => index.big.entry(hash).or_default().push(loc),
+                    }
+                    index.len += 1;
                 }
             }
             index.next_segment = n + 1;
         }
+        index.sorted.sort_unstable();
+        index.sorted.shrink_to_fit();
+        index.rebuild_dir();
         Ok(index)
     }
 
@@ -82,28 +127,131 @@ impl Index {
         &self.teams[no as usize]
     }
 
+    fn team_number(&mut self, team: &TeamId) -> u32 {
+        if let Some(no) = self.team_no.get(team) {
+            return *no;
+        }
+        let no = u32::try_from(self.teams.len()).expect("fewer than 2^32 teams");
+        self.teams.push(team.clone());
+        self.team_no.insert(team.clone(), no);
+        no
+    }
+
     pub fn insert(&mut self, hash: u64, team: &TeamId, seq: u64) {
-        let no = match self.team_no.get(team) {
-            Some(no) => *no,
-            None => {
-                let no = self.teams.len() as u32;
-                self.teams.push(team.clone());
-                self.team_no.insert(team.clone(), no);
-                no
-            }
-        };
-        let loc = Loc { team: no, seq };
-        match self.primary.entry(hash) {
+        let loc = Loc { team: self.team_number(team), seq };
+        self.len += 1;
+        if Slot::of(hash, loc).is_none() {
+            self.big.entry(hash).or_default().push(loc);
+            return;
+        }
+        match self.recent.entry(hash) {
             std::collections::hash_map::Entry::Vacant(v) => {
                 v.insert(loc);
             }
-            std::collections::hash_map::Entry::Occupied(_) => self.overflow.entry(hash).or_default().push(loc),
+            std::collections::hash_map::Entry::Occupied(_) => self.recent_more.push((hash, loc)),
         }
-        self.len += 1;
+        if self.recent.len() >= RECENT_MIN.max(self.sorted.len() / 8) {
+            self.merge_recent();
+        }
+    }
+
+    /// Moves the newest events into the sorted array, merging from the back in place.
+    fn merge_recent(&mut self) {
+        let recent = self.recent.drain().chain(self.recent_more.drain(..));
+        let mut fresh: Vec<Slot> = recent.filter_map(|(hash, loc)| Slot::of(hash, loc)).collect();
+        fresh.sort_unstable();
+        let old = self.sorted.len();
+        self.sorted.reserve_exact(fresh.len());
+        self.sorted.resize(old + fresh.len(), Slot::default());
+        let (mut i, mut j) = (old, fresh.len());
+        while j > 0 {
+            let k = i + j - 1;
+            if i > 0 && self.sorted[i - 1] > fresh[j - 1] {
+                self.sorted[k] = self.sorted[i - 1];
+                i -= 1;
+            } else {
+                self.sorted[k] = fresh[j - 1];
+                j -= 1;
+            }
+        }
+        self.rebuild_dir();
+    }
+
+    fn rebuild_dir(&mut self) {
+        self.dir.clear();
+        if self.sorted.is_empty() {
+            return;
+        }
+        self.dir.reserve_exact((1 << DIR_BITS) + 1);
+        let mut at = 0;
+        for bucket in 0..=(1u64 << DIR_BITS) {
+            while at < self.sorted.len() && self.sorted[at].hash >> (64 - DIR_BITS) < bucket {
+                at += 1;
+            }
+            self.dir.push(at);
+        }
+    }
+
+    /// The sorted array's slots with this hash.
+    fn merged(&self, hash: u64) -> &[Slot] {
+        if self.dir.is_empty() {
+            return &[];
+        }
+        let bucket = (hash >> (64 - DIR_BITS)) as usize;
+        let range = &self.sorted[self.dir[bucket]..self.dir[bucket + 1]];
+        let from = range.partition_point(|s| s.hash < hash);
+        let to = from + range[from..].partition_point(|s| s.hash == hash);
+        &range[from..to]
     }
 
     /// Where events whose id hashes to `hash` live (usually none, at most one).
     pub fn candidates(&self, hash: u64) -> impl Iterator<Item = Loc> + '_ {
-        self.primary.get(&hash).copied().into_iter().chain(self.overflow.get(&hash).into_iter().flatten().copied())
+        let merged = self.merged(hash).iter().map(|s| s.loc());
+        let recent = self.recent.get(&hash).copied().into_iter();
+        let more = self.recent_more.iter().filter(move |(h, _)| *h == hash).map(|(_, loc)| *loc);
+        let big = self.big.get(&hash).into_iter().flatten().copied();
+        merged.chain(recent).chain(more).chain(big)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sorted_locs(index: &Index, hash: u64) -> Vec<(u32, u64)> {
+        let mut locs: Vec<_> = index.candidates(hash).map(|l| (l.team, l.seq)).collect();
+        locs.sort_unstable();
+        locs
+    }
+
+    /// Every event inserted is found under its hash, through several merges, with
+    /// colliding hashes, a sequence number past `u32::MAX`, and none found that was not.
+    #[test]
+    fn finds_every_event_through_merges_and_collisions() {
+        let team = TeamId::new("team-a").unwrap();
+        let other = TeamId::new("team-b").unwrap();
+        let mut index = Index::default();
+        let n = 300_000u64;
+        let hash = |i: u64| id_hash(&format!("e{i}"));
+        for i in 0..n {
+            index.insert(hash(i), &team, i + 1);
+        }
+        // Three collisions: one against a merged event, two against a fresh one.
+        index.insert(hash(5), &other, 1);
+        index.insert(hash(n - 1), &other, 2);
+        index.insert(hash(n - 1), &other, 3);
+        index.insert(hash(n), &other, u64::from(u32::MAX) + 7);
+        assert!(index.sorted.len() >= 200_000, "merged: {}", index.sorted.len());
+        assert!(!index.recent.is_empty());
+        assert!(index.sorted.windows(2).all(|w| w[0] <= w[1]));
+        for i in (0..n).step_by(997) {
+            assert_eq!(sorted_locs(&index, hash(i)), [(0, i + 1)], "event {i}");
+        }
+        assert_eq!(sorted_locs(&index, hash(5)), [(0, 6), (1, 1)]);
+        assert_eq!(sorted_locs(&index, hash(n - 1)), [(0, n), (1, 2), (1, 3)]);
+        assert_eq!(sorted_locs(&index, hash(n)), [(1, u64::from(u32::MAX) + 7)]);
+        assert_eq!(index.candidates(hash(n + 1)).count(), 0);
+        assert_eq!(index.len, n + 4);
+        assert_eq!(index.team(1), &other);
     }
 }

@@ -1,6 +1,7 @@
 //! `generate`: a deterministic synthetic workload in the JSONL format: teams on every
 //! API plan, a realistic API mix, sandbox calls, upgrades and a refund now and then,
-//! spread over April–May 2026 so the April cycles close during the import.
+//! spread over April 2026 onwards (`--months`, default 2: April–May) so every month but
+//! the last closes during the import.
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
@@ -35,13 +36,23 @@ fn pick_plan(rng: &mut Rng) -> (&'static str, u64) {
 }
 
 const START: i64 = 1_775_001_600; // 2026-04-01T00:00:00Z
-const SPAN_SECS: i64 = 61 * 86_400; // through 2026-05-31
+
+/// Seconds from April 2026 to the start of the month `months` later (2: 61 days, through
+/// 2026-05-31).
+fn span_secs(months: u32) -> anyhow::Result<i64> {
+    let start = chrono::DateTime::from_timestamp(START, 0).expect("in range");
+    let end = start
+        .checked_add_months(chrono::Months::new(months.max(1)))
+        .with_context(|| format!("{months} months is too far"))?;
+    Ok((end - start).num_seconds())
+}
 
 fn ts(secs: i64) -> String {
     chrono::DateTime::from_timestamp(secs, 0).expect("in range").format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
-pub fn run(teams: u32, events: u64, seed: u64, out: &Path) -> anyhow::Result<ExitCode> {
+pub fn run(teams: u32, events: u64, seed: u64, months: u32, out: &Path) -> anyhow::Result<ExitCode> {
+    let span = span_secs(months)?;
     let mut w = sink(out)?;
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let teams = teams.max(1);
@@ -58,7 +69,7 @@ pub fn run(teams: u32, events: u64, seed: u64, out: &Path) -> anyhow::Result<Exi
     // Events in time order: event n of the whole stream happens at START + n * span / events.
     for n in 0..events {
         let t = rng.below(teams as u64);
-        let at = START + teams as i64 + (n as i64 * (SPAN_SECS - teams as i64)) / events.max(1) as i64;
+        let at = START + teams as i64 + (n as i64 * (span - teams as i64)) / events.max(1) as i64;
         let api = if rng.below(10) < 7 { "API_REMOVE_BACKGROUND" } else { "API_IMAGE_EDITING" };
         let images = 1 + rng.below(4) * rng.below(2);
         let sandbox = rng.below(50) == 0;
@@ -84,9 +95,10 @@ pub fn run(teams: u32, events: u64, seed: u64, out: &Path) -> anyhow::Result<Exi
 /// busiest team sends about 1/H(teams) of all images), 70/30 background removal / image
 /// editing, ~1 % exact duplicates (a recent line sent again), ~0.1 % refunds, plan
 /// changes (every 20th team is scheduled one, sent when it is on Basic or Plus; upgrades
-/// apply at once, downgrades at the next cycle), April–May 2026 so April's cycles close
-/// during the run.
-pub fn realistic(teams: u32, events: u64, seed: u64, out: &Path) -> anyhow::Result<ExitCode> {
+/// apply at once, downgrades at the next cycle), `months` from April 2026 so all but the
+/// last month's cycles close during the run.
+pub fn realistic(teams: u32, events: u64, seed: u64, months: u32, out: &Path) -> anyhow::Result<ExitCode> {
+    let span = span_secs(months)?;
     let mut w = sink(out)?;
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let teams = teams.max(1);
@@ -108,7 +120,7 @@ pub fn realistic(teams: u32, events: u64, seed: u64, out: &Path) -> anyhow::Resu
     let mut recent: Vec<String> = Vec::with_capacity(64);
     for n in 0..events {
         let t = pick(&mut rng);
-        let at = START + teams as i64 + (n as i64 * (SPAN_SECS - teams as i64)) / events.max(1) as i64;
+        let at = START + teams as i64 + (n as i64 * (span - teams as i64)) / events.max(1) as i64;
         let api = if rng.below(10) < 7 { "API_REMOVE_BACKGROUND" } else { "API_IMAGE_EDITING" };
         let images = if rng.below(10) == 0 { 2 + rng.below(9) } else { 1 };
         let line = format!(

@@ -176,6 +176,9 @@ enum Command {
         /// (Zipf-skewed teams, ~1 % duplicates, ~0.1 % refunds, plan changes).
         #[arg(long, value_enum, default_value_t = Profile::Uniform)]
         profile: Profile,
+        /// Months the events spread over, from April 2026 (all but the last close).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1200))]
+        months: u32,
         /// Output file (`-` = stdout).
         #[arg(long, default_value = "-")]
         out: PathBuf,
@@ -326,11 +329,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Replay => commands::replay(&dir),
         Command::Verify => commands::verify(&dir),
         Command::Demo => demo::run(&dir),
-        Command::Generate { teams, events, seed, profile: Profile::Uniform, out } => {
-            generate::run(teams, events, seed, &out)
+        Command::Generate { teams, events, seed, profile: Profile::Uniform, months, out } => {
+            generate::run(teams, events, seed, months, &out)
         }
-        Command::Generate { teams, events, seed, profile: Profile::Realistic, out } => {
-            generate::realistic(teams, events, seed, &out)
+        Command::Generate { teams, events, seed, profile: Profile::Realistic, months, out } => {
+            generate::realistic(teams, events, seed, months, &out)
         }
     }
 }

@@ -39,7 +39,11 @@ pub struct AllowanceBalance {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Exceptions {
+    /// The newest usage no plan priced (at most `team::UNPLANNED_LISTED`), oldest first.
     pub unplanned: Vec<Unplanned>,
+    /// Every such event, listed or not: present when the list is cut short.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unplanned_total: Option<u64>,
     pub pending_lines: usize,
 }
 

@@ -3,7 +3,7 @@
 //! then pruning what the closed cycle no longer needs.
 use chrono::{DateTime, Duration, Utc};
 
-use super::{unplanned_of, Applied, Effects, Team};
+use super::{Applied, Effects, Team};
 use crate::catalog::Catalog;
 use crate::entry::{CreditsExpired, CycleClosed, Entry};
 use crate::figures::CycleFigures;
@@ -140,7 +140,7 @@ impl Team {
             if rec.at >= end {
                 kept.push(rec);
             } else if rec.at < start || !self.schedule[self.closed].contains(rec.at) || !self.priced(catalog, &rec) {
-                self.unplanned.push(unplanned_of(&rec));
+                self.keep_unplanned(&rec);
             }
         }
         self.pending = kept;

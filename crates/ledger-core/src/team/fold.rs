@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
-use super::{insert_sorted, unplanned_of, Effects, Team};
+use super::{insert_sorted, Effects, Team};
 use crate::catalog::Catalog;
 use crate::entry::{Entry, RefundTarget};
 use crate::event::{AccountChange, AccountEvent, Api, ImageProcessed};
@@ -68,7 +68,7 @@ impl Team {
         match self.charge_of(catalog, &target) {
             Some(_) if rec.sandbox => {}
             Some((c, api, rate)) => self.carry_line(CarryKind::LateUsage, c, api, rate, rec.images),
-            None => self.unplanned.push(unplanned_of(&rec)),
+            None => self.keep_unplanned(&rec),
         }
     }
 

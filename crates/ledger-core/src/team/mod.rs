@@ -8,7 +8,7 @@ mod fold;
 mod meters;
 mod views;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
@@ -70,7 +70,10 @@ pub struct Team {
     fired: HashSet<AlertKey>,
     carry: Vec<CarryLine>,
     refunded: HashSet<EventId>,
-    unplanned: Vec<Unplanned>,
+    /// The newest usage of closed cycles no plan priced (at most `UNPLANNED_LISTED`),
+    /// and how much there was in all.
+    unplanned: VecDeque<Unplanned>,
+    unplanned_total: u64,
     /// Legacy credit purchases, sorted by `(at, event_id)`.
     purchases: Vec<Purchase>,
     /// Credits and contract term position at the end of the last closed cycle.
@@ -82,6 +85,10 @@ pub struct Team {
 }
 
 const HORIZON_STEP_DAYS: i64 = 62;
+
+/// How much unplanned usage a balance lists (the newest; every event stays in the
+/// ledger, and the balance counts them all).
+pub const UNPLANNED_LISTED: usize = 100;
 
 impl Team {
     pub fn new(id: TeamId) -> Team {
@@ -101,7 +108,8 @@ impl Team {
             fired: HashSet::new(),
             carry: Vec::new(),
             refunded: HashSet::new(),
-            unplanned: Vec::new(),
+            unplanned: VecDeque::new(),
+            unplanned_total: 0,
             purchases: Vec::new(),
             carried: Carried::default(),
             top_ups: Vec::new(),
@@ -205,6 +213,17 @@ impl Team {
     fn cycle_at(&self, t: DateTime<Utc>) -> Option<usize> {
         let i = self.schedule.partition_point(|c| c.start <= t);
         (i > 0 && self.schedule[i - 1].contains(t)).then(|| i - 1)
+    }
+}
+
+impl Team {
+    /// Usage no plan prices, once it can no longer change: listed while among the newest.
+    fn keep_unplanned(&mut self, rec: &UsageRec) {
+        if self.unplanned.len() == UNPLANNED_LISTED {
+            self.unplanned.pop_front();
+        }
+        self.unplanned.push_back(unplanned_of(rec));
+        self.unplanned_total += 1;
     }
 }
 

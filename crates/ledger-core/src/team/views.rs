@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 
 use super::close::Carried;
-use super::{unplanned_of, Team};
+use super::{unplanned_of, Team, UNPLANNED_LISTED};
 use crate::catalog::Catalog;
 use crate::event::Api;
 use crate::figures::{self, CycleFigures, UsageRec};
@@ -13,7 +13,7 @@ use crate::plans::credits::CreditInput;
 use crate::plans::{Allowance, Meter};
 use crate::report::{
     self, fmt_time, AllowanceBalance, AllowanceForecast, Balance, CycleView, Exceptions, Forecast, Invoice,
-    InvoiceInput, MeterSeries, SeriesPoint, UsageSeries,
+    InvoiceInput, MeterSeries, SeriesPoint, Unplanned, UsageSeries,
 };
 use crate::timeline::CycleSpec;
 
@@ -113,14 +113,20 @@ impl Team {
             }
             None => (None, Vec::new(), None),
         };
-        let mut unplanned = self.unplanned.clone();
-        unplanned.extend(self.pending.iter().filter(|r| !self.priced(catalog, r)).map(unplanned_of));
+        let open: Vec<&UsageRec> = self.pending.iter().filter(|r| !self.priced(catalog, r)).collect();
+        let listed_open = open.len().min(UNPLANNED_LISTED);
+        let listed_closed = UNPLANNED_LISTED - listed_open;
+        let mut unplanned: Vec<Unplanned> =
+            self.unplanned.iter().skip(self.unplanned.len().saturating_sub(listed_closed)).cloned().collect();
+        unplanned.extend(open[open.len() - listed_open..].iter().map(|r| unplanned_of(r)));
+        let total = self.unplanned_total + open.len() as u64;
+        let unplanned_total = (total > unplanned.len() as u64).then_some(total);
         Balance {
             team_id: self.id.to_string(),
             at: at.map(fmt_time),
             cycle: cycle_view,
             allowances,
-            exceptions: Exceptions { unplanned, pending_lines: self.carry.len() },
+            exceptions: Exceptions { unplanned, unplanned_total, pending_lines: self.carry.len() },
             forecast,
         }
     }
