@@ -147,7 +147,9 @@ impl Team {
         self.aggs.retain(|(s, _), _| *s != start);
         self.fired.retain(|k| k.span_end > end);
         self.carry.clear();
-        self.closed_figures.push(figures);
+        let mut rows = super::views::meters(&figures);
+        rows.shrink_to_fit();
+        self.closed_meters.push(rows);
         self.closed += 1;
         self.closed_through = Some(end);
         self.open_from_seq = seq + 1;

@@ -16,9 +16,9 @@ use rust_decimal::Decimal;
 use crate::catalog::Catalog;
 use crate::entry::{Entry, RefundTarget};
 use crate::event::{AccountEvent, Api, Event};
-use crate::figures::{CarryLine, CycleFigures, Purchase, UsageRec};
+use crate::figures::{CarryLine, Purchase, UsageRec};
 use crate::ids::{EventId, TeamId};
-use crate::plans::{AppMonth, MeterInput};
+use crate::plans::{AppMonth, Meter, MeterInput};
 use crate::report::{fmt_time, Alert, Invoice, Unplanned};
 use crate::timeline::{self, CycleSpec, Gen};
 
@@ -62,7 +62,8 @@ pub struct Team {
     /// `schedule[..closed]` are closed; they end at `closed_through`.
     closed: usize,
     closed_through: Option<DateTime<Utc>>,
-    closed_figures: Vec<CycleFigures>,
+    /// Each closed cycle's meters, as its balance shows them (its figures are gone).
+    closed_meters: Vec<Vec<(Meter, u32)>>,
     /// Usage not yet in a closed cycle, in ledger order.
     pending: Vec<UsageRec>,
     /// What each open generation used so far, by (cycle start, generation).
@@ -102,7 +103,7 @@ impl Team {
             horizon: DateTime::<Utc>::MIN_UTC,
             closed: 0,
             closed_through: None,
-            closed_figures: Vec::new(),
+            closed_meters: Vec::new(),
             pending: Vec::new(),
             aggs: HashMap::new(),
             fired: HashSet::new(),

@@ -101,15 +101,24 @@ impl Team {
             Some(c) => {
                 let spec = &self.schedule[c];
                 let closed = c < self.closed;
-                let figures = if closed { self.closed_figures[c].clone() } else { self.cycle_figures(catalog, c, at) };
                 let view = CycleView {
                     start: fmt_time(spec.start),
                     end: fmt_time(spec.end),
                     status: if closed { "closed" } else { "open" },
                     price_book_version: spec.version_id.clone(),
                 };
-                let forecast = at.filter(|_| !closed).map(|at| forecast(&figures, (spec.start, spec.end), at));
-                (Some(view), allowance_balances(&figures), forecast)
+                let (rows, forecast) = if closed {
+                    (self.closed_meters[c].clone(), None)
+                } else {
+                    let rows = meters(&self.cycle_figures(catalog, c, at));
+                    let forecast = at.map(|at| forecast(&rows, (spec.start, spec.end), at));
+                    (rows, forecast)
+                };
+                (
+                    Some(view),
+                    rows.iter().map(|(m, generation)| AllowanceBalance::of(m, *generation)).collect(),
+                    forecast,
+                )
             }
             None => (None, Vec::new(), None),
         };
@@ -181,7 +190,7 @@ impl Team {
 }
 
 /// Each generation's meters with its number, in meter order.
-fn meters(figures: &CycleFigures) -> Vec<(Meter, u32)> {
+pub(super) fn meters(figures: &CycleFigures) -> Vec<(Meter, u32)> {
     let mut rows = Vec::new();
     for g in &figures.gens {
         let mut meters = g.allowance.meters(&g.meter_input(figures));
@@ -191,15 +200,10 @@ fn meters(figures: &CycleFigures) -> Vec<(Meter, u32)> {
     rows
 }
 
-/// Each generation's meters, as balance rows in meter order.
-fn allowance_balances(figures: &CycleFigures) -> Vec<AllowanceBalance> {
-    meters(figures).iter().map(|(m, generation)| AllowanceBalance::of(m, *generation)).collect()
-}
-
 /// Each meter projected to the end of its span at the pace so far.
-fn forecast(figures: &CycleFigures, cycle: (DateTime<Utc>, DateTime<Utc>), at: DateTime<Utc>) -> Forecast {
+fn forecast(rows: &[(Meter, u32)], cycle: (DateTime<Utc>, DateTime<Utc>), at: DateTime<Utc>) -> Forecast {
     Forecast {
         basis: "linear: consumption so far over the time elapsed since the span started",
-        allowances: meters(figures).iter().filter_map(|(m, g)| AllowanceForecast::of(m, *g, cycle, at)).collect(),
+        allowances: rows.iter().filter_map(|(m, g)| AllowanceForecast::of(m, *g, cycle, at)).collect(),
     }
 }
