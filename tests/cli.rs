@@ -144,6 +144,30 @@ fn verify_names_the_team_and_sequence_of_a_flipped_byte() {
     assert!(again.stderr.contains("team t1 seq 417"), "{}", again.stderr);
 }
 
+/// A stored invoice that is not what the entries fold to: `verify` says so, a writer
+/// refuses to build on the ledger (one line naming the team and period), and `replay`
+/// rebuilds the projections from the entries, after which the ledger is served again.
+#[test]
+fn a_writer_refuses_a_ledger_whose_stored_invoice_differs_until_replay_rebuilds_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let file = scenarios_dir().join("E1.jsonl");
+    ul_ok(&dir, &["import", file.to_str().unwrap()]);
+    ul_ok(&dir, &["close", "--until", "2026-05-02T00:00:00Z"]);
+    ledger_store::tamper_invoice(&dir, "t1").unwrap();
+    let verify = ul(&dir, &["verify"]);
+    assert_eq!(verify.code, 1, "{}", verify.stderr);
+    assert!(verify.stderr.contains("1 stored alert(s) or invoice(s) differ"), "{}", verify.stderr);
+    let again = ul(&dir, &["import", file.to_str().unwrap()]);
+    assert_eq!(again.code, 1, "{}", again.stderr);
+    let line = again.stderr.lines().last().unwrap();
+    assert!(line.starts_with("error: ") && line.contains("(first: team t1 invoice 2026-04-01"), "{}", again.stderr);
+    let replay = ul(&dir, &["replay"]);
+    assert!(replay.stderr.contains(" 1 stored projections differed"), "{}", replay.stderr);
+    assert!(ul_ok(&dir, &["verify"]).starts_with("ok: 1 teams"));
+    ul_ok(&dir, &["import", file.to_str().unwrap()]);
+}
+
 #[test]
 fn errors_are_one_line_and_non_zero() {
     let tmp = tempfile::tempdir().unwrap();

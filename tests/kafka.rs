@@ -113,6 +113,32 @@ pub fn billing(dir: &Path, team: &str) -> String {
     serde_json::to_string_pretty(&v).unwrap()
 }
 
+/// `run` refuses to serve a ledger whose stored invoice is not what its entries fold to:
+/// it stops, non-zero, with one line naming the team and period, and serves again once
+/// `replay` has rebuilt the projections from the entries.
+#[test]
+fn run_refuses_a_ledger_whose_stored_invoice_differs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(tmp.path());
+    let file = scenarios_dir().join("E1.jsonl");
+    ul_ok(tmp.path(), &["produce", "--brokers", &broker.address, file.to_str().unwrap()]);
+    let dir = tmp.path().join("kafka");
+    drain_until(&dir, &broker.address, 1001);
+    ul_ok(&dir, &["close", "--until", "2026-05-02T00:00:00Z"]);
+    ledger_store::tamper_invoice(&dir, "t1").unwrap();
+    let out = service(&dir, &broker.address, &["--exit-when-idle-ms", "5000"]).wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("differ from what the entries fold to or are missing (first: team t1 invoice 2026-04-01"),
+        "{stderr}"
+    );
+    ul_ok(&dir, &["replay"]);
+    drain(&dir, &broker.address);
+    assert!(ul_ok(&dir, &["verify"]).starts_with("ok: 1 teams"));
+}
+
 #[test]
 fn a_scenario_through_kafka_bills_like_import() {
     let tmp = tempfile::tempdir().unwrap();

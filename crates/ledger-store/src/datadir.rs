@@ -75,6 +75,12 @@ pub fn replay_all(stores: &[Store]) -> Result<ReplayReport> {
     Ok(ReplayReport::merge(reports))
 }
 
+/// `replay_all` that writes nothing (`verify`: a check never repairs what it checks).
+pub fn replay_all_read_only(stores: &[Store]) -> Result<ReplayReport> {
+    let reports = stores.iter().map(|s| s.replay_read_only(&s.catalog()?)).collect::<Result<Vec<_>>>()?;
+    Ok(ReplayReport::merge(reports))
+}
+
 /// `verify` over every ledger of the directory, as one; also checks that no team has
 /// entries in two of them (each team has one owner).
 pub fn verify_all(stores: &[Store]) -> Result<VerifyReport> {

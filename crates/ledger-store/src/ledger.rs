@@ -13,6 +13,7 @@ use crate::commit::{self, ensure_space, InFlight, Staged};
 use crate::index::{fingerprint, id_hash, Index};
 use crate::parked::ParkedRefunds;
 pub use crate::parked::{refund_wait, Parked};
+use crate::replay::ProjectionCheck;
 use crate::store::Store;
 use crate::tables::conflicts::{self, Conflict};
 use crate::tables::entries::{self, Hash, StoredEntry};
@@ -147,17 +148,31 @@ impl Ledger {
             entries: u64,
             events: u64,
             alert_counts: HashMap<TeamId, u64>,
+            projections: ProjectionCheck,
         }
-        let (folded, accs) = store.fold_all(&catalog, |acc: &mut Acc, team, _, entry, effects| {
+        let (folded, mut accs) = store.fold_all(&catalog, |acc: &mut Acc, team, stored, entry, effects| {
             acc.entries += 1;
             acc.events += u64::from(entry.event_id().is_some());
+            let id = team.id().as_str();
             if !effects.alerts.is_empty() {
-                *acc.alert_counts.entry(team.id().clone()).or_default() += effects.alerts.len() as u64;
+                let n = acc.alert_counts.entry(team.id().clone()).or_default();
+                for alert in &effects.alerts {
+                    acc.projections
+                        .check(&store.tree, &alerts::row(id, *n, alert), || format!("team {id} alert {n}"))?;
+                    *n += 1;
+                }
+            }
+            if let Some(invoice) = effects.invoice {
+                let what = || format!("team {id} invoice {}", invoice.period.start);
+                let row = invoices::row(id, invoice.clone(), &stored.hash);
+                acc.projections.check(&store.tree, &row, what)?;
             }
             Ok(())
         })?;
         let (n, events) = accs.iter().fold((0, 0), |(n, e), a| (n + a.entries, e + a.events));
+        let projections = ProjectionCheck::merge(accs.iter_mut().map(|a| std::mem::take(&mut a.projections)));
         let alert_counts: HashMap<TeamId, u64> = accs.into_iter().flat_map(|a| a.alert_counts).collect();
+        projections.verdict(&store)?;
         let mut teams = HashMap::with_capacity(folded.len());
         let mut heads = HashMap::with_capacity(folded.len());
         for (id, (team, hash)) in folded {

@@ -18,14 +18,14 @@ mod tables;
 mod verify;
 
 pub use audit::{tamper_image_rechained, InvoiceCheck};
-pub use datadir::{layout, open_all, partition_dir, replay_all, verify_all, Layout};
+pub use datadir::{layout, open_all, partition_dir, replay_all, replay_all_read_only, verify_all, Layout};
 pub use ledger::{refund_wait, BatchReport, Ledger, Outcome, Parked, Source, Submission, PARKED_PER_TEAM_MAX};
 pub use replay::ReplayReport;
 pub use store::{OpenOptions, Store};
 pub use tables::entries::StoredEntry;
 pub use tables::outbox::{OutboxKind, OutboxMsg, FAILED_REASON};
 pub use tables::FORMAT_VERSION;
-pub use verify::{tamper_entry, VerifyReport};
+pub use verify::{tamper_entry, tamper_invoice, VerifyReport};
 
 /// Storage failures. Any of these stops the writer: nothing more is acknowledged.
 #[derive(Debug, thiserror::Error)]

@@ -64,6 +64,57 @@ fn digest(items: &[(Vec<u8>, Vec<u8>)]) -> String {
     hex::encode(digest.finalize())
 }
 
+/// Stored projections compared, one by one, with what the fold produces (`Ledger::open`:
+/// a writer refuses to build on a ledger whose stored alerts or invoices disagree).
+#[derive(Default)]
+pub(crate) struct ProjectionCheck {
+    pub rows: u64,
+    /// Rows stored with other bytes, or not stored at all.
+    pub differ: u64,
+    pub missing: u64,
+    /// The first that differed: its team and what it is.
+    pub first: Option<String>,
+}
+
+impl ProjectionCheck {
+    pub fn check(&mut self, tree: &sled::Tree, row: &crate::tables::Row, what: impl FnOnce() -> String) -> Result<()> {
+        self.rows += 1;
+        crate::progress::tick();
+        let stored = tree.get(&row.key)?;
+        if stored.as_deref() != Some(row.json.as_bytes()) {
+            self.differ += 1;
+            self.missing += u64::from(stored.is_none());
+            self.first.get_or_insert_with(what);
+        }
+        Ok(())
+    }
+
+    pub fn merge(checks: impl IntoIterator<Item = ProjectionCheck>) -> ProjectionCheck {
+        checks.into_iter().fold(ProjectionCheck::default(), |mut all, c| {
+            all.rows += c.rows;
+            all.differ += c.differ;
+            all.missing += c.missing;
+            all.first = all.first.or(c.first);
+            all
+        })
+    }
+
+    /// An error unless every stored projection is one the fold produced, byte for byte.
+    pub fn verdict(self, store: &Store) -> Result<()> {
+        let stored =
+            alerts::keys(&store.tree).chain(invoices::keys(&store.tree)).try_fold(0u64, |n, k| k.map(|_| n + 1))?;
+        let extra = stored.saturating_sub(self.rows - self.missing);
+        if self.differ == 0 && extra == 0 {
+            return Ok(());
+        }
+        Err(crate::Error::Corrupt(format!(
+            "{} stored alert(s) or invoice(s) differ from what the entries fold to or are missing{}, {extra} stored that no entry produces; `verify` checks the store, `replay` rebuilds the projections from the entries",
+            self.differ,
+            self.first.map(|f| format!(" (first: {f})")).unwrap_or_default(),
+        )))
+    }
+}
+
 /// The projections rebuilt from the entries, each sorted.
 #[derive(Default)]
 struct Rebuilt {
@@ -77,6 +128,15 @@ impl Store {
     /// Rebuilds every projection (alerts, invoices) from the ledger alone, replaces the
     /// stored ones, and returns a digest of all invoices.
     pub fn replay(&self, catalog: &Catalog) -> Result<ReplayReport> {
+        self.rebuild(catalog, true)
+    }
+
+    /// `replay` that writes nothing: counts the stored projections that differ (`verify`).
+    pub fn replay_read_only(&self, catalog: &Catalog) -> Result<ReplayReport> {
+        self.rebuild(catalog, false)
+    }
+
+    fn rebuild(&self, catalog: &Catalog, replace: bool) -> Result<ReplayReport> {
         let (teams, accs) = self.fold_all(catalog, |acc: &mut Rebuilt, team, stored, _, effects| {
             acc.entries += 1;
             let team_id = team.id().as_str();
@@ -100,7 +160,7 @@ impl Store {
         }
         all.alerts.sort();
         all.invoices.sort();
-        let mismatched = self.replace_projections(&all)?;
+        let mismatched = self.compare_projections(&all, replace)?;
         Ok(ReplayReport {
             teams: teams.len() as u64,
             entries: all.entries,
@@ -112,9 +172,10 @@ impl Store {
         })
     }
 
-    /// Replaces every stored alert and invoice with the rebuilt ones, in one flushed
-    /// batch, and counts the stored ones that differed or were extra.
-    fn replace_projections(&self, rebuilt: &Rebuilt) -> Result<u64> {
+    /// Counts the stored alerts and invoices that differ from the rebuilt ones or are
+    /// extra, and with `replace` replaces them all with the rebuilt ones in one flushed
+    /// batch.
+    fn compare_projections(&self, rebuilt: &Rebuilt, replace: bool) -> Result<u64> {
         let mut batch = sled::Batch::default();
         let mut stored_keys = 0u64;
         for k in alerts::keys(&self.tree).chain(invoices::keys(&self.tree)) {
@@ -129,8 +190,10 @@ impl Store {
             batch.insert(k.as_slice(), v.as_slice());
         }
         mismatched += stored_keys.saturating_sub((rebuilt.alerts.len() + rebuilt.invoices.len()) as u64);
-        self.tree.apply_batch(batch)?;
-        self.db.flush()?;
+        if replace {
+            self.tree.apply_batch(batch)?;
+            self.db.flush()?;
+        }
         Ok(mismatched)
     }
 }

@@ -119,3 +119,23 @@ pub fn tamper_entry(dir: &Path, team: &str, seq: u64) -> Result<()> {
     }
     Err(Error::Corrupt(format!("team {team} has no entry {seq}")))
 }
+
+/// Rewrites the first stored final invoice of `team` (its first amount a cent higher),
+/// in whichever ledger of the data dir holds it, leaving the entries alone: what `verify`
+/// and every writer's open must catch. For tests and drills only.
+pub fn tamper_invoice(dir: &Path, team: &str) -> Result<()> {
+    let prefix = crate::tables::KeyKind::Invoice.team_prefix(team);
+    for store in crate::datadir::open_all(dir, &Catalog::builtin(), crate::OpenOptions::default())? {
+        if let Some(kv) = store.tree.scan_prefix(&prefix).next() {
+            let (k, v) = kv?;
+            let json = String::from_utf8_lossy(&v).replacen(".00\"", ".01\"", 1);
+            if json.as_bytes() == &v[..] {
+                return Err(Error::Corrupt(format!("team {team}'s invoice has no amount to change")));
+            }
+            store.tree.insert(k, json.as_bytes())?;
+            store.db.flush()?;
+            return Ok(());
+        }
+    }
+    Err(Error::Corrupt(format!("team {team} has no final invoice")))
+}

@@ -186,7 +186,7 @@ pub fn verify(dir: &Path) -> anyhow::Result<ExitCode> {
     let reading = crate::reading::Reading::start("verify");
     let mut report = ledger_store::verify_all(&stores)?;
     if report.faults.is_empty() {
-        match ledger_store::replay_all(&stores) {
+        match ledger_store::replay_all_read_only(&stores) {
             Ok(replay) if replay.mismatched > 0 => report.faults.push(format!(
                 "{} stored alert(s) or invoice(s) differ from what the entries fold to",
                 replay.mismatched
