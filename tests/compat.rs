@@ -88,14 +88,14 @@ fn the_store_of_the_previous_build_reads_replays_and_grows_unchanged() {
     assert_same("replay digest after writing", &digest(&dir), &read("expected/after.digest"));
     assert_same("read commands after writing", &snapshot(&dir), &read("expected/after.txt"));
     // Format 1 (before issue 12's compressed blocks) is kept: the blocks written here are
-    // format 1 too, so an older build still reads the store; a new store is format 2.
+    // format 1 too, so an older build still reads the store; a new store is format 3.
     let store = ledger_store::Store::open(&dir, &ledger_core::Catalog::builtin()).unwrap();
     assert_eq!(store.format(), 1);
     drop(store);
     let fresh = tmp.path().join("fresh");
     let run = ul(&fresh, &["import", part3.to_str().unwrap()]);
     assert!(run.code == 0 || run.code == 2, "import: {}", run.stderr);
-    assert_eq!(ledger_store::Store::open(&fresh, &ledger_core::Catalog::builtin()).unwrap().format(), 2);
+    assert_eq!(ledger_store::Store::open(&fresh, &ledger_core::Catalog::builtin()).unwrap().format(), 3);
     let run = ul(&fresh, &["verify"]);
     assert_eq!(run.code, 0, "verify: {}", run.stderr);
 }
@@ -113,6 +113,53 @@ fn a_store_of_an_unknown_format_is_refused_with_one_line() {
     }
     let run = ul(&dir, &["verify"]);
     assert_ne!(run.code, 0);
-    assert!(run.stderr.contains("format version 9, this build reads formats 1 to 2"), "{}", run.stderr);
+    assert!(run.stderr.contains("format version 9, this build reads formats 1 to 3"), "{}", run.stderr);
     assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
+}
+
+/// The outbox of a format-3 store holds alerts and invoices as the protobuf messages
+/// they are published as, built from the core values at staging: byte for byte what
+/// converting the stored JSON gives, the path the outboxes of format-1 and -2 stores
+/// still take. Those stores keep writing JSON there (and format-2 blocks), so the builds
+/// that wrote them still publish and read them.
+#[test]
+fn the_outbox_holds_the_published_messages_from_format_3_and_json_before() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = crate::support::scenarios_dir().join("E1.jsonl");
+    let old = tmp.path().join("format-2");
+    drop(ledger_store::Store::open(&old, &ledger_core::Catalog::builtin()).unwrap());
+    {
+        let db = sled::Config::new().path(&old).open().unwrap();
+        db.open_tree("ledger").unwrap().insert(b"Mformat", &[2u8]).unwrap();
+        db.flush().unwrap();
+    }
+    for (dir, format) in [(tmp.path().join("new"), 3), (old, 2)] {
+        crate::support::ul_ok(&dir, &["import", file.to_str().unwrap()]);
+        crate::support::ul_ok(&dir, &["close", "--until", "2026-05-02T00:00:00Z"]);
+        let store = ledger_store::Store::open(&dir, &ledger_core::Catalog::builtin()).unwrap();
+        assert_eq!(store.format(), format);
+        let (alerts, invoices) = (store.alerts("t1").unwrap(), store.invoices("t1").unwrap());
+        let (mut a, mut i) = (0, 0);
+        for (_, m) in store.outbox(usize::MAX).unwrap() {
+            let (json, converted) = match m.kind {
+                ledger_store::OutboxKind::Alert => {
+                    a += 1;
+                    (&alerts[a - 1], ledger_proto::alert_bytes(&alerts[a - 1]).unwrap())
+                }
+                ledger_store::OutboxKind::Invoice => {
+                    i += 1;
+                    (&invoices[i - 1], ledger_proto::invoice_bytes(&invoices[i - 1], &m.id).unwrap())
+                }
+                ledger_store::OutboxKind::DeadLetter => continue,
+            };
+            if format == 3 {
+                assert!(m.json.is_empty(), "{m:?}");
+                assert_eq!(m.payload, converted, "{:?} {}", m.kind, m.id);
+            } else {
+                assert_eq!((&m.json, m.payload.is_empty()), (json, true), "{:?} {}", m.kind, m.id);
+            }
+        }
+        assert_eq!((a, i), (alerts.len(), invoices.len()));
+        assert!(a == 2 && i == 1, "{a} alerts, {i} invoices");
+    }
 }

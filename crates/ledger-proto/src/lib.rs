@@ -118,7 +118,42 @@ fn json_str(v: &serde_json::Value, field: &'static str) -> Result<String, Invali
     v[field].as_str().map(str::to_string).ok_or(Invalid::Missing(field))
 }
 
-/// An alert as the ledger stores it (JSON) → the `UsageThresholdCrossed` message.
+/// An alert → the `UsageThresholdCrossed` message, encoded: what the outbox of a
+/// format-3 store holds, built from the alert's own fields (nothing parsed from text).
+pub fn alert_message(a: &ledger_core::Alert) -> Vec<u8> {
+    pb::UsageThresholdCrossed {
+        alert_id: a.alert_id.clone(),
+        team_id: a.team_id.clone(),
+        allowance: a.allowance.to_string(),
+        cycle_start: Some(time_to_pb(a.cycle_start)),
+        cycle_end: Some(time_to_pb(a.cycle_end)),
+        threshold_percent: a.threshold_percent,
+        consumed: a.consumed.clone(),
+        allowance_value: a.allowance_value.clone(),
+        triggering_event_id: a.triggering_event_id.clone(),
+        occurred_at: Some(time_to_pb(a.occurred_at)),
+        bucket_generation: a.bucket_generation,
+    }
+    .encode_to_vec()
+}
+
+/// A final invoice and its JSON document → the `InvoiceFinalized` message, encoded (the
+/// outbox of a format-3 store; nothing parsed from text).
+pub fn invoice_message(invoice: &ledger_core::Invoice, json: &str, invoice_id: &str) -> Vec<u8> {
+    pb::InvoiceFinalized {
+        team_id: invoice.team_id.clone(),
+        period_start: Some(time_to_pb(invoice.period_start)),
+        period_end: Some(time_to_pb(invoice.period_end)),
+        total: invoice.total.clone(),
+        currency: invoice.currency.to_string(),
+        invoice_json: json.to_string(),
+        invoice_id: invoice_id.to_string(),
+    }
+    .encode_to_vec()
+}
+
+/// An alert as a format-1 or -2 store's outbox holds it (JSON) → the
+/// `UsageThresholdCrossed` message.
 pub fn alert_to_pb(json: &str) -> Result<pb::UsageThresholdCrossed, Invalid> {
     let v: serde_json::Value = serde_json::from_str(json).map_err(|e| Invalid::Json(e.to_string()))?;
     Ok(pb::UsageThresholdCrossed {
@@ -155,7 +190,8 @@ pub fn invoice_bytes(json: &str, invoice_id: &str) -> Result<Vec<u8>, Invalid> {
     Ok(invoice_to_pb(json, invoice_id)?.encode_to_vec())
 }
 
-/// A final invoice (JSON, exactly as `invoices` prints it) → `InvoiceFinalized`.
+/// A final invoice (JSON, exactly as `invoices` prints it, as a format-1 or -2 store's
+/// outbox holds it) → `InvoiceFinalized`.
 pub fn invoice_to_pb(json: &str, invoice_id: &str) -> Result<pb::InvoiceFinalized, Invalid> {
     let v: serde_json::Value = serde_json::from_str(json).map_err(|e| Invalid::Json(e.to_string()))?;
     Ok(pb::InvoiceFinalized {

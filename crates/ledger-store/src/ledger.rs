@@ -512,31 +512,41 @@ impl Ledger {
 
     /// Stages the alerts and the invoice an entry raised (its chain hash is `hash`).
     fn stage_effects(&mut self, staged: &mut Staged, team_id: &TeamId, effects: Effects, hash: &Hash) {
+        // Format 3 keeps the message it publishes; the formats before keep the JSON
+        // (the builds that wrote them publish it).
+        let messages = self.store.format() >= 3;
         for alert in effects.alerts {
             let n = self.alert_counts.entry(team_id.clone()).or_default();
             let row = alerts::row(team_id.as_str(), *n, &alert);
             *n += 1;
             staged.report.alerts += 1;
-            self.stage_projection(staged, team_id, OutboxKind::Alert, row);
+            let message = messages.then(|| ledger_proto::alert_message(&alert));
+            self.stage_projection(staged, team_id, OutboxKind::Alert, row, message);
         }
         if let Some(invoice) = effects.invoice {
-            let row = invoices::row(team_id.as_str(), invoice, hash);
+            let row = invoices::row(team_id.as_str(), invoice.clone(), hash);
             staged.report.invoices += 1;
-            self.stage_projection(staged, team_id, OutboxKind::Invoice, row);
+            let message = messages.then(|| ledger_proto::invoice_message(&invoice, &row.json, &row.id));
+            self.stage_projection(staged, team_id, OutboxKind::Invoice, row, message);
         }
     }
 
-    /// Stages a projection row and the outbox message that publishes it.
-    fn stage_projection(&mut self, staged: &mut Staged, team_id: &TeamId, kind: OutboxKind, row: Row) {
+    /// Stages a projection row and the outbox message that publishes it: the encoded
+    /// message (format 3) or the row's JSON.
+    fn stage_projection(
+        &mut self,
+        staged: &mut Staged,
+        team_id: &TeamId,
+        kind: OutboxKind,
+        row: Row,
+        message: Option<Vec<u8>>,
+    ) {
         staged.batch.insert(row.key, row.json.as_bytes());
-        let msg = OutboxMsg {
-            kind,
-            key: team_id.to_string(),
-            id: row.id,
-            json: row.json,
-            payload: Vec::new(),
-            headers: Vec::new(),
+        let (json, payload) = match message {
+            Some(bytes) => (String::new(), bytes),
+            None => (row.json, Vec::new()),
         };
+        let msg = OutboxMsg { kind, key: team_id.to_string(), id: row.id, json, payload, headers: Vec::new() };
         self.stage_outbox(staged, &msg);
     }
 

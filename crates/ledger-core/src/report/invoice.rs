@@ -143,6 +143,8 @@ pub struct Invoice {
     #[serde(skip)]
     pub period_start: DateTime<Utc>,
     #[serde(skip)]
+    pub period_end: DateTime<Utc>,
+    #[serde(skip)]
     pub total_exact: Decimal,
     #[serde(skip)]
     pub forfeited_exact: Decimal,
@@ -213,6 +215,7 @@ pub fn build(input: InvoiceInput<'_>) -> Invoice {
         effective_cost_per_image: per_image(total, figures.billable_images),
         ledger: LedgerRef { first_seq, last_seq, head_hash: String::new() },
         period_start: spec.start,
+        period_end: spec.end,
         total_exact: total,
         forfeited_exact: figures.forfeited(),
         overage_exact: overage,

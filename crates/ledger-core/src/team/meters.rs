@@ -66,14 +66,14 @@ impl Team {
                     alert_id: format!("{}:{allowance}:{}:g{}:{threshold}", self.id, fmt_time(start), gen.number),
                     team_id: self.id.to_string(),
                     allowance,
-                    cycle_start: fmt_time(start),
-                    cycle_end: fmt_time(end),
+                    cycle_start: start,
+                    cycle_end: end,
                     bucket_generation: gen.number,
                     threshold_percent: threshold,
                     consumed: fmt_exact(meter.consumed),
                     allowance_value: fmt_exact(meter.limit),
                     triggering_event_id: trigger.to_string(),
-                    occurred_at: fmt_time(at),
+                    occurred_at: at,
                 });
             }
         }

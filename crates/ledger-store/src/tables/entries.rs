@@ -100,9 +100,15 @@ pub(crate) fn block_format(bytes: &[u8]) -> u8 {
     bytes.first().copied().unwrap_or(FORMAT_VERSION)
 }
 
-/// Stages the team's block starting at `first_seq`, in block format `format`.
-pub(crate) fn insert(batch: &mut sled::Batch, format: u8, team: &str, first_seq: u64, entries: &[StoredEntry]) {
-    batch.insert(key(team, first_seq), encode_block(format, entries));
+/// The block encoding a store of format `store_format` writes: its own up to format 2
+/// (format 3 changed the outbox, not the blocks).
+pub(crate) fn block_format_of(store_format: u8) -> u8 {
+    store_format.min(2)
+}
+
+/// Stages the team's block starting at `first_seq`, for a store of format `store_format`.
+pub(crate) fn insert(batch: &mut sled::Batch, store_format: u8, team: &str, first_seq: u64, entries: &[StoredEntry]) {
+    batch.insert(key(team, first_seq), encode_block(block_format_of(store_format), entries));
 }
 
 /// Entry `seq` of `team`, read from the block that holds it.

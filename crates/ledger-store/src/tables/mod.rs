@@ -38,11 +38,13 @@ mod tests;
 /// Bump on any change to the encoding. A new store records this one; a store recorded
 /// with an older readable format is read and written in its own (its blocks keep their
 /// encoding), any other is refused, never misread. Format 2 (issue 12): entry blocks
-/// LZ4-compressed; every other table as in format 1.
-pub const FORMAT_VERSION: u8 = 2;
+/// LZ4-compressed; every other table as in format 1. Format 3: alerts and invoices wait
+/// in the outbox as the protobuf messages they are published as (built from the core
+/// values at staging), not as JSON converted at publishing; blocks as in format 2.
+pub const FORMAT_VERSION: u8 = 3;
 
 /// The formats this build reads (and writes, into stores that recorded them).
-pub const FORMATS_READABLE: [u8; 2] = [1, 2];
+pub const FORMATS_READABLE: [u8; 3] = [1, 2, 3];
 
 /// The first byte of every key: the table it belongs to. The values are on disk: never
 /// renumber one, and never reuse a reserved one (see the module doc).

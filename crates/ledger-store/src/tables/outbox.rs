@@ -40,9 +40,11 @@ pub struct OutboxMsg {
     /// Deterministic id (alert id, invoice id, dead letter source): consumers drop
     /// repeats by it.
     pub id: String,
-    /// The projection as JSON (alerts, invoices); empty for dead letters.
+    /// The projection as JSON (alerts and invoices of format-1 and -2 stores, converted
+    /// at publishing); empty otherwise.
     pub json: String,
-    /// Raw bytes to publish as they are (dead letters: the original record).
+    /// The bytes to publish as they are: the encoded message (alerts and invoices of a
+    /// format-3 store), the dead letter's original record.
     pub payload: Vec<u8>,
     pub headers: Vec<(String, String)>,
 }

@@ -142,12 +142,21 @@ fn publish_outbox(store: &Store, producer: &Producer) -> anyhow::Result<Round> {
 }
 
 /// The message as published: its topic, its payload (alerts and invoices as protobuf,
-/// dead letters as the record's bytes) and its `id` header.
+/// dead letters as the record's bytes) and its `id` header. A format-3 store's outbox
+/// holds the payload itself; alerts and invoices of the formats before wait as JSON and
+/// are converted here.
 fn outgoing(m: &OutboxMsg) -> Result<Outgoing, ledger_proto::Invalid> {
-    let (topic, payload) = match m.kind {
-        OutboxKind::Alert => (ALERTS, ledger_proto::alert_bytes(&m.json)?),
-        OutboxKind::Invoice => (INVOICES, ledger_proto::invoice_bytes(&m.json, &m.id)?),
-        OutboxKind::DeadLetter => (DEADLETTER, m.payload.clone()),
+    let topic = match m.kind {
+        OutboxKind::Alert => ALERTS,
+        OutboxKind::Invoice => INVOICES,
+        OutboxKind::DeadLetter => DEADLETTER,
+    };
+    let payload = match m.kind {
+        _ if !m.payload.is_empty() => m.payload.clone(),
+        OutboxKind::Alert => ledger_proto::alert_bytes(&m.json)?,
+        OutboxKind::Invoice => ledger_proto::invoice_bytes(&m.json, &m.id)?,
+        // The record dead-lettered was empty.
+        OutboxKind::DeadLetter => Vec::new(),
     };
     let mut headers = m.headers.clone();
     headers.push(("id".to_string(), m.id.clone()));
