@@ -8,7 +8,7 @@ use ledger_store::{Ledger, Source, Store, Submission};
 use crate::{dir_bytes, pg, run, run_bin, Figures};
 
 /// The batch the append stage and `import` write (events per flushed commit).
-const BATCH: usize = 131_072;
+const BATCH: usize = 65_536;
 
 pub fn size(tmp: &Path, file: &Path, runs: usize, pg: Option<&pg::Target>) -> Figures {
     let mut figures = Figures::default();
