@@ -1,8 +1,7 @@
 //! Progress of a long read (`replay`, `verify`): a spinner on stderr counting the records
 //! read from the store and their rate, from the store's own read counter (the one the
 //! watchdog watches). Drawn only when stderr is a terminal.
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::mpsc;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -10,7 +9,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 /// The spinner, shown until dropped.
 pub struct Reading {
     bar: ProgressBar,
-    done: Arc<AtomicBool>,
+    /// Dropped to stop the ticker at once (a sleeping ticker held every command's exit
+    /// up to its 100 ms step).
+    stop: Option<mpsc::Sender<()>>,
     ticker: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -22,21 +23,20 @@ impl Reading {
                 .expect("valid template"),
         );
         bar.set_message(what);
-        let done = Arc::new(AtomicBool::new(false));
-        let (first, shown, stop) = (ledger_store::progress::reads(), bar.clone(), Arc::clone(&done));
+        let (stop, stopped) = mpsc::channel::<()>();
+        let (first, shown) = (ledger_store::progress::reads(), bar.clone());
         let ticker = std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(Duration::from_millis(100)) {
                 shown.set_position(ledger_store::progress::reads().saturating_sub(first));
-                std::thread::sleep(Duration::from_millis(100));
             }
         });
-        Reading { bar, done, ticker: Some(ticker) }
+        Reading { bar, stop: Some(stop), ticker: Some(ticker) }
     }
 }
 
 impl Drop for Reading {
     fn drop(&mut self) {
-        self.done.store(true, Ordering::Relaxed);
+        drop(self.stop.take());
         if let Some(t) = self.ticker.take() {
             let _ = t.join();
         }
