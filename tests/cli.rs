@@ -240,6 +240,30 @@ fn a_partitioned_data_dir_reads_as_one_ledger_and_keeps_one_owner_per_team() {
     assert!(verify.stderr.contains("team t2: entries in two ledgers"), "{}", verify.stderr);
 }
 
+/// `generate --months N` spreads the events from April 2026 over N months (both
+/// profiles), so every month but the last closes on import; without it, April–May.
+#[test]
+fn generate_spreads_events_over_the_months_asked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let span = |args: &[&str]| {
+        let file = tmp.path().join("months.jsonl");
+        let mut all = vec!["generate", "--teams", "20", "--events", "5000", "--out", file.to_str().unwrap()];
+        all.extend_from_slice(args);
+        ul_ok(tmp.path(), &all);
+        let months: std::collections::BTreeSet<String> = std::fs::read_to_string(&file)
+            .unwrap()
+            .lines()
+            .map(|l| l.split(r#""occurredAt":""#).nth(1).unwrap()[..7].to_string())
+            .collect();
+        months.into_iter().collect::<Vec<_>>().join(",")
+    };
+    assert_eq!(span(&[]), "2026-04,2026-05");
+    assert_eq!(span(&["--months", "4"]), "2026-04,2026-05,2026-06,2026-07");
+    assert_eq!(span(&["--months", "3", "--profile", "realistic"]), "2026-04,2026-05,2026-06");
+    let run = ul(tmp.path(), &["generate", "--months", "0"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+}
+
 #[test]
 fn replay_digest_does_not_depend_on_how_teams_are_spread_over_ledgers() {
     let tmp = tempfile::tempdir().unwrap();
