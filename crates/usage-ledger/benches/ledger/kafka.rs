@@ -28,24 +28,13 @@ pub fn stage(tmp: &Path, file: &Path, runs: usize) {
     let mut figures = Figures::default();
     for r in 0..runs {
         eprintln!("kafka run {} of {runs}", r + 1);
-        let dir = tmp.join("broker");
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let brokers = format!("127.0.0.1:{port}");
-        let url = format!("tcp://{brokers}");
-        let mut broker = Command::new(&tansu)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "sqlite://broker.sqlite"])
-            .current_dir(&dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        while std::net::TcpStream::connect(&brokers).is_err() {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        drain(tmp, &brokers, &sample, head.len() as u64, &mut figures);
+        let broker = Broker::start(&tansu, &tmp.join("broker"));
+        drain(tmp, &broker.address, &sample, head.len() as u64, &mut figures);
+        drop(broker);
+        // A broker of its own for the latency: on the drain's, the service would first
+        // consume the drain's records again (a fresh ledger starts at offset 0).
+        let broker = Broker::start(&tansu, &tmp.join("broker"));
+        let brokers = broker.address.clone();
         let (samples, per_batch) = alert_latency(&brokers, &tmp.join("latency"));
         let alerts = percentiles(samples);
         figures.add("alert latency p50", "ms", alerts.0);
@@ -59,8 +48,6 @@ pub fn stage(tmp: &Path, file: &Path, runs: usize) {
         let hop = percentiles(broker_hop(&brokers));
         figures.add("broker hop p50", "ms", hop.0);
         figures.add("broker hop p99", "ms", hop.1);
-        let _ = broker.kill();
-        let _ = broker.wait();
     }
     println!(
         "\n== kafka: `run` draining {} records from tansu, then event → alert latency ({} samples a run)",
@@ -68,6 +55,44 @@ pub fn stage(tmp: &Path, file: &Path, runs: usize) {
         SAMPLES
     );
     figures.print();
+}
+
+/// A child process killed when dropped (a failed stage leaves nothing running).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// tansu on a free port with fresh SQLite storage in `dir`.
+struct Broker {
+    address: String,
+    _process: KillOnDrop,
+}
+
+impl Broker {
+    fn start(tansu: &Path, dir: &Path) -> Broker {
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let address = format!("127.0.0.1:{port}");
+        let url = format!("tcp://{address}");
+        let process = Command::new(tansu)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "sqlite://broker.sqlite"])
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        while std::net::TcpStream::connect(&address).is_err() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Broker { address, _process: KillOnDrop(process) }
+    }
 }
 
 fn drain(tmp: &Path, brokers: &str, file: &Path, lines: u64, figures: &mut Figures) {
@@ -144,13 +169,15 @@ fn alert_latency(brokers: &str, data: &Path) -> (Vec<f64>, (f64, f64)) {
     use ledger_kafka::{Consumer, Outgoing, Producer, ACCOUNTS, ALERTS, IMAGES};
     let _ = std::fs::remove_dir_all(data);
     let log = data.with_extension("log");
-    let mut service = Command::new(BIN)
-        .args(["--data-dir", data.to_str().unwrap(), "run", "--brokers", brokers, "--group", "latency"])
-        .args(["--batch-wait-ms", "20"])
-        .env("USAGE_LEDGER_LOG", "info")
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut service = KillOnDrop(
+        Command::new(BIN)
+            .args(["--data-dir", data.to_str().unwrap(), "run", "--brokers", brokers, "--group", "latency"])
+            .args(["--batch-wait-ms", "20"])
+            .env("USAGE_LEDGER_LOG", "info")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     let producer = Producer::new(brokers).unwrap();
     let watcher =
         Consumer::new(brokers, "latency-watch", &[ALERTS], 10_000, std::sync::Arc::new(ledger_kafka::FromBeginning))
@@ -197,8 +224,8 @@ fn alert_latency(brokers: &str, data: &Path) -> (Vec<f64>, (f64, f64)) {
     }
     samples.drain(..WARMUP);
     // SIGINT: the service stops cleanly and prints its closing line.
-    let _ = Command::new("kill").args(["-INT", &service.id().to_string()]).status();
-    let _ = service.wait();
+    let _ = Command::new("kill").args(["-INT", &service.0.id().to_string()]).status();
+    let _ = service.0.wait();
     let log_text = std::fs::read_to_string(&log).unwrap();
     let stderr = log_text.lines().find(|l| l.contains("stopped after")).expect("the service's closing line");
     let batches = number(stderr, " batches:", false).max(1.0);
