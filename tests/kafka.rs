@@ -113,15 +113,21 @@ pub fn billing(dir: &Path, team: &str) -> String {
     serde_json::to_string_pretty(&v).unwrap()
 }
 
+/// A broker in `tmp` holding the worked example `name`, produced; and the example's file.
+fn produced(tmp: &Path, name: &str) -> (Broker, PathBuf) {
+    let broker = Broker::start(tmp);
+    let file = scenarios_dir().join(name);
+    ul_ok(tmp, &["produce", "--brokers", &broker.address, file.to_str().unwrap()]);
+    (broker, file)
+}
+
 /// `run` refuses to serve a ledger whose stored invoice is not what its entries fold to:
 /// it stops, non-zero, with one line naming the team and period, and serves again once
 /// `replay` has rebuilt the projections from the entries.
 #[test]
 fn run_refuses_a_ledger_whose_stored_invoice_differs() {
     let tmp = tempfile::tempdir().unwrap();
-    let broker = Broker::start(tmp.path());
-    let file = scenarios_dir().join("E1.jsonl");
-    ul_ok(tmp.path(), &["produce", "--brokers", &broker.address, file.to_str().unwrap()]);
+    let (broker, _) = produced(tmp.path(), "E1.jsonl");
     let dir = tmp.path().join("kafka");
     drain_until(&dir, &broker.address, 1001);
     ul_ok(&dir, &["close", "--until", "2026-05-02T00:00:00Z"]);
@@ -142,9 +148,7 @@ fn run_refuses_a_ledger_whose_stored_invoice_differs() {
 #[test]
 fn a_scenario_through_kafka_bills_like_import() {
     let tmp = tempfile::tempdir().unwrap();
-    let broker = Broker::start(tmp.path());
-    let file = scenarios_dir().join("E4.jsonl");
-    ul_ok(tmp.path(), &["produce", "--brokers", &broker.address, file.to_str().unwrap()]);
+    let (broker, file) = produced(tmp.path(), "E4.jsonl");
     let (via_kafka, via_import) = (tmp.path().join("kafka"), tmp.path().join("import"));
     drain_until(&via_kafka, &broker.address, 10001);
     ul_ok(&via_import, &["import", file.to_str().unwrap()]);

@@ -137,42 +137,58 @@ impl Known {
     }
 }
 
+/// What `Ledger::open` gathers while it folds: counts, each team's alert numbering, and
+/// the stored projections checked against the fold.
+#[derive(Default)]
+struct OpenAcc {
+    entries: u64,
+    events: u64,
+    alert_counts: HashMap<TeamId, u64>,
+    projections: ProjectionCheck,
+}
+
+impl OpenAcc {
+    fn visit(
+        &mut self,
+        tree: &sled::Tree,
+        team: &TeamId,
+        stored: &StoredEntry,
+        entry: &Entry,
+        effects: Effects,
+    ) -> Result<()> {
+        self.entries += 1;
+        self.events += u64::from(entry.event_id().is_some());
+        let id = team.as_str();
+        if !effects.alerts.is_empty() {
+            let n = self.alert_counts.entry(team.clone()).or_default();
+            for alert in &effects.alerts {
+                let row = alerts::row(id, *n, alert);
+                self.projections.check(tree, &row.key, row.json.as_bytes(), || format!("team {id} alert {n}"))?;
+                *n += 1;
+            }
+        }
+        if let Some(invoice) = effects.invoice {
+            let period = invoice.period.start.clone();
+            let row = invoices::row(id, invoice, &stored.hash);
+            self.projections.check(tree, &row.key, row.json.as_bytes(), || format!("team {id} invoice {period}"))?;
+        }
+        Ok(())
+    }
+}
+
 impl Ledger {
     /// Opens the store and folds the whole ledger to rebuild every team's state.
     pub fn open(store: Store) -> Result<Ledger> {
         let catalog = store.catalog()?;
         let started = std::time::Instant::now();
         let index = Index::load(&store)?;
-        #[derive(Default)]
-        struct Acc {
-            entries: u64,
-            events: u64,
-            alert_counts: HashMap<TeamId, u64>,
-            projections: ProjectionCheck,
-        }
-        let (folded, mut accs) = store.fold_all(&catalog, |acc: &mut Acc, team, stored, entry, effects| {
-            acc.entries += 1;
-            acc.events += u64::from(entry.event_id().is_some());
-            let id = team.id().as_str();
-            if !effects.alerts.is_empty() {
-                let n = acc.alert_counts.entry(team.id().clone()).or_default();
-                for alert in &effects.alerts {
-                    acc.projections
-                        .check(&store.tree, &alerts::row(id, *n, alert), || format!("team {id} alert {n}"))?;
-                    *n += 1;
-                }
-            }
-            if let Some(invoice) = effects.invoice {
-                let what = || format!("team {id} invoice {}", invoice.period.start);
-                let row = invoices::row(id, invoice.clone(), &stored.hash);
-                acc.projections.check(&store.tree, &row, what)?;
-            }
-            Ok(())
+        let (folded, mut accs) = store.fold_all(&catalog, |acc: &mut OpenAcc, team, stored, entry, effects| {
+            acc.visit(&store.tree, team.id(), stored, entry, effects)
         })?;
         let (n, events) = accs.iter().fold((0, 0), |(n, e), a| (n + a.entries, e + a.events));
         let projections = ProjectionCheck::merge(accs.iter_mut().map(|a| std::mem::take(&mut a.projections)));
         let alert_counts: HashMap<TeamId, u64> = accs.into_iter().flat_map(|a| a.alert_counts).collect();
-        projections.verdict(&store)?;
+        projections.verdict(store.projection_keys()?)?;
         let mut teams = HashMap::with_capacity(folded.len());
         let mut heads = HashMap::with_capacity(folded.len());
         for (id, (team, hash)) in folded {

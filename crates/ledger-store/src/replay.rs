@@ -64,8 +64,9 @@ fn digest(items: &[(Vec<u8>, Vec<u8>)]) -> String {
     hex::encode(digest.finalize())
 }
 
-/// Stored projections compared, one by one, with what the fold produces (`Ledger::open`:
-/// a writer refuses to build on a ledger whose stored alerts or invoices disagree).
+/// Stored projections compared, one by one, with what the fold produces: `replay` (and
+/// `verify`) count the ones that differ, a writer's open (`Ledger::open`) refuses a ledger
+/// with any.
 #[derive(Default)]
 pub(crate) struct ProjectionCheck {
     pub rows: u64,
@@ -77,11 +78,11 @@ pub(crate) struct ProjectionCheck {
 }
 
 impl ProjectionCheck {
-    pub fn check(&mut self, tree: &sled::Tree, row: &crate::tables::Row, what: impl FnOnce() -> String) -> Result<()> {
+    pub fn check(&mut self, tree: &sled::Tree, key: &[u8], value: &[u8], what: impl FnOnce() -> String) -> Result<()> {
         self.rows += 1;
         crate::progress::tick();
-        let stored = tree.get(&row.key)?;
-        if stored.as_deref() != Some(row.json.as_bytes()) {
+        let stored = tree.get(key)?;
+        if stored.as_deref() != Some(value) {
             self.differ += 1;
             self.missing += u64::from(stored.is_none());
             self.first.get_or_insert_with(what);
@@ -99,11 +100,15 @@ impl ProjectionCheck {
         })
     }
 
-    /// An error unless every stored projection is one the fold produced, byte for byte.
-    pub fn verdict(self, store: &Store) -> Result<()> {
-        let stored =
-            alerts::keys(&store.tree).chain(invoices::keys(&store.tree)).try_fold(0u64, |n, k| k.map(|_| n + 1))?;
-        let extra = stored.saturating_sub(self.rows - self.missing);
+    /// Of `stored` projection keys, those no checked row has.
+    fn extra(&self, stored: u64) -> u64 {
+        stored.saturating_sub(self.rows - self.missing)
+    }
+
+    /// An error unless every one of the `stored` projections is one the fold produced,
+    /// byte for byte.
+    pub fn verdict(self, stored: u64) -> Result<()> {
+        let extra = self.extra(stored);
         if self.differ == 0 && extra == 0 {
             return Ok(());
         }
@@ -172,28 +177,30 @@ impl Store {
         })
     }
 
-    /// Counts the stored alerts and invoices that differ from the rebuilt ones or are
-    /// extra, and with `replace` replaces them all with the rebuilt ones in one flushed
-    /// batch.
+    /// Counts the stored alerts and invoices that differ from the rebuilt ones, are
+    /// missing or are extra, and with `replace` replaces them all with the rebuilt ones in
+    /// one flushed batch.
     fn compare_projections(&self, rebuilt: &Rebuilt, replace: bool) -> Result<u64> {
         let mut batch = sled::Batch::default();
-        let mut stored_keys = 0u64;
+        let mut stored = 0u64;
         for k in alerts::keys(&self.tree).chain(invoices::keys(&self.tree)) {
             batch.remove(k?);
-            stored_keys += 1;
+            stored += 1;
         }
-        let mut mismatched = 0u64;
+        let mut check = ProjectionCheck::default();
         for (k, v) in rebuilt.alerts.iter().chain(&rebuilt.invoices) {
-            if self.tree.get(k)?.as_deref() != Some(v.as_slice()) {
-                mismatched += 1;
-            }
+            check.check(&self.tree, k, v, String::new)?;
             batch.insert(k.as_slice(), v.as_slice());
         }
-        mismatched += stored_keys.saturating_sub((rebuilt.alerts.len() + rebuilt.invoices.len()) as u64);
         if replace {
             self.tree.apply_batch(batch)?;
             self.db.flush()?;
         }
-        Ok(mismatched)
+        Ok(check.differ + check.extra(stored))
+    }
+
+    /// How many alerts and invoices are stored.
+    pub(crate) fn projection_keys(&self) -> Result<u64> {
+        alerts::keys(&self.tree).chain(invoices::keys(&self.tree)).try_fold(0u64, |n, k| k.map(|_| n + 1))
     }
 }

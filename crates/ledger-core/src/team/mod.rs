@@ -211,13 +211,6 @@ impl Team {
         Ok(())
     }
 
-    fn cycle_at(&self, t: DateTime<Utc>) -> Option<usize> {
-        let i = self.schedule.partition_point(|c| c.start <= t);
-        (i > 0 && self.schedule[i - 1].contains(t)).then(|| i - 1)
-    }
-}
-
-impl Team {
     /// Usage no plan prices, once it can no longer change: listed while among the newest.
     fn keep_unplanned(&mut self, rec: &UsageRec) {
         if self.unplanned.len() == UNPLANNED_LISTED {
@@ -225,6 +218,11 @@ impl Team {
         }
         self.unplanned.push_back(unplanned_of(rec));
         self.unplanned_total += 1;
+    }
+
+    fn cycle_at(&self, t: DateTime<Utc>) -> Option<usize> {
+        let i = self.schedule.partition_point(|c| c.start <= t);
+        (i > 0 && self.schedule[i - 1].contains(t)).then(|| i - 1)
     }
 }
 
