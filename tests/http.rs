@@ -105,11 +105,15 @@ impl Server {
         let (sink, marker) = (std::sync::Arc::clone(&lines), marker.to_string());
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(at) = line.find(&marker) {
-                    let url = line[at + marker.len()..].split_whitespace().next().unwrap_or_default();
-                    let _ = tx.send(url.trim_end_matches('/').to_string());
-                }
+                // Into the log before the address is sent: a test reads the log as soon as
+                // it has the address.
+                let url = line.find(&marker).map(|at| {
+                    line[at + marker.len()..].split_whitespace().next().unwrap_or_default().trim_end_matches('/').to_string()
+                });
                 sink.lock().unwrap().push(line);
+                if let Some(url) = url {
+                    let _ = tx.send(url);
+                }
             }
         });
         let base = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
