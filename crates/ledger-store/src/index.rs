@@ -1,9 +1,11 @@
 //! The event-id index. On disk: one immutable segment per batch (`I` + batch number),
 //! listing every event the batch appended. In memory: a compact map from a 64-bit hash
-//! of the id to where the event lives. Most of it is one array of 16-byte slots (the
-//! hash, a team number, a sequence number) sorted by hash and entered through a
-//! directory of the hash's top 16 bits; the newest events wait in a hash map until they
-//! number an eighth of the array, then merge into it. In front of both, a blocked Bloom
+//! of the id to where the event lives. Most of it is 16-byte slots (the hash, a team
+//! number, a sequence number) in 65,536 arrays, one per value of the hash's top 16 bits,
+//! each sorted by hash; the newest events wait in a hash map until they number an eighth
+//! of the slots, then merge into their arrays. Many small arrays rather than one large
+//! one: growing one reallocates it whole, which held the old array beside the new for a
+//! moment (+16 bytes an event at the peak). In front of both, a blocked Bloom
 //! filter (one cache line a lookup, 8–16 bits an event) answers most lookups of a new id
 //! (the common case) without touching either. A hash hit is confirmed against the entry
 //! itself, so a collision can never turn into a wrong dedup.
@@ -41,7 +43,7 @@ pub(crate) struct Loc {
     pub seq: u64,
 }
 
-/// One event in the sorted array: 16 bytes. Events numbered past `u32::MAX` in their
+/// One event in a bucket's array: 16 bytes. Events numbered past `u32::MAX` in their
 /// team's ledger stay in `Index::big` instead.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 struct Slot {
@@ -60,10 +62,11 @@ impl Slot {
     }
 }
 
-/// The directory has a start for each value of the hash's top `DIR_BITS` bits.
-const DIR_BITS: u32 = 16;
-/// The newest events merge into the sorted array once they number this many and an
-/// eighth of it.
+/// The merged slots are split into an array for each value of the hash's top
+/// `BUCKET_BITS` bits.
+const BUCKET_BITS: u32 = 16;
+/// The newest events merge into the arrays once they number this many and an eighth
+/// of the slots merged.
 const RECENT_MIN: usize = 1 << 16;
 
 /// A blocked Bloom filter over the id hashes: each hash sets 4 bits of one 512-bit
@@ -107,11 +110,11 @@ impl Bloom {
 pub(crate) struct Index {
     teams: Vec<TeamId>,
     team_no: HashMap<TeamId, u32>,
-    /// Every merged event, sorted by hash (equal hashes adjacent).
-    sorted: Vec<Slot>,
-    /// `sorted[dir[b]..dir[b + 1]]` holds the hashes whose top bits are `b` (empty while
-    /// `sorted` is).
-    dir: Vec<usize>,
+    /// Every merged event, `buckets[b]` those whose hash's top bits are `b`, sorted by
+    /// hash (equal hashes adjacent); empty until the first event.
+    buckets: Vec<Vec<Slot>>,
+    /// How many slots `buckets` holds.
+    merged: usize,
     /// The newest events, not merged yet.
     recent: FastMap<Loc>,
     /// Newest events whose id hash equals one already in `recent` (rare).
@@ -138,7 +141,7 @@ pub(crate) fn id_hash(id: &str) -> u64 {
 }
 
 impl Index {
-    /// Loads every segment into the sorted array at once.
+    /// Loads every segment into the arrays, and sorts each once.
     pub fn load(store: &Store) -> Result<Index> {
         let mut index = Index::default();
         for segment in tables::index::segments(&store.tree) {
@@ -150,7 +153,7 @@ impl Index {
                 for (event_id, seq) in run.events {
                     let (hash, loc) = (id_hash(&event_id), Loc { team: no, seq });
                     match Slot::of(hash, loc) {
-                        Some(slot) => index.sorted.push(slot),
+                        Some(slot) => index.bucket_mut(hash).push(slot),
                         None => index.big.entry(hash).or_default().push(loc),
                     }
                     index.len += 1;
@@ -158,9 +161,11 @@ impl Index {
             }
             index.next_segment = n + 1;
         }
-        index.sorted.sort_unstable();
-        index.sorted.shrink_to_fit();
-        index.rebuild_dir();
+        for bucket in &mut index.buckets {
+            bucket.sort_unstable();
+            bucket.shrink_to_fit();
+            index.merged += bucket.len();
+        }
         index.rebuild_bloom();
         Ok(index)
     }
@@ -196,31 +201,28 @@ impl Index {
             }
             std::collections::hash_map::Entry::Occupied(_) => self.recent_more.push((hash, loc)),
         }
-        if self.recent.len() >= RECENT_MIN.max(self.sorted.len() / 8) {
+        if self.recent.len() >= RECENT_MIN.max(self.merged / 8) {
             self.merge_recent();
         }
     }
 
-    /// Moves the newest events into the sorted array, merging from the back in place.
+    /// The array that holds (or will hold) the slots of this hash.
+    fn bucket_mut(&mut self, hash: u64) -> &mut Vec<Slot> {
+        if self.buckets.is_empty() {
+            self.buckets.resize_with(1 << BUCKET_BITS, Vec::new);
+        }
+        &mut self.buckets[(hash >> (64 - BUCKET_BITS)) as usize]
+    }
+
+    /// Moves the newest events into their arrays, merging each from the back in place.
     fn merge_recent(&mut self) {
         let recent = self.recent.drain().chain(self.recent_more.drain(..));
         let mut fresh: Vec<Slot> = recent.filter_map(|(hash, loc)| Slot::of(hash, loc)).collect();
         fresh.sort_unstable();
-        let old = self.sorted.len();
-        self.sorted.reserve_exact(fresh.len());
-        self.sorted.resize(old + fresh.len(), Slot::default());
-        let (mut i, mut j) = (old, fresh.len());
-        while j > 0 {
-            let k = i + j - 1;
-            if i > 0 && self.sorted[i - 1] > fresh[j - 1] {
-                self.sorted[k] = self.sorted[i - 1];
-                i -= 1;
-            } else {
-                self.sorted[k] = fresh[j - 1];
-                j -= 1;
-            }
+        self.merged += fresh.len();
+        for run in fresh.chunk_by(|a, b| a.hash >> (64 - BUCKET_BITS) == b.hash >> (64 - BUCKET_BITS)) {
+            merge_into(self.bucket_mut(run[0].hash), run);
         }
-        self.rebuild_dir();
     }
 
     /// A filter for twice the events indexed (at least 65,536), holding every hash but
@@ -228,34 +230,18 @@ impl Index {
     fn rebuild_bloom(&mut self) {
         let mut bloom = Bloom::with_capacity((2 * self.len).max(1 << 16));
         let recent = self.recent.keys().chain(self.recent_more.iter().map(|(h, _)| h));
-        for hash in self.sorted.iter().map(|s| &s.hash).chain(recent).chain(self.big.keys()) {
+        let merged = self.buckets.iter().flatten().map(|s| &s.hash);
+        for hash in merged.chain(recent).chain(self.big.keys()) {
             bloom.insert(*hash);
         }
         self.bloom = bloom;
     }
 
-    fn rebuild_dir(&mut self) {
-        self.dir.clear();
-        if self.sorted.is_empty() {
-            return;
-        }
-        self.dir.reserve_exact((1 << DIR_BITS) + 1);
-        let mut at = 0;
-        for bucket in 0..=(1u64 << DIR_BITS) {
-            while at < self.sorted.len() && self.sorted[at].hash >> (64 - DIR_BITS) < bucket {
-                at += 1;
-            }
-            self.dir.push(at);
-        }
-    }
-
-    /// The sorted array's slots with this hash.
+    /// The merged slots with this hash.
     fn merged(&self, hash: u64) -> &[Slot] {
-        if self.dir.is_empty() {
+        let Some(range) = self.buckets.get((hash >> (64 - BUCKET_BITS)) as usize) else {
             return &[];
-        }
-        let bucket = (hash >> (64 - DIR_BITS)) as usize;
-        let range = &self.sorted[self.dir[bucket]..self.dir[bucket + 1]];
+        };
         let from = range.partition_point(|s| s.hash < hash);
         let to = from + range[from..].partition_point(|s| s.hash == hash);
         &range[from..to]
@@ -269,6 +255,24 @@ impl Index {
         let more = self.recent_more.iter().filter(move |(h, _)| maybe && *h == hash).map(|(_, loc)| *loc);
         let big = maybe.then(|| self.big.get(&hash)).flatten().into_iter().flatten().copied();
         merged.chain(recent).chain(more).chain(big)
+    }
+}
+
+/// Merges the sorted `fresh` into the sorted `into`, from the back, in place.
+fn merge_into(into: &mut Vec<Slot>, fresh: &[Slot]) {
+    let old = into.len();
+    into.reserve_exact(fresh.len());
+    into.resize(old + fresh.len(), Slot::default());
+    let (mut i, mut j) = (old, fresh.len());
+    while j > 0 {
+        let k = i + j - 1;
+        if i > 0 && into[i - 1] > fresh[j - 1] {
+            into[k] = into[i - 1];
+            i -= 1;
+        } else {
+            into[k] = fresh[j - 1];
+            j -= 1;
+        }
     }
 }
 
@@ -299,9 +303,13 @@ mod tests {
         index.insert(hash(n - 1), &other, 2);
         index.insert(hash(n - 1), &other, 3);
         index.insert(hash(n), &other, u64::from(u32::MAX) + 7);
-        assert!(index.sorted.len() >= 200_000, "merged: {}", index.sorted.len());
+        assert!(index.merged >= 200_000, "merged: {}", index.merged);
+        assert_eq!(index.buckets.iter().map(Vec::len).sum::<usize>(), index.merged);
         assert!(!index.recent.is_empty());
-        assert!(index.sorted.windows(2).all(|w| w[0] <= w[1]));
+        for (b, bucket) in index.buckets.iter().enumerate() {
+            assert!(bucket.windows(2).all(|w| w[0] <= w[1]), "bucket {b} is out of order");
+            assert!(bucket.iter().all(|s| (s.hash >> (64 - BUCKET_BITS)) as usize == b), "bucket {b} holds a stranger");
+        }
         for i in (0..n).step_by(997) {
             assert_eq!(sorted_locs(&index, hash(i)), [(0, i + 1)], "event {i}");
         }
