@@ -108,7 +108,12 @@ impl Server {
                 // Into the log before the address is sent: a test reads the log as soon as
                 // it has the address.
                 let url = line.find(&marker).map(|at| {
-                    line[at + marker.len()..].split_whitespace().next().unwrap_or_default().trim_end_matches('/').to_string()
+                    line[at + marker.len()..]
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .trim_end_matches('/')
+                        .to_string()
                 });
                 sink.lock().unwrap().push(line);
                 if let Some(url) = url {

@@ -1,13 +1,13 @@
 //! The event-id index. On disk: one immutable segment per batch (`I` + batch number),
 //! listing every event the batch appended. In memory: a compact map from a 64-bit hash
-//! of the id to where the event lives. Most of it is 16-byte slots (the hash, a team
-//! number, a sequence number) in 65,536 arrays, one per value of the hash's top 16 bits,
-//! each sorted by hash; the newest events wait in a hash map until they number an eighth
-//! of the slots, then merge into their arrays. Many small arrays rather than one large
-//! one: growing one reallocates it whole, which held the old array beside the new for a
-//! moment (+16 bytes an event at the peak). In front of both, a blocked Bloom
-//! filter (one cache line a lookup, 8–16 bits an event) answers most lookups of a new id
-//! (the common case) without touching either. A hash hit is confirmed against the entry
+//! of the id to where the event lives. Most of it is 12-byte slots (32 more bits of the
+//! hash, a team number, a sequence number) in 65,536 arrays, one per value of the
+//! hash's top 16 bits, each sorted by hash; the newest events wait in a hash map until
+//! they number an eighth of the slots, then merge into their arrays. Many small arrays
+//! rather than one large one: growing one reallocates it whole, which held the old
+//! array beside the new for a moment. In front of both, a blocked Bloom filter (one
+//! cache line a lookup, 8–16 bits an event) answers most lookups of a new id (the
+//! common case) without touching either. A hash hit is confirmed against the entry
 //! itself, so a collision can never turn into a wrong dedup.
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, DefaultHasher, Hash, Hasher};
@@ -43,18 +43,20 @@ pub(crate) struct Loc {
     pub seq: u64,
 }
 
-/// One event in a bucket's array: 16 bytes. Events numbered past `u32::MAX` in their
+/// One event in a bucket's array: 12 bytes. The bucket holds the hash's top 16 bits,
+/// `part` the next 32; the low 16 are not kept (48 bits tell ids apart well enough:
+/// every hit is confirmed against the entry). Events numbered past `u32::MAX` in their
 /// team's ledger stay in `Index::big` instead.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 struct Slot {
-    hash: u64,
+    part: u32,
     team: u32,
     seq: u32,
 }
 
 impl Slot {
     fn of(hash: u64, loc: Loc) -> Option<Slot> {
-        Some(Slot { hash, team: loc.team, seq: u32::try_from(loc.seq).ok()? })
+        Some(Slot { part: part(hash), team: loc.team, seq: u32::try_from(loc.seq).ok()? })
     }
 
     fn loc(self) -> Loc {
@@ -65,13 +67,23 @@ impl Slot {
 /// The merged slots are split into an array for each value of the hash's top
 /// `BUCKET_BITS` bits.
 const BUCKET_BITS: u32 = 16;
+
+fn bucket(hash: u64) -> usize {
+    (hash >> (64 - BUCKET_BITS)) as usize
+}
+
+/// The 32 bits of the hash below the bucket's.
+fn part(hash: u64) -> u32 {
+    (hash >> (32 - BUCKET_BITS)) as u32
+}
 /// The newest events merge into the arrays once they number this many and an eighth
 /// of the slots merged.
 const RECENT_MIN: usize = 1 << 16;
 
-/// A blocked Bloom filter over the id hashes: each hash sets 4 bits of one 512-bit
-/// block, so a lookup reads one cache line. Built for a capacity of events (8 bits each)
-/// and rebuilt twice as large when the index outgrows it.
+/// A blocked Bloom filter over the id hashes' top 48 bits (what the slots keep, so it can
+/// be rebuilt from them): each sets 4 bits of one 512-bit block, so a lookup reads one
+/// cache line. Built for a capacity of events (8 bits each) and rebuilt twice as large
+/// when the index outgrows it.
 #[derive(Default)]
 struct Bloom {
     blocks: Vec<[u64; 8]>,
@@ -84,8 +96,11 @@ impl Bloom {
         Bloom { blocks: vec![[0; 8]; blocks], capacity }
     }
 
-    /// The block (from the hash's high bits) and its 4 bits (from 9-bit fields of the low).
+    /// The block (from the mixed hash's high bits) and its 4 bits (from 9-bit fields of
+    /// the low).
     fn positions(&self, hash: u64) -> (usize, [u32; 4]) {
+        let mixed = (hash >> (32 - BUCKET_BITS)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let hash = mixed ^ (mixed >> 29);
         let block = ((u128::from(hash) * self.blocks.len() as u128) >> 64) as usize;
         (block, [0, 9, 18, 27].map(|shift| ((hash >> shift) & 511) as u32))
     }
@@ -153,7 +168,7 @@ impl Index {
                 for (event_id, seq) in run.events {
                     let (hash, loc) = (id_hash(&event_id), Loc { team: no, seq });
                     match Slot::of(hash, loc) {
-                        Some(slot) => index.bucket_mut(hash).push(slot),
+                        Some(slot) => index.bucket_mut(bucket(hash)).push(slot),
                         None => index.big.entry(hash).or_default().push(loc),
                     }
                     index.len += 1;
@@ -206,22 +221,22 @@ impl Index {
         }
     }
 
-    /// The array that holds (or will hold) the slots of this hash.
-    fn bucket_mut(&mut self, hash: u64) -> &mut Vec<Slot> {
+    /// Bucket `b`'s array.
+    fn bucket_mut(&mut self, b: usize) -> &mut Vec<Slot> {
         if self.buckets.is_empty() {
             self.buckets.resize_with(1 << BUCKET_BITS, Vec::new);
         }
-        &mut self.buckets[(hash >> (64 - BUCKET_BITS)) as usize]
+        &mut self.buckets[b]
     }
 
     /// Moves the newest events into their arrays, merging each from the back in place.
     fn merge_recent(&mut self) {
         let recent = self.recent.drain().chain(self.recent_more.drain(..));
-        let mut fresh: Vec<Slot> = recent.filter_map(|(hash, loc)| Slot::of(hash, loc)).collect();
+        let mut fresh: Vec<(u64, Slot)> = recent.filter_map(|(hash, loc)| Some((hash, Slot::of(hash, loc)?))).collect();
         fresh.sort_unstable();
         self.merged += fresh.len();
-        for run in fresh.chunk_by(|a, b| a.hash >> (64 - BUCKET_BITS) == b.hash >> (64 - BUCKET_BITS)) {
-            merge_into(self.bucket_mut(run[0].hash), run);
+        for run in fresh.chunk_by(|a, b| bucket(a.0) == bucket(b.0)) {
+            merge_into(self.bucket_mut(bucket(run[0].0)), run);
         }
     }
 
@@ -230,20 +245,23 @@ impl Index {
     fn rebuild_bloom(&mut self) {
         let mut bloom = Bloom::with_capacity((2 * self.len).max(1 << 16));
         let recent = self.recent.keys().chain(self.recent_more.iter().map(|(h, _)| h));
-        let merged = self.buckets.iter().flatten().map(|s| &s.hash);
-        for hash in merged.chain(recent).chain(self.big.keys()) {
-            bloom.insert(*hash);
+        let merged = self.buckets.iter().enumerate().flat_map(|(b, slots)| {
+            slots.iter().map(move |s| (b as u64) << (64 - BUCKET_BITS) | u64::from(s.part) << (32 - BUCKET_BITS))
+        });
+        for hash in merged.chain(recent.chain(self.big.keys()).copied()) {
+            bloom.insert(hash);
         }
         self.bloom = bloom;
     }
 
-    /// The merged slots with this hash.
+    /// The merged slots whose hash agrees with this one in its top 48 bits.
     fn merged(&self, hash: u64) -> &[Slot] {
-        let Some(range) = self.buckets.get((hash >> (64 - BUCKET_BITS)) as usize) else {
+        let Some(range) = self.buckets.get(bucket(hash)) else {
             return &[];
         };
-        let from = range.partition_point(|s| s.hash < hash);
-        let to = from + range[from..].partition_point(|s| s.hash == hash);
+        let part = part(hash);
+        let from = range.partition_point(|s| s.part < part);
+        let to = from + range[from..].partition_point(|s| s.part == part);
         &range[from..to]
     }
 
@@ -258,19 +276,20 @@ impl Index {
     }
 }
 
-/// Merges the sorted `fresh` into the sorted `into`, from the back, in place.
-fn merge_into(into: &mut Vec<Slot>, fresh: &[Slot]) {
+/// Merges `fresh` (sorted by hash) into `into` (sorted by `part`), from the back, in
+/// place.
+fn merge_into(into: &mut Vec<Slot>, fresh: &[(u64, Slot)]) {
     let old = into.len();
     into.reserve_exact(fresh.len());
     into.resize(old + fresh.len(), Slot::default());
     let (mut i, mut j) = (old, fresh.len());
     while j > 0 {
         let k = i + j - 1;
-        if i > 0 && into[i - 1] > fresh[j - 1] {
+        if i > 0 && into[i - 1].part > fresh[j - 1].1.part {
             into[k] = into[i - 1];
             i -= 1;
         } else {
-            into[k] = fresh[j - 1];
+            into[k] = fresh[j - 1].1;
             j -= 1;
         }
     }
@@ -303,12 +322,14 @@ mod tests {
         index.insert(hash(n - 1), &other, 2);
         index.insert(hash(n - 1), &other, 3);
         index.insert(hash(n), &other, u64::from(u32::MAX) + 7);
+        // An id whose hash differs from a merged one's only in the bits a slot drops.
+        let twin = hash(7) ^ 1;
+        index.insert(twin, &other, 9);
         assert!(index.merged >= 200_000, "merged: {}", index.merged);
         assert_eq!(index.buckets.iter().map(Vec::len).sum::<usize>(), index.merged);
         assert!(!index.recent.is_empty());
         for (b, bucket) in index.buckets.iter().enumerate() {
-            assert!(bucket.windows(2).all(|w| w[0] <= w[1]), "bucket {b} is out of order");
-            assert!(bucket.iter().all(|s| (s.hash >> (64 - BUCKET_BITS)) as usize == b), "bucket {b} holds a stranger");
+            assert!(bucket.windows(2).all(|w| w[0].part <= w[1].part), "bucket {b} is out of order");
         }
         for i in (0..n).step_by(997) {
             assert_eq!(sorted_locs(&index, hash(i)), [(0, i + 1)], "event {i}");
@@ -316,8 +337,9 @@ mod tests {
         assert_eq!(sorted_locs(&index, hash(5)), [(0, 6), (1, 1)]);
         assert_eq!(sorted_locs(&index, hash(n - 1)), [(0, n), (1, 2), (1, 3)]);
         assert_eq!(sorted_locs(&index, hash(n)), [(1, u64::from(u32::MAX) + 7)]);
+        assert_eq!(sorted_locs(&index, twin), [(0, 8), (1, 9)], "both are candidates, the entry decides");
         assert_eq!(index.candidates(hash(n + 1)).count(), 0);
-        assert_eq!(index.len, n + 4);
+        assert_eq!(index.len, n + 5);
         assert_eq!(index.team(1), &other);
         // The filter lets few ids it never saw through (8-16 bits an event, 4 bits set).
         let passed = (n + 1..n + 100_001).filter(|i| index.bloom.may_contain(hash(*i))).count();
