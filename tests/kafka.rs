@@ -146,6 +146,29 @@ fn run_refuses_a_ledger_whose_stored_invoice_differs() {
 }
 
 #[test]
+fn each_partition_ledger_opens_with_the_cache_the_operator_gives() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (broker, _) = produced(tmp.path(), "E1.jsonl");
+    let dir = tmp.path().join("kafka");
+    let out = bin()
+        .env("USAGE_LEDGER_LOG", "info,sled=off")
+        .arg("--data-dir")
+        .arg(&dir)
+        .args(["run", "--brokers", &broker.address, "--exit-when-idle-ms", "5000", "--partition-cache-mb", "32"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let opened: Vec<&str> = stderr.lines().filter(|l| l.contains("Opened the partition's ledger.")).collect();
+    assert!(!opened.is_empty() && opened.iter().all(|l| l.contains("cache_mb=32")), "{stderr}");
+    // Below 16 MiB is refused before anything starts.
+    let out = service(&dir, &broker.address, &["--partition-cache-mb", "8"]).wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.starts_with("error: invalid value '8' for '--partition-cache-mb"), "{stderr}");
+}
+
+#[test]
 fn a_scenario_through_kafka_bills_like_import() {
     let tmp = tempfile::tempdir().unwrap();
     let (broker, file) = produced(tmp.path(), "E4.jsonl");

@@ -57,6 +57,12 @@ pub struct RunArgs {
     /// partition's ledger before the service stops with an error.
     #[arg(long, env = "USAGE_LEDGER_TAKEOVER_WAIT_MS", default_value_t = 60_000)]
     pub takeover_wait_ms: u64,
+    /// sled's page cache of each partition's ledger, in MiB. It must hold the newest
+    /// block of every team the partition sees: below that sled thrashes and its memory
+    /// grows without bound (see the README's Faults).
+    #[arg(long, env = "USAGE_LEDGER_PARTITION_CACHE_MB", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(16..=65_536))]
+    pub partition_cache_mb: u64,
     /// Drain and exit once no record arrived for this long (back-fills, tests).
     #[arg(long, env = "USAGE_LEDGER_EXIT_WHEN_IDLE_MS")]
     pub exit_when_idle_ms: Option<u64>,
@@ -104,7 +110,11 @@ pub fn run(dir: &Path, args: RunArgs, future_skew: chrono::Duration) -> anyhow::
     let flag = Arc::clone(&stop);
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the signal handler")?;
     let (brokers, _broker) = connect(dir, &args)?;
-    let shards = Arc::new(Mutex::new(Shards::new(dir, Duration::from_millis(args.takeover_wait_ms))));
+    let options = OpenOptions {
+        lock_wait: Duration::from_millis(args.takeover_wait_ms),
+        cache_bytes: args.partition_cache_mb << 20,
+    };
+    let shards = Arc::new(Mutex::new(Shards::new(dir, options)));
     let owner = Arc::new(Owner(Arc::clone(&shards)));
     let consumer = Consumer::new(&brokers, &args.group, &[IMAGES, ACCOUNTS], args.session_timeout_ms, owner)?;
     let producer = Producer::new(&brokers)?;

@@ -28,7 +28,8 @@ pub(super) struct Shards {
     released: BTreeMap<i32, Ledger>,
     pub released_at: Option<Instant>,
     pub owned: BTreeSet<(String, i32)>,
-    takeover_wait: Duration,
+    /// How partition ledgers are opened: the takeover wait and sled's cache.
+    options: OpenOptions,
     /// Why an assigned partition's ledger could not be opened: the service stops on it.
     pub failure: Option<String>,
 }
@@ -38,7 +39,7 @@ pub(super) struct Shards {
 pub(super) const RELEASED_WAIT: Duration = Duration::from_secs(5);
 
 impl Shards {
-    pub fn new(dir: &Path, takeover_wait: Duration) -> Shards {
+    pub fn new(dir: &Path, options: OpenOptions) -> Shards {
         Shards {
             dir: dir.to_path_buf(),
             catalog: Catalog::builtin(),
@@ -47,7 +48,7 @@ impl Shards {
             released: BTreeMap::new(),
             released_at: None,
             owned: BTreeSet::new(),
-            takeover_wait,
+            options,
             failure: None,
         }
     }
@@ -79,9 +80,8 @@ impl Shards {
         }
         if !self.assigned.contains_key(&partition) {
             let dir = ledger_store::partition_dir(&self.dir, partition);
-            let options = OpenOptions { lock_wait: self.takeover_wait, cache_bytes: 64 << 20 };
             // Waiting for the lock reads nothing: the watchdog starts once it is ours.
-            let store = Store::open_with(&dir, &self.catalog, options)?;
+            let store = Store::open_with(&dir, &self.catalog, self.options)?;
             self.assigned.insert(partition, store);
         }
         Ok(&self.assigned[&partition])
@@ -100,7 +100,8 @@ impl Shards {
             let watch = crate::watchdog::Watchdog::arm("opening a partition's ledger", &dir);
             self.open.insert(partition, Ledger::open(store)?);
             drop(watch);
-            info!(partition, dir = %dir.display(), ms = started.elapsed().as_millis() as u64, "Opened the partition's ledger.");
+            let (ms, cache_mb) = (started.elapsed().as_millis() as u64, self.options.cache_bytes >> 20);
+            info!(partition, dir = %dir.display(), ms, cache_mb, "Opened the partition's ledger.");
         }
         eprintln!("usage-ledger: opened and folded the ledgers of partitions {opened:?}");
         Ok(())
