@@ -3,7 +3,7 @@
 //! of the id to where the event lives. Most of it is 12-byte slots (32 more bits of the
 //! hash, a team number, a sequence number) in 65,536 arrays, one per value of the
 //! hash's top 16 bits, each sorted by hash; the newest events wait in a hash map until
-//! they number an eighth of the slots, then merge into their arrays. Many small arrays
+//! they number an eighth of all events, then merge into their arrays. Many small arrays
 //! rather than one large one: growing one reallocates it whole, which held the old
 //! array beside the new for a moment. In front of both, a blocked Bloom filter (one
 //! cache line a lookup, 8–16 bits an event) answers most lookups of a new id (the
@@ -76,8 +76,13 @@ fn bucket(hash: u64) -> usize {
 fn part(hash: u64) -> u32 {
     (hash >> (32 - BUCKET_BITS)) as u32
 }
+
+/// The hash as a slot in bucket `b` keeps it: its low 16 bits zero.
+fn kept_hash(b: usize, part: u32) -> u64 {
+    (b as u64) << (64 - BUCKET_BITS) | u64::from(part) << (32 - BUCKET_BITS)
+}
 /// The newest events merge into the arrays once they number this many and an eighth
-/// of the slots merged.
+/// of all events.
 const RECENT_MIN: usize = 1 << 16;
 
 /// A blocked Bloom filter over the id hashes' top 48 bits (what the slots keep, so it can
@@ -128,8 +133,6 @@ pub(crate) struct Index {
     /// Every merged event, `buckets[b]` those whose hash's top bits are `b`, sorted by
     /// hash (equal hashes adjacent); empty until the first event.
     buckets: Vec<Vec<Slot>>,
-    /// How many slots `buckets` holds.
-    merged: usize,
     /// The newest events, not merged yet.
     recent: FastMap<Loc>,
     /// Newest events whose id hash equals one already in `recent` (rare).
@@ -179,7 +182,6 @@ impl Index {
         for bucket in &mut index.buckets {
             bucket.sort_unstable();
             bucket.shrink_to_fit();
-            index.merged += bucket.len();
         }
         index.rebuild_bloom();
         Ok(index)
@@ -216,7 +218,7 @@ impl Index {
             }
             std::collections::hash_map::Entry::Occupied(_) => self.recent_more.push((hash, loc)),
         }
-        if self.recent.len() >= RECENT_MIN.max(self.merged / 8) {
+        if self.recent.len() as u64 >= (RECENT_MIN as u64).max(self.len / 8) {
             self.merge_recent();
         }
     }
@@ -234,7 +236,6 @@ impl Index {
         let recent = self.recent.drain().chain(self.recent_more.drain(..));
         let mut fresh: Vec<(u64, Slot)> = recent.filter_map(|(hash, loc)| Some((hash, Slot::of(hash, loc)?))).collect();
         fresh.sort_unstable();
-        self.merged += fresh.len();
         for run in fresh.chunk_by(|a, b| bucket(a.0) == bucket(b.0)) {
             merge_into(self.bucket_mut(bucket(run[0].0)), run);
         }
@@ -245,9 +246,8 @@ impl Index {
     fn rebuild_bloom(&mut self) {
         let mut bloom = Bloom::with_capacity((2 * self.len).max(1 << 16));
         let recent = self.recent.keys().chain(self.recent_more.iter().map(|(h, _)| h));
-        let merged = self.buckets.iter().enumerate().flat_map(|(b, slots)| {
-            slots.iter().map(move |s| (b as u64) << (64 - BUCKET_BITS) | u64::from(s.part) << (32 - BUCKET_BITS))
-        });
+        let merged =
+            self.buckets.iter().enumerate().flat_map(|(b, slots)| slots.iter().map(move |s| kept_hash(b, s.part)));
         for hash in merged.chain(recent.chain(self.big.keys()).copied()) {
             bloom.insert(hash);
         }
@@ -325,8 +325,8 @@ mod tests {
         // An id whose hash differs from a merged one's only in the bits a slot drops.
         let twin = hash(7) ^ 1;
         index.insert(twin, &other, 9);
-        assert!(index.merged >= 200_000, "merged: {}", index.merged);
-        assert_eq!(index.buckets.iter().map(Vec::len).sum::<usize>(), index.merged);
+        let merged: usize = index.buckets.iter().map(Vec::len).sum();
+        assert!(merged >= 200_000, "merged: {merged}");
         assert!(!index.recent.is_empty());
         for (b, bucket) in index.buckets.iter().enumerate() {
             assert!(bucket.windows(2).all(|w| w[0].part <= w[1].part), "bucket {b} is out of order");

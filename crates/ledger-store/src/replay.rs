@@ -183,7 +183,7 @@ impl Store {
     fn compare_projections(&self, rebuilt: &Rebuilt, replace: bool) -> Result<u64> {
         let mut batch = sled::Batch::default();
         let mut stored = 0u64;
-        for k in alerts::keys(&self.tree).chain(invoices::keys(&self.tree)) {
+        for k in self.projection_key_iter() {
             batch.remove(k?);
             stored += 1;
         }
@@ -201,6 +201,11 @@ impl Store {
 
     /// How many alerts and invoices are stored.
     pub(crate) fn projection_keys(&self) -> Result<u64> {
-        alerts::keys(&self.tree).chain(invoices::keys(&self.tree)).try_fold(0u64, |n, k| k.map(|_| n + 1))
+        self.projection_key_iter().try_fold(0u64, |n, k| k.map(|_| n + 1))
+    }
+
+    /// The keys of every stored alert and invoice.
+    fn projection_key_iter(&self) -> impl Iterator<Item = Result<sled::IVec>> + '_ {
+        alerts::keys(&self.tree).chain(invoices::keys(&self.tree))
     }
 }

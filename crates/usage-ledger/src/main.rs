@@ -92,8 +92,8 @@ enum Command {
     Import {
         file: PathBuf,
         /// Events per atomic, flushed batch. Larger batches write fewer, larger blocks
-        /// (one per team a batch touches): sled's memory and time grow with the number of
-        /// keys, so a back-fill of many teams goes in large batches.
+        /// (one per team a batch touches) and flush less often: a back-fill of many teams
+        /// goes faster in large batches.
         #[arg(long, default_value_t = 65_536)]
         batch_events_max: usize,
         /// Print `ack N` on stdout once every line up to N is durable (for tooling).

@@ -97,7 +97,7 @@ pub(crate) fn decode_block(bytes: &[u8]) -> Result<Vec<StoredEntry>> {
 
 /// The format byte a stored block was written in (to rewrite it in the same one).
 pub(crate) fn block_format(bytes: &[u8]) -> u8 {
-    bytes.first().copied().unwrap_or(FORMAT_VERSION)
+    bytes.first().copied().unwrap_or(block_format_of(FORMAT_VERSION))
 }
 
 /// The block encoding a store of format `store_format` writes: its own up to format 2

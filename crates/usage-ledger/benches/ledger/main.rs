@@ -56,10 +56,11 @@ fn args() -> Args {
 
 /// Figures of one stage over the runs.
 #[derive(Default)]
-struct Figures(Vec<(&'static str, &'static str, Vec<f64>)>);
+struct Figures(Vec<(String, &'static str, Vec<f64>)>);
 
 impl Figures {
-    fn add(&mut self, stage: &'static str, unit: &'static str, value: f64) {
+    fn add(&mut self, stage: impl Into<String>, unit: &'static str, value: f64) {
+        let stage = stage.into();
         match self.0.iter_mut().find(|(s, _, _)| *s == stage) {
             Some((_, _, values)) => values.push(value),
             None => self.0.push((stage, unit, vec![value])),

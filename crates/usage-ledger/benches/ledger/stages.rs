@@ -5,7 +5,7 @@ use std::time::Instant;
 use ledger_core::{Catalog, Event};
 use ledger_store::{Ledger, Source, Store, Submission};
 
-use crate::{dir_bytes, pg, run, run_bin, Figures};
+use crate::{dir_bytes, pg, run_bin, Figures, BIN};
 
 /// The batch the append stage and `import` write (events per flushed commit).
 const BATCH: usize = 65_536;
@@ -43,16 +43,13 @@ pub fn size(tmp: &Path, file: &Path, runs: usize, pg: Option<&pg::Target>) -> Fi
         // baseline in sessions 16 and 17 while the same two binaries ran at par when
         // alternated outside the bench.
         let baseline = std::env::var("USAGE_LEDGER_BENCH_BASELINE").ok();
+        let mut builds = vec![(BIN, "")];
+        builds.extend(baseline.as_deref().map(|bin| (bin, " (baseline)")));
         if r % 2 == 1 {
-            if let Some(bin) = &baseline {
-                digests.push(baseline_build(bin, &data, file_s, lines, &mut figures));
-            }
+            builds.reverse();
         }
-        digests.push(this_build(&data, file_s, lines, &mut figures));
-        if r % 2 == 0 {
-            if let Some(bin) = &baseline {
-                digests.push(baseline_build(bin, &data, file_s, lines, &mut figures));
-            }
+        for (bin, label) in builds {
+            digests.push(import_and_replay(bin, label, &data, file_s, lines, &mut figures));
         }
 
         if let (Some(target), Some(rows)) = (pg, rows) {
@@ -83,30 +80,18 @@ fn append(dir: &Path, events: Vec<Event>) {
     ledger.wait_durable().unwrap();
 }
 
-/// This build's `import` and `replay` of `file`; the replay's digest.
-fn this_build(data: &Path, file: &str, lines: f64, figures: &mut Figures) -> String {
-    let (data_s, batch) = (data.to_str().unwrap(), BATCH.to_string());
-    let (secs, _, _, rss) = run(&["--data-dir", data_s, "import", "--batch-events-max", &batch, file]);
-    figures.add("import", "lines/s", lines / secs);
-    figures.add("import peak RSS", "MiB", rss as f64 / (1 << 20) as f64);
-    figures.add("disk", "bytes/event", dir_bytes(data) as f64 / lines);
-    let (secs, digest, stderr, rss) = run(&["--data-dir", data_s, "replay"]);
-    let entries: f64 = crate::kafka::number(&stderr, "replayed ", true);
-    figures.add("replay", "entries/s", entries / secs);
-    figures.add("replay peak RSS", "MiB", rss as f64 / (1 << 20) as f64);
-    let _ = std::fs::remove_dir_all(data);
-    digest
-}
-
-/// The baseline build's `import` and `replay` of `file`; the replay's digest.
-fn baseline_build(bin: &str, data: &Path, file: &str, lines: f64, figures: &mut Figures) -> String {
+/// `bin`'s `import` and `replay` of `file`, their figures named with `label`; the
+/// replay's digest.
+fn import_and_replay(bin: &str, label: &str, data: &Path, file: &str, lines: f64, figures: &mut Figures) -> String {
     let (data_s, batch) = (data.to_str().unwrap(), BATCH.to_string());
     let (secs, _, _, rss) = run_bin(bin, &["--data-dir", data_s, "import", "--batch-events-max", &batch, file]);
-    figures.add("import (baseline)", "lines/s", lines / secs);
-    figures.add("import peak RSS (baseline)", "MiB", rss as f64 / (1 << 20) as f64);
-    let (secs, digest, stderr, _) = run_bin(bin, &["--data-dir", data_s, "replay"]);
+    figures.add(format!("import{label}"), "lines/s", lines / secs);
+    figures.add(format!("import peak RSS{label}"), "MiB", rss as f64 / (1 << 20) as f64);
+    figures.add(format!("disk{label}"), "bytes/event", dir_bytes(data) as f64 / lines);
+    let (secs, digest, stderr, rss) = run_bin(bin, &["--data-dir", data_s, "replay"]);
     let entries: f64 = crate::kafka::number(&stderr, "replayed ", true);
-    figures.add("replay (baseline)", "entries/s", entries / secs);
+    figures.add(format!("replay{label}"), "entries/s", entries / secs);
+    figures.add(format!("replay peak RSS{label}"), "MiB", rss as f64 / (1 << 20) as f64);
     let _ = std::fs::remove_dir_all(data);
     digest
 }
