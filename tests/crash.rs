@@ -15,11 +15,12 @@ use crate::support::{bin, slow_tests_enabled, ul, ul_ok};
 /// Starts an import, kills it with SIGKILL `after` its start (or, with `after_first_ack`,
 /// after its first acknowledgement, so a loaded machine still kills mid-import), and
 /// returns the last line acknowledged.
-fn import_and_kill(dir: &Path, file: &Path, after: Duration, after_first_ack: bool) -> Option<u64> {
+fn import_and_kill(dir: &Path, file: &Path, extra: &[&str], after: Duration, after_first_ack: bool) -> Option<u64> {
     let mut child = bin()
         .arg("--data-dir")
         .arg(dir)
         .args(["import", "--batch-events-max", "2000", "--report-acks"])
+        .args(extra)
         .arg(file)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -77,6 +78,20 @@ fn snapshot(dir: &Path, teams: &[String]) -> String {
 
 #[test]
 fn kill_9_mid_import_loses_no_acknowledged_batch_and_applies_nothing_twice() {
+    kill_mid_import_and_resume(&[]);
+}
+
+/// The same with the event-id index moving its older events to runs on disk about
+/// every batch, so kills land while runs are written, merged and named in the manifest.
+#[test]
+fn kill_9_while_the_index_moves_events_to_disk_loses_nothing_and_dedups_everything() {
+    let dir = kill_mid_import_and_resume(&["--index-memory-events", "2048"]);
+    assert!(dir.path().join("crashed/index/manifest.json").exists(), "the index moved events to disk");
+}
+
+/// Kills an import (given `extra` options) many times, resumes it, and compares the
+/// result with a clean import of the same file (default options).
+fn kill_mid_import_and_resume(extra: &[&str]) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("load.jsonl");
     let events = if slow_tests_enabled() { "120000" } else { "40000" };
@@ -91,7 +106,7 @@ fn kill_9_mid_import_loses_no_acknowledged_batch_and_applies_nothing_twice() {
     for i in 0..kills {
         let after = Duration::from_millis(40 + (i * 137 % 360) as u64);
         // Every third kill counts from the start (it may come before any batch is durable).
-        if let Some(acked) = import_and_kill(&crashed, &file, after, i % 3 != 0) {
+        if let Some(acked) = import_and_kill(&crashed, &file, extra, after, i % 3 != 0) {
             acked_max = acked_max.max(acked);
         }
         if crashed.join("db").exists() {
@@ -99,7 +114,7 @@ fn kill_9_mid_import_loses_no_acknowledged_batch_and_applies_nothing_twice() {
         }
     }
     assert!(acked_max > 0, "some batch was acknowledged before a kill");
-    let finish = ul(&crashed, &["import", file.to_str().unwrap()]);
+    let finish = ul(&crashed, &[&["import", file.to_str().unwrap()], extra].concat());
     assert_eq!(finish.code, 0, "{}", finish.stderr);
 
     let clean = tmp.path().join("clean");
@@ -107,6 +122,9 @@ fn kill_9_mid_import_loses_no_acknowledged_batch_and_applies_nothing_twice() {
     let teams: Vec<String> = (0..40).map(|t| format!("team-{t:04}")).collect();
     assert_eq!(snapshot(&crashed, &teams), snapshot(&clean, &teams), "crashed-and-resumed equals a clean import");
     assert_eq!(ul_ok(&crashed, &["replay"]), ul_ok(&clean, &["replay"]));
+    let again = ul(&crashed, &[&["import", file.to_str().unwrap()], extra].concat());
+    assert!(again.stderr.contains(&format!("imported 0 of {} lines", lines.len())), "{}", again.stderr);
+    tmp
 }
 
 /// A batch handed to the committer thread stays readable while the next one folds: a

@@ -1,14 +1,18 @@
 //! The event-id index. On disk: one immutable segment per batch (`I` + batch number),
-//! listing every event the batch appended. In memory: a compact map from a 64-bit hash
-//! of the id to where the event lives. Most of it is 12-byte slots (32 more bits of the
-//! hash, a team number, a sequence number) in 65,536 arrays, one per value of the
-//! hash's top 16 bits, each sorted by hash; the newest events wait in a hash map until
-//! they number an eighth of all events, then merge into their arrays. Many small arrays
-//! rather than one large one: growing one reallocates it whole, which held the old
-//! array beside the new for a moment. In front of both, a blocked Bloom filter (one
-//! cache line a lookup, 8–16 bits an event) answers most lookups of a new id (the
-//! common case) without touching either. A hash hit is confirmed against the entry
-//! itself, so a collision can never turn into a wrong dedup.
+//! listing every event the batch appended. Loaded from them: a compact map from a
+//! 64-bit hash of the id to where the event lives. Its newer events are in memory,
+//! 12-byte slots (32 more bits of the hash, a team number, a sequence number) in 65,536
+//! arrays, one per value of the hash's top 16 bits, each sorted by hash; the newest wait
+//! in a hash map until they number an eighth of the events in memory, then merge into
+//! their arrays. Many small arrays rather than one large one: growing one reallocates
+//! it whole, which held the old array beside the new for a moment. Once the arrays hold
+//! `INDEX_MEMORY_EVENTS` events (or as many as the operator says) they move to sorted runs on disk (`runs`), so memory does not grow
+//! with the events. In front of all, a blocked Bloom filter (one cache line a lookup,
+//! 8–16 bits an event) answers most lookups of a new id (the common case) without
+//! touching any. A hash hit is confirmed against the entry itself, so a collision can
+//! never turn into a wrong dedup.
+mod runs;
+
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, DefaultHasher, Hash, Hasher};
 
@@ -18,6 +22,7 @@ use sha2::{Digest, Sha256};
 use crate::store::Store;
 use crate::tables;
 use crate::{Error, Result};
+use runs::{Cover, Runs};
 
 /// Keys are already hashes: pass them through.
 #[derive(Default)]
@@ -82,8 +87,20 @@ fn kept_hash(b: usize, part: u32) -> u64 {
     (b as u64) << (64 - BUCKET_BITS) | u64::from(part) << (32 - BUCKET_BITS)
 }
 /// The newest events merge into the arrays once they number this many and an eighth
-/// of all events.
+/// of the events in memory.
 const RECENT_MIN: usize = 1 << 16;
+
+/// The events the index keeps in memory before it moves them to a run on disk, unless
+/// the process says otherwise (`set_index_memory_events`): 24 MiB of slots.
+pub const INDEX_MEMORY_EVENTS: u64 = 1 << 21;
+
+static HOT_MAX: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(INDEX_MEMORY_EVENTS);
+
+/// Sets how many events every index opened from now on keeps in memory (the command
+/// line's `--index-memory-events`).
+pub fn set_index_memory_events(n: u64) {
+    HOT_MAX.store(n.max(1), std::sync::atomic::Ordering::Relaxed);
+}
 
 /// A blocked Bloom filter over the id hashes' top 48 bits (what the slots keep, so it can
 /// be rebuilt from them): each sets 4 bits of one 512-bit block, so a lookup reads one
@@ -139,8 +156,14 @@ pub(crate) struct Index {
     recent_more: Vec<(u64, Loc)>,
     /// Events past `u32::MAX` in their team's ledger (never merged).
     big: FastMap<Vec<Loc>>,
+    /// The older events, on disk (none for an index that only lives in memory).
+    runs: Option<Runs>,
     /// Every hash above, in front of them all.
     bloom: Bloom,
+    /// Events in `buckets`, `recent` and `recent_more`.
+    hot: u64,
+    /// Past this many, `spill_due`.
+    hot_max: u64,
     pub next_segment: u64,
     pub len: u64,
 }
@@ -159,10 +182,24 @@ pub(crate) fn id_hash(id: &str) -> u64 {
 }
 
 impl Index {
-    /// Loads every segment into the arrays, and sorts each once.
+    /// Opens the runs on disk that match the store (rebuilding them if none do), loads
+    /// the segments they do not cover into the arrays, sorting each once, and moves
+    /// those to a run whenever they hold `hot_max` events.
     pub fn load(store: &Store) -> Result<Index> {
-        let mut index = Index::default();
-        for segment in tables::index::segments(&store.tree) {
+        Index::load_with(store, HOT_MAX.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    fn load_with(store: &Store, hot_max: u64) -> Result<Index> {
+        let (runs, covered) = Runs::open(store.dir().join("index"), &store.tree)?;
+        let mut index = Index { hot_max, len: runs.len(), ..Index::default() };
+        index.runs = Some(runs);
+        if let Some(covered) = &covered {
+            for team in &covered.teams {
+                index.team_number(&TeamId::new(team.as_str()).map_err(|e| Error::Corrupt(format!("index runs: {e}")))?);
+            }
+            index.next_segment = covered.segments;
+        }
+        for segment in tables::index::segments_from(&store.tree, index.next_segment) {
             let segment = segment?;
             let n = segment.number()?;
             for run in segment.runs()? {
@@ -171,20 +208,63 @@ impl Index {
                 for (event_id, seq) in run.events {
                     let (hash, loc) = (id_hash(&event_id), Loc { team: no, seq });
                     match Slot::of(hash, loc) {
-                        Some(slot) => index.bucket_mut(bucket(hash)).push(slot),
+                        Some(slot) => {
+                            index.bucket_mut(bucket(hash)).push(slot);
+                            index.hot += 1;
+                        }
                         None => index.big.entry(hash).or_default().push(loc),
                     }
                     index.len += 1;
                 }
             }
             index.next_segment = n + 1;
+            if index.hot >= index.hot_max {
+                index.sort_buckets();
+                index.spill_with(segment.bytes())?;
+            }
         }
-        for bucket in &mut index.buckets {
+        index.sort_buckets();
+        index.rebuild_bloom()?;
+        Ok(index)
+    }
+
+    fn sort_buckets(&mut self) {
+        for bucket in &mut self.buckets {
             bucket.sort_unstable();
             bucket.shrink_to_fit();
         }
-        index.rebuild_bloom();
-        Ok(index)
+    }
+
+    /// Whether the events in memory should move to disk (`spill`) before the next batch.
+    pub fn spill_due(&self) -> bool {
+        self.runs.is_some() && self.hot >= self.hot_max
+    }
+
+    /// Moves the events in memory to a run on disk. Every segment numbered below
+    /// `next_segment` must be durable: the runs say they cover them.
+    pub fn spill(&mut self, store: &Store) -> Result<()> {
+        let last = self.next_segment.checked_sub(1).ok_or_else(|| Error::Corrupt("spill of no segment".into()))?;
+        let bytes = tables::index::segment_bytes(&store.tree, last)?
+            .ok_or_else(|| Error::Corrupt(format!("index segment {last} is missing")))?;
+        self.merge_recent();
+        self.spill_with(&bytes)
+    }
+
+    /// Moves the arrays (sorted, `recent` empty) to a run covering the segments below
+    /// `next_segment`, the last of which is `last_segment`.
+    fn spill_with(&mut self, last_segment: &[u8]) -> Result<()> {
+        let Some(runs) = self.runs.as_mut() else { return Ok(()) };
+        let records = self
+            .buckets
+            .iter()
+            .enumerate()
+            .flat_map(|(b, slots)| slots.iter().map(move |s| (kept_hash(b, s.part), s.team, s.seq)));
+        runs.add(records, Cover { segments: self.next_segment, last_segment, teams: &self.teams })?;
+        self.buckets = Vec::new();
+        self.recent = FastMap::default();
+        self.recent_more = Vec::new();
+        self.hot = 0;
+        Ok(())
     }
 
     pub fn team(&self, no: u32) -> &TeamId {
@@ -201,26 +281,28 @@ impl Index {
         no
     }
 
-    pub fn insert(&mut self, hash: u64, team: &TeamId, seq: u64) {
+    pub fn insert(&mut self, hash: u64, team: &TeamId, seq: u64) -> Result<()> {
         let loc = Loc { team: self.team_number(team), seq };
         self.len += 1;
         if self.len > self.bloom.capacity {
-            self.rebuild_bloom();
+            self.rebuild_bloom()?;
         }
         self.bloom.insert(hash);
         if Slot::of(hash, loc).is_none() {
             self.big.entry(hash).or_default().push(loc);
-            return;
+            return Ok(());
         }
+        self.hot += 1;
         match self.recent.entry(hash) {
             std::collections::hash_map::Entry::Vacant(v) => {
                 v.insert(loc);
             }
             std::collections::hash_map::Entry::Occupied(_) => self.recent_more.push((hash, loc)),
         }
-        if self.recent.len() as u64 >= (RECENT_MIN as u64).max(self.len / 8) {
+        if self.recent.len() as u64 >= (RECENT_MIN as u64).max(self.hot / 8) {
             self.merge_recent();
         }
+        Ok(())
     }
 
     /// Bucket `b`'s array.
@@ -242,8 +324,8 @@ impl Index {
     }
 
     /// A filter for twice the events indexed (at least 65,536), holding every hash but
-    /// the one being inserted (the caller adds it).
-    fn rebuild_bloom(&mut self) {
+    /// the one being inserted (the caller adds it). The runs' are read from disk.
+    fn rebuild_bloom(&mut self) -> Result<()> {
         let mut bloom = Bloom::with_capacity((2 * self.len).max(1 << 16));
         let recent = self.recent.keys().chain(self.recent_more.iter().map(|(h, _)| h));
         let merged =
@@ -251,7 +333,11 @@ impl Index {
         for hash in merged.chain(recent.chain(self.big.keys()).copied()) {
             bloom.insert(hash);
         }
+        if let Some(runs) = &self.runs {
+            runs.each_hash(|hash| bloom.insert(hash))?;
+        }
         self.bloom = bloom;
+        Ok(())
     }
 
     /// The merged slots whose hash agrees with this one in its top 48 bits.
@@ -266,13 +352,19 @@ impl Index {
     }
 
     /// Where events whose id hashes to `hash` live (usually none, at most one).
-    pub fn candidates(&self, hash: u64) -> impl Iterator<Item = Loc> + '_ {
-        let maybe = self.bloom.may_contain(hash);
-        let merged = if maybe { self.merged(hash) } else { &[] }.iter().map(|s| s.loc());
-        let recent = maybe.then(|| self.recent.get(&hash).copied()).flatten().into_iter();
-        let more = self.recent_more.iter().filter(move |(h, _)| maybe && *h == hash).map(|(_, loc)| *loc);
-        let big = maybe.then(|| self.big.get(&hash)).flatten().into_iter().flatten().copied();
-        merged.chain(recent).chain(more).chain(big)
+    pub fn candidates(&self, hash: u64) -> Result<Vec<Loc>> {
+        if !self.bloom.may_contain(hash) {
+            return Ok(Vec::new());
+        }
+        let merged = self.merged(hash).iter().map(|s| s.loc());
+        let recent = self.recent.get(&hash).copied().into_iter();
+        let more = self.recent_more.iter().filter(|(h, _)| *h == hash).map(|(_, loc)| *loc);
+        let big = self.big.get(&hash).into_iter().flatten().copied();
+        let mut found: Vec<Loc> = merged.chain(recent).chain(more).chain(big).collect();
+        if let Some(runs) = &self.runs {
+            runs.find(kept_hash(bucket(hash), part(hash)), |team, seq| found.push(Loc { team, seq: u64::from(seq) }))?;
+        }
+        Ok(found)
     }
 }
 
@@ -298,9 +390,113 @@ fn merge_into(into: &mut Vec<Slot>, fresh: &[(u64, Slot)]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tables::index::{IndexRun, IndexRunRef};
+
+    /// Writes index segments `from..to` of `per` events each (ids `e<k>`, spread over
+    /// three teams), as a batch commit does.
+    fn write_segments(store: &Store, from: u64, to: u64, per: u64, prefix: &str) {
+        for n in from..to {
+            let runs: Vec<IndexRun> = (0..3)
+                .map(|t| IndexRun {
+                    team: format!("team-{t}"),
+                    events: (0..per)
+                        .filter(|i| i % 3 == t)
+                        .map(|i| (format!("{prefix}{}", n * per + i), n * per + i + 1))
+                        .collect(),
+                })
+                .collect();
+            let refs: Vec<IndexRunRef<'_>> =
+                runs.iter().map(|r| IndexRunRef { team: &r.team, events: &r.events }).collect();
+            let mut batch = sled::Batch::default();
+            tables::index::insert(&mut batch, n, &refs);
+            store.tree.apply_batch(batch).unwrap();
+        }
+    }
+
+    /// Event `k` as found: its team's name and sequence number.
+    fn found(index: &Index, id: &str) -> Vec<(String, u64)> {
+        let locs = index.candidates(id_hash(id)).unwrap();
+        locs.iter().map(|l| (index.team(l.team).to_string(), l.seq)).collect()
+    }
+
+    fn run_files(store: &Store) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(store.dir().join("index"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("run-"))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Past `hot_max` events the index moves them to runs on disk, at most log2 of
+    /// them; every event is found there, before and after reopening (which reads the
+    /// runs, not the segments they cover), through later spills; runs that fail their
+    /// CRC or were built from other segments are rebuilt from the segments.
+    #[test]
+    fn older_events_move_to_runs_on_disk_and_are_found_after_reopening() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path(), &ledger_core::Catalog::builtin()).unwrap();
+        write_segments(&store, 0, 40, 1000, "e");
+        let check = |index: &Index, upto: u64| {
+            for k in (0..upto).step_by(7).chain([upto - 1]) {
+                assert_eq!(found(index, &format!("e{k}")), [(format!("team-{}", k % 1000 % 3), k + 1)], "event {k}");
+            }
+            assert!(found(index, &format!("e{upto}")).is_empty());
+        };
+        let index = Index::load_with(&store, 4096).unwrap();
+        assert!(index.hot < 4096 + 1000 && index.len == 40_000, "{} in memory of {}", index.hot, index.len);
+        let runs = run_files(&store);
+        assert!((1..=4).contains(&runs.len()), "{runs:?}");
+        check(&index, 40_000);
+        drop(index);
+
+        let mut index = Index::load_with(&store, 4096).unwrap();
+        assert_eq!(run_files(&store), runs, "reopening reads the runs");
+        check(&index, 40_000);
+        // Live: events inserted, their segments written, a spill when due.
+        for n in 40..50 {
+            for i in 0..1000 {
+                let k = n * 1000 + i;
+                let team = TeamId::new(format!("team-{}", i % 3)).unwrap();
+                index.insert(id_hash(&format!("e{k}")), &team, k + 1).unwrap();
+            }
+            write_segments(&store, n, n + 1, 1000, "e");
+            index.next_segment = n + 1;
+            if index.spill_due() {
+                index.spill(&store).unwrap();
+            }
+        }
+        check(&index, 50_000);
+        drop(index);
+        let index = Index::load_with(&store, 4096).unwrap();
+        check(&index, 50_000);
+        drop(index);
+
+        // A flipped byte in a run: rebuilt from the segments.
+        let runs = run_files(&store);
+        let path = store.dir().join("index").join(&runs[0]);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[100] ^= 0x40;
+        std::fs::write(&path, bytes).unwrap();
+        let index = Index::load_with(&store, 4096).unwrap();
+        let rebuilt = run_files(&store);
+        assert_ne!(rebuilt, runs, "the runs were rebuilt");
+        check(&index, 50_000);
+        drop(index);
+        let index = Index::load_with(&store, 4096).unwrap();
+        assert_eq!(run_files(&store), rebuilt, "the rebuilt runs pass their checks");
+        drop(index);
+
+        // The segments the runs cover rewritten with other ids: the runs are rebuilt too.
+        write_segments(&store, 0, 50, 1000, "x");
+        let index = Index::load_with(&store, 4096).unwrap();
+        assert!(found(&index, "e123").is_empty());
+        assert_eq!(found(&index, "x123"), [("team-0".to_string(), 124)]);
+    }
 
     fn sorted_locs(index: &Index, hash: u64) -> Vec<(u32, u64)> {
-        let mut locs: Vec<_> = index.candidates(hash).map(|l| (l.team, l.seq)).collect();
+        let mut locs: Vec<_> = index.candidates(hash).unwrap().iter().map(|l| (l.team, l.seq)).collect();
         locs.sort_unstable();
         locs
     }
@@ -315,16 +511,16 @@ mod tests {
         let n = 300_000u64;
         let hash = |i: u64| id_hash(&format!("e{i}"));
         for i in 0..n {
-            index.insert(hash(i), &team, i + 1);
+            index.insert(hash(i), &team, i + 1).unwrap();
         }
         // Three collisions: one against a merged event, two against a fresh one.
-        index.insert(hash(5), &other, 1);
-        index.insert(hash(n - 1), &other, 2);
-        index.insert(hash(n - 1), &other, 3);
-        index.insert(hash(n), &other, u64::from(u32::MAX) + 7);
+        index.insert(hash(5), &other, 1).unwrap();
+        index.insert(hash(n - 1), &other, 2).unwrap();
+        index.insert(hash(n - 1), &other, 3).unwrap();
+        index.insert(hash(n), &other, u64::from(u32::MAX) + 7).unwrap();
         // An id whose hash differs from a merged one's only in the bits a slot drops.
         let twin = hash(7) ^ 1;
-        index.insert(twin, &other, 9);
+        index.insert(twin, &other, 9).unwrap();
         let merged: usize = index.buckets.iter().map(Vec::len).sum();
         assert!(merged >= 200_000, "merged: {merged}");
         assert!(!index.recent.is_empty());
@@ -338,7 +534,7 @@ mod tests {
         assert_eq!(sorted_locs(&index, hash(n - 1)), [(0, n), (1, 2), (1, 3)]);
         assert_eq!(sorted_locs(&index, hash(n)), [(1, u64::from(u32::MAX) + 7)]);
         assert_eq!(sorted_locs(&index, twin), [(0, 8), (1, 9)], "both are candidates, the entry decides");
-        assert_eq!(index.candidates(hash(n + 1)).count(), 0);
+        assert_eq!(index.candidates(hash(n + 1)).unwrap().len(), 0);
         assert_eq!(index.len, n + 5);
         assert_eq!(index.team(1), &other);
         // The filter lets few ids it never saw through (8-16 bits an event, 4 bits set).

@@ -315,6 +315,11 @@ impl Ledger {
         positions: &[(String, u64)],
         extra: impl FnOnce(&[Outcome], &[(Parked, Outcome)]) -> Vec<OutboxMsg>,
     ) -> Result<Staged> {
+        if self.index.spill_due() {
+            // The runs cover whole durable segments: the batch in flight first.
+            self.wait_durable()?;
+            self.index.spill(&self.store)?;
+        }
         let mut staged = Staged::default();
         for sub in submissions {
             let outcome = self.submit_one(&mut staged, sub)?;
@@ -389,7 +394,7 @@ impl Ledger {
             Ok(applied) => {
                 let seq = applied.last().expect("an accepted event appends").seq;
                 let appended_id = applied.last().and_then(|a| a.entry.event_id().cloned());
-                self.index.insert(hash, &team_id, seq);
+                self.index.insert(hash, &team_id, seq)?;
                 self.stage(staged, &team_id, applied);
                 if !self.parked.is_empty() {
                     self.unpark(staged, appended_id)?;
@@ -452,7 +457,7 @@ impl Ledger {
     /// Finds an event by id through the index, confirmed on the entry itself (in this
     /// batch or in the store): a 64-bit hash collision is never taken for a match.
     fn lookup(&self, staged: &Staged, id: &EventId, hash: u64) -> Result<Option<Known>> {
-        for loc in self.index.candidates(hash) {
+        for loc in self.index.candidates(hash)? {
             let team = self.index.team(loc.team);
             // This batch, then the one in flight, then the store: the first that has it.
             let entry = match staged.entry(team, loc.seq)? {

@@ -47,6 +47,17 @@ struct Cli {
     /// may reach (`close`), in seconds.
     #[arg(long, global = true, env = "USAGE_LEDGER_FUTURE_SKEW_SECS", default_value_t = 86_400)]
     future_skew_secs: u32,
+    /// Events the event-id index of each ledger keeps in memory before it moves them to
+    /// sorted runs on disk (`index/` in the ledger's directory): about 14 bytes of memory
+    /// each.
+    #[arg(
+        long,
+        global = true,
+        env = "USAGE_LEDGER_INDEX_MEMORY_EVENTS",
+        default_value_t = ledger_store::INDEX_MEMORY_EVENTS,
+        value_parser = clap::value_parser!(u64).range(1024..=1 << 32)
+    )]
+    index_memory_events: u64,
     /// A librdkafka property for every Kafka client (TLS, SASL, timeouts...), `KEY=VALUE`,
     /// repeatable; also from the environment as `USAGE_LEDGER_KAFKA_SECURITY_PROTOCOL=SSL`.
     #[arg(long, global = true, value_parser = ledger_kafka::property)]
@@ -225,6 +236,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let cli = Cli::parse();
+    ledger_store::set_index_memory_events(cli.index_memory_events);
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("USAGE_LEDGER_LOG").unwrap_or_else(|_| "warn,sled=off".into());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());

@@ -46,6 +46,10 @@ impl Segment {
         hex::encode(&self.key[1..])
     }
 
+    pub fn bytes(&self) -> &[u8] {
+        &self.value
+    }
+
     pub fn runs(&self) -> Result<Vec<IndexRun>> {
         decode(&self.value, "index segment")
     }
@@ -53,10 +57,23 @@ impl Segment {
 
 /// Every segment, oldest first.
 pub(crate) fn segments(tree: &sled::Tree) -> impl Iterator<Item = Result<Segment>> {
+    segments_from(tree, 0)
+}
+
+/// The segments numbered `from` and up, oldest first.
+pub(crate) fn segments_from(tree: &sled::Tree, from: u64) -> impl Iterator<Item = Result<Segment>> {
     let mut order = crate::progress::Ascending::default();
-    tree.scan_prefix(KeyKind::Index.prefix()).map(move |kv| {
-        let (key, value) = kv?;
-        order.check(&key, "index")?;
-        Ok(Segment { key, value })
-    })
+    let prefix = KeyKind::Index.prefix();
+    tree.range(key(from)..).take_while(move |kv| kv.as_ref().map_or(true, |(key, _)| key.starts_with(&prefix))).map(
+        move |kv| {
+            let (key, value) = kv?;
+            order.check(&key, "index")?;
+            Ok(Segment { key, value })
+        },
+    )
+}
+
+/// Segment number `n`'s stored bytes, if it exists.
+pub(crate) fn segment_bytes(tree: &sled::Tree, n: u64) -> Result<Option<sled::IVec>> {
+    Ok(tree.get(key(n))?)
 }
