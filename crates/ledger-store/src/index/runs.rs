@@ -22,7 +22,7 @@ use crate::{Error, Result};
 /// number.
 pub(crate) type Record = (u64, u32, u32);
 
-const RECORD: usize = 16;
+pub(crate) const RECORD: usize = 16;
 /// Records in a page, the unit a lookup reads: 4 KiB.
 const PAGE: usize = 256;
 const MANIFEST: &str = "manifest.json";
