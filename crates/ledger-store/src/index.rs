@@ -6,11 +6,11 @@
 //! in a hash map until they number an eighth of the events in memory, then merge into
 //! their arrays. Many small arrays rather than one large one: growing one reallocates
 //! it whole, which held the old array beside the new for a moment. Once the arrays hold
-//! `INDEX_MEMORY_EVENTS` events (or as many as the operator says) they move to sorted runs on disk (`runs`), so memory does not grow
-//! with the events. In front of all, a blocked Bloom filter (one cache line a lookup,
-//! 8–16 bits an event) answers most lookups of a new id (the common case) without
-//! touching any. A hash hit is confirmed against the entry itself, so a collision can
-//! never turn into a wrong dedup.
+//! `INDEX_MEMORY_EVENTS` events (or as many as the operator says) they move to sorted
+//! runs on disk (`runs`), so memory does not grow with the events. In front of all, a
+//! blocked Bloom filter (one cache line a lookup, 8–16 bits an event) answers most
+//! lookups of a new id (the common case) without touching any. A hash hit is confirmed
+//! against the entry itself, so a collision can never turn into a wrong dedup.
 mod runs;
 
 use std::collections::HashMap;
@@ -476,12 +476,19 @@ mod tests {
         check(&index, 50_000);
         drop(index);
 
-        // A flipped byte in a run: rebuilt from the segments.
+        // A byte flipped under an open index: a lookup reading its page fails, naming the
+        // run; the next open rebuilds the runs from the segments.
+        let index = Index::load_with(&store, 4096).unwrap();
         let runs = run_files(&store);
         let path = store.dir().join("index").join(&runs[0]);
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[100] ^= 0x40;
         std::fs::write(&path, bytes).unwrap();
+        let failed: Vec<Error> =
+            (0..50_000).filter_map(|k| index.candidates(id_hash(&format!("e{k}"))).err()).collect();
+        assert!(!failed.is_empty(), "a lookup read the damaged page");
+        assert!(failed[0].to_string().contains(&runs[0]), "{}", failed[0]);
+        drop(index);
         let index = Index::load_with(&store, 4096).unwrap();
         let rebuilt = run_files(&store);
         assert_ne!(rebuilt, runs, "the runs were rebuilt");

@@ -150,6 +150,7 @@ impl Team {
         let mut rows = super::views::meters(&figures);
         rows.shrink_to_fit();
         self.closed_meters.push(rows);
+        self.schedule[self.closed].hollow();
         self.closed += 1;
         self.closed_through = Some(end);
         self.open_from_seq = seq + 1;

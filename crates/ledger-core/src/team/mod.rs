@@ -59,7 +59,8 @@ pub struct Team {
     account: Vec<AccountEvent>,
     schedule: Vec<CycleSpec>,
     horizon: DateTime<Utc>,
-    /// `schedule[..closed]` are closed; they end at `closed_through`.
+    /// `schedule[..closed]` are closed, and hollow (`CycleSpec::hollow`); they end at
+    /// `closed_through`.
     closed: usize,
     closed_through: Option<DateTime<Utc>>,
     /// Each closed cycle's meters, as its balance shows them (its figures are gone).
@@ -169,18 +170,30 @@ impl Team {
         self.schedule[self.closed..].iter().take_while(|c| c.closes_at() <= until).count()
     }
 
-    /// The cycle and plan generation in force at `t`, if any.
+    /// The open cycle and plan generation in force at `t`, if any.
     fn in_force(&self, t: DateTime<Utc>) -> Option<(usize, &Gen)> {
-        let c = self.cycle_at(t)?;
+        let c = self.cycle_at(t).filter(|c| *c >= self.closed)?;
         let spec = &self.schedule[c];
         Some((c, &spec.gens[spec.gen_at(t)]))
     }
 
     /// The cycle and rate an image of `api` at `t` is billed at, if a plan in force prices
     /// it (app usage needs an app plan, API calls an API plan); free allowances bill 0.
+    /// A closed cycle is hollow: its plan is derived again (late usage and refunds of
+    /// closed cycles, rare next to the usage of open ones).
     fn rate_in_force(&self, catalog: &Catalog, t: DateTime<Utc>, api: Api) -> Option<(usize, Decimal)> {
-        let (c, gen) = self.in_force(t)?;
-        let version = catalog.version(&self.schedule[c].version_id).expect("cycle version exists");
+        let c = self.cycle_at(t)?;
+        let derived;
+        let spec = if c < self.closed {
+            let cycles = timeline::derive(&self.account, catalog, self.schedule[c].start);
+            derived = cycles.expect("an accepted timeline derives").swap_remove(c);
+            debug_assert!((derived.start, derived.end) == (self.schedule[c].start, self.schedule[c].end));
+            &derived
+        } else {
+            &self.schedule[c]
+        };
+        let gen = &spec.gens[spec.gen_at(t)];
+        let version = catalog.version(&spec.version_id).expect("cycle version exists");
         Some((c, gen.allowance.billed_rate(version, &gen.terms, api)?))
     }
 
@@ -205,7 +218,9 @@ impl Team {
     }
 
     fn rederive(&mut self, catalog: &Catalog) -> Result<(), timeline::Violation> {
-        let schedule = timeline::derive(&self.account, catalog, self.horizon)?;
+        let mut schedule = timeline::derive(&self.account, catalog, self.horizon)?;
+        let closed = self.closed.min(schedule.len());
+        schedule[..closed].iter_mut().for_each(CycleSpec::hollow);
         debug_assert!(self.schedule[..self.closed] == schedule[..self.closed], "closed cycles never change");
         self.schedule = schedule;
         Ok(())

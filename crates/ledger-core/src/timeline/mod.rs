@@ -71,6 +71,13 @@ impl CycleSpec {
     pub fn closes_at(&self) -> DateTime<Utc> {
         self.end + chrono::Duration::seconds(self.grace_seconds as i64)
     }
+
+    /// Drops the generations and charges, keeping the dates, version and grace: what a
+    /// closed cycle keeps (the rest is derived again when late usage needs it).
+    pub fn hollow(&mut self) {
+        self.gens = Vec::new();
+        self.charges = Vec::new();
+    }
 }
 
 /// A plan change the timeline cannot accept, with the event that caused it.

@@ -51,8 +51,47 @@ struct RunMeta {
 struct Run {
     meta: RunMeta,
     file: File,
-    /// The hash of every `PAGE`-th record.
+    pages: Pages,
+}
+
+/// A run's directory in memory, built as it is written or checked: each page's first
+/// hash and CRC (a lookup checks the page it reads), and the whole run's CRC.
+#[derive(Default)]
+struct Pages {
     firsts: Vec<u64>,
+    crcs: Vec<u32>,
+    page: crc32fast::Hasher,
+    whole: crc32fast::Hasher,
+    len: u64,
+    last: u64,
+}
+
+impl Pages {
+    /// Adds the next record; false if it is out of hash order.
+    fn add(&mut self, r: Record, bytes: &[u8]) -> bool {
+        if self.len.is_multiple_of(PAGE as u64) {
+            if self.len > 0 {
+                self.crcs.push(std::mem::take(&mut self.page).finalize());
+            }
+            self.firsts.push(r.0);
+        }
+        if r.0 < self.last {
+            return false;
+        }
+        self.page.update(bytes);
+        self.whole.update(bytes);
+        self.len += 1;
+        self.last = r.0;
+        true
+    }
+
+    /// The whole run's CRC, once the last page's is recorded.
+    fn finish(&mut self) -> u32 {
+        if self.len > 0 {
+            self.crcs.push(std::mem::take(&mut self.page).finalize());
+        }
+        self.whole.clone().finalize()
+    }
 }
 
 /// The runs of one store's index.
@@ -111,25 +150,18 @@ fn decode(b: &[u8]) -> Record {
     (u64::from_le_bytes(b[..8].try_into().expect("8 bytes")), u32_at(8), u32_at(12))
 }
 
-/// Writes a run, building its page index and CRC on the way.
+/// Writes a run, building its directory on the way.
 struct Writer {
     out: BufWriter<File>,
-    meta: RunMeta,
-    crc: crc32fast::Hasher,
-    firsts: Vec<u64>,
-    last: u64,
+    file: String,
+    pages: Pages,
 }
 
 impl Writer {
     fn push(&mut self, r: Record) -> std::io::Result<()> {
-        if self.meta.len.is_multiple_of(PAGE as u64) {
-            self.firsts.push(r.0);
-        }
-        debug_assert!(r.0 >= self.last, "runs are written in hash order");
-        self.last = r.0;
         let buf = encode(r);
-        self.crc.update(&buf);
-        self.meta.len += 1;
+        let in_order = self.pages.add(r, &buf);
+        debug_assert!(in_order, "runs are written in hash order");
         self.out.write_all(&buf)
     }
 }
@@ -191,24 +223,19 @@ impl Runs {
             return Err(format!("{} holds {size} bytes, not {} records", meta.file, meta.len));
         }
         let mut reader = Reader::open(&path, meta.len).map_err(|e| e.to_string())?;
-        let (mut crc, mut firsts, mut last, mut n) = (crc32fast::Hasher::new(), Vec::new(), 0, 0u64);
+        let mut pages = Pages::default();
         while let Some(r) = reader.next().map_err(|e| format!("{}: {e}", meta.file))? {
-            if r.0 < last {
-                return Err(format!("{} is out of order at record {n}", meta.file));
+            if !pages.add(r, &encode(r)) {
+                return Err(format!("{} is out of order at record {}", meta.file, pages.len));
             }
             if r.1 as usize >= teams {
-                return Err(format!("{} names team number {} of {teams} at record {n}", meta.file, r.1));
+                return Err(format!("{} names team number {} of {teams} at record {}", meta.file, r.1, pages.len));
             }
-            if n.is_multiple_of(PAGE as u64) {
-                firsts.push(r.0);
-            }
-            crc.update(&encode(r));
-            (last, n) = (r.0, n + 1);
         }
-        if crc.finalize() != meta.crc {
+        if pages.finish() != meta.crc {
             return Err(format!("{} fails its CRC", meta.file));
         }
-        Ok(Run { meta, file, firsts })
+        Ok(Run { meta, file, pages })
     }
 
     /// The numbers of the run files in the directory.
@@ -261,13 +288,21 @@ impl Runs {
         for run in &self.runs {
             // Records equal to `hash` start in the last page whose first is below it, or
             // in the first whose first is it.
-            let mut p = run.firsts.partition_point(|first| *first < hash).saturating_sub(1);
-            'pages: while p < run.firsts.len() {
+            let firsts = &run.pages.firsts;
+            let mut p = firsts.partition_point(|first| *first < hash).saturating_sub(1);
+            'pages: while p < firsts.len() {
                 let from = (p * PAGE) as u64;
                 let n = (run.meta.len - from).min(PAGE as u64) as usize;
                 let path = self.dir.join(&run.meta.file);
-                run.file.read_exact_at(&mut page[..n * RECORD], from * RECORD as u64).map_err(io(&path))?;
-                for r in page[..n * RECORD].chunks_exact(RECORD).map(decode) {
+                let bytes = &mut page[..n * RECORD];
+                run.file.read_exact_at(bytes, from * RECORD as u64).map_err(io(&path))?;
+                if crc32fast::hash(bytes) != run.pages.crcs[p] {
+                    return Err(Error::Corrupt(format!(
+                        "{} page {p} no longer matches its CRC (the next start rebuilds the index's runs)",
+                        path.display()
+                    )));
+                }
+                for r in bytes.chunks_exact(RECORD).map(decode) {
                     match r.0.cmp(&hash) {
                         std::cmp::Ordering::Less => {}
                         std::cmp::Ordering::Equal => f(r.1, r.2),
@@ -324,21 +359,16 @@ impl Runs {
         let path = self.dir.join(&name);
         let file =
             std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path).map_err(io(&path))?;
-        Ok(Writer {
-            out: BufWriter::with_capacity(1 << 16, file),
-            meta: RunMeta { file: name, len: 0, crc: 0 },
-            crc: crc32fast::Hasher::new(),
-            firsts: Vec::new(),
-            last: 0,
-        })
+        Ok(Writer { out: BufWriter::with_capacity(1 << 16, file), file: name, pages: Pages::default() })
     }
 
     /// Flushes and fsyncs a written run.
-    fn finish(&self, w: Writer) -> Result<Run> {
-        let path = self.dir.join(&w.meta.file);
+    fn finish(&self, mut w: Writer) -> Result<Run> {
+        let path = self.dir.join(&w.file);
         let file = w.out.into_inner().map_err(|e| io(&path)(e.into_error()))?;
         file.sync_all().map_err(io(&path))?;
-        Ok(Run { meta: RunMeta { crc: w.crc.finalize(), ..w.meta }, file, firsts: w.firsts })
+        let meta = RunMeta { file: w.file, len: w.pages.len, crc: w.pages.finish() };
+        Ok(Run { meta, file, pages: w.pages })
     }
 
     /// Merges two runs into a new one, `a`'s records first among equal hashes.
