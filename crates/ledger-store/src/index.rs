@@ -7,7 +7,8 @@
 //! their arrays. Many small arrays rather than one large one: growing one reallocates
 //! it whole, which held the old array beside the new for a moment. Once the arrays hold
 //! `INDEX_MEMORY_EVENTS` events (or as many as the operator says) they move to sorted
-//! runs on disk (`runs`), so memory does not grow with the events. In front of all, a
+//! runs on disk (`runs`): memory then grows only by the filter's 1–2 bytes an event
+//! and a run's page directory (1/32 byte an event). In front of all, a
 //! blocked Bloom filter (one cache line a lookup, 8–16 bits an event) answers most
 //! lookups of a new id (the common case) without touching any. A hash hit is confirmed
 //! against the entry itself, so a collision can never turn into a wrong dedup.

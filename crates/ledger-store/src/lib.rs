@@ -14,6 +14,7 @@ mod parked;
 pub mod progress;
 mod replay;
 mod store;
+mod submission;
 mod tables;
 mod verify;
 
