@@ -221,6 +221,8 @@ impl Team {
         let mut schedule = timeline::derive(&self.account, catalog, self.horizon)?;
         let closed = self.closed.min(schedule.len());
         schedule[..closed].iter_mut().for_each(CycleSpec::hollow);
+        // Kept for the team's life, one a cycle: no room to grow (derive pushed them).
+        schedule.shrink_to_fit();
         debug_assert!(self.schedule[..self.closed] == schedule[..self.closed], "closed cycles never change");
         self.schedule = schedule;
         Ok(())
