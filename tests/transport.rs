@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{bin, ul_ok};
+use crate::support::{bin, ul, ul_ok};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -116,6 +116,17 @@ impl Drop for SmallDisk {
 
 #[test]
 fn a_full_disk_stops_acknowledging_in_one_line_corrupts_nothing_and_resumes_once_freed() {
+    import_onto_a_full_disk(&[]);
+}
+
+/// The same with the event-id index moving events to runs on disk about every batch:
+/// a spill the disk cannot hold stops the import the same way, and the runs resume.
+#[test]
+fn a_full_disk_while_the_index_moves_events_to_disk_stops_and_resumes_the_same_way() {
+    import_onto_a_full_disk(&["--index-memory-events", "4096"]);
+}
+
+fn import_onto_a_full_disk(extra: &[&str]) {
     let tmp = tempfile::tempdir().unwrap();
     let Some(disk) = SmallDisk::mount(&tmp.path().join("small"), 12) else {
         eprintln!("SKIPPED: this machine does not let the tests mount a tmpfs (run as root)");
@@ -129,6 +140,7 @@ fn a_full_disk_stops_acknowledging_in_one_line_corrupts_nothing_and_resumes_once
         .arg(&dir)
         // Batches small enough that several fit before the disk is full.
         .args(["import", "--batch-events-max", "4096", file.to_str().unwrap()])
+        .args(extra)
         .env_remove("RUST_BACKTRACE")
         .output()
         .unwrap();
@@ -140,10 +152,13 @@ fn a_full_disk_stops_acknowledging_in_one_line_corrupts_nothing_and_resumes_once
     disk.grow(256);
     let verify = ul_ok(&dir, &["verify"]);
     assert!(verify.starts_with("ok: "), "{verify}");
-    ul_ok(&dir, &["import", file.to_str().unwrap()]);
+    ul_ok(&dir, &[&["import", file.to_str().unwrap()], extra].concat());
     let clean = tmp.path().join("clean");
     ul_ok(&clean, &["import", file.to_str().unwrap()]);
     assert_eq!(ul_ok(&dir, &["replay"]), ul_ok(&clean, &["replay"]), "the same invoices as a clean import");
+    let again = ul(&dir, &[&["import", file.to_str().unwrap()], extra].concat());
+    assert!(again.stderr.contains("imported 0 of"), "all duplicates: {}", again.stderr);
+    assert_eq!(dir.join("index/manifest.json").exists(), !extra.is_empty(), "runs only when asked for");
 }
 
 #[test]

@@ -39,9 +39,15 @@ const SPACE_RESERVE_BYTES: u64 = 4 << 20;
 /// times over (sled logs a value, then rewrites its page: 10M imported events took 2.6 GB,
 /// 260 B each, issue 12), and the reserve.
 pub(crate) fn ensure_space(dir: &std::path::Path, bytes: u64) -> Result<()> {
+    ensure_free(dir, bytes.saturating_mul(3))
+}
+
+/// Refuses a write of `bytes` written once (the index's runs) unless the disk holding
+/// `dir` has room for it and the reserve.
+pub(crate) fn ensure_free(dir: &std::path::Path, bytes: u64) -> Result<()> {
     let stat = rustix::fs::statvfs(dir).map_err(|e| Error::Io { path: dir.display().to_string(), source: e.into() })?;
     let free = stat.f_bavail.saturating_mul(stat.f_frsize);
-    let need = bytes.saturating_mul(3).saturating_add(SPACE_RESERVE_BYTES);
+    let need = bytes.saturating_add(SPACE_RESERVE_BYTES);
     if free < need {
         return Err(Error::DiskFull { dir: dir.display().to_string(), free, need });
     }

@@ -246,7 +246,7 @@ impl Index {
     /// batch when the disk lacks room for the run and the largest merge it may cause.
     pub fn spill(&mut self, store: &Store) -> Result<()> {
         let on_disk = self.runs.as_ref().map_or(0, Runs::len);
-        crate::commit::ensure_space(store.dir(), (self.hot + on_disk) * runs::RECORD as u64)?;
+        crate::commit::ensure_free(store.dir(), (self.hot + on_disk) * runs::RECORD as u64)?;
         let last = self.next_segment.checked_sub(1).ok_or_else(|| Error::Corrupt("spill of no segment".into()))?;
         let bytes = tables::index::segment_bytes(&store.tree, last)?
             .ok_or_else(|| Error::Corrupt(format!("index segment {last} is missing")))?;
