@@ -92,16 +92,8 @@ fn kept_hash(b: usize, part: u32) -> u64 {
 const RECENT_MIN: usize = 1 << 16;
 
 /// The events the index keeps in memory before it moves them to a run on disk, unless
-/// the process says otherwise (`set_index_memory_events`): 24 MiB of slots.
+/// the store was opened saying otherwise (`OpenOptions`): 24 MiB of slots.
 pub const INDEX_MEMORY_EVENTS: u64 = 1 << 21;
-
-static HOT_MAX: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(INDEX_MEMORY_EVENTS);
-
-/// Sets how many events every index opened from now on keeps in memory (the command
-/// line's `--index-memory-events`).
-pub fn set_index_memory_events(n: u64) {
-    HOT_MAX.store(n.max(1), std::sync::atomic::Ordering::Relaxed);
-}
 
 /// A blocked Bloom filter over the id hashes' top 48 bits (what the slots keep, so it can
 /// be rebuilt from them): each sets 4 bits of one 512-bit block, so a lookup reads one
@@ -161,9 +153,7 @@ pub(crate) struct Index {
     runs: Option<Runs>,
     /// Every hash above, in front of them all.
     bloom: Bloom,
-    /// Events in `buckets`, `recent` and `recent_more`.
-    hot: u64,
-    /// Past this many, `spill_due`.
+    /// Past this many events in memory, `spill_due`.
     hot_max: u64,
     pub next_segment: u64,
     pub len: u64,
@@ -187,7 +177,7 @@ impl Index {
     /// the segments they do not cover into the arrays, sorting each once, and moves
     /// those to a run whenever they hold `hot_max` events.
     pub fn load(store: &Store) -> Result<Index> {
-        Index::load_with(store, HOT_MAX.load(std::sync::atomic::Ordering::Relaxed))
+        Index::load_with(store, store.index_memory_events)
     }
 
     fn load_with(store: &Store, hot_max: u64) -> Result<Index> {
@@ -209,17 +199,14 @@ impl Index {
                 for (event_id, seq) in run.events {
                     let (hash, loc) = (id_hash(&event_id), Loc { team: no, seq });
                     match Slot::of(hash, loc) {
-                        Some(slot) => {
-                            index.bucket_mut(bucket(hash)).push(slot);
-                            index.hot += 1;
-                        }
+                        Some(slot) => index.bucket_mut(bucket(hash)).push(slot),
                         None => index.big.entry(hash).or_default().push(loc),
                     }
                     index.len += 1;
                 }
             }
             index.next_segment = n + 1;
-            if index.hot >= index.hot_max {
+            if index.hot() >= index.hot_max {
                 index.sort_buckets();
                 index.spill_with(segment.bytes())?;
             }
@@ -227,6 +214,13 @@ impl Index {
         index.sort_buckets();
         index.rebuild_bloom()?;
         Ok(index)
+    }
+
+    /// Events in `buckets`, `recent` and `recent_more`: all but those on disk and those
+    /// past `u32::MAX` in their team's ledger.
+    fn hot(&self) -> u64 {
+        let big: usize = self.big.values().map(Vec::len).sum();
+        self.len - self.runs.as_ref().map_or(0, Runs::len) - big as u64
     }
 
     fn sort_buckets(&mut self) {
@@ -238,7 +232,7 @@ impl Index {
 
     /// Whether the events in memory should move to disk (`spill`) before the next batch.
     pub fn spill_due(&self) -> bool {
-        self.runs.is_some() && self.hot >= self.hot_max
+        self.runs.is_some() && self.hot() >= self.hot_max
     }
 
     /// Moves the events in memory to a run on disk. Every segment numbered below
@@ -246,7 +240,7 @@ impl Index {
     /// batch when the disk lacks room for the run and the largest merge it may cause.
     pub fn spill(&mut self, store: &Store) -> Result<()> {
         let on_disk = self.runs.as_ref().map_or(0, Runs::len);
-        crate::commit::ensure_free(store.dir(), (self.hot + on_disk) * runs::RECORD as u64)?;
+        crate::commit::ensure_free(store.dir(), (self.hot() + on_disk) * runs::RECORD as u64)?;
         let last = self.next_segment.checked_sub(1).ok_or_else(|| Error::Corrupt("spill of no segment".into()))?;
         let bytes = tables::index::segment_bytes(&store.tree, last)?
             .ok_or_else(|| Error::Corrupt(format!("index segment {last} is missing")))?;
@@ -267,7 +261,6 @@ impl Index {
         self.buckets = Vec::new();
         self.recent = FastMap::default();
         self.recent_more = Vec::new();
-        self.hot = 0;
         Ok(())
     }
 
@@ -296,14 +289,13 @@ impl Index {
             self.big.entry(hash).or_default().push(loc);
             return Ok(());
         }
-        self.hot += 1;
         match self.recent.entry(hash) {
             std::collections::hash_map::Entry::Vacant(v) => {
                 v.insert(loc);
             }
             std::collections::hash_map::Entry::Occupied(_) => self.recent_more.push((hash, loc)),
         }
-        if self.recent.len() as u64 >= (RECENT_MIN as u64).max(self.hot / 8) {
+        if self.recent.len() >= RECENT_MIN && self.recent.len() as u64 >= self.hot() / 8 {
             self.merge_recent();
         }
         Ok(())
@@ -449,7 +441,7 @@ mod tests {
             assert!(found(index, &format!("e{upto}")).is_empty());
         };
         let index = Index::load_with(&store, 4096).unwrap();
-        assert!(index.hot < 4096 + 1000 && index.len == 40_000, "{} in memory of {}", index.hot, index.len);
+        assert!(index.hot() < 4096 + 1000 && index.len == 40_000, "{} in memory of {}", index.hot(), index.len);
         let runs = run_files(&store);
         assert!((1..=4).contains(&runs.len()), "{runs:?}");
         check(&index, 40_000);

@@ -20,7 +20,7 @@ mod verify;
 
 pub use audit::{tamper_image_rechained, InvoiceCheck};
 pub use datadir::{layout, open_all, partition_dir, replay_all, replay_all_read_only, verify_all, Layout};
-pub use index::{set_index_memory_events, INDEX_MEMORY_EVENTS};
+pub use index::INDEX_MEMORY_EVENTS;
 pub use ledger::{refund_wait, BatchReport, Ledger, Outcome, Parked, Source, Submission, PARKED_PER_TEAM_MAX};
 pub use replay::ReplayReport;
 pub use store::{OpenOptions, Store};

@@ -18,16 +18,17 @@ pub struct Store {
     pub(crate) tree: sled::Tree,
     /// The format the store recorded: what its new blocks are written in.
     pub(crate) format: u8,
+    pub(crate) index_memory_events: u64,
 }
 
 /// Every team's folded state with its chain head.
 pub(crate) type Folded = HashMap<TeamId, (Team, Hash)>;
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io { path: path.display().to_string(), source }
 }
 
-fn fsync_dir(path: &Path) -> Result<()> {
+pub(crate) fn fsync_dir(path: &Path) -> Result<()> {
     std::fs::File::open(path).and_then(|f| f.sync_all()).map_err(io(path))
 }
 
@@ -39,11 +40,18 @@ pub struct OpenOptions {
     pub lock_wait: std::time::Duration,
     /// sled's page cache.
     pub cache_bytes: u64,
+    /// Events the event-id index of a writer keeps in memory before it moves them to
+    /// runs on disk.
+    pub index_memory_events: u64,
 }
 
 impl Default for OpenOptions {
     fn default() -> OpenOptions {
-        OpenOptions { lock_wait: std::time::Duration::from_secs(3), cache_bytes: 256 << 20 }
+        OpenOptions {
+            lock_wait: std::time::Duration::from_secs(3),
+            cache_bytes: 256 << 20,
+            index_memory_events: crate::index::INDEX_MEMORY_EVENTS,
+        }
     }
 }
 
@@ -90,7 +98,8 @@ impl Store {
                 fsync_dir(&parent)?;
             }
         }
-        let mut store = Store { dir: dir.to_path_buf(), db, tree, format: FORMAT_VERSION };
+        let index_memory_events = options.index_memory_events.max(1);
+        let mut store = Store { dir: dir.to_path_buf(), db, tree, format: FORMAT_VERSION, index_memory_events };
         store.format = store.check_meta(catalog)?;
         Ok(store)
     }

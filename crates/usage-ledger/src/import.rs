@@ -12,7 +12,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use ledger_core::{Catalog, Event};
 use ledger_proto::{parse_json_line, Invalid, Window};
-use ledger_store::{Ledger, Outcome, Source, Store, Submission};
+use ledger_store::{Ledger, OpenOptions, Outcome, Source, Store, Submission};
 use tracing::info;
 
 type Parsed = Vec<(u64, Result<Event, Invalid>)>;
@@ -35,6 +35,7 @@ pub fn run(
     batch_events_max: usize,
     report_acks: bool,
     future_skew: chrono::Duration,
+    index_memory_events: u64,
 ) -> anyhow::Result<ExitCode> {
     let (input, size): (Box<dyn Read + Send>, Option<u64>) = if file == Path::new("-") {
         (Box::new(std::io::stdin()), None)
@@ -50,7 +51,8 @@ pub fn run(
         );
     }
     let watch = crate::watchdog::Watchdog::arm("opening the ledger", dir);
-    let mut ledger = Ledger::open(Store::open(dir, &Catalog::builtin())?)?;
+    let options = OpenOptions { index_memory_events, ..OpenOptions::default() };
+    let mut ledger = Ledger::open(Store::open_with(dir, &Catalog::builtin(), options)?)?;
     drop(watch);
     let progress = progress_bar(size);
     let started = Instant::now();

@@ -26,6 +26,22 @@ mod reading;
 mod service;
 mod watchdog;
 
+/// The writers' (`import`, `run`) share of the event-id index's memory.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IndexMemory {
+    /// Events the event-id index of each ledger keeps in memory before it moves them to
+    /// sorted runs on disk (`index/` in the ledger's directory): about 14 bytes of memory
+    /// each.
+    #[arg(
+        long = "index-memory-events",
+        id = "index_memory_events",
+        env = "USAGE_LEDGER_INDEX_MEMORY_EVENTS",
+        default_value_t = ledger_store::INDEX_MEMORY_EVENTS,
+        value_parser = clap::value_parser!(u64).range(1024..=1 << 32)
+    )]
+    pub events: u64,
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "usage-ledger",
@@ -47,17 +63,6 @@ struct Cli {
     /// may reach (`close`), in seconds.
     #[arg(long, global = true, env = "USAGE_LEDGER_FUTURE_SKEW_SECS", default_value_t = 86_400)]
     future_skew_secs: u32,
-    /// Events the event-id index of each ledger keeps in memory before it moves them to
-    /// sorted runs on disk (`index/` in the ledger's directory): about 14 bytes of memory
-    /// each.
-    #[arg(
-        long,
-        global = true,
-        env = "USAGE_LEDGER_INDEX_MEMORY_EVENTS",
-        default_value_t = ledger_store::INDEX_MEMORY_EVENTS,
-        value_parser = clap::value_parser!(u64).range(1024..=1 << 32)
-    )]
-    index_memory_events: u64,
     /// A librdkafka property for every Kafka client (TLS, SASL, timeouts...), `KEY=VALUE`,
     /// repeatable; also from the environment as `USAGE_LEDGER_KAFKA_SECURITY_PROTOCOL=SSL`.
     #[arg(long, global = true, value_parser = ledger_kafka::property)]
@@ -110,6 +115,8 @@ enum Command {
         /// Print `ack N` on stdout once every line up to N is durable (for tooling).
         #[arg(long)]
         report_acks: bool,
+        #[command(flatten)]
+        index: IndexMemory,
     },
     /// Close every cycle whose end + grace ≤ the instant.
     Close {
@@ -236,7 +243,6 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let cli = Cli::parse();
-    ledger_store::set_index_memory_events(cli.index_memory_events);
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("USAGE_LEDGER_LOG").unwrap_or_else(|_| "warn,sled=off".into());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -319,8 +325,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => service::run(&dir, args, skew),
         Command::Produce { brokers, file } => produce::produce(&brokers, &file),
-        Command::Import { file, batch_events_max, report_acks } => {
-            import::run(&dir, &file, batch_events_max, report_acks, skew)
+        Command::Import { file, batch_events_max, report_acks, index } => {
+            import::run(&dir, &file, batch_events_max, report_acks, skew, index.events)
         }
         Command::Close { until, allow_future } => {
             commands::close_allowed(until, skew, allow_future, "--allow-future")?;

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use crate::store::{fsync_dir, io};
 use crate::{Error, Result};
 
 /// One event in a run: its id hash with the low 16 bits zero, team number, sequence
@@ -67,22 +68,23 @@ struct Pages {
 }
 
 impl Pages {
-    /// Adds the next record; false if it is out of hash order.
-    fn add(&mut self, r: Record, bytes: &[u8]) -> bool {
+    /// Adds the next record and returns its bytes; none if it is out of hash order.
+    fn add(&mut self, r: Record) -> Option<[u8; RECORD]> {
+        if r.0 < self.last {
+            return None;
+        }
         if self.len.is_multiple_of(PAGE as u64) {
             if self.len > 0 {
                 self.crcs.push(std::mem::take(&mut self.page).finalize());
             }
             self.firsts.push(r.0);
         }
-        if r.0 < self.last {
-            return false;
-        }
-        self.page.update(bytes);
-        self.whole.update(bytes);
+        let bytes = encode(r);
+        self.page.update(&bytes);
+        self.whole.update(&bytes);
         self.len += 1;
         self.last = r.0;
-        true
+        Some(bytes)
     }
 
     /// The whole run's CRC, once the last page's is recorded.
@@ -90,7 +92,7 @@ impl Pages {
         if self.len > 0 {
             self.crcs.push(std::mem::take(&mut self.page).finalize());
         }
-        self.whole.clone().finalize()
+        std::mem::take(&mut self.whole).finalize()
     }
 }
 
@@ -112,14 +114,6 @@ pub(crate) struct Cover<'a> {
     pub segments: u64,
     pub last_segment: &'a [u8],
     pub teams: &'a [ledger_core::TeamId],
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io { path: path.display().to_string(), source }
-}
-
-fn fsync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|f| f.sync_all()).map_err(io(dir))
 }
 
 /// A run's records, read in order.
@@ -159,10 +153,8 @@ struct Writer {
 
 impl Writer {
     fn push(&mut self, r: Record) -> std::io::Result<()> {
-        let buf = encode(r);
-        let in_order = self.pages.add(r, &buf);
-        debug_assert!(in_order, "runs are written in hash order");
-        self.out.write_all(&buf)
+        let bytes = self.pages.add(r).ok_or_else(|| std::io::Error::other("a run written out of hash order"))?;
+        self.out.write_all(&bytes)
     }
 }
 
@@ -225,7 +217,7 @@ impl Runs {
         let mut reader = Reader::open(&path, meta.len).map_err(|e| e.to_string())?;
         let mut pages = Pages::default();
         while let Some(r) = reader.next().map_err(|e| format!("{}: {e}", meta.file))? {
-            if !pages.add(r, &encode(r)) {
+            if pages.add(r).is_none() {
                 return Err(format!("{} is out of order at record {}", meta.file, pages.len));
             }
             if r.1 as usize >= teams {

@@ -63,6 +63,8 @@ pub struct RunArgs {
     #[arg(long, env = "USAGE_LEDGER_PARTITION_CACHE_MB", default_value_t = 64,
           value_parser = clap::value_parser!(u64).range(16..=65_536))]
     pub partition_cache_mb: u64,
+    #[command(flatten)]
+    pub index: crate::IndexMemory,
     /// Drain and exit once no record arrived for this long (back-fills, tests).
     #[arg(long, env = "USAGE_LEDGER_EXIT_WHEN_IDLE_MS")]
     pub exit_when_idle_ms: Option<u64>,
@@ -113,6 +115,7 @@ pub fn run(dir: &Path, args: RunArgs, future_skew: chrono::Duration) -> anyhow::
     let options = OpenOptions {
         lock_wait: Duration::from_millis(args.takeover_wait_ms),
         cache_bytes: args.partition_cache_mb << 20,
+        index_memory_events: args.index.events,
     };
     let shards = Arc::new(Mutex::new(Shards::new(dir, options)));
     let owner = Arc::new(Owner(Arc::clone(&shards)));
