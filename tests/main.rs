@@ -10,6 +10,7 @@ mod compat;
 mod core_path;
 mod corruption;
 mod crash;
+mod decisions;
 mod enterprise;
 mod fuzz;
 mod hostile;

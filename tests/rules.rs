@@ -383,7 +383,7 @@ fn credits_expire_on_2025_04_02_onto_that_cycles_invoice_and_usage_after_is_bill
         "reject late-buy plan_rule
          invoice t1 2025-01-05 total=30.00 v=2024-10-01 | credits_purchase 300x0.10=30.00 | credits in=0 bought=300 used=0 expired=0 left=300
          invoice t1 2025-02-05 total=0.00 v=2024-10-01 | - | credits in=300 bought=0 used=0 expired=0 left=300
-         invoice t1 2025-03-05 total=5.00 v=2025-02-27 | overage 50x0.10=5.00, credits_expired 200x0.00=0.00 | credits in=300 bought=0 used=100 expired=200 left=0",
+         invoice t1 2025-03-05 total=1.00 v=2025-02-27 | overage 50x0.02=1.00, credits_expired 200x0.00=0.00 | credits in=300 bought=0 used=100 expired=200 left=0",
     );
 }
 
@@ -399,7 +399,7 @@ fn usage_recorded_after_the_expiry_draws_no_credit_even_if_it_happened_before() 
          close 2025-04-06",
         "invoice t1 2025-01-05 total=10.00 v=2024-10-01 | credits_purchase 100x0.10=10.00 | credits in=0 bought=100 used=0 expired=0 left=100
          invoice t1 2025-02-05 total=0.00 v=2024-10-01 | - | credits in=100 bought=0 used=0 expired=0 left=100
-         invoice t1 2025-03-05 total=1.10 v=2025-02-27 | overage 11x0.10=1.10, credits_expired 100x0.00=0.00 | credits in=100 bought=0 used=0 expired=100 left=0",
+         invoice t1 2025-03-05 total=0.22 v=2025-02-27 | overage 11x0.02=0.22, credits_expired 100x0.00=0.00 | credits in=100 bought=0 used=0 expired=100 left=0",
     );
 }
 

@@ -22,6 +22,14 @@ pub enum Entry {
     /// The team's unused legacy credits expired: appended once its clock passed the
     /// expiry + grace, before the cycle holding it closes. Replay recomputes the count.
     CreditsExpired(CreditsExpired),
+    /// A cycle closed under billing rules `rules` (`timeline::Rules::number`).
+    /// `CycleClosed` above is a close under rules 1, and is still what a close writes
+    /// where the current rules price the cycle as rules 1 did, so a ledger untouched by
+    /// a rule change chains byte for byte as every earlier build wrote it.
+    ClosedUnder {
+        close: CycleClosed,
+        rules: u16,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,7 +69,7 @@ impl Entry {
         match self {
             Entry::Image(e) => Some(&e.event_id),
             Entry::Account(e) | Entry::Refund { event: e, .. } => Some(&e.event_id),
-            Entry::CycleClosed(_) | Entry::CreditsExpired(_) => None,
+            Entry::CycleClosed(_) | Entry::CreditsExpired(_) | Entry::ClosedUnder { .. } => None,
         }
     }
 
@@ -70,7 +78,7 @@ impl Entry {
         match self {
             Entry::Image(e) => Some(Event::Image(e.clone())),
             Entry::Account(e) | Entry::Refund { event: e, .. } => Some(Event::Account(e.clone())),
-            Entry::CycleClosed(_) | Entry::CreditsExpired(_) => None,
+            Entry::CycleClosed(_) | Entry::CreditsExpired(_) | Entry::ClosedUnder { .. } => None,
         }
     }
 }

@@ -210,6 +210,21 @@ impl AccountChange {
                 | AccountChange::AppPlanChanged(..)
         )
     }
+
+    /// True for the plans the billing rule sets price differently (`timeline::Rules`): a
+    /// weekly app subscription, legacy credits.
+    pub fn rules_matter(&self) -> bool {
+        match self {
+            AccountChange::AppPlanStarted(_, o) | AccountChange::AppPlanChanged(_, o) => {
+                o.interval == BillingInterval::Weekly
+            }
+            AccountChange::PlanStarted(t) | AccountChange::PlanChanged(t) => t.plan == Plan::ApiCredits,
+            AccountChange::PlanCancelled
+            | AccountChange::ContractSigned(_)
+            | AccountChange::QualityRefund { .. }
+            | AccountChange::CreditsPurchased { .. } => false,
+        }
+    }
 }
 
 /// An enterprise contract (`api_enterprise`, billing.md §4), checked against the catalog

@@ -239,7 +239,7 @@ fn draw(out: &mut CycleFigures, g: usize, version: &Version, draws: &mut Draws<'
         g.remove_background_images += images;
     }
     draws.credits.advance(rec.at, Some(&rec.event_id));
-    let over = crate::plans::draw(g, draws, Usage { rec, images, value });
+    let over = crate::plans::draw(g, draws, Usage { rec, images, rate, value });
     if over > Decimal::ZERO {
         *g.over_by_api.entry(rec.api).or_default() += over;
     }

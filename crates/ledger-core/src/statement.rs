@@ -135,7 +135,7 @@ pub fn lines(spec: &CycleSpec, version: &Version, figures: &CycleFigures, carry:
     lines.extend(credits::purchase_lines(figures));
     lines.extend(app::top_up_lines(figures));
     lines.extend(bucket::overage_lines(figures, version));
-    lines.extend(credits::overage_lines(figures));
+    lines.extend(credits::overage_lines(figures, version));
     lines.extend(partner::lines(figures, version));
     lines.extend(contract::lines(figures));
     lines.extend(credits::expiry_lines(figures));

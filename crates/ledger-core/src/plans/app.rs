@@ -165,20 +165,50 @@ pub(crate) fn upgrade(
     true
 }
 
-/// A cycle of an app subscription: `month` continues one, `None` starts one. Renewals
-/// are priced by the catalog in force at each cycle's start.
+/// How an app cycle opens: the next month of a subscription, or a new subscription
+/// (after a weekly one whose last week was paid to `WeeklyPaid::to`, rules V2).
+pub(crate) enum Opening {
+    Next(AppMonth),
+    New(Option<WeeklyPaid>),
+}
+
+/// A weekly subscription's fees as a deferred change finds them: weeks from `since`,
+/// paid to `to` (the end of the last week that started before the change took effect).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WeeklyPaid {
+    pub since: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    /// Where a yearly subscription starting with the cycle would end its first year.
+    pub year_end: DateTime<Utc>,
+}
+
+/// The first boundary of the weeks from `since` at or after `t`.
+pub(crate) fn week_boundary_from(since: DateTime<Utc>, t: DateTime<Utc>) -> DateTime<Utc> {
+    let week = chrono::Duration::days(7).num_nanoseconds().expect("fits");
+    let nanos = (t - since).num_nanoseconds().expect("within centuries").max(0);
+    since + chrono::Duration::nanoseconds((nanos + week - 1) / week * week)
+}
+
+/// A cycle of an app subscription. Renewals are priced by the catalog in force at each
+/// cycle's start. A new subscription after a weekly one bills from where the weekly fees
+/// were paid to, so no day is billed twice: weekly fees go on along the same weeks; a
+/// monthly or yearly fee is charged for the share of its period left from there.
 pub(crate) fn open_cycle(
     catalog: &Catalog,
     start: DateTime<Utc>,
     end: DateTime<Utc>,
     terms: PlanTerms,
     options: AppOptions,
-    month: Option<AppMonth>,
+    opening: Opening,
     cause: &EventId,
 ) -> Result<CycleSpec, Violation> {
     let version = version_in_force(catalog, start, cause)?;
     let seats = check(version, &terms, &options, false).map_err(|reject| Violation::new(cause, reject))?;
-    let (since, n) = month.map_or((start, 0), |m| (m.since, m.month));
+    let (since, n, paid) = match opening {
+        Opening::Next(m) => (m.since, m.month, None),
+        Opening::New(Some(p)) if options.interval == BillingInterval::Weekly => (p.since, 0, None),
+        Opening::New(paid) => (start, 0, paid.filter(|p| p.to > start)),
+    };
     let options = AppOptions { interval: options.interval, seats };
     let month = AppMonth::on(version, terms.plan, options, since, n).expect("check found the rule");
     let label = label(version, &terms);
@@ -190,22 +220,53 @@ pub(crate) fn open_cycle(
     };
     let mut charges = Vec::new();
     if price > Decimal::ZERO && periods > 0 {
-        let quantity = periods * u64::from(seats);
         let what = match options.interval {
             BillingInterval::Weekly => format!("{periods} week(s)"),
             BillingInterval::Monthly => "month".to_string(),
             BillingInterval::Yearly => "year".to_string(),
         };
-        charges.push(Charge {
-            kind: ChargeKind::SubscriptionFee,
-            description: format!("{label}, {} billing: {what}, {seats} seat(s)", options.interval.key()),
-            quantity,
-            unit_price: price,
-            amount: price * Decimal::from(quantity),
-            fraction: Decimal::ONE,
+        let description = format!("{label}, {} billing: {what}, {seats} seat(s)", options.interval.key());
+        charges.push(match paid {
+            Some(p) => first_fee_after_weeks(description, &options, price, (start, end), p),
+            None => {
+                let quantity = periods * u64::from(seats);
+                Charge {
+                    kind: ChargeKind::SubscriptionFee,
+                    description,
+                    quantity,
+                    unit_price: price,
+                    amount: price * Decimal::from(quantity),
+                    fraction: Decimal::ONE,
+                }
+            }
         });
     }
     Ok(cycle_of(start, end, version, terms, Allowance::App(month), charges))
+}
+
+/// The first monthly or yearly fee after weekly ones paid to `paid.to`: the share of its
+/// period left from there, per seat, rounded to cents.
+fn first_fee_after_weeks(
+    description: String,
+    options: &AppOptions,
+    price: Decimal,
+    (start, end): (DateTime<Utc>, DateTime<Utc>),
+    paid: WeeklyPaid,
+) -> Charge {
+    let period_end = if options.interval == BillingInterval::Yearly { paid.year_end } else { end };
+    let fraction = fraction_left(start, period_end, paid.to);
+    let unit_price = round_cents(price * fraction);
+    let seats = u64::from(options.seats);
+    let description =
+        format!("{description}, from {} (weekly fees paid to then), {} of it", fmt_time(paid.to), fraction.normalize());
+    Charge {
+        kind: ChargeKind::SubscriptionFee,
+        description,
+        quantity: seats,
+        unit_price,
+        amount: unit_price * Decimal::from(seats),
+        fraction,
+    }
 }
 
 /// AI-credit top-ups as one cycle of an app subscription sees them.

@@ -14,7 +14,7 @@ use crate::plans::{label, Allowance};
 use crate::reject::{Reject, RejectCode};
 use crate::statement::LineItem;
 use crate::timeline::calendar::fraction_left;
-use crate::timeline::{Charge, ChargeKind, CycleSpec, Gen};
+use crate::timeline::{Charge, ChargeKind, CycleSpec, Gen, Rules};
 
 /// A bucket is a positive multiple of the plan's step.
 pub(crate) fn check_size(terms: &PlanTerms, step_images: u64) -> Result<(), Reject> {
@@ -43,7 +43,7 @@ pub(crate) fn upgrade(
     policy: UpgradePolicy,
     at: DateTime<Utc>,
 ) {
-    let r = fraction_left(cycle.start, cycle.end, at);
+    let (r, rules) = (fraction_left(cycle.start, cycle.end, at), cycle.rules);
     let new_price = version.price(&terms);
     let last = cycle.gens.last().expect("a cycle has a generation");
     let (number, last_price) = (last.number + 1, version.price(&last.terms));
@@ -55,7 +55,7 @@ pub(crate) fn upgrade(
             let amount = round_cents(new_price * r);
             let description = format!("Upgrade to {name}, {} of the cycle left (restart_prorated)", r.normalize());
             cycle.charges.push(Charge::once(ChargeKind::UpgradeCharge, description, amount, r));
-            cycle.gens.push(gen(version, terms, at, number, amount));
+            cycle.gens.push(gen(version, terms, at, number, amount, rules));
         }
         UpgradePolicy::DifferenceProrated => {
             // The bucket becomes the new size for the whole cycle; usage so far counts.
@@ -63,7 +63,7 @@ pub(crate) fn upgrade(
             let description = format!("Upgrade to {name}, {} of the cycle left (difference_prorated)", r.normalize());
             cycle.charges.push(Charge::once(ChargeKind::UpgradeCharge, description, amount, r));
             let last = cycle.gens.last_mut().expect("a cycle has a generation");
-            *last = gen(version, terms, last.from, number, new_price);
+            *last = gen(version, terms, last.from, number, new_price, rules);
         }
     }
 }
@@ -122,7 +122,7 @@ pub fn summary(figures: &CycleFigures, version: &Version) -> Option<Summary> {
 }
 
 /// A generation of `terms` worth `value` from `from`.
-fn gen(version: &Version, terms: PlanTerms, from: DateTime<Utc>, number: u32, value: Decimal) -> Gen {
-    let allowance = Allowance::of_rule(version, &terms, value);
+fn gen(version: &Version, terms: PlanTerms, from: DateTime<Utc>, number: u32, value: Decimal, rules: Rules) -> Gen {
+    let allowance = Allowance::of_rule(version, &terms, value, rules);
     Gen { from, number, terms, allowance }
 }

@@ -1,6 +1,7 @@
 //! Legacy API credits (`api_credits`): bought in advance, one credit per image of
-//! either API worth the credit rate, usage past them billed at that rate, and the
-//! remainder expiring on the catalog's date. The balance crosses cycles (`CreditWalk`).
+//! either API worth the credit rate, usage past them billed at the rate of the catalog
+//! governing the cycle (rules V2; at the credit rate under V1), and the remainder
+//! expiring on the catalog's date. The balance crosses cycles (`CreditWalk`).
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
@@ -14,7 +15,7 @@ use crate::plans::{Allowance, Meter, MeterInput, MeterKind, Usage};
 use crate::reject::{Reject, RejectCode};
 use crate::statement::{LineItem, LineKind, UnitPrice};
 use crate::timeline::calendar::fmt_time;
-use crate::timeline::CycleSpec;
+use crate::timeline::{CycleSpec, Rules};
 
 /// The team's credits as one cycle sees them.
 #[derive(Debug, Clone, Default)]
@@ -41,6 +42,9 @@ pub struct CreditFigures {
     pub balance_end: u64,
     /// `(credits, amount paid)` of each purchase in the cycle.
     pub purchases: Vec<(u64, Decimal)>,
+    /// `(seq, credits)` of each usage record that drew credits, in draw order: what a
+    /// refund after the close gives back at the credit rate.
+    pub draws: Vec<(u64, u64)>,
 }
 
 /// Walks the credit balance through a cycle in `(at, event_id)` order.
@@ -88,6 +92,9 @@ impl<'a> CreditWalk<'a> {
         let drawn = self.balance.min(u64::from(rec.images));
         self.balance -= drawn;
         self.out.used += drawn;
+        if drawn > 0 {
+            self.out.draws.push((rec.seq, drawn));
+        }
         drawn
     }
 
@@ -101,14 +108,25 @@ impl<'a> CreditWalk<'a> {
     }
 }
 
-/// Usage draws one credit per image while credits last; the rest is billed at the rate.
-pub(crate) fn draw(g: &mut GenFigures, draws: &mut Draws<'_>, image_rate: Decimal, usage: Usage<'_>) -> Decimal {
+/// Usage draws one credit per image while credits last; the rest is billed at the
+/// image's rate (the credit's under rules V1, the catalog's for the API under V2).
+pub(crate) fn draw(g: &mut GenFigures, draws: &mut Draws<'_>, usage: Usage<'_>) -> Decimal {
     let credits = draws.credits.draw(usage.rec);
-    g.cover(usage.value, image_rate * Decimal::from(credits))
+    g.cover(usage.value, usage.rate * Decimal::from(credits))
 }
 
+/// Whether images past the credits are billed at the catalog's rate for their API
+/// rather than the credit's: under rules V2, where the two differ (from the 2025-02-27
+/// catalog, a removal costs $0.02; before it every image cost the credit's $0.10).
+pub(crate) fn past_at_list(version: &Version, rules: Rules) -> bool {
+    let Some((image_rate, ..)) = version.credits() else { return false };
+    rules >= Rules::V2
+        && [Api::RemoveBackground, Api::ImageEditing].into_iter().any(|api| version.rate(api) != Some(image_rate))
+}
+
+/// One credit per image, valued at the credit rate: images drawn against credits held.
 pub(crate) fn meters(image_rate: Decimal, m: &MeterInput) -> Vec<Meter> {
-    vec![Meter::of(MeterKind::Credits, m.value, image_rate * Decimal::from(m.credits))]
+    vec![Meter::of(MeterKind::Credits, image_rate * Decimal::from(m.images), image_rate * Decimal::from(m.credits))]
 }
 
 /// Credits are bought on the `api_credits` plan, while the catalog version of the cycle
@@ -130,13 +148,14 @@ pub(crate) fn purchase_lines(figures: &CycleFigures) -> Vec<LineItem> {
     LineItem::purchases(purchases, "API credits (one per image of either API)")
 }
 
-/// Usage past the credits, by API and credit rate.
-pub(crate) fn overage_lines(figures: &CycleFigures) -> Vec<LineItem> {
+/// Usage past the credits, by API and the rate it was billed at.
+pub(crate) fn overage_lines(figures: &CycleFigures, version: &Version) -> Vec<LineItem> {
     let mut past_credits: BTreeMap<(Api, Decimal), Decimal> = BTreeMap::new();
     for g in &figures.gens {
-        let Allowance::Credits { image_rate } = g.allowance else { continue };
+        let Allowance::Credits { .. } = g.allowance else { continue };
         for (api, v) in &g.over_by_api {
-            *past_credits.entry((*api, image_rate)).or_default() += *v;
+            let rate = g.allowance.rate(version, &g.terms, *api).expect("credits price API calls");
+            *past_credits.entry((*api, rate)).or_default() += *v;
         }
     }
     past_credits.into_iter().map(|((api, rate), value)| LineItem::overage(api, rate, value, "the credits")).collect()

@@ -17,7 +17,7 @@ use crate::figures::{Draws, GenFigures};
 use crate::ids::EventId;
 use crate::reject::{Reject, RejectCode};
 use crate::timeline::derive::Next;
-use crate::timeline::{cycle_of, version_in_force, CycleSpec, Violation};
+use crate::timeline::{cycle_of, version_in_force, CycleSpec, Rules, Violation};
 
 pub use app::AppMonth;
 pub use contract::ContractMonth;
@@ -31,9 +31,11 @@ pub enum Allowance {
     Trial { value: Decimal, sandbox_images: Option<u64> },
     /// Usage billed as it comes, with a monthly commitment in background-removal images.
     Partner { commitment_images: u64, rate: Decimal },
-    /// Legacy credits: images of either API draw one credit each (worth `image_rate`);
-    /// past the credits they are billed at `image_rate`.
-    Credits { image_rate: Decimal },
+    /// Legacy credits: images of either API draw one credit each (worth `image_rate`).
+    /// Past the credits an image is billed at the catalog's rate for its API when
+    /// `past_at_list` (rules V2, where that rate differs from the credit's), else at
+    /// `image_rate` (rules V1, or a catalog whose rates are the credit's).
+    Credits { image_rate: Decimal, past_at_list: bool },
     /// One month of an enterprise contract's term: the allotment drawn first (with what
     /// rolled over), then overage at the contract rate less volume discounts.
     Contract(ContractMonth),
@@ -44,7 +46,7 @@ pub enum Allowance {
 impl Allowance {
     /// The allowance `terms` give under `version` (contracts and app plans open their
     /// own cycles); `value` is what a bucket is worth (its price, or an upgrade charge).
-    pub(crate) fn of_rule(version: &Version, terms: &PlanTerms, value: Decimal) -> Allowance {
+    pub(crate) fn of_rule(version: &Version, terms: &PlanTerms, value: Decimal, rules: Rules) -> Allowance {
         match version.plan(terms.plan).expect("checked plan") {
             PlanRule::Bucket { .. } => Allowance::Bucket { value },
             PlanRule::Trial { api, allowance_images, sandbox_images, .. } => {
@@ -53,7 +55,9 @@ impl Allowance {
             PlanRule::Partner { commitment_images, remove_background_rate, .. } => {
                 Allowance::Partner { commitment_images: *commitment_images, rate: *remove_background_rate }
             }
-            PlanRule::Credits { image_rate, .. } => Allowance::Credits { image_rate: *image_rate },
+            PlanRule::Credits { image_rate, .. } => {
+                Allowance::Credits { image_rate: *image_rate, past_at_list: credits::past_at_list(version, rules) }
+            }
             PlanRule::Enterprise { .. } | PlanRule::App { .. } => {
                 unreachable!("check_plan refuses contracts and app plans without their terms")
             }
@@ -74,10 +78,11 @@ impl Allowance {
             {
                 None
             }
+            Allowance::Credits { past_at_list: true, .. } => version.rate(api),
             Allowance::Bucket { .. }
             | Allowance::Trial { .. }
             | Allowance::Partner { .. }
-            | Allowance::Credits { .. } => version.rate_for(terms, api),
+            | Allowance::Credits { past_at_list: false, .. } => version.rate_for(terms, api),
         }
     }
 
@@ -150,7 +155,7 @@ impl Allowance {
             Allowance::Bucket { value } => vec![Meter::of(MeterKind::Bucket, m.value, *value)],
             Allowance::Trial { value, sandbox_images } => trial::meters(*value, *sandbox_images, m),
             Allowance::Partner { commitment_images, .. } => partner::meters(*commitment_images, m),
-            Allowance::Credits { image_rate } => credits::meters(*image_rate, m),
+            Allowance::Credits { image_rate, .. } => credits::meters(*image_rate, m),
             Allowance::Contract(month) => contract::meters(month, m),
             Allowance::App(month) => app::meters(month, m),
         }
@@ -164,7 +169,7 @@ pub(crate) fn draw(g: &mut GenFigures, draws: &mut Draws<'_>, usage: Usage<'_>) 
         // A bucket's or a trial's value covers usage first; the rest is past it.
         Allowance::Bucket { value } | Allowance::Trial { value, .. } => g.cover_up_to(value, usage.value),
         Allowance::Partner { .. } => Decimal::ZERO,
-        Allowance::Credits { image_rate } => credits::draw(g, draws, image_rate, usage),
+        Allowance::Credits { .. } => credits::draw(g, draws, usage),
         Allowance::Contract(_) => draws.contract.as_mut().expect("a contract cycle has its term").draw(usage),
         Allowance::App(_) => {
             draws.app.as_mut().expect("an app cycle has app figures").draw(usage);
@@ -178,6 +183,8 @@ pub(crate) fn draw(g: &mut GenFigures, draws: &mut Draws<'_>, usage: Usage<'_>) 
 pub(crate) struct Usage<'a> {
     pub rec: &'a crate::figures::UsageRec,
     pub images: u64,
+    /// What one image is billed at, and `images` of them.
+    pub rate: Decimal,
     pub value: Decimal,
 }
 
@@ -278,13 +285,14 @@ pub(crate) fn open_cycle(
     end: DateTime<Utc>,
     terms: PlanTerms,
     cause: &EventId,
+    rules: Rules,
 ) -> Result<CycleSpec, Violation> {
     let version = version_in_force(catalog, start, cause)?;
     check_plan(version, &terms).map_err(|reject| Violation::new(cause, reject))?;
     let price = version.price(&terms);
-    let allowance = Allowance::of_rule(version, &terms, price);
+    let allowance = Allowance::of_rule(version, &terms, price, rules);
     let charges = bucket::fee(version, &terms, price).into_iter().collect();
-    Ok(cycle_of(start, end, version, terms, allowance, charges))
+    Ok(CycleSpec { rules, ..cycle_of(start, end, version, terms, allowance, charges) })
 }
 
 /// New subscriptions to a plan the version keeps only for existing holders are refused.

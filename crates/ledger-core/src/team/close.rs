@@ -9,7 +9,9 @@ use crate::entry::{CreditsExpired, CycleClosed, Entry};
 use crate::figures::CycleFigures;
 use crate::plans::app::AppFigures;
 use crate::plans::contract::{ContractCarry, ContractFigures};
+use crate::plans::Allowance;
 use crate::report::fmt_time;
+use crate::timeline::{self, RuleBook, Rules};
 
 /// What one cycle hands the next: legacy credits left, the contract term's position and
 /// AI-credit top-ups left.
@@ -39,21 +41,44 @@ impl Team {
             // Credits expiring inside this cycle expire before it closes, onto its invoice.
             let end = self.schedule[self.closed].end;
             applied.extend(self.expire_credits(catalog, closed_by, Some(end)));
+            let rules = self.close_rules(catalog);
             let spec = &self.schedule[self.closed];
             let invoice = self.invoice_for(catalog, self.closed, false, self.next_seq);
-            let entry = Entry::CycleClosed(CycleClosed {
+            let close = CycleClosed {
                 period_start: spec.start,
                 period_end: spec.end,
                 closed_by,
                 total: invoice.total_exact,
                 forfeited: invoice.forfeited_exact,
-            });
+            };
+            let entry = match rules {
+                Rules::V1 => Entry::CycleClosed(close),
+                rules => Entry::ClosedUnder { close, rules: rules.number() },
+            };
             let seq = self.next_seq;
             let effects = self.apply(catalog, seq, &entry).unwrap_or_else(|f| panic!("a close must fold: {f}"));
             applied.push(Applied { seq, entry, effects });
         }
         applied.extend(self.expire_credits(catalog, closed_by, None));
         applied
+    }
+
+    /// The rules the next cycle to close is recorded under: rules 1 (`CycleClosed`, as
+    /// every earlier build wrote it) where they price it as the current rules do, else
+    /// the current rules.
+    fn close_rules(&self, catalog: &Catalog) -> Rules {
+        if !self.rules_matter() {
+            return Rules::V1;
+        }
+        let spec = &self.schedule[self.closed];
+        let mut book = self.older_rules();
+        book.push((spec.start, Rules::V1));
+        let older = timeline::derive(&self.account, catalog, spec.start, RuleBook { older: &book })
+            .expect("an accepted timeline derives");
+        match older.get(self.closed) {
+            Some(old) if old.same_pricing(spec) => Rules::V1,
+            _ => Rules::CURRENT,
+        }
     }
 
     /// When the team's credits expire, if it ever bought any.
@@ -113,7 +138,13 @@ impl Team {
         Ok(Effects::default())
     }
 
-    pub(super) fn apply_close(&mut self, catalog: &Catalog, seq: u64, m: &CycleClosed) -> Result<Effects, String> {
+    pub(super) fn apply_close(
+        &mut self,
+        catalog: &Catalog,
+        seq: u64,
+        m: &CycleClosed,
+        rules: Rules,
+    ) -> Result<Effects, String> {
         self.ensure_horizon(catalog, m.closed_by);
         let Some(spec) = self.schedule.get(self.closed) else {
             return Err(format!("CycleClosed for {} but no open cycle", fmt_time(m.period_start)));
@@ -125,6 +156,15 @@ impl Team {
                 fmt_time(m.period_end)
             ));
         }
+        if spec.rules != rules {
+            // Closed under older rules (a ledger written before they changed): priced by
+            // them, and the cycles after it derived from it.
+            self.schedule[self.closed].rules = rules;
+            if self.rules_matter() {
+                self.rederive(catalog).map_err(|v| format!("rules {} break the timeline: {v:?}", rules.number()))?;
+                self.reaggregate(catalog);
+            }
+        }
         let invoice = self.invoice_for(catalog, self.closed, false, seq);
         if (invoice.total_exact, invoice.forfeited_exact) != (m.total, m.forfeited) {
             return Err(format!(
@@ -134,6 +174,11 @@ impl Team {
         }
         let figures = self.cycle_figures(catalog, self.closed, None);
         self.carried = Carried::out_of(self.carried, &figures);
+        let spec = &self.schedule[self.closed];
+        if spec.gens.iter().any(|g| matches!(g.allowance, Allowance::Credits { past_at_list: true, .. })) {
+            let draws = figures.credits.as_ref().map(|c| c.draws.as_slice()).unwrap_or_default();
+            self.credit_draws.extend(draws.iter().map(|(seq, n)| (*seq, u32::try_from(*n).expect("images are u32"))));
+        }
         let (start, end) = (spec.start, spec.end);
         let mut kept = Vec::with_capacity(self.pending.len());
         for rec in std::mem::take(&mut self.pending) {

@@ -53,7 +53,9 @@ impl Team {
                 let mut account = self.account.clone();
                 insert_sorted(&mut account, e.clone());
                 let horizon = self.horizon.max(e.occurred_at);
-                timeline::derive(&account, catalog, horizon).map_err(|v| v.reject)?;
+                let book = self.older_rules();
+                timeline::derive(&account, catalog, horizon, timeline::RuleBook { older: &book })
+                    .map_err(|v| v.reject)?;
                 Ok(Entry::Account(e))
             }
         }

@@ -9,6 +9,7 @@ use crate::entry::{Entry, RefundTarget};
 use crate::event::{AccountChange, AccountEvent, Api, ImageProcessed};
 use crate::figures::{CarryKind, CarryLine, Purchase, UsageRec};
 use crate::reject::Fault;
+use crate::timeline::Rules;
 
 impl Team {
     /// Folds one ledger entry. The same function serves live appends and replay.
@@ -25,7 +26,16 @@ impl Team {
             }
             Entry::Account(e) => self.apply_plan_change(catalog, e).map_err(fault)?,
             Entry::Refund { event, target } => self.apply_refund(catalog, event, target).map_err(fault)?,
-            Entry::CycleClosed(m) => self.apply_close(catalog, seq, m).map_err(fault)?,
+            Entry::CycleClosed(m) => self.apply_close(catalog, seq, m, Rules::V1).map_err(fault)?,
+            Entry::ClosedUnder { close, rules } => {
+                let known = Rules::from_number(*rules).filter(|r| *r <= Rules::CURRENT).ok_or_else(|| {
+                    fault(format!(
+                        "closed under billing rules {rules}; this build knows rules 1 to {}",
+                        Rules::CURRENT.number()
+                    ))
+                })?;
+                self.apply_close(catalog, seq, close, known).map_err(fault)?
+            }
             Entry::CreditsExpired(x) => self.apply_expiry(catalog, seq, x).map_err(fault)?,
         };
         self.next_seq += 1;
@@ -82,12 +92,7 @@ impl Team {
         self.rederive(catalog)
             .map_err(|v| format!("plan change {} breaks the timeline: {}", v.event_id, v.reject.detail))?;
         // A change can move usage between generations: rebuild, then fire what is now crossed.
-        self.aggs.clear();
-        let pending = std::mem::take(&mut self.pending);
-        for rec in &pending {
-            self.aggregate(catalog, rec);
-        }
-        self.pending = pending;
+        self.reaggregate(catalog);
         let mut alerts = Vec::new();
         for c in self.closed..self.schedule.len() {
             for g in 0..self.schedule[c].gens.len() {
@@ -154,8 +159,28 @@ impl Team {
         let (c, api, rate) = self
             .charge_of(catalog, target)
             .ok_or_else(|| format!("refunded event {original_event_id} was never billed"))?;
-        self.carry_line(CarryKind::RefundCredit, c, api, rate, target.images);
+        // Images that drew legacy credits give back the credit's worth; the rest what
+        // they were billed (rules V2 bill images past the credits at the catalog's rate).
+        let drawn = self.credit_draws.remove(&target.seq).map_or(0, |d| d.min(target.images));
+        if drawn > 0 {
+            let version = catalog.version(&self.schedule[c].version_id).expect("cycle version exists");
+            let (credit_rate, ..) = version.credits().ok_or("credits drawn under a version without credits")?;
+            self.carry_line(CarryKind::RefundCredit, c, api, credit_rate, drawn);
+        }
+        if target.images > drawn {
+            self.carry_line(CarryKind::RefundCredit, c, api, rate, target.images - drawn);
+        }
         Ok(Effects::default())
+    }
+
+    /// Rebuilds the open cycles' aggregates from their usage (after a new derivation).
+    pub(super) fn reaggregate(&mut self, catalog: &Catalog) {
+        self.aggs.clear();
+        let pending = std::mem::take(&mut self.pending);
+        for rec in &pending {
+            self.aggregate(catalog, rec);
+        }
+        self.pending = pending;
     }
 
     /// Carries a line for closed cycle `c` to the next invoice.

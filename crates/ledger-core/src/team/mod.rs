@@ -20,7 +20,7 @@ use crate::figures::{CarryLine, Purchase, UsageRec};
 use crate::ids::{EventId, TeamId};
 use crate::plans::{AppMonth, Meter, MeterInput};
 use crate::report::{fmt_time, Alert, Invoice, Unplanned};
-use crate::timeline::{self, CycleSpec, Gen};
+use crate::timeline::{self, CycleSpec, Gen, RuleBook, Rules};
 
 pub use crate::reject::{Fault, Reject};
 use close::Carried;
@@ -84,6 +84,9 @@ pub struct Team {
     top_ups: Vec<Purchase>,
     /// The recorded expiry: `(seq, credits)`.
     credits_expired: Option<(u64, u64)>,
+    /// Credits each usage record of a closed cycle drew, where images past the credits
+    /// were billed at another rate than the credit's (rules V2): what a refund gives back.
+    credit_draws: HashMap<u64, u32>,
 }
 
 const HORIZON_STEP_DAYS: i64 = 62;
@@ -116,6 +119,7 @@ impl Team {
             carried: Carried::default(),
             top_ups: Vec::new(),
             credits_expired: None,
+            credit_draws: HashMap::new(),
         }
     }
 
@@ -185,7 +189,8 @@ impl Team {
         let c = self.cycle_at(t)?;
         let derived;
         let spec = if c < self.closed {
-            let cycles = timeline::derive(&self.account, catalog, self.schedule[c].start);
+            let book = self.older_rules();
+            let cycles = timeline::derive(&self.account, catalog, self.schedule[c].start, RuleBook { older: &book });
             derived = cycles.expect("an accepted timeline derives").swap_remove(c);
             debug_assert!((derived.start, derived.end) == (self.schedule[c].start, self.schedule[c].end));
             &derived
@@ -218,14 +223,36 @@ impl Team {
     }
 
     fn rederive(&mut self, catalog: &Catalog) -> Result<(), timeline::Violation> {
-        let mut schedule = timeline::derive(&self.account, catalog, self.horizon)?;
+        let book = self.older_rules();
+        let mut schedule = timeline::derive(&self.account, catalog, self.horizon, RuleBook { older: &book })?;
         let closed = self.closed.min(schedule.len());
-        schedule[..closed].iter_mut().for_each(CycleSpec::hollow);
+        for (new, old) in schedule[..closed].iter_mut().zip(&self.schedule) {
+            new.hollow();
+            // A team the rules do not concern derives its closed cycles under the current
+            // rules; they price them the same, and the close recorded which it was.
+            new.rules = old.rules;
+        }
         // Kept for the team's life, one a cycle: no room to grow (derive pushed them).
         schedule.shrink_to_fit();
         debug_assert!(self.schedule[..self.closed] == schedule[..self.closed], "closed cycles never change");
         self.schedule = schedule;
         Ok(())
+    }
+
+    /// Whether the rule sets can price this team's cycles differently: it had a weekly
+    /// app subscription or legacy credits (`Rules`). Other teams derive every cycle under
+    /// the current rules.
+    fn rules_matter(&self) -> bool {
+        self.account.iter().any(|e| e.change.rules_matter())
+    }
+
+    /// The cycles priced under older rules (their closes said so, or the one being
+    /// closed is tagged so), for the derivation: empty where the rules do not matter.
+    fn older_rules(&self) -> Vec<(DateTime<Utc>, Rules)> {
+        if !self.rules_matter() {
+            return Vec::new();
+        }
+        self.schedule.iter().filter(|c| c.rules != Rules::CURRENT).map(|c| (c.start, c.rules)).collect()
     }
 
     /// Usage no plan prices, once it can no longer change: listed while among the newest.

@@ -3,12 +3,27 @@
 use chrono::{DateTime, Utc};
 
 use crate::catalog::Catalog;
+use crate::event::BillingInterval;
 use crate::event::{AccountChange, AccountEvent, AppOptions, ContractTerms, Plan, PlanTerms, UpgradePolicy};
 use crate::ids::EventId;
 use crate::plans::{self, app, bucket, contract, AppMonth, ContractMonth};
 use crate::reject::{Reject, RejectCode};
 use crate::timeline::calendar::cycle_start;
-use crate::timeline::{CycleSpec, Violation};
+use crate::timeline::{CycleSpec, Rules, Violation};
+
+/// Which cycles are priced under older rules: the starts of those whose close recorded
+/// them, sorted. Every other cycle is priced under `Rules::CURRENT`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RuleBook<'a> {
+    pub older: &'a [(DateTime<Utc>, Rules)],
+}
+
+impl RuleBook<'_> {
+    /// The rules of the cycle starting at `start`.
+    pub fn at(&self, start: DateTime<Utc>) -> Rules {
+        self.older.binary_search_by_key(&start, |(s, _)| *s).map_or(Rules::CURRENT, |i| self.older[i].1)
+    }
+}
 
 /// A change scheduled for the next cycle.
 pub(crate) enum Pending {
@@ -25,8 +40,9 @@ pub(crate) enum Next {
     Term(ContractTerms),
     /// The next month of the current term.
     Month(ContractMonth),
-    /// A new app subscription starting with the cycle.
-    App(PlanTerms, AppOptions),
+    /// A new app subscription starting with the cycle; the start of the weekly fees'
+    /// grid when it follows a weekly subscription.
+    App(PlanTerms, AppOptions, Option<DateTime<Utc>>),
     /// The next month of the current app subscription.
     AppMonth(PlanTerms, AppMonth),
 }
@@ -53,7 +69,13 @@ impl Active {
             Some(Pending::Cancel) => None,
             Some(Pending::Change(terms)) => Some(Next::Plan(terms)),
             Some(Pending::Contract(terms)) => Some(Next::Term(terms)),
-            Some(Pending::App(terms, options)) => Some(Next::App(terms, options)),
+            Some(Pending::App(terms, options)) => {
+                let weekly_since = match &last.allowance {
+                    plans::Allowance::App(m) if m.options.interval == BillingInterval::Weekly => Some(m.since),
+                    _ => None,
+                };
+                Some(Next::App(terms, options, weekly_since))
+            }
             None => Some(last.allowance.renewal(&last.terms)),
         }
     }
@@ -65,6 +87,7 @@ pub fn derive(
     account: &[AccountEvent],
     catalog: &Catalog,
     horizon: DateTime<Utc>,
+    book: RuleBook<'_>,
 ) -> Result<Vec<CycleSpec>, Violation> {
     let mut cycles = Vec::new();
     let mut active: Option<Active> = None;
@@ -80,7 +103,7 @@ pub fn derive(
                 match next {
                     Some(next) if !done => {
                         a.k += 1;
-                        a.cycle = open_next(catalog, a, next)?;
+                        a.cycle = open_next(catalog, a, next, book)?;
                     }
                     _ => active = None,
                 }
@@ -91,33 +114,58 @@ pub fn derive(
             }
         }
         let Some(e) = events.next() else { break };
-        apply_change(&mut active, e, catalog)?;
+        apply_change(&mut active, e, catalog, book)?;
     }
     Ok(cycles)
 }
 
-fn open_next(catalog: &Catalog, a: &Active, next: Next) -> Result<CycleSpec, Violation> {
+fn open_next(catalog: &Catalog, a: &Active, next: Next, book: RuleBook<'_>) -> Result<CycleSpec, Violation> {
     let (start, end) = (cycle_start(a.anchor, a.k), cycle_start(a.anchor, a.k + 1));
-    match next {
-        Next::Plan(terms) => plans::open_cycle(catalog, start, end, terms, &a.last_event),
+    let rules = book.at(start);
+    let mut spec = match next {
+        Next::Plan(terms) => plans::open_cycle(catalog, start, end, terms, &a.last_event, rules),
         Next::Term(terms) => {
             let term_end = cycle_start(a.anchor, a.k + terms.term_months);
             let month = ContractMonth { terms, term_start: start, term_end, month: 0 };
             contract::open_cycle(catalog, start, end, month, &a.last_event)
         }
         Next::Month(month) => contract::open_cycle(catalog, start, end, month, &a.last_event),
-        Next::App(terms, options) => app::open_cycle(catalog, start, end, terms, options, None, &a.last_event),
-        Next::AppMonth(terms, month) => {
-            app::open_cycle(catalog, start, end, terms, month.options, Some(month), &a.last_event)
+        Next::App(terms, options, weekly_since) => {
+            // Under the current rules the weekly fees paid run to the end of their week:
+            // the new plan's billing takes over there (billing.md §4, app track).
+            let paid = weekly_since.filter(|_| rules >= Rules::V2).map(|since| app::WeeklyPaid {
+                since,
+                to: app::week_boundary_from(since, start),
+                year_end: cycle_start(a.anchor, a.k + 12),
+            });
+            app::open_cycle(catalog, start, end, terms, options, app::Opening::New(paid), &a.last_event)
         }
-    }
+        Next::AppMonth(terms, month) => {
+            app::open_cycle(catalog, start, end, terms, month.options, app::Opening::Next(month), &a.last_event)
+        }
+    }?;
+    spec.rules = rules;
+    Ok(spec)
 }
 
 fn placeholder(at: DateTime<Utc>) -> CycleSpec {
-    CycleSpec { start: at, end: at, version_id: String::new(), grace_seconds: 0, gens: Vec::new(), charges: Vec::new() }
+    CycleSpec {
+        start: at,
+        end: at,
+        version_id: String::new(),
+        grace_seconds: 0,
+        rules: Rules::CURRENT,
+        gens: Vec::new(),
+        charges: Vec::new(),
+    }
 }
 
-fn apply_change(active: &mut Option<Active>, e: &AccountEvent, catalog: &Catalog) -> Result<(), Violation> {
+fn apply_change(
+    active: &mut Option<Active>,
+    e: &AccountEvent,
+    catalog: &Catalog,
+    book: RuleBook<'_>,
+) -> Result<(), Violation> {
     let refuse = |code, reason: String| Err(Violation::new(&e.event_id, Reject::new(code, reason)));
     match (&e.change, active.as_mut()) {
         (AccountChange::PlanStarted(terms) | AccountChange::PlanChanged(terms), _)
@@ -139,7 +187,7 @@ fn apply_change(active: &mut Option<Active>, e: &AccountEvent, catalog: &Catalog
             refuse(RejectCode::NoActivePlan, "no active plan to change or cancel".into())
         }
         (_, None) => {
-            *active = start(e, catalog)?;
+            *active = start(e, catalog, book)?;
             Ok(())
         }
         (_, Some(a)) => {
@@ -150,9 +198,10 @@ fn apply_change(active: &mut Option<Active>, e: &AccountEvent, catalog: &Catalog
 }
 
 /// A plan start with no plan active: its instant anchors the cycles.
-fn start(e: &AccountEvent, catalog: &Catalog) -> Result<Option<Active>, Violation> {
+fn start(e: &AccountEvent, catalog: &Catalog, book: RuleBook<'_>) -> Result<Option<Active>, Violation> {
     let refuse = |reject: Reject| Violation::new(&e.event_id, reject);
     let anchor = e.occurred_at;
+    let rules = book.at(anchor);
     let (first_end, cause) = (cycle_start(anchor, 1), &e.event_id);
     let version = || {
         catalog
@@ -162,11 +211,12 @@ fn start(e: &AccountEvent, catalog: &Catalog) -> Result<Option<Active>, Violatio
     let (cycle, policy) = match &e.change {
         AccountChange::PlanStarted(terms) => {
             plans::check_sold(catalog.version_at(anchor), terms).map_err(refuse)?;
-            (plans::open_cycle(catalog, anchor, first_end, terms.clone(), cause)?, terms.upgrade_policy)
+            (plans::open_cycle(catalog, anchor, first_end, terms.clone(), cause, rules)?, terms.upgrade_policy)
         }
         AccountChange::AppPlanStarted(terms, options) => {
             app::check(version()?, terms, options, true).map_err(refuse)?;
-            (app::open_cycle(catalog, anchor, first_end, terms.clone(), *options, None, cause)?, None)
+            let opening = app::Opening::New(None);
+            (app::open_cycle(catalog, anchor, first_end, terms.clone(), *options, opening, cause)?, None)
         }
         AccountChange::ContractSigned(terms) => {
             // A contract signed with no plan active starts its term (and the cycles) now.
@@ -177,6 +227,7 @@ fn start(e: &AccountEvent, catalog: &Catalog) -> Result<Option<Active>, Violatio
         }
         _ => return Ok(None),
     };
+    let cycle = CycleSpec { rules, ..cycle };
     Ok(Some(Active { anchor, k: 0, policy, pending: None, cycle, last_event: e.event_id.clone() }))
 }
 

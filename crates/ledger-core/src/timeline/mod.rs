@@ -14,7 +14,7 @@ use crate::ids::EventId;
 use crate::plans::Allowance;
 use crate::reject::{Reject, RejectCode};
 
-pub use derive::derive;
+pub use derive::{derive, RuleBook};
 
 /// One bucket generation: the plan in force from `from` until the next one (or the
 /// cycle's end). An upgrade starts a new generation, whose alert thresholds fire afresh.
@@ -54,8 +54,47 @@ pub struct CycleSpec {
     pub end: DateTime<Utc>,
     pub version_id: String,
     pub grace_seconds: u32,
+    /// The billing rules the cycle is priced under: the current ones, unless its close
+    /// recorded older ones (`Rules`).
+    pub rules: Rules,
     pub gens: Vec<Gen>,
     pub charges: Vec<Charge>,
+}
+
+/// The billing rules a cycle is priced under. A closed invoice is history: a cycle
+/// closed under older rules is priced by them on every replay, and its close entry says
+/// which (`Entry::CycleClosed` is `V1`, `Entry::ClosedUnder` names its rules).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Rules {
+    /// Before issue 19: a deferred change of a weekly app subscription starts the new
+    /// plan's fees afresh at the cycle start (the days left of the last week paid are
+    /// billed again), and legacy-credit overage is billed at the credit rate ($0.10).
+    V1,
+    /// Billing.md as of issue 19: a weekly subscription's fees take over at the end of
+    /// the week paid for; past the credits, an image costs the governing catalog's rate.
+    #[default]
+    V2,
+}
+
+impl Rules {
+    /// The rules this build prices open cycles under.
+    pub const CURRENT: Rules = Rules::V2;
+
+    /// The number a close entry records.
+    pub fn number(self) -> u16 {
+        match self {
+            Rules::V1 => 1,
+            Rules::V2 => 2,
+        }
+    }
+
+    pub fn from_number(n: u16) -> Option<Rules> {
+        match n {
+            1 => Some(Rules::V1),
+            2 => Some(Rules::V2),
+            _ => None,
+        }
+    }
 }
 
 impl CycleSpec {
@@ -70,6 +109,13 @@ impl CycleSpec {
 
     pub fn closes_at(&self) -> DateTime<Utc> {
         self.end + chrono::Duration::seconds(self.grace_seconds as i64)
+    }
+
+    /// The same cycle as `other` but for the rules it is tagged with: whether pricing it
+    /// under either rule set gives the same plan, allowances and charges.
+    pub fn same_pricing(&self, other: &CycleSpec) -> bool {
+        (self.start, self.end, &self.version_id, self.grace_seconds, &self.gens, &self.charges)
+            == (other.start, other.end, &other.version_id, other.grace_seconds, &other.gens, &other.charges)
     }
 
     /// Drops the generations and charges, keeping the dates, version and grace: what a
@@ -119,6 +165,7 @@ pub(crate) fn cycle_of(
         end,
         version_id: version.id.clone(),
         grace_seconds: version.grace_seconds,
+        rules: Rules::CURRENT,
         gens: vec![Gen { from: start, number: 0, terms, allowance }],
         charges,
     }
