@@ -172,7 +172,7 @@ fn record(line: &str, key: &str) -> Outgoing {
         pb::ledger_input::Event::ImageProcessed(m) => (IMAGES, m.encode_to_vec()),
         pb::ledger_input::Event::AccountEvent(m) => (ACCOUNTS, m.encode_to_vec()),
     };
-    Outgoing { topic: topic.into(), key: key.as_bytes().to_vec(), payload, headers: Vec::new() }
+    Outgoing { topic: topic.into(), key: key.as_bytes().to_vec(), payload, headers: Vec::new(), partition: None }
 }
 
 fn team_of(line: &str) -> String {
@@ -192,8 +192,13 @@ fn every_limit_is_dead_lettered_with_its_code_and_the_stream_goes_on() {
     // Keyed by another team: it would start a second history in another partition.
     bad.push(record(&image("h1-key", "h1", T, ""), "h9"));
     // Near the broker's size limit: its dead letter must still fit one.
-    let huge =
-        Outgoing { topic: IMAGES.into(), key: b"h1".to_vec(), payload: vec![0xff; 900 << 10], headers: Vec::new() };
+    let huge = Outgoing {
+        topic: IMAGES.into(),
+        key: b"h1".to_vec(),
+        payload: vec![0xff; 900 << 10],
+        headers: Vec::new(),
+        partition: None,
+    };
     producer.send_all(&bad).unwrap();
     producer.send_all(std::slice::from_ref(&huge)).unwrap();
     producer.send_all(&tail().iter().map(keyed).collect::<Vec<_>>()).unwrap();

@@ -219,11 +219,11 @@ fn a_refund_consumed_before_its_image_waits_for_it() {
     assert!(dead.is_empty(), "{dead:?}");
 }
 
-fn raw(topic: &str, key: &str, payload: Vec<u8>) -> Outgoing {
-    Outgoing { topic: topic.into(), key: key.as_bytes().to_vec(), payload, headers: Vec::new() }
+pub fn raw(topic: &str, key: &str, payload: Vec<u8>) -> Outgoing {
+    Outgoing { topic: topic.into(), key: key.as_bytes().to_vec(), payload, headers: Vec::new(), partition: None }
 }
 
-fn image(id: &str, team: &str, api: i32, images: u32, sandbox: bool) -> Vec<u8> {
+pub fn image(id: &str, team: &str, api: i32, images: u32, sandbox: bool) -> Vec<u8> {
     ledger_proto::pb::ImageProcessed {
         event_id: id.into(),
         team_id: team.into(),
@@ -236,7 +236,7 @@ fn image(id: &str, team: &str, api: i32, images: u32, sandbox: bool) -> Vec<u8> 
     .encode_to_vec()
 }
 
-fn account(id: &str, team: &str, seconds: i64, change: ledger_proto::pb::account_event::Change) -> Vec<u8> {
+pub fn account(id: &str, team: &str, seconds: i64, change: ledger_proto::pb::account_event::Change) -> Vec<u8> {
     ledger_proto::pb::AccountEvent {
         event_id: id.into(),
         team_id: team.into(),
@@ -426,7 +426,7 @@ fn sigterm_finishes_the_batch_in_hand_and_leaves_a_resumable_ledger() {
     drain_until(&dir, &broker.address, lines.len());
 }
 
-fn scrape(addr: &str) -> String {
+pub fn scrape(addr: &str) -> String {
     use std::io::{Read, Write};
     let Ok(mut conn) = std::net::TcpStream::connect(addr) else { return String::new() };
     conn.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();

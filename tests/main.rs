@@ -21,4 +21,5 @@ mod rules;
 mod scenarios;
 mod soak;
 mod support;
+mod topology;
 mod transport;

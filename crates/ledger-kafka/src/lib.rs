@@ -37,9 +37,11 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 mod config;
+mod partitioner;
 mod producer;
 
 pub use config::{configure, from_env, property, Properties};
+pub use partitioner::{murmur2, partition_for};
 pub use producer::{Delivery, Outgoing, Producer};
 
 /// The tansu binary (the embedded broker of `run`, and the broker of the tests and the

@@ -18,6 +18,9 @@ pub struct Outgoing {
     pub key: Vec<u8>,
     pub payload: Vec<u8>,
     pub headers: Vec<(String, String)>,
+    /// The partition to write to; `None`: the key's, by Kafka's default partitioner
+    /// (murmur2, as the Java client and the contract choose it).
+    pub partition: Option<i32>,
 }
 
 /// What became of one message.
@@ -80,7 +83,14 @@ pub struct Producer {
 
 impl Producer {
     pub fn new(brokers: &str) -> Result<Producer> {
-        let settings = [("acks", "all".to_string()), ("linger.ms", "5".into()), ("message.timeout.ms", "30000".into())];
+        // murmur2, as Apache Kafka's Java client partitions by default (the contract):
+        // librdkafka's own default (CRC32) would put a team in another partition.
+        let settings = [
+            ("acks", "all".to_string()),
+            ("linger.ms", "5".into()),
+            ("message.timeout.ms", "30000".into()),
+            ("partitioner", "murmur2_random".into()),
+        ];
         let inner = config::client(brokers, &settings, true).create_with_context(DeliveryContext::default())?;
         Ok(Producer { inner })
     }
@@ -95,6 +105,9 @@ impl Producer {
                 headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
             }
             let mut record = BaseRecord::with_opaque_to(&m.topic, i).key(&m.key).payload(&m.payload).headers(headers);
+            if let Some(partition) = m.partition {
+                record = record.partition(partition);
+            }
             loop {
                 match self.inner.send(record) {
                     Ok(()) => break,

@@ -245,6 +245,7 @@ pub fn spawn_live(brokers: String, stop: std::sync::Arc<std::sync::atomic::Atomi
                         key: event.team_id().to_string().into_bytes(),
                         payload: ledger_proto::encode_event(&event),
                         headers: Vec::new(),
+                        partition: None,
                     });
                 }
                 producer.send_all(&messages)?;

@@ -25,6 +25,7 @@ pub fn produce(brokers: &str, file: &PathBuf) -> anyhow::Result<ExitCode> {
             key: event.team_id().to_string().into_bytes(),
             payload,
             headers: Vec::new(),
+            partition: None,
         });
     }
     for chunk in messages.chunks(10_000) {

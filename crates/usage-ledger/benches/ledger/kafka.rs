@@ -191,6 +191,7 @@ fn alert_latency(brokers: &str, data: &Path) -> (Vec<f64>, (f64, f64)) {
             key: team.as_bytes().to_vec(),
             payload: ledger_proto::encode_event(&event),
             headers: Vec::new(),
+            partition: None,
         }
     };
     let teams: Vec<String> = (0..WARMUP + SAMPLES).map(|i| format!("latency-{i}")).collect();
@@ -255,6 +256,7 @@ fn broker_hop(brokers: &str) -> Vec<f64> {
         key: b"hop".to_vec(),
         payload: format!("hop {i}").into_bytes(),
         headers: Vec::new(),
+        partition: None,
     };
     // Joins the group and reads whatever is there first.
     producer.send_all(&[record(0)]).unwrap();

@@ -111,7 +111,7 @@ pub fn run(dir: &Path, args: RunArgs, future_skew: chrono::Duration) -> anyhow::
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the signal handler")?;
-    let (brokers, _broker) = connect(dir, &args)?;
+    let (brokers, input_partitions, _broker) = connect(dir, &args)?;
     let options = OpenOptions {
         lock_wait: Duration::from_millis(args.takeover_wait_ms),
         cache_bytes: args.partition_cache_mb << 20,
@@ -151,6 +151,7 @@ pub fn run(dir: &Path, args: RunArgs, future_skew: chrono::Duration) -> anyhow::
         stats: Stats::default(),
         clocks: Clocks::new(),
         lag,
+        input_partitions,
     };
     while !stop.load(Ordering::SeqCst) {
         match service.step() {
@@ -207,6 +208,8 @@ struct Service {
     clocks: Clocks,
     /// Total consumer lag, for `readyz` (see `measure_lag`).
     lag: Arc<AtomicI64>,
+    /// The input topics' partition count, as the broker reported it at start.
+    input_partitions: i32,
 }
 
 /// When things last happened, for idleness, progress lines and the demo's balances.
@@ -254,7 +257,8 @@ impl Service {
             clocks.last_record = Instant::now();
             let show_balances = args.demo && clocks.last_balances.elapsed() > Duration::from_secs(1);
             let window = crate::window(self.future_skew);
-            pipeline::apply(&mut shards, records, window, show_balances, &mut self.stats, &self.metrics)?;
+            let partitions = self.input_partitions;
+            pipeline::apply(&mut shards, records, window, partitions, show_balances, &mut self.stats, &self.metrics)?;
             self.stats.ledger_secs += batch_started.elapsed().as_secs_f64();
             self.stats.batches += 1;
             if show_balances {
@@ -333,8 +337,9 @@ fn report_stop(stats: &Stats, waiting: usize) {
 }
 
 /// The broker to use (an embedded one, kept alive by the returned handle, when none is
-/// configured), with the input topics created and co-partitioned.
-fn connect(dir: &Path, args: &RunArgs) -> anyhow::Result<(String, Option<EmbeddedBroker>)> {
+/// configured), with the input topics created and co-partitioned, and their partition
+/// count.
+fn connect(dir: &Path, args: &RunArgs) -> anyhow::Result<(String, i32, Option<EmbeddedBroker>)> {
     let (brokers, embedded) = match &args.brokers {
         Some(b) => (b.clone(), None),
         None => {
@@ -352,5 +357,5 @@ fn connect(dir: &Path, args: &RunArgs) -> anyhow::Result<(String, Option<Embedde
             counts[1]
         );
     }
-    Ok((brokers, embedded))
+    Ok((brokers, counts[0] as i32, embedded))
 }

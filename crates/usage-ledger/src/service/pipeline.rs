@@ -19,6 +19,7 @@ pub(super) fn apply(
     shards: &mut Shards,
     records: Vec<Record>,
     window: Window,
+    input_partitions: i32,
     show_balances: bool,
     stats: &mut Stats,
     metrics: &crate::metrics::Metrics,
@@ -30,7 +31,7 @@ pub(super) fn apply(
             .open
             .get_mut(partition)
             .with_context(|| format!("records of partition {partition} arrived, its ledger is not open"))?;
-        process(ledger, records, window, stats, metrics)?;
+        process(ledger, records, Checks { window, input_partitions }, stats, metrics)?;
     }
     for (partition, records) in &parts {
         let ledger = shards.open.get_mut(partition).expect("applied above");
@@ -170,10 +171,25 @@ fn recorded_positions(ledger: &Ledger, records: &[Record]) -> anyhow::Result<Has
     Ok(floors)
 }
 
+/// What a record is checked against besides its own content.
+#[derive(Clone, Copy)]
+struct Checks {
+    window: Window,
+    /// The input topics' partition count: a record's key must map to its partition.
+    input_partitions: i32,
+}
+
+/// The partition the contract's partitioner (murmur2, Kafka's default) gives the
+/// record's key, when it is not the one the record is in.
+fn misplaced(r: &Record, partitions: i32) -> Option<i32> {
+    let expected = ledger_kafka::partition_for(r.key.as_deref().unwrap_or_default(), partitions);
+    (expected != r.partition).then_some(expected)
+}
+
 fn process(
     ledger: &mut Ledger,
     records: &[Record],
-    window: Window,
+    checks: Checks,
     stats: &mut Stats,
     metrics: &crate::metrics::Metrics,
 ) -> anyhow::Result<()> {
@@ -191,7 +207,21 @@ fn process(
             continue;
         }
         positions.insert(stream.clone(), r.offset as u64 + 1);
-        match decode(r, &window) {
+        match decode(r, &checks.window) {
+            Ok(event) if let Some(expected) = misplaced(r, checks.input_partitions) => {
+                let reason = format!(
+                    "team {} belongs in partition {expected} of {} (murmur2 of its key, Kafka's default partitioner), not {}: billed there it would split the team's history",
+                    event.team_id(),
+                    checks.input_partitions,
+                    r.partition
+                );
+                dead.push(dead_letter(
+                    r,
+                    "wrong_partition",
+                    &reason,
+                    Some((event.team_id().as_str(), event.event_id().as_str())),
+                ));
+            }
             Ok(event) => {
                 submissions
                     .push(Submission { event, source: Source { stream: Some(stream), offset: r.offset as u64 } });

@@ -160,5 +160,5 @@ fn outgoing(m: &OutboxMsg) -> Result<Outgoing, ledger_proto::Invalid> {
     };
     let mut headers = m.headers.clone();
     headers.push(("id".to_string(), m.id.clone()));
-    Ok(Outgoing { topic: topic.to_string(), key: m.key.clone().into_bytes(), payload, headers })
+    Ok(Outgoing { topic: topic.to_string(), key: m.key.clone().into_bytes(), payload, headers, partition: None })
 }

@@ -1,0 +1,68 @@
+//! The service trusts no topology blindly (issue 20): a record whose key maps to another
+//! partition than the one it is in (a producer with another partitioner than Kafka's
+//! default murmur2, as the contract asks) is dead-lettered with its own reason code and
+//! counted, never billed in the wrong ledger.
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use ledger_kafka::{Producer, ACCOUNTS, DEADLETTER, IMAGES};
+use ledger_proto::pb;
+
+use crate::kafka::{account, image, raw, scrape, service, Broker};
+use crate::support::ul_ok;
+
+/// librdkafka's default partitioner (CRC32) puts many keys elsewhere than murmur2 does:
+/// here a team's plan lands where murmur2 says and one of its images in another
+/// partition. The image is dead-lettered `wrong_partition` (naming the partition it
+/// belongs in) and counted in `dead_letters_total`; the team is billed from its own
+/// ledger only.
+#[test]
+fn a_record_in_another_partition_than_its_keys_is_dead_lettered_never_billed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(tmp.path());
+    ledger_kafka::create_topics(&broker.address, 4).unwrap();
+    let own = ledger_kafka::partition_for(b"t1", 4);
+    let other = (own + 1) % 4;
+    let april = 1_775_001_600; // 2026-04-01T00:00:00Z
+    let start = pb::account_event::Change::PlanStarted(pb::PlanStarted {
+        plan: "api_basic".into(),
+        bucket_images: 1000,
+        ..Default::default()
+    });
+    let mut misplaced = raw(IMAGES, "t1", image("stray", "t1", 1, 3000, false));
+    misplaced.partition = Some(other);
+    let records = [
+        raw(ACCOUNTS, "t1", account("a1", "t1", april, start)),
+        raw(IMAGES, "t1", image("home", "t1", 1, 10, false)),
+        misplaced,
+    ];
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let dir = tmp.path().join("data");
+    let mut svc = service(&dir, &broker.address, &["--metrics-addr", &addr]);
+    Producer::new(&broker.address).unwrap().send_all(&records).unwrap();
+    let counted = r#"usage_ledger_dead_letters_total{reason="wrong_partition"} 1"#;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut text = String::new();
+    while Instant::now() < deadline && !(text.contains(counted) && text.contains("usage_ledger_appended_total 2")) {
+        std::thread::sleep(Duration::from_millis(200));
+        text = scrape(&addr);
+    }
+    svc.kill().unwrap();
+    svc.wait().unwrap();
+    assert!(text.contains(counted), "{text}");
+    assert!(text.contains("usage_ledger_appended_total 2"), "{text}");
+
+    let dead = ledger_kafka::read_topic(&broker.address, DEADLETTER, Duration::from_secs(3)).unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let header = |name: &str| dead[0].header(name).unwrap_or_default().to_string();
+    assert_eq!(header("reason.code"), "wrong_partition");
+    assert_eq!(header("source.partition"), other.to_string());
+    assert_eq!((header("team_id"), header("event_id")), ("t1".to_string(), "stray".to_string()));
+    assert!(header("reason").contains(&format!("belongs in partition {own} of 4")), "{}", header("reason"));
+    // The 3,000 stray images are in no ledger: the team's draft bills its 10 only.
+    let draft: serde_json::Value =
+        serde_json::from_str(&ul_ok(&dir, &["invoices", "--team", "t1", "--draft"])).unwrap();
+    assert_eq!(draft[0]["usage"]["billable_images"], 10, "{draft}");
+    assert_eq!(draft[0]["total"], "20.00", "{draft}");
+}
