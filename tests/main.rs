@@ -17,6 +17,7 @@ mod hostile;
 mod http;
 mod kafka;
 mod properties;
+mod replication;
 mod rules;
 mod scenarios;
 mod soak;

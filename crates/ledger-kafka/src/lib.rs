@@ -36,10 +36,12 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+mod changelog;
 mod config;
 mod partitioner;
 mod producer;
 
+pub use changelog::{watermarks, ChangelogWriter, PartitionReader, CHANGELOG, RECORD_BYTES_MAX};
 pub use config::{configure, from_env, property, Properties};
 pub use partitioner::{murmur2, partition_for};
 pub use producer::{Delivery, Outgoing, Producer};
@@ -367,10 +369,15 @@ impl Consumer {
 /// Creates the topics (input topics with `partitions` partitions); existing ones are fine.
 pub fn create_topics(brokers: &str, partitions: i32) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = config::client(brokers, &[], false).create()?;
+    // The changelog has a partition per input partition number (a ledger each); it is
+    // created without a cleanup policy: a broker's default never trims it (tansu), and on
+    // Apache Kafka operators create it as deploy/README.md says.
     let specs: Vec<NewTopic<'_>> = ALL_TOPICS
         .iter()
+        .chain(&[CHANGELOG])
         .map(|t| {
-            NewTopic::new(t, if *t == IMAGES || *t == ACCOUNTS { partitions } else { 1 }, TopicReplication::Fixed(1))
+            let n = if [IMAGES, ACCOUNTS, CHANGELOG].contains(t) { partitions } else { 1 };
+            NewTopic::new(t, n, TopicReplication::Fixed(1))
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));

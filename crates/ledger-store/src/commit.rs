@@ -2,10 +2,12 @@
 //! batch), the space check before sled sees it, and the committer thread that encodes,
 //! writes and flushes it while the writer folds the next batch (see `Ledger`).
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use ledger_core::{Entry, TeamId};
 
+use crate::batch::Batch;
+use crate::changelog::{self, Position, Replica};
 use crate::ledger::BatchReport;
 use crate::store::Store;
 use crate::tables;
@@ -24,7 +26,7 @@ pub(crate) struct StagedBlock {
 /// Per-batch staging: what becomes one `apply_batch`.
 #[derive(Default)]
 pub(crate) struct Staged {
-    pub batch: sled::Batch,
+    pub batch: crate::batch::Batch,
     pub blocks: Vec<StagedBlock>,
     pub block_of: HashMap<TeamId, usize>,
     pub report: BatchReport,
@@ -114,15 +116,43 @@ fn entry_in(
     entries::decode_entry(&stored.body).map(Some).map_err(|e| Error::Corrupt(format!("staged entry: {e}")))
 }
 
-/// Encodes the blocks and the index segment into `batch`, writes it atomically and
-/// flushes, on a thread of its own (`ledger-commit`).
+/// A replicated ledger's changelog and its position in it.
+#[derive(Clone)]
+pub(crate) struct Replication {
+    pub replica: Arc<dyn Replica>,
+    pub position: Arc<Mutex<Position>>,
+}
+
+impl Replication {
+    /// Appends `batch` (with the writes waiting for the changelog before it) as the next
+    /// record and stages the new position into it; the position moves once the caller
+    /// committed it. Nothing to replicate: `None`.
+    fn append(&self, store: &Store, batch: &mut Batch) -> Result<Option<Position>> {
+        let waiting = store.unreplicated.lock().expect("not poisoned").as_mut().map(std::mem::take);
+        batch.prepend(waiting.unwrap_or_default());
+        if batch.is_empty() {
+            return Ok(None);
+        }
+        let position = *self.position.lock().expect("not poisoned");
+        let next = changelog::append(self.replica.as_ref(), position, batch.ops())?;
+        tables::meta::insert_changelog(batch, &next);
+        Ok(Some(next))
+    }
+}
+
+/// Encodes the blocks and the index segment into `batch`, appends it to the changelog
+/// when the ledger is replicated (the broker's acknowledgement first: the store is never
+/// ahead of its changelog), writes it atomically and flushes, on a thread of its own
+/// (`ledger-commit`).
 pub(crate) fn spawn(
     store: &Store,
     blocks: Arc<Vec<StagedBlock>>,
     segment_no: Option<u64>,
-    mut batch: sled::Batch,
+    mut batch: crate::batch::Batch,
+    replication: Option<Replication>,
 ) -> Result<std::thread::JoinHandle<Result<()>>> {
     let (tree, db, format) = (store.tree.clone(), store.db.clone(), store.format);
+    let store_ = store.clone();
     std::thread::Builder::new()
         .name("ledger-commit".into())
         .spawn(move || {
@@ -136,8 +166,15 @@ pub(crate) fn spawn(
             if let Some(n) = segment_no {
                 tables::index::insert(&mut batch, n, &segment);
             }
-            tree.apply_batch(batch)?;
+            let moved = match &replication {
+                Some(r) => r.append(&store_, &mut batch)?,
+                None => None,
+            };
+            tree.apply_batch(batch.to_sled())?;
             db.flush()?;
+            if let (Some(r), Some(next)) = (&replication, moved) {
+                *r.position.lock().expect("not poisoned") = next;
+            }
             Ok(())
         })
         .map_err(|e| Error::Io { path: store.dir().display().to_string(), source: e })

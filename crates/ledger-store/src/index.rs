@@ -403,9 +403,9 @@ mod tests {
                 .collect();
             let refs: Vec<IndexRunRef<'_>> =
                 runs.iter().map(|r| IndexRunRef { team: &r.team, events: &r.events }).collect();
-            let mut batch = sled::Batch::default();
+            let mut batch = crate::batch::Batch::default();
             tables::index::insert(&mut batch, n, &refs);
-            store.tree.apply_batch(batch).unwrap();
+            store.tree.apply_batch(batch.to_sled()).unwrap();
         }
     }
 

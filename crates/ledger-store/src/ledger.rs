@@ -46,6 +46,8 @@ pub struct Ledger {
     parked: ParkedRefunds,
     /// The batch being written by a committer thread (`submit_batch_deferred`).
     in_flight: Option<InFlight>,
+    /// The changelog every batch goes to first, once `replicate` was called.
+    replication: Option<commit::Replication>,
 }
 
 impl Drop for Ledger {
@@ -178,7 +180,40 @@ impl Ledger {
             conflicts: 0,
             parked,
             in_flight: None,
+            replication: None,
         })
+    }
+
+    /// Replicates every batch from now on through `replica` (see `changelog`): the store
+    /// must be up to date with it (`Store::restore`). A ledger with history but no
+    /// changelog position (written before the changelog) is first exported into the
+    /// changelog, which must be empty. Returns the position.
+    pub fn replicate(&mut self, replica: std::sync::Arc<dyn crate::changelog::Replica>) -> Result<crate::Position> {
+        self.wait_durable()?;
+        let position = match self.store.changelog_position()? {
+            Some(p) => p,
+            None => crate::changelog::migrate(&self.store, replica.as_ref())?,
+        };
+        *self.store.unreplicated.lock().expect("not poisoned") = Some(Vec::new());
+        let position_cell = std::sync::Arc::new(std::sync::Mutex::new(position));
+        self.replication = Some(commit::Replication { replica, position: position_cell });
+        Ok(position)
+    }
+
+    /// The changelog position, once replicated.
+    pub fn changelog_position(&self) -> Option<crate::Position> {
+        self.replication.as_ref().map(|r| *r.position.lock().expect("not poisoned"))
+    }
+
+    /// Appends the writes waiting for the changelog (outbox acknowledgements) as a record
+    /// of their own: when the writer is idle or hands its partition over, so the next
+    /// owner does not publish again what was published. Whether one was written.
+    pub fn flush_replica(&mut self) -> Result<bool> {
+        if self.replication.is_none() || !self.store.has_unreplicated() {
+            return Ok(false);
+        }
+        self.commit(Staged::default())?;
+        Ok(true)
     }
 
     pub fn store(&self) -> &Store {
@@ -551,7 +586,7 @@ impl Ledger {
             self.index.next_segment += 1;
             self.index.next_segment - 1
         });
-        let done = commit::spawn(&self.store, Arc::clone(&blocks), segment_no, staged.batch)?;
+        let done = commit::spawn(&self.store, Arc::clone(&blocks), segment_no, staged.batch, self.replication.clone())?;
         self.in_flight = Some(InFlight { blocks, block_of, bytes, done });
         Ok(std::mem::take(&mut staged.report))
     }

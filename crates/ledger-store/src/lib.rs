@@ -6,6 +6,8 @@
 //! `apply_batch` followed by `flush()`: nothing is acknowledged before it is durable.
 
 mod audit;
+mod batch;
+mod changelog;
 mod commit;
 mod datadir;
 mod index;
@@ -19,6 +21,8 @@ mod tables;
 mod verify;
 
 pub use audit::{tamper_image_rechained, InvoiceCheck};
+pub use batch::{Batch, Op};
+pub use changelog::{Position, Replica, RestoreReport};
 pub use datadir::{layout, open_all, partition_dir, replay_all, replay_all_read_only, verify_all, Layout};
 pub use index::INDEX_MEMORY_EVENTS;
 pub use ledger::{refund_wait, BatchReport, Ledger, Outcome, Parked, Source, Submission, PARKED_PER_TEAM_MAX};
@@ -50,6 +54,12 @@ pub enum Error {
     Catalog(#[from] ledger_core::catalog::CatalogError),
     #[error("{0}")]
     CatalogChange(String),
+    #[error("changelog {0}")]
+    Changelog(String),
+    #[error(
+        "changelog {changelog}: this ledger's record landed at offset {landed}, not {expected}: another writer appended to the partition since this ledger restored (it is fenced off; nothing of the batch was committed; restart to restore from the changelog)"
+    )]
+    Fenced { changelog: String, expected: u64, landed: u64 },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -181,10 +181,10 @@ impl Store {
     /// missing or are extra, and with `replace` replaces them all with the rebuilt ones in
     /// one flushed batch.
     fn compare_projections(&self, rebuilt: &Rebuilt, replace: bool) -> Result<u64> {
-        let mut batch = sled::Batch::default();
+        let mut batch = crate::batch::Batch::default();
         let mut stored = 0u64;
         for k in self.projection_key_iter() {
-            batch.remove(k?);
+            batch.remove(k?.to_vec());
             stored += 1;
         }
         let mut check = ProjectionCheck::default();
@@ -193,7 +193,7 @@ impl Store {
             batch.insert(k.as_slice(), v.as_slice());
         }
         if replace {
-            self.tree.apply_batch(batch)?;
+            self.tree.apply_batch(batch.to_sled())?;
             self.db.flush()?;
         }
         Ok(check.differ + check.extra(stored))

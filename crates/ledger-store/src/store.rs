@@ -19,6 +19,9 @@ pub struct Store {
     /// The format the store recorded: what its new blocks are written in.
     pub(crate) format: u8,
     pub(crate) index_memory_events: u64,
+    /// Writes made outside a batch (outbox acknowledgements) that the changelog has not
+    /// carried yet; `None` while the ledger is not replicated.
+    pub(crate) unreplicated: std::sync::Arc<std::sync::Mutex<Option<Vec<crate::batch::Op>>>>,
 }
 
 /// Every team's folded state with its chain head.
@@ -99,7 +102,14 @@ impl Store {
             }
         }
         let index_memory_events = options.index_memory_events.max(1);
-        let mut store = Store { dir: dir.to_path_buf(), db, tree, format: FORMAT_VERSION, index_memory_events };
+        let mut store = Store {
+            dir: dir.to_path_buf(),
+            db,
+            tree,
+            format: FORMAT_VERSION,
+            index_memory_events,
+            unreplicated: Default::default(),
+        };
         store.format = store.check_meta(catalog)?;
         Ok(store)
     }
@@ -118,9 +128,9 @@ impl Store {
             }
             Some(v) => Err(Error::Format { found: v.first().copied().unwrap_or(0), expected: FORMAT_VERSION }),
             None => {
-                let mut batch = sled::Batch::default();
+                let mut batch = crate::batch::Batch::default();
                 meta::insert_new(&mut batch, catalog);
-                self.tree.apply_batch(batch)?;
+                self.tree.apply_batch(batch.to_sled())?;
                 self.db.flush()?;
                 Ok(FORMAT_VERSION)
             }
@@ -225,25 +235,49 @@ impl Store {
 
     /// Marks outbox messages sent.
     pub fn ack_outbox(&self, numbers: &[u64]) -> Result<()> {
-        let mut batch = sled::Batch::default();
+        let mut batch = crate::batch::Batch::default();
         for n in numbers {
             outbox::remove(&mut batch, *n);
         }
-        self.tree.apply_batch(batch)?;
+        self.tree.apply_batch(batch.to_sled())?;
         self.db.flush()?;
+        self.not_replicated_yet(batch);
         Ok(())
     }
 
     /// Moves messages the broker refused for good out of the outbox, with the reason:
     /// the rest flow on.
     pub fn fail_outbox(&self, failed: &[(u64, OutboxMsg, String)]) -> Result<()> {
-        let mut batch = sled::Batch::default();
+        let mut batch = crate::batch::Batch::default();
         for (n, msg, reason) in failed {
             outbox::fail(&mut batch, *n, msg, reason);
         }
-        self.tree.apply_batch(batch)?;
+        self.tree.apply_batch(batch.to_sled())?;
         self.db.flush()?;
+        self.not_replicated_yet(batch);
         Ok(())
+    }
+
+    /// Keeps a write made outside a batch for the changelog's next record.
+    fn not_replicated_yet(&self, batch: crate::batch::Batch) {
+        if let Some(ops) = self.unreplicated.lock().expect("not poisoned").as_mut() {
+            ops.extend(batch.ops().iter().cloned());
+        }
+    }
+
+    /// Whether the store holds anything besides its own metadata.
+    pub fn holds_history(&self) -> Result<bool> {
+        for kv in self.tree.iter().keys() {
+            if kv?.first() != Some(&(crate::tables::KeyKind::Meta as u8)) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Whether writes wait for the changelog's next record.
+    pub fn has_unreplicated(&self) -> bool {
+        self.unreplicated.lock().expect("not poisoned").as_ref().is_some_and(|ops| !ops.is_empty())
     }
 
     /// Messages the broker refused for good, oldest first.

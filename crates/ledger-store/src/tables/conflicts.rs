@@ -21,7 +21,7 @@ fn key(team: &str, event_id: &str, n: u64) -> Vec<u8> {
 }
 
 /// Stages conflict number `n`.
-pub(crate) fn insert(batch: &mut sled::Batch, n: u64, c: &Conflict) {
+pub(crate) fn insert(batch: &mut crate::batch::Batch, n: u64, c: &Conflict) {
     let record = serde_json::json!({
         "event_id": c.event_id,
         "team_id": c.team,

@@ -107,7 +107,13 @@ pub(crate) fn block_format_of(store_format: u8) -> u8 {
 }
 
 /// Stages the team's block starting at `first_seq`, for a store of format `store_format`.
-pub(crate) fn insert(batch: &mut sled::Batch, store_format: u8, team: &str, first_seq: u64, entries: &[StoredEntry]) {
+pub(crate) fn insert(
+    batch: &mut crate::batch::Batch,
+    store_format: u8,
+    team: &str,
+    first_seq: u64,
+    entries: &[StoredEntry],
+) {
     batch.insert(key(team, first_seq), encode_block(block_format_of(store_format), entries));
 }
 
@@ -145,6 +151,13 @@ pub(crate) fn team_blocks(tree: &sled::Tree, team: &str) -> impl Iterator<Item =
         crate::progress::tick();
         Ok(kv?)
     })
+}
+
+/// The team's head: its last entry's sequence number and hash, if it has entries.
+pub(crate) fn head(tree: &sled::Tree, team: &str) -> Result<Option<(u64, Hash)>> {
+    let Some(kv) = tree.scan_prefix(KeyKind::Entry.team_prefix(team)).next_back() else { return Ok(None) };
+    let (_, v) = kv?;
+    Ok(decode_block(&v)?.last().map(|e| (e.seq, e.hash)))
 }
 
 /// Whether the team has entries.

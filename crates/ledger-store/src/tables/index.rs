@@ -26,7 +26,7 @@ pub(crate) struct IndexRunRef<'a> {
 }
 
 /// Stages segment number `segment`.
-pub(crate) fn insert(batch: &mut sled::Batch, segment: u64, runs: &[IndexRunRef<'_>]) {
+pub(crate) fn insert(batch: &mut crate::batch::Batch, segment: u64, runs: &[IndexRunRef<'_>]) {
     batch.insert(key(segment), encode(&runs));
 }
 

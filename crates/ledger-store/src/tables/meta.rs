@@ -1,5 +1,7 @@
-//! Table `M`: the store's metadata by name: `format` (the encoding version, one byte)
-//! and `catalog` (the catalog the store recorded, as postcard-framed JSON).
+//! Table `M`: the store's metadata by name: `format` (the encoding version, one byte),
+//! `catalog` (the catalog the store recorded, as postcard-framed JSON) and `changelog`
+//! (the ledger's position in its changelog: next offset u64 BE ‖ head digest, 40 bytes;
+//! only ledgers of the replicated service have one).
 use ledger_core::Catalog;
 
 use super::{decode, encode, KeyKind, FORMAT_VERSION};
@@ -23,9 +25,23 @@ pub(crate) fn format(tree: &sled::Tree) -> Result<Option<sled::IVec>> {
 }
 
 /// Stages what a new store records: this build's format and `catalog`.
-pub(crate) fn insert_new(batch: &mut sled::Batch, catalog: &Catalog) {
+pub(crate) fn insert_new(batch: &mut crate::batch::Batch, catalog: &Catalog) {
     batch.insert(format_key(), vec![FORMAT_VERSION]);
     batch.insert(catalog_key(), catalog_value(catalog));
+}
+
+fn changelog_key() -> Vec<u8> {
+    KeyKind::Meta.key(b"changelog")
+}
+
+/// The ledger's position in its changelog, if it has one.
+pub(crate) fn changelog(tree: &sled::Tree) -> Result<Option<crate::changelog::Position>> {
+    tree.get(changelog_key())?.map(|v| crate::changelog::Position::decode(&v)).transpose()
+}
+
+/// Stages the ledger's position in its changelog (in the batch the record carries).
+pub(crate) fn insert_changelog(batch: &mut crate::batch::Batch, position: &crate::changelog::Position) {
+    batch.insert(changelog_key(), position.encode());
 }
 
 /// Replaces the recorded catalog.

@@ -8,7 +8,7 @@ fn key(source: &str) -> Vec<u8> {
 }
 
 /// Stages `next` as the source's next offset.
-pub(crate) fn insert(batch: &mut sled::Batch, source: &str, next: u64) {
+pub(crate) fn insert(batch: &mut crate::batch::Batch, source: &str, next: u64) {
     batch.insert(key(source), next.to_be_bytes().to_vec());
 }
 

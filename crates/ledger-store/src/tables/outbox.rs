@@ -86,12 +86,12 @@ fn decode_msg(n: u64, bytes: &[u8]) -> Result<OutboxMsg> {
 }
 
 /// Stages message number `n`.
-pub(crate) fn insert(batch: &mut sled::Batch, n: u64, msg: &OutboxMsg) {
+pub(crate) fn insert(batch: &mut crate::batch::Batch, n: u64, msg: &OutboxMsg) {
     batch.insert(key(n), encode_msg(msg));
 }
 
 /// Stages the removal of message number `n` (sent).
-pub(crate) fn remove(batch: &mut sled::Batch, n: u64) {
+pub(crate) fn remove(batch: &mut crate::batch::Batch, n: u64) {
     batch.remove(key(n));
 }
 
@@ -111,7 +111,7 @@ pub const FAILED_REASON: &str = "failed.reason";
 
 /// Stages moving message `n` out of the outbox, refused for good with `reason`: kept,
 /// never retried, listed for an operator.
-pub(crate) fn fail(batch: &mut sled::Batch, n: u64, msg: &OutboxMsg, reason: &str) {
+pub(crate) fn fail(batch: &mut crate::batch::Batch, n: u64, msg: &OutboxMsg, reason: &str) {
     let mut failed = msg.clone();
     failed.headers.push((FAILED_REASON.to_string(), reason.to_string()));
     batch.remove(key(n));

@@ -10,11 +10,11 @@ fn key(p: &Parked) -> Vec<u8> {
     k
 }
 
-pub(crate) fn insert(batch: &mut sled::Batch, p: &Parked) {
+pub(crate) fn insert(batch: &mut crate::batch::Batch, p: &Parked) {
     batch.insert(key(p), encode(p));
 }
 
-pub(crate) fn remove(batch: &mut sled::Batch, p: &Parked) {
+pub(crate) fn remove(batch: &mut crate::batch::Batch, p: &Parked) {
     batch.remove(key(p));
 }
 

@@ -29,7 +29,7 @@ fn rows(tree: &sled::Tree, kind: KeyKind) -> Vec<(Vec<u8>, Vec<u8>)> {
 }
 
 /// Conflict records as read back from their keys and JSON.
-fn rewrite_conflicts(from: &sled::Tree, batch: &mut sled::Batch) {
+fn rewrite_conflicts(from: &sled::Tree, batch: &mut crate::batch::Batch) {
     for (k, v) in rows(from, KeyKind::Conflict) {
         let (k, n) = k.split_at(k.len() - 8);
         let parts: Vec<&str> = k[1..].split(|b| *b == 0).map(|p| std::str::from_utf8(p).unwrap()).collect();
@@ -50,7 +50,7 @@ fn every_table_writes_back_what_it_reads_from_the_fixture_byte_for_byte() {
     fixture_copy(tmp.path());
     let db = sled::Config::new().path(tmp.path()).open().unwrap();
     let from = db.open_tree("ledger").unwrap();
-    let mut batch = sled::Batch::default();
+    let mut batch = crate::batch::Batch::default();
     for block in entries::blocks(&from, entries::all()) {
         let (team, first, run) = block.unwrap();
         // The fixture was written in format 1, and a store keeps its format.
@@ -71,7 +71,7 @@ fn every_table_writes_back_what_it_reads_from_the_fixture_byte_for_byte() {
     }
     rewrite_conflicts(&from, &mut batch);
     let to = db.open_tree("rewritten").unwrap();
-    to.apply_batch(batch).unwrap();
+    to.apply_batch(batch.to_sled()).unwrap();
     for kind in [KeyKind::Entry, KeyKind::Index, KeyKind::Outbox, KeyKind::Parked, KeyKind::Conflict] {
         let stored = rows(&from, kind);
         assert!(!stored.is_empty(), "the fixture has {kind:?} rows");

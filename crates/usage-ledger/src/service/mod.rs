@@ -117,7 +117,11 @@ pub fn run(dir: &Path, args: RunArgs, future_skew: chrono::Duration) -> anyhow::
         cache_bytes: args.partition_cache_mb << 20,
         index_memory_events: args.index.events,
     };
-    let shards = Arc::new(Mutex::new(Shards::new(dir, options)));
+    let changelog = ownership::Changelog {
+        brokers: brokers.clone(),
+        writer: Arc::new(ledger_kafka::ChangelogWriter::new(&brokers)?),
+    };
+    let shards = Arc::new(Mutex::new(Shards::new(dir, options, changelog)));
     let owner = Arc::new(Owner(Arc::clone(&shards)));
     let consumer = Consumer::new(&brokers, &args.group, &[IMAGES, ACCOUNTS], args.session_timeout_ms, owner)?;
     let producer = Producer::new(&brokers)?;
@@ -163,6 +167,9 @@ pub fn run(dir: &Path, args: RunArgs, future_skew: chrono::Duration) -> anyhow::
     info!(stats = ?service.stats, "Stopping: the last batch is durable and published.");
     let waiting: usize = service.shards.lock().expect("not poisoned").open.values().map(Ledger::parked).sum();
     let Service { shards, consumer, stats, .. } = service;
+    for ledger in shards.lock().expect("not poisoned").open.values_mut() {
+        ledger.flush_replica()?;
+    }
     consumer.close();
     shards.lock().expect("not poisoned").hand_over_released();
     if let Some(handle) = demo {
@@ -253,7 +260,8 @@ impl Service {
         let records = self.aligner.admit(polled, &owned, &self.consumer.lag(), position, args.batch_events_max);
         let next = pipeline::next_offsets(&records);
         let mut idle = false;
-        if !records.is_empty() {
+        let applied = !records.is_empty();
+        if applied {
             clocks.last_record = Instant::now();
             let show_balances = args.demo && clocks.last_balances.elapsed() > Duration::from_secs(1);
             let window = crate::window(self.future_skew);
@@ -276,6 +284,13 @@ impl Service {
         let (close, producer) = (args.close_on_wall_clock, &self.producer);
         let publish_started = Instant::now();
         publishing::publish(&mut shards, close, producer, &mut self.backoff, &mut self.stats, &self.metrics)?;
+        if !applied {
+            // Idle: what was published goes to the changelog now (a batch carries it
+            // otherwise), so a next owner publishes none of it again.
+            for ledger in shards.open.values_mut() {
+                ledger.flush_replica()?;
+            }
+        }
         let owned: Vec<i32> = shards.open.keys().copied().collect();
         drop(shards);
         let commit_started = Instant::now();

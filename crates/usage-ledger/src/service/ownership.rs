@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use ledger_core::Catalog;
-use ledger_kafka::Partitions;
+use ledger_kafka::{ChangelogWriter, PartitionReader, Partitions, CHANGELOG};
 use ledger_store::{Ledger, OpenOptions, Store};
 use tracing::info;
 
@@ -32,6 +33,31 @@ pub(super) struct Shards {
     options: OpenOptions,
     /// Why an assigned partition's ledger could not be opened: the service stops on it.
     pub failure: Option<String>,
+    /// Where each ledger's batches are replicated (`changelog`), and restored from.
+    changelog: Changelog,
+}
+
+/// The changelog topic's broker and writer.
+#[derive(Clone)]
+pub(super) struct Changelog {
+    pub brokers: String,
+    pub writer: Arc<ChangelogWriter>,
+}
+
+/// One ledger's changelog partition, as the store's `Replica`.
+struct KafkaReplica {
+    writer: Arc<ChangelogWriter>,
+    partition: i32,
+}
+
+impl ledger_store::Replica for KafkaReplica {
+    fn append(&self, record: &[u8]) -> Result<u64, String> {
+        self.writer.append(self.partition, record)
+    }
+
+    fn name(&self) -> String {
+        format!("{CHANGELOG}/{}", self.partition)
+    }
 }
 
 /// How long ledgers released by an eager revocation wait for the assignment that follows
@@ -39,7 +65,7 @@ pub(super) struct Shards {
 pub(super) const RELEASED_WAIT: Duration = Duration::from_secs(5);
 
 impl Shards {
-    pub fn new(dir: &Path, options: OpenOptions) -> Shards {
+    pub fn new(dir: &Path, options: OpenOptions, changelog: Changelog) -> Shards {
         Shards {
             dir: dir.to_path_buf(),
             catalog: Catalog::builtin(),
@@ -50,6 +76,7 @@ impl Shards {
             owned: BTreeSet::new(),
             options,
             failure: None,
+            changelog,
         }
     }
 
@@ -82,6 +109,7 @@ impl Shards {
             let dir = ledger_store::partition_dir(&self.dir, partition);
             // Waiting for the lock reads nothing: the watchdog starts once it is ours.
             let store = Store::open_with(&dir, &self.catalog, self.options)?;
+            restore(&store, &self.changelog.brokers, partition)?;
             self.assigned.insert(partition, store);
         }
         Ok(&self.assigned[&partition])
@@ -98,7 +126,10 @@ impl Shards {
             let started = Instant::now();
             let dir = store.dir().to_path_buf();
             let watch = crate::watchdog::Watchdog::arm("opening a partition's ledger", &dir);
-            self.open.insert(partition, Ledger::open(store)?);
+            let mut ledger = Ledger::open(store)?;
+            let replica = KafkaReplica { writer: Arc::clone(&self.changelog.writer), partition };
+            ledger.replicate(Arc::new(replica)).with_context(|| format!("partition {partition}"))?;
+            self.open.insert(partition, ledger);
             drop(watch);
             let (ms, cache_mb) = (started.elapsed().as_millis() as u64, self.options.cache_bytes >> 20);
             info!(partition, dir = %dir.display(), ms, cache_mb, "Opened the partition's ledger.");
@@ -106,6 +137,46 @@ impl Shards {
         eprintln!("usage-ledger: opened and folded the ledgers of partitions {opened:?}");
         Ok(())
     }
+}
+
+/// Brings a partition's store up to its changelog before its positions are read: a new
+/// machine (an empty store) rebuilds the ledger its previous owner wrote, a stale copy
+/// catches up. A store holding history but no changelog position (written before the
+/// changelog) is exported into it by `Ledger::replicate` once folded, and only into an
+/// empty changelog partition.
+fn restore(store: &Store, brokers: &str, partition: i32) -> anyhow::Result<()> {
+    let position = store.changelog_position()?;
+    let from = position.map_or(0, |p| p.next);
+    let name = format!("{CHANGELOG}/{partition}");
+    let mut reader = PartitionReader::open(brokers, CHANGELOG, partition, from)
+        .map_err(|e| anyhow::anyhow!("partition {partition}: {e}"))?;
+    if reader.end() == from {
+        return Ok(());
+    }
+    if position.is_none() && store.holds_history()? {
+        anyhow::bail!(
+            "partition {partition}: this ledger holds history written before the changelog, and {name} already holds {} records: export it into an empty changelog partition, or move the data dir away to restore from the changelog",
+            reader.end()
+        );
+    }
+    let started = std::time::Instant::now();
+    let report = store.restore(&name, &mut reader)?;
+    let secs = started.elapsed().as_secs_f64();
+    info!(
+        partition,
+        records = report.applied,
+        skipped = report.skipped,
+        entries = report.entries,
+        secs,
+        "Restored the partition's ledger from its changelog."
+    );
+    eprintln!(
+        "usage-ledger: restored partition {partition} from {name}: {} records ({} entries) in {secs:.2} s{}",
+        report.applied,
+        report.entries,
+        if report.skipped > 0 { format!(", {} skipped (a fenced writer's)", report.skipped) } else { String::new() }
+    );
+    Ok(())
 }
 
 pub(super) struct Owner(pub Arc<Mutex<Shards>>);
@@ -148,7 +219,12 @@ impl Partitions for Owner {
         let gone: Vec<i32> = shards.open.keys().filter(|p| !keep.contains(p)).copied().collect();
         for partition in gone {
             // Every batch was flushed before it was acknowledged; dropping closes sled.
-            let ledger = shards.open.remove(&partition).expect("listed");
+            let mut ledger = shards.open.remove(&partition).expect("listed");
+            // What was published goes to the changelog before the partition goes: its
+            // next owner publishes only what never was.
+            if let Err(e) = ledger.flush_replica() {
+                shards.failure.get_or_insert(format!("partition {partition}: {e:#}"));
+            }
             shards.released.insert(partition, ledger);
         }
         if eager {
