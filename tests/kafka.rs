@@ -332,7 +332,7 @@ fn every_dead_letter_reason_reaches_the_topic_with_source_and_bytes() {
 }
 
 /// A generated load: its file and lines.
-fn load(dir: &Path, teams: u32, events: u32, seed: u32) -> (PathBuf, Vec<String>) {
+pub(crate) fn load(dir: &Path, teams: u32, events: u32, seed: u32) -> (PathBuf, Vec<String>) {
     let file = dir.join("load.jsonl");
     let (teams, events, seed) = (teams.to_string(), events.to_string(), seed.to_string());
     ul_ok(dir, &["generate", "--teams", &teams, "--events", &events, "--seed", &seed, "--out", file.to_str().unwrap()]);
@@ -341,7 +341,7 @@ fn load(dir: &Path, teams: u32, events: u32, seed: u32) -> (PathBuf, Vec<String>
 }
 
 /// The load's two halves, as files.
-fn halves(dir: &Path, lines: &[String]) -> (PathBuf, PathBuf) {
+pub(crate) fn halves(dir: &Path, lines: &[String]) -> (PathBuf, PathBuf) {
     let (first, second) = (dir.join("first.jsonl"), dir.join("second.jsonl"));
     std::fs::write(&first, lines[..lines.len() / 2].join("\n")).unwrap();
     std::fs::write(&second, lines[lines.len() / 2..].join("\n")).unwrap();
@@ -468,14 +468,14 @@ fn metrics_count_records_appends_and_dead_letters_by_reason() {
 }
 
 /// A service process whose stderr lines are collected as they come.
-struct Member {
-    child: Child,
-    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+pub(crate) struct Member {
+    pub(crate) child: Child,
+    pub(crate) lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     reader: std::thread::JoinHandle<()>,
 }
 
 impl Member {
-    fn start(dir: &Path, brokers: &str, extra: &[&str]) -> Member {
+    pub(crate) fn start(dir: &Path, brokers: &str, extra: &[&str]) -> Member {
         use std::io::BufRead;
         let mut child = service(dir, brokers, extra);
         let stderr = child.stderr.take().unwrap();
@@ -490,7 +490,7 @@ impl Member {
     }
 
     /// The partition numbers it said it owned last.
-    fn owns(&self) -> Option<String> {
+    pub(crate) fn owns(&self) -> Option<String> {
         let lines = self.lines.lock().unwrap();
         lines
             .iter()
@@ -498,7 +498,7 @@ impl Member {
             .find_map(|l| l.split("owns ").nth(1).map(|o| o.trim_start_matches("partitions ").to_string()))
     }
 
-    fn wait_until_owns(&self, what: impl Fn(&str) -> bool, within: Duration) {
+    pub(crate) fn wait_until_owns(&self, what: impl Fn(&str) -> bool, within: Duration) {
         let deadline = Instant::now() + within;
         while !self.owns().is_some_and(|o| what(&o)) {
             let seen = self.lines.lock().unwrap().clone();
@@ -508,7 +508,7 @@ impl Member {
     }
 
     /// Waits for the exit; returns the stderr and how many events this member appended.
-    fn finish(mut self) -> (String, u64) {
+    pub(crate) fn finish(mut self) -> (String, u64) {
         let status = self.child.wait().unwrap();
         self.reader.join().unwrap();
         let stderr = self.lines.lock().unwrap().join("\n");

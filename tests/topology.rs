@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use ledger_kafka::{Producer, ACCOUNTS, DEADLETTER, IMAGES};
 use ledger_proto::pb;
+use prost::Message as _;
 
 use crate::kafka::{account, image, raw, scrape, service, Broker};
 use crate::support::ul_ok;
@@ -65,4 +66,51 @@ fn a_record_in_another_partition_than_its_keys_is_dead_lettered_never_billed() {
         serde_json::from_str(&ul_ok(&dir, &["invoices", "--team", "t1", "--draft"])).unwrap();
     assert_eq!(draft[0]["usage"]["billable_images"], 10, "{draft}");
     assert_eq!(draft[0]["total"], "20.00", "{draft}");
+}
+
+/// librdkafka's mock cluster keeps the last 5 MiB of a partition: after ~6 MiB of images
+/// the log of `images.processed.v1/0` starts past offset 0. A new ledger needs offset 0:
+/// the service stops with one line naming the partition and both offsets, and bills
+/// nothing (`auto.offset.reset` would have started it mid-history).
+#[test]
+fn a_trimmed_input_stops_the_service_in_one_line_and_bills_nothing() {
+    let mock = ledger_kafka::mock::MockBroker::start().unwrap();
+    for topic in ledger_kafka::ALL_TOPICS.iter().chain(&[ledger_kafka::CHANGELOG]) {
+        mock.create_topic(topic, 1).unwrap();
+    }
+    let brokers = mock.address();
+    let bulky = |i: usize| {
+        pb::ImageProcessed {
+            event_id: format!("e{i}"),
+            team_id: "t1".into(),
+            occurred_at: Some(ledger_proto::Timestamp { seconds: 1_775_100_000, nanos: 0 }),
+            api: 1,
+            images: 1,
+            operations: vec!["x".repeat(250); 32],
+            ..Default::default()
+        }
+        .encode_to_vec()
+    };
+    let producer = Producer::new(&brokers).unwrap();
+    for chunk in (0..800).collect::<Vec<_>>().chunks(100) {
+        let records: Vec<_> = chunk.iter().map(|i| raw(IMAGES, "t1", bulky(*i))).collect();
+        producer.send_all(&records).unwrap();
+    }
+    let (low, high) = ledger_kafka::watermarks(&brokers, IMAGES, 0).unwrap();
+    assert!(low > 0 && high == 800, "the mock trimmed the log: {low}..{high}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = crate::kafka::service(&data, &brokers, &["--exit-when-idle-ms", "5000"]).wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let line = format!("images.processed.v1/0 starts at offset {low} but the ledger needs offset 0");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains(&line)).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    let verify = crate::support::ul(&data, &["verify"]);
+    assert!(
+        !verify.stdout.contains("1 index records") && !verify.stdout.contains("00 index records"),
+        "{}",
+        verify.stdout
+    );
 }

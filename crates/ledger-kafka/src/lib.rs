@@ -38,6 +38,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 mod changelog;
 mod config;
+#[cfg(feature = "mock")]
+pub mod mock;
 mod partitioner;
 mod producer;
 
@@ -189,8 +191,8 @@ impl ConsumerContext for GroupContext {
                 let parts = parts_of(tpl);
                 let positions = self.owner.assigned(&parts);
                 for ((topic, partition), next) in parts.iter().zip(positions) {
-                    // Nothing recorded: offset 0, the start of the log (if retention
-                    // already removed it, `auto.offset.reset=earliest` takes over).
+                    // Nothing recorded: offset 0, the start of the log (the owner checks
+                    // the log still holds it; `auto.offset.reset=error` never skips).
                     let next = Offset::Offset(next.unwrap_or(0));
                     if let Err(e) = tpl.set_partition_offset(topic, *partition, next) {
                         warn!(topic, partition, error = %e, "Could not set the stored position.");
@@ -293,7 +295,8 @@ impl Consumer {
             ("group.id", group.to_string()),
             ("enable.auto.commit", "false".into()),
             ("enable.auto.offset.store", "false".into()),
-            ("auto.offset.reset", "earliest".into()),
+            // A position outside the log is an error, never a silent jump.
+            ("auto.offset.reset", "error".into()),
             ("partition.assignment.strategy", strategy.into()),
             ("session.timeout.ms", session_timeout_ms.to_string()),
             ("heartbeat.interval.ms", (session_timeout_ms / 10).clamp(100, 3000).to_string()),
@@ -316,6 +319,12 @@ impl Consumer {
             let timeout = if batch.is_empty() { left.min(Duration::from_millis(100)) } else { Duration::ZERO };
             match self.inner.poll(timeout) {
                 Some(Ok(m)) => batch.push(Record::from_message(&m)),
+                Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::OffsetOutOfRange) => {
+                    return Err(Error::Topic {
+                        topic: "an input partition".into(),
+                        reason: format!("the ledger's position fell outside the log ({e}): records were deleted under it or the topic was recreated; stopping rather than skipping"),
+                    });
+                }
                 Some(Err(e)) => warn!(error = %e, "Consumer error; continuing."),
                 None if !batch.is_empty() || Instant::now() >= deadline => break,
                 None => {}
@@ -372,9 +381,21 @@ pub fn create_topics(brokers: &str, partitions: i32) -> Result<()> {
     // The changelog has a partition per input partition number (a ledger each); it is
     // created without a cleanup policy: a broker's default never trims it (tansu), and on
     // Apache Kafka operators create it as deploy/README.md says.
-    let specs: Vec<NewTopic<'_>> = ALL_TOPICS
+    // Only the missing ones: some brokers (librdkafka's mock cluster) have no admin API.
+    let existing = partition_counts(brokers, &ALL_TOPICS)?;
+    let changelog = partition_counts(brokers, &[CHANGELOG])?;
+    let missing: Vec<&str> = ALL_TOPICS
         .iter()
-        .chain(&[CHANGELOG])
+        .zip(&existing)
+        .chain([(&CHANGELOG, &changelog[0])])
+        .filter(|(_, n)| **n == 0)
+        .map(|(t, _)| *t)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let specs: Vec<NewTopic<'_>> = missing
+        .iter()
         .map(|t| {
             let n = if [IMAGES, ACCOUNTS, CHANGELOG].contains(t) { partitions } else { 1 };
             NewTopic::new(t, n, TopicReplication::Fixed(1))

@@ -364,12 +364,20 @@ fn connect(dir: &Path, args: &RunArgs) -> anyhow::Result<(String, i32, Option<Em
         }
     };
     ledger_kafka::create_topics(&brokers, args.partitions)?;
-    let counts = ledger_kafka::partition_counts(&brokers, &[IMAGES, ACCOUNTS])?;
+    let changelog = ledger_kafka::CHANGELOG;
+    let counts = ledger_kafka::partition_counts(&brokers, &[IMAGES, ACCOUNTS, changelog])?;
     if counts[0] != counts[1] || counts[0] == 0 {
         bail!(
             "{IMAGES} has {} partitions and {ACCOUNTS} {}: a team's events must meet in one partition number",
             counts[0],
             counts[1]
+        );
+    }
+    if counts[2] != counts[0] {
+        bail!(
+            "the input topics have {} partitions and {changelog} {}: each partition ledger is replicated to the changelog partition of its number, so a changed partition count would move teams between ledgers (recreate the topics together, or keep the count)",
+            counts[0],
+            counts[2]
         );
     }
     Ok((brokers, counts[0] as i32, embedded))

@@ -179,6 +179,27 @@ fn restore(store: &Store, brokers: &str, partition: i32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The ledger's next offset of an input partition, once the partition's log is known to
+/// hold it: a log that starts past it lost records the ledger never saw (retention, a
+/// trimmed topic), and one that ends before it is not the log the ledger read (the topic
+/// was recreated); either stops the service with one line rather than billing from the
+/// middle of a history or skipping a new one.
+fn check_input(brokers: &str, topic: &str, partition: i32, next: Option<u64>) -> anyhow::Result<Option<i64>> {
+    let (low, high) = ledger_kafka::watermarks(brokers, topic, partition)?;
+    let need = next.unwrap_or(0) as i64;
+    if need < low {
+        anyhow::bail!(
+            "{topic}/{partition} starts at offset {low} but the ledger needs offset {need}: records it never saw were deleted (retention, a trimmed or recreated topic); it will not bill from the middle of its teams' history"
+        );
+    }
+    if need > high {
+        anyhow::bail!(
+            "{topic}/{partition} ends at offset {high}, before the ledger's position {need}: this is not the log the ledger read (the topic was recreated); nothing was skipped"
+        );
+    }
+    Ok(next.map(|n| n as i64))
+}
+
 pub(super) struct Owner(pub Arc<Mutex<Shards>>);
 
 impl Partitions for Owner {
@@ -195,9 +216,11 @@ impl Partitions for Owner {
             .iter()
             .map(|(topic, partition)| {
                 shards.owned.insert((topic.clone(), *partition));
+                let brokers = shards.changelog.brokers.clone();
                 let position = shards
                     .store(*partition)
-                    .and_then(|store| Ok(store.offset(&format!("{topic}/{partition}"))?.map(|n| n as i64)));
+                    .and_then(|store| Ok(store.offset(&format!("{topic}/{partition}"))?))
+                    .and_then(|next| check_input(&brokers, topic, *partition, next));
                 position.unwrap_or_else(|e| {
                     shards.failure.get_or_insert(format!("partition {partition} of {topic}: {e:#}"));
                     None
