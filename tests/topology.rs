@@ -114,3 +114,34 @@ fn a_trimmed_input_stops_the_service_in_one_line_and_bills_nothing() {
         verify.stdout
     );
 }
+
+/// The broker is replaced and the topics recreated, here with 8 partitions instead of 4:
+/// a ledger whose changelog position is past the new changelog's end stops the service
+/// with one line naming the partition, instead of skipping the new records as held
+/// already (what it did before issue 20: all 900, silently) or starting second histories.
+#[test]
+fn recreated_topics_stop_the_service_in_one_line_and_skip_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (first, second) = (tmp.path().join("first"), tmp.path().join("second"));
+    std::fs::create_dir_all(&first).unwrap();
+    std::fs::create_dir_all(&second).unwrap();
+    let file = crate::support::scenarios_dir().join("E2.jsonl");
+    let data = tmp.path().join("data");
+    let before = {
+        let broker = Broker::start(&first);
+        ul_ok(tmp.path(), &["produce", "--brokers", &broker.address, file.to_str().unwrap()]);
+        crate::kafka::drain(&data, &broker.address);
+        ul_ok(&data, &["verify"])
+    };
+    let broker = Broker::start(&second);
+    ledger_kafka::create_topics(&broker.address, 8).unwrap();
+    ul_ok(tmp.path(), &["produce", "--brokers", &broker.address, file.to_str().unwrap()]);
+    let out =
+        crate::kafka::service(&data, &broker.address, &["--exit-when-idle-ms", "5000"]).wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let refused: Vec<&str> = stderr.lines().filter(|l| l.contains("the topic was recreated")).collect();
+    assert_eq!(refused.len(), 1, "{stderr}");
+    assert!(refused[0].contains("usage-ledger.changelog.v1/"), "{}", refused[0]);
+    assert_eq!(ul_ok(&data, &["verify"]), before, "nothing was appended or skipped");
+}
