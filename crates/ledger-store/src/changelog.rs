@@ -120,7 +120,7 @@ pub fn decode(bytes: &[u8]) -> std::result::Result<Record, String> {
 }
 
 /// What a restore did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RestoreReport {
     /// Records read past the ledger's position.
     pub read: u64,
@@ -132,6 +132,8 @@ pub struct RestoreReport {
     /// Entries the records appended.
     pub entries: u64,
     pub position: Position,
+    /// Seconds spent waiting for the records (the broker), of the whole restore.
+    pub read_secs: f64,
 }
 
 /// Records applied between two flushes during a restore.
@@ -157,7 +159,11 @@ impl Store {
         let mut report = RestoreReport::default();
         let mut position = self.changelog_position()?.unwrap_or_default();
         let mut heads: HashMap<String, (u64, Hash)> = HashMap::new();
-        for item in records {
+        loop {
+            let waiting = std::time::Instant::now();
+            let item = records.next();
+            report.read_secs += waiting.elapsed().as_secs_f64();
+            let Some(item) = item else { break };
             let (offset, bytes) = item.map_err(|e| Error::Changelog(format!("{changelog}: {e}")))?;
             if offset < position.next {
                 continue;

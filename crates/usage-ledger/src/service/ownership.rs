@@ -109,10 +109,29 @@ impl Shards {
             let dir = ledger_store::partition_dir(&self.dir, partition);
             // Waiting for the lock reads nothing: the watchdog starts once it is ours.
             let store = Store::open_with(&dir, &self.catalog, self.options)?;
-            restore(&store, &self.changelog.brokers, partition)?;
             self.assigned.insert(partition, store);
         }
         Ok(&self.assigned[&partition])
+    }
+
+    /// Opens the stores of newly assigned `partitions` and brings each up to its
+    /// changelog, side by side (the broker serves the partitions' reads in parallel).
+    fn open_and_restore(&mut self, partitions: &BTreeSet<i32>) -> anyhow::Result<()> {
+        let mut new = Vec::new();
+        for p in partitions {
+            if !self.open.contains_key(p) && !self.assigned.contains_key(p) {
+                self.store(*p)?;
+                new.push(*p);
+            }
+        }
+        let brokers = &self.changelog.brokers;
+        let assigned = &self.assigned;
+        std::thread::scope(|s| {
+            let restores: Vec<_> = new.iter().map(|p| s.spawn(move || restore(&assigned[p], brokers, *p))).collect();
+            restores
+                .into_iter()
+                .try_for_each(|r| r.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a restore panicked"))))
+        })
     }
 
     /// Folds the ledgers of newly assigned partitions (the main loop, before it applies
@@ -171,9 +190,10 @@ fn restore(store: &Store, brokers: &str, partition: i32) -> anyhow::Result<()> {
         "Restored the partition's ledger from its changelog."
     );
     eprintln!(
-        "usage-ledger: restored partition {partition} from {name}: {} records ({} entries) in {secs:.2} s{}",
+        "usage-ledger: restored partition {partition} from {name}: {} records ({} entries) in {secs:.2} s ({:.2} s reading){}",
         report.applied,
         report.entries,
+        report.read_secs,
         if report.skipped > 0 { format!(", {} skipped (a fenced writer's)", report.skipped) } else { String::new() }
     );
     Ok(())
@@ -212,6 +232,10 @@ impl Partitions for Owner {
             }
         }
         shards.hand_over_released();
+        let numbers: BTreeSet<i32> = partitions.iter().map(|(_, p)| *p).collect();
+        if let Err(e) = shards.open_and_restore(&numbers) {
+            shards.failure.get_or_insert(format!("{e:#}"));
+        }
         let positions = partitions
             .iter()
             .map(|(topic, partition)| {
