@@ -38,6 +38,25 @@ impl Readers {
         guard
     }
 
+    /// The shards if they come free within `wait`: a probe must answer while a rebalance
+    /// restores ledgers from the changelog under the lock (seconds), or it would hold
+    /// one of the server's threads, and `/healthz` behind it, for as long.
+    pub fn try_lock_for<'a>(&self, shards: &'a Mutex<Shards>, wait: Duration) -> Option<MutexGuard<'a, Shards>> {
+        let until = Instant::now() + wait;
+        loop {
+            match shards.try_lock() {
+                Ok(guard) => return Some(guard),
+                Err(std::sync::TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) if Instant::now() >= until => return None,
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    self.0.fetch_add(1, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(1));
+                    self.0.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+        }
+    }
+
     /// Called by the loop with the lock released: waits (≤ `PAUSE_MAX`) while a request
     /// waits for it.
     pub fn let_in(&self) {
@@ -55,7 +74,9 @@ impl crate::http::Ledgers for Live {
     }
 
     fn readiness(&self) -> Result<(), String> {
-        let shards = self.readers.lock(&self.shards);
+        let Some(shards) = self.readers.try_lock_for(&self.shards, Duration::from_millis(500)) else {
+            return Err("busy: a rebalance is restoring or folding partition ledgers, or a batch is taking long".into());
+        };
         if let Some(why) = &shards.failure {
             return Err(format!("cannot take over {why}"));
         }
