@@ -6,7 +6,11 @@
 //! fixture test shows a ledger closed under the old rules keeps its invoices.
 use std::path::{Path, PathBuf};
 
-use crate::support::{assert_text, copy_store, run_scenario, ul, ul_ok};
+use chrono::{DateTime, Duration, NaiveDate, SecondsFormat, Utc};
+use ledger_core::timeline::calendar::cycle_start;
+use ledger_core::{Catalog, Team, TeamId};
+
+use crate::support::{assert_text, copy_store, run_scenario, step, ul, ul_ok, Rng, Step};
 
 fn check(script: &str, expected: &str) {
     assert_text(&run_scenario(script), expected);
@@ -226,4 +230,98 @@ fn invoices_closed_under_the_old_rules_replay_and_read_unchanged() {
     let replayed = ul_ok(&dir, &["replay"]);
     assert!(replayed.contains("digest:"), "{replayed}");
     assert_eq!(ul(&dir, &["verify"]).code, 0);
+}
+
+/// One case of the weekly property: a weekly subscription started at a random instant
+/// (often on the 29th–31st, where the monthly cycles clamp), then changes to random weekly
+/// plans and seats at random instants (some on a week's boundary or in its last hour, some
+/// at a cycle's start), closed up to a random horizon. Returns the script and the start.
+fn weekly_case(rng: &mut Rng) -> (String, DateTime<Utc>) {
+    let plans = ["app_pro", "app_max", "app_ultra"];
+    let seats = |rng: &mut Rng| match rng.below(4) {
+        0 => String::new(),
+        n => format!(" {n}"),
+    };
+    let month = 1 + rng.below(12) as u32;
+    let day = if rng.below(2) == 0 { 29 + rng.below(3) as u32 } else { 1 + rng.below(28) as u32 };
+    let day = (1..=day).rev().find(|d| NaiveDate::from_ymd_opt(2026, month, *d).is_some()).expect("a valid day");
+    let hour = rng.below(24) as u32;
+    let start = NaiveDate::from_ymd_opt(2026, month, day).unwrap().and_hms_opt(hour, 0, 0).unwrap().and_utc();
+    let months = 2 + rng.below(7) as u32;
+    let until = cycle_start(start, months) + Duration::hours(rng.below(24 * 20) as i64);
+    let fmt = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Secs, true);
+    let mut script = format!("@w app {} {} weekly{} #start\n", fmt(start), rng.pick(&plans), seats(rng));
+    let mut changes: Vec<DateTime<Utc>> = (0..rng.below(7))
+        .map(|_| {
+            let week = Duration::days(7 * (1 + rng.below(4 * months as usize)) as i64);
+            match rng.below(5) {
+                0 => start + week,
+                1 => start + week - Duration::hours(1),
+                2 => cycle_start(start, 1 + rng.below(months as usize) as u32),
+                _ => start + Duration::hours(1 + rng.below((until - start).num_hours() as usize - 1) as i64),
+            }
+        })
+        .filter(|t| *t < until)
+        .collect();
+    changes.sort();
+    for (i, at) in changes.into_iter().enumerate() {
+        script += &format!("@w appchange {} {} weekly{} #c{i}\n", fmt(at), rng.pick(&plans), seats(rng));
+    }
+    script += &format!("close {}\n", fmt(until));
+    (script, start)
+}
+
+/// The script's invoices as the pure core publishes them (JSON), in order.
+fn core_invoices(script: &str) -> Vec<serde_json::Value> {
+    let catalog = Catalog::builtin();
+    let mut team = Team::new(TeamId::new("w").unwrap());
+    let mut invoices = Vec::new();
+    for (n, line) in script.lines().map(str::trim).filter(|l| !l.is_empty()).enumerate() {
+        let applied = match step(n, line) {
+            Step::Close(until) => team.close_until(&catalog, until.parse().unwrap()),
+            Step::Line(json) => {
+                let event = ledger_proto::parse_json_line(&json).unwrap();
+                team.submit(&catalog, event, None).unwrap_or_else(|r| panic!("{line}: {r:?}"))
+            }
+        };
+        let published = applied.into_iter().filter_map(|a| a.effects.invoice);
+        invoices.extend(published.map(|i| serde_json::from_str(&i.to_json()).unwrap()));
+    }
+    invoices
+}
+
+/// Billing.md §4 (issue 19) as a property: however a weekly subscription changes plan
+/// and seats, the weekly fees of its closed invoices (quantity ÷ seats; upgrade charges
+/// aside) count exactly the weeks of the grid from its start that start before the end
+/// of the last closed cycle. 200 seeded cases, each run through the store and the core.
+#[test]
+fn weekly_fees_count_each_week_of_service_once_whatever_the_changes() {
+    let mut rng = Rng(0x5eed_0019);
+    for case in 0..200 {
+        let (script, start) = weekly_case(&mut rng);
+        let rendered = run_scenario(&script);
+        let context = format!("case {case}:\n{script}\n{rendered}");
+        let invoices = core_invoices(&script);
+        let mut fees = 0;
+        for line in invoices.iter().flat_map(|i| i["lines"].as_array().unwrap()) {
+            if line["kind"] != "subscription_fee" {
+                continue;
+            }
+            // "App Max, weekly billing: 5 week(s), 2 seat(s)"
+            let description = line["description"].as_str().unwrap();
+            let count = |unit: &str| -> u64 {
+                let before = description.split(&format!(" {unit}(s)")).next().unwrap();
+                before.rsplit(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("{description}\n{context}"))
+            };
+            let quantity: u64 = line["quantity"].as_str().unwrap().parse().unwrap();
+            let (weeks, seats) = (count("week"), count("seat"));
+            assert_eq!(quantity, weeks * seats, "{description}\n{context}");
+            fees += quantity / seats;
+        }
+        let end = invoices.last().map(|i| i["period"]["end"].as_str().unwrap().parse::<DateTime<Utc>>().unwrap());
+        let end = end.unwrap_or_else(|| panic!("nothing closed\n{context}"));
+        let week = Duration::days(7).num_seconds();
+        let expected = ((end - start).num_seconds() + week - 1) / week;
+        assert_eq!(fees, expected as u64, "{context}");
+    }
 }
