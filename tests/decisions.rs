@@ -98,6 +98,53 @@ fn weekly_to_yearly_charges_the_first_year_from_where_the_weeks_paid_end() {
     );
 }
 
+/// An upgrade while the week paid by the plan before is still running (found in review:
+/// it charged the difference from the current plan's fee for days paid at the plan
+/// before's). Max weekly to Pro weekly (deferred), then Ultra on Feb 15, inside the week
+/// Feb 11–18 that Max paid for: $7.00 (Ultra − Max) × 3/7 of that week, and $11.00
+/// (Ultra − Pro) for each of the 4 Pro weeks to start in the cycle: $47.00, not $48.71.
+/// To monthly then an upgrade before the weeks paid end: the month's part paid at Pro
+/// monthly (from Feb 18, 24/28) costs $15.00 × 24/28 = $12.857; Feb 15–18 were paid by
+/// Max's week ($2.996), more than Max monthly's share of them ($2.678): nothing more.
+#[test]
+fn an_upgrade_inside_the_week_paid_by_the_plan_before_charges_from_what_paid_it() {
+    check(
+        "@w app 01-14 app_max weekly
+         @w appchange 01-20 app_pro weekly
+         @w appchange 02-15 app_ultra weekly
+         @m app 01-14 app_max weekly
+         @m appchange 01-20 app_pro monthly
+         @m appchange 02-15 app_max monthly
+         close 03-15",
+        "invoice m 2026-01-14 total=34.95 v=2026-01-01 | subscription_fee 5x6.99=34.95 | exports 0/1500 over=0 sandbox=0 | ai_credits 0/375 over=0 sandbox=0 | app weekly seats=1 m=1 top-ups in=0 bought=0 used=0 left=0
+         invoice m 2026-02-14 total=21.42 v=2026-01-01 | subscription_fee 1x8.56=8.56, upgrade_charge 1x12.86=12.86 | exports 0/1500 over=0 sandbox=0 | ai_credits 0/375 over=0 sandbox=0 | app monthly seats=1 m=1 top-ups in=0 bought=0 used=0 left=0
+         invoice w 2026-01-14 total=34.95 v=2026-01-01 | subscription_fee 5x6.99=34.95 | exports 0/1500 over=0 sandbox=0 | ai_credits 0/375 over=0 sandbox=0 | app weekly seats=1 m=1 top-ups in=0 bought=0 used=0 left=0
+         invoice w 2026-02-14 total=58.96 v=2026-01-01 | subscription_fee 4x2.99=11.96, upgrade_charge 1x47.00=47.00 | exports 0/4000 over=0 sandbox=0 | ai_credits 0/1200 over=0 sandbox=0 | app weekly seats=1 m=1 top-ups in=0 bought=0 used=0 left=0",
+    );
+}
+
+/// Cancelled, then started again before the weeks paid end (found in review: Feb 15–18
+/// were billed twice). The cancel ends the subscription with the cycle (Feb 14); the last
+/// week paid runs to Feb 18. Weekly again from Feb 15: its weeks go on from Feb 18 (4 in
+/// the cycle Feb 15 – Mar 15); monthly again: the first month is charged from Feb 18,
+/// 25/28 of $9.99 = $8.92.
+#[test]
+fn a_restart_before_the_weeks_paid_end_bills_from_their_end() {
+    check(
+        "@w app 01-14 app_max weekly
+         @w cancel 01-20
+         @w app 02-15 app_max weekly
+         @m app 01-14 app_max weekly
+         @m cancel 01-20
+         @m app 02-15 app_pro monthly
+         close 03-16",
+        "invoice m 2026-01-14 total=34.95 v=2026-01-01 | subscription_fee 5x6.99=34.95 | exports 0/1500 over=0 sandbox=0 | ai_credits 0/375 over=0 sandbox=0 | app weekly seats=1 m=1 top-ups in=0 bought=0 used=0 left=0
+         invoice m 2026-02-15 total=8.92 v=2026-01-01 | subscription_fee 1x8.92=8.92 | exports 0/500 over=0 sandbox=0 | ai_credits 0/125 over=0 sandbox=0 | app monthly seats=1 m=1 top-ups in=0 bought=0 used=0 left=0
+         invoice w 2026-01-14 total=34.95 v=2026-01-01 | subscription_fee 5x6.99=34.95 | exports 0/1500 over=0 sandbox=0 | ai_credits 0/375 over=0 sandbox=0 | app weekly seats=1 m=1 top-ups in=0 bought=0 used=0 left=0
+         invoice w 2026-02-15 total=27.96 v=2026-01-01 | subscription_fee 4x6.99=27.96 | exports 0/1500 over=0 sandbox=0 | ai_credits 0/375 over=0 sandbox=0 | app weekly seats=1 m=1 top-ups in=0 bought=0 used=0 left=0",
+    );
+}
+
 /// The issue's credits case: a credits team (plan 2025-01-10, 100 credits for $10.00)
 /// uses 150 removals in the cycle from 2025-03-10, governed by the 2025-02-27 catalog: 100
 /// draw the credits, 50 are billed at that catalog's $0.02 (not the credit's $0.10).

@@ -29,6 +29,9 @@ pub struct AppMonth {
     /// Cycles since `since`.
     pub month: u32,
     pub top_ups: bool,
+    /// Where the weekly subscription before this one was paid to, inside this cycle,
+    /// and its fee a week (all seats): the days before are paid for (rules V2).
+    pub paid_to: Option<(DateTime<Utc>, Decimal)>,
 }
 
 impl AppMonth {
@@ -52,6 +55,7 @@ impl AppMonth {
             since,
             month,
             top_ups: *top_ups,
+            paid_to: None,
         })
     }
 
@@ -70,7 +74,7 @@ impl AppMonth {
     }
 
     pub(crate) fn next(&self) -> AppMonth {
-        AppMonth { month: self.month + 1, ..self.clone() }
+        AppMonth { month: self.month + 1, paid_to: None, ..self.clone() }
     }
 }
 
@@ -109,7 +113,7 @@ pub(crate) fn check_top_up(month: &AppMonth, at: DateTime<Utc>) -> Result<(), Re
 }
 
 /// An app plan's fee per billing period: its price on the interval × seats.
-fn fee(version: &Version, plan: Plan, interval: BillingInterval, seats: u32) -> Option<Decimal> {
+pub(crate) fn fee(version: &Version, plan: Plan, interval: BillingInterval, seats: u32) -> Option<Decimal> {
     match version.plan(plan) {
         Some(PlanRule::App { prices, .. }) => prices.get(interval).map(|p| p * Decimal::from(seats)),
         _ => None,
@@ -138,31 +142,63 @@ pub(crate) fn upgrade(
     if interval != month.options.interval || new_fee <= old_fee {
         return false;
     }
-    let diff = new_fee - old_fee;
-    let (left, what) = match interval {
-        BillingInterval::Monthly => (fraction_left(a.cycle.start, a.cycle.end, at), "of the cycle"),
+    let paid = month.paid_to;
+    let (left, amount, what) = match interval {
+        BillingInterval::Monthly => {
+            let period = (a.cycle.start, a.cycle.end);
+            (fraction_left(period.0, period.1, at), upgrade_amount(new_fee, old_fee, period, at, paid), "of the cycle")
+        }
         BillingInterval::Yearly => {
             let year_k = a.k - month.month % 12;
             let year = (cycle_start(a.anchor, year_k), cycle_start(a.anchor, year_k + 12));
-            (fraction_left(year.0, year.1, at), "of the subscription year")
+            (
+                fraction_left(year.0, year.1, at),
+                upgrade_amount(new_fee, old_fee, year, at, paid),
+                "of the subscription year",
+            )
         }
         BillingInterval::Weekly => {
             let week = chrono::Duration::days(7);
             let n =
                 (at - month.since).num_nanoseconds().expect("within centuries") / week.num_nanoseconds().expect("fits");
             let week_start = month.since + week * n as i32;
-            let later = month.weeks_starting_in(at + chrono::Duration::nanoseconds(1), a.cycle.end);
-            (fraction_left(week_start, week_start + week, at) + Decimal::from(later), "weeks")
+            let later = Decimal::from(month.weeks_starting_in(at + chrono::Duration::nanoseconds(1), a.cycle.end));
+            let current = upgrade_amount(new_fee, old_fee, (week_start, week_start + week), at, paid);
+            (fraction_left(week_start, week_start + week, at) + later, current + (new_fee - old_fee) * later, "weeks")
         }
     };
     let options = AppOptions { interval, seats };
     let Some(upgraded) = AppMonth::on(version, terms.plan, options, month.since, month.month) else { return false };
+    let upgraded = AppMonth { paid_to: month.paid_to, ..upgraded };
     let description =
         format!("Upgrade to {}, {seats} seat(s), {} {what} left", label(version, terms), left.normalize());
-    a.cycle.charges.push(Charge::once(ChargeKind::UpgradeCharge, description, round_cents(diff * left), left));
+    a.cycle.charges.push(Charge::once(ChargeKind::UpgradeCharge, description, round_cents(amount), left));
     let gen = a.cycle.gens.last_mut().expect("a cycle has a generation");
     *gen = Gen { from: gen.from, number: gen.number + 1, terms: terms.clone(), allowance: Allowance::App(upgraded) };
     true
+}
+
+/// What an upgrade at `at` to a fee of `new` a period costs for what is left of the
+/// `period` paid at `old`: the difference for the rest of it; but where its days before
+/// `paid.0` were paid by an earlier weekly subscription at `paid.1` a week (rules V2),
+/// those days cost the new fee's share less what that week's fee paid for them (never
+/// below zero: nothing is refunded).
+fn upgrade_amount(
+    new: Decimal,
+    old: Decimal,
+    (start, end): (DateTime<Utc>, DateTime<Utc>),
+    at: DateTime<Utc>,
+    paid: Option<(DateTime<Utc>, Decimal)>,
+) -> Decimal {
+    let share = |t| fraction_left(start, end, t);
+    match paid {
+        Some((to, weekly)) if at < to => {
+            let week = chrono::Duration::days(7);
+            let before = new * (share(at) - share(to)) - weekly * fraction_left(to - week, to, at);
+            (new - old) * share(to) + before.max(Decimal::ZERO)
+        }
+        _ => (new - old) * share(at),
+    }
 }
 
 /// How an app cycle opens: the next month of a subscription, or a new subscription
@@ -173,11 +209,13 @@ pub(crate) enum Opening {
 }
 
 /// A weekly subscription's fees as a deferred change finds them: weeks from `since`,
-/// paid to `to` (the end of the last week that started before the change took effect).
+/// paid to `to` (the end of the last week that started before the change took effect),
+/// at `fee` a week (all seats).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct WeeklyPaid {
     pub since: DateTime<Utc>,
     pub to: DateTime<Utc>,
+    pub fee: Decimal,
     /// Where a yearly subscription starting with the cycle would end its first year.
     pub year_end: DateTime<Utc>,
 }
@@ -204,13 +242,19 @@ pub(crate) fn open_cycle(
 ) -> Result<CycleSpec, Violation> {
     let version = version_in_force(catalog, start, cause)?;
     let seats = check(version, &terms, &options, false).map_err(|reject| Violation::new(cause, reject))?;
-    let (since, n, paid) = match opening {
-        Opening::Next(m) => (m.since, m.month, None),
-        Opening::New(Some(p)) if options.interval == BillingInterval::Weekly => (p.since, 0, None),
-        Opening::New(paid) => (start, 0, paid.filter(|p| p.to > start)),
+    let (since, n, paid, paid_to) = match opening {
+        Opening::Next(m) => (m.since, m.month, None, None),
+        Opening::New(Some(p)) if options.interval == BillingInterval::Weekly => {
+            (p.since, 0, None, Some((p.to, p.fee)).filter(|_| p.to > start))
+        }
+        Opening::New(paid) => {
+            let paid = paid.filter(|p| p.to > start);
+            (start, 0, paid, paid.map(|p| (p.to, p.fee)))
+        }
     };
     let options = AppOptions { interval: options.interval, seats };
     let month = AppMonth::on(version, terms.plan, options, since, n).expect("check found the rule");
+    let month = AppMonth { paid_to, ..month };
     let label = label(version, &terms);
     let price = fee(version, terms.plan, options.interval, 1).expect("check found the price");
     let periods = match options.interval {

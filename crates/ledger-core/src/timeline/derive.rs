@@ -40,11 +40,43 @@ pub(crate) enum Next {
     Term(ContractTerms),
     /// The next month of the current term.
     Month(ContractMonth),
-    /// A new app subscription starting with the cycle; the start of the weekly fees'
-    /// grid when it follows a weekly subscription.
-    App(PlanTerms, AppOptions, Option<DateTime<Utc>>),
+    /// A new app subscription starting with the cycle, and the weekly subscription it
+    /// follows, if it does.
+    App(PlanTerms, AppOptions, Option<Weekly>),
     /// The next month of the current app subscription.
     AppMonth(PlanTerms, AppMonth),
+}
+
+/// A weekly app subscription as the cycle after it finds it: weeks from `since` at `fee`
+/// a week (all seats).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Weekly {
+    since: DateTime<Utc>,
+    fee: rust_decimal::Decimal,
+}
+
+impl Weekly {
+    /// The weekly subscription the cycle ends on, if it is one.
+    fn of(catalog: &Catalog, cycle: &CycleSpec) -> Option<Weekly> {
+        let last = cycle.gens.last()?;
+        let plans::Allowance::App(m) = &last.allowance else { return None };
+        let version = catalog.version(&cycle.version_id)?;
+        let fee = app::fee(version, last.terms.plan, m.options.interval, m.options.seats)?;
+        (m.options.interval == BillingInterval::Weekly).then_some(Weekly { since: m.since, fee })
+    }
+
+    /// Its fees as paid when the subscription after it starts at `start` of a cycle
+    /// whose rules are `rules` (none under V1, or when the weeks paid end by then).
+    fn paid(
+        self,
+        ended: DateTime<Utc>,
+        start: DateTime<Utc>,
+        year_end: DateTime<Utc>,
+        rules: Rules,
+    ) -> Option<app::WeeklyPaid> {
+        let to = app::week_boundary_from(self.since, ended);
+        (rules >= Rules::V2 && to > start).then_some(app::WeeklyPaid { since: self.since, to, fee: self.fee, year_end })
+    }
 }
 
 pub(crate) struct Active {
@@ -60,7 +92,7 @@ impl Active {
     /// What the cycle after this one runs on (`None`: the plan was cancelled). A plan
     /// that holds the next cycle (a contract term, a yearly app year) ignores what is
     /// pending until it lets go.
-    fn next_cycle(&mut self) -> Option<Next> {
+    fn next_cycle(&mut self, weekly: Option<Weekly>) -> Option<Next> {
         let last = self.cycle.gens.last().expect("a cycle has a generation");
         if let Some(next) = last.allowance.holds_next_cycle(&last.terms) {
             return Some(next);
@@ -69,13 +101,7 @@ impl Active {
             Some(Pending::Cancel) => None,
             Some(Pending::Change(terms)) => Some(Next::Plan(terms)),
             Some(Pending::Contract(terms)) => Some(Next::Term(terms)),
-            Some(Pending::App(terms, options)) => {
-                let weekly_since = match &last.allowance {
-                    plans::Allowance::App(m) if m.options.interval == BillingInterval::Weekly => Some(m.since),
-                    _ => None,
-                };
-                Some(Next::App(terms, options, weekly_since))
-            }
+            Some(Pending::App(terms, options)) => Some(Next::App(terms, options, weekly)),
             None => Some(last.allowance.renewal(&last.terms)),
         }
     }
@@ -92,20 +118,27 @@ pub fn derive(
     let mut cycles = Vec::new();
     let mut active: Option<Active> = None;
     let mut events = account.iter().filter(|e| e.change.is_plan_change()).peekable();
+    // A weekly subscription cancelled, and where its last cycle ended: a new one started
+    // before the weeks paid end bills from there.
+    let mut cancelled: Option<(Weekly, DateTime<Utc>)> = None;
     loop {
         let next_at = events.peek().map(|e| e.occurred_at);
         if let Some(a) = active.as_mut() {
             let boundary = a.cycle.end;
             if next_at.is_none_or(|t| t >= boundary) {
                 let done = next_at.is_none() && boundary > horizon;
-                let next = a.next_cycle();
+                let weekly = Weekly::of(catalog, &a.cycle);
+                let next = a.next_cycle(weekly);
                 cycles.push(std::mem::replace(&mut a.cycle, placeholder(boundary)));
                 match next {
                     Some(next) if !done => {
                         a.k += 1;
                         a.cycle = open_next(catalog, a, next, book)?;
                     }
-                    _ => active = None,
+                    next => {
+                        cancelled = weekly.filter(|_| next.is_none()).map(|w| (w, boundary));
+                        active = None;
+                    }
                 }
                 if done {
                     break;
@@ -114,7 +147,7 @@ pub fn derive(
             }
         }
         let Some(e) = events.next() else { break };
-        apply_change(&mut active, e, catalog, book)?;
+        apply_change(&mut active, e, catalog, book, cancelled.take())?;
     }
     Ok(cycles)
 }
@@ -130,14 +163,10 @@ fn open_next(catalog: &Catalog, a: &Active, next: Next, book: RuleBook<'_>) -> R
             contract::open_cycle(catalog, start, end, month, &a.last_event)
         }
         Next::Month(month) => contract::open_cycle(catalog, start, end, month, &a.last_event),
-        Next::App(terms, options, weekly_since) => {
+        Next::App(terms, options, weekly) => {
             // Under the current rules the weekly fees paid run to the end of their week:
             // the new plan's billing takes over there (billing.md §4, app track).
-            let paid = weekly_since.filter(|_| rules >= Rules::V2).map(|since| app::WeeklyPaid {
-                since,
-                to: app::week_boundary_from(since, start),
-                year_end: cycle_start(a.anchor, a.k + 12),
-            });
+            let paid = weekly.and_then(|w| w.paid(start, start, cycle_start(a.anchor, a.k + 12), rules));
             app::open_cycle(catalog, start, end, terms, options, app::Opening::New(paid), &a.last_event)
         }
         Next::AppMonth(terms, month) => {
@@ -165,6 +194,7 @@ fn apply_change(
     e: &AccountEvent,
     catalog: &Catalog,
     book: RuleBook<'_>,
+    cancelled: Option<(Weekly, DateTime<Utc>)>,
 ) -> Result<(), Violation> {
     let refuse = |code, reason: String| Err(Violation::new(&e.event_id, Reject::new(code, reason)));
     match (&e.change, active.as_mut()) {
@@ -187,7 +217,7 @@ fn apply_change(
             refuse(RejectCode::NoActivePlan, "no active plan to change or cancel".into())
         }
         (_, None) => {
-            *active = start(e, catalog, book)?;
+            *active = start(e, catalog, book, cancelled)?;
             Ok(())
         }
         (_, Some(a)) => {
@@ -198,7 +228,12 @@ fn apply_change(
 }
 
 /// A plan start with no plan active: its instant anchors the cycles.
-fn start(e: &AccountEvent, catalog: &Catalog, book: RuleBook<'_>) -> Result<Option<Active>, Violation> {
+fn start(
+    e: &AccountEvent,
+    catalog: &Catalog,
+    book: RuleBook<'_>,
+    cancelled: Option<(Weekly, DateTime<Utc>)>,
+) -> Result<Option<Active>, Violation> {
     let refuse = |reject: Reject| Violation::new(&e.event_id, reject);
     let anchor = e.occurred_at;
     let rules = book.at(anchor);
@@ -215,7 +250,10 @@ fn start(e: &AccountEvent, catalog: &Catalog, book: RuleBook<'_>) -> Result<Opti
         }
         AccountChange::AppPlanStarted(terms, options) => {
             app::check(version()?, terms, options, true).map_err(refuse)?;
-            let opening = app::Opening::New(None);
+            // Started again before the weeks a cancelled weekly subscription paid for end:
+            // its billing takes over there, as after a deferred change.
+            let paid = cancelled.and_then(|(w, ended)| w.paid(ended, anchor, cycle_start(anchor, 12), rules));
+            let opening = app::Opening::New(paid);
             (app::open_cycle(catalog, anchor, first_end, terms.clone(), *options, opening, cause)?, None)
         }
         AccountChange::ContractSigned(terms) => {
