@@ -98,6 +98,32 @@ fn weekly_to_yearly_charges_the_first_year_from_where_the_weeks_paid_end() {
     );
 }
 
+/// Weekly to yearly and back: the year (from Feb 14, 2026, charged from Feb 18) holds the
+/// plan to Feb 14, 2027, where the move back to weekly (signed in March) takes effect;
+/// the year paid ends with that cycle, so the weeks start with it: Feb 14, 21, 28 and
+/// Mar 7, 2027.
+#[test]
+fn weekly_to_yearly_and_back_bills_each_period_once() {
+    let out = run_scenario(
+        "app 01-14 app_max weekly
+         appchange 01-20 app_pro yearly
+         appchange 03-01 app_pro weekly
+         close 2027-03-15",
+    );
+    let invoices: Vec<&str> = out.lines().filter(|l| l.starts_with("invoice")).collect();
+    assert_eq!(invoices.len(), 14, "{out}");
+    assert!(invoices[1].contains("subscription_fee 1x89.00=89.00"), "{}", invoices[1]);
+    for month in &invoices[2..13] {
+        assert!(month.contains(" | - | ") && month.contains("app yearly"), "{month}");
+    }
+    assert!(invoices[13].starts_with("invoice t1 2027-02-14 total=11.96"), "{}", invoices[13]);
+    assert!(
+        invoices[13].contains("subscription_fee 4x2.99=11.96") && invoices[13].contains("app weekly"),
+        "{}",
+        invoices[13]
+    );
+}
+
 /// An upgrade while the week paid by the plan before is still running (found in review:
 /// it charged the difference from the current plan's fee for days paid at the plan
 /// before's). Max weekly to Pro weekly (deferred), then Ultra on Feb 15, inside the week
