@@ -284,3 +284,25 @@ fn a_killed_members_partitions_move_to_the_survivor_after_the_session_timeout() 
         .collect();
     assert_eq!(published, stored, "every alert published, none that is not stored");
 }
+
+/// An operator's `close` on a replicated ledger (no changelog writer attached) keeps its
+/// batch aside, and the next `run` appends it to the changelog before anything else: a
+/// machine restoring afterwards has the closed invoice too, byte for byte.
+#[test]
+fn an_operators_close_reaches_the_changelog_before_anything_else() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(tmp.path());
+    let file = crate::support::scenarios_dir().join("E2.jsonl");
+    ul_ok(tmp.path(), &["produce", "--brokers", &broker.address, file.to_str().unwrap()]);
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    drain_until(&a, &broker.address, 1201);
+    ul_ok(&a, &["close", "--until", "2026-05-02T00:00:00Z"]);
+    let closed = ul_ok(&a, &["invoices", "--team", "t1"]);
+    assert!(closed.contains(r#""status": "final""#), "{closed}");
+    crate::kafka::drain(&a, &broker.address);
+    let stderr = crate::kafka::drain(&b, &broker.address);
+    assert!(stderr.contains("usage-ledger: restored partition"), "{stderr}");
+    assert_eq!(ul_ok(&b, &["invoices", "--team", "t1"]), closed);
+    assert_eq!(digest(&b), digest(&a));
+    assert_eq!(unique_ids(&broker.address, INVOICES).len(), 1, "the closed invoice is published once");
+}

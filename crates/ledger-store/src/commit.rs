@@ -150,6 +150,7 @@ pub(crate) fn spawn(
     segment_no: Option<u64>,
     mut batch: crate::batch::Batch,
     replication: Option<Replication>,
+    replicated: bool,
 ) -> Result<std::thread::JoinHandle<Result<()>>> {
     let (tree, db, format) = (store.tree.clone(), store.db.clone(), store.format);
     let store_ = store.clone();
@@ -168,6 +169,13 @@ pub(crate) fn spawn(
             }
             let moved = match &replication {
                 Some(r) => r.append(&store_, &mut batch)?,
+                None if replicated && !batch.is_empty() => {
+                    // A replicated ledger written without its changelog: the batch waits
+                    // to be appended to it first.
+                    let ops = batch.ops().to_vec();
+                    tables::unreplicated::insert(&tree, &mut batch, &ops)?;
+                    None
+                }
                 None => None,
             };
             tree.apply_batch(batch.to_sled())?;

@@ -190,10 +190,20 @@ impl Ledger {
     /// changelog, which must be empty. Returns the position.
     pub fn replicate(&mut self, replica: std::sync::Arc<dyn crate::changelog::Replica>) -> Result<crate::Position> {
         self.wait_durable()?;
-        let position = match self.store.changelog_position()? {
+        let mut position = match self.store.changelog_position()? {
             Some(p) => p,
             None => crate::changelog::migrate(&self.store, replica.as_ref())?,
         };
+        // Batches committed without the changelog (an operator's close) go first.
+        for (n, ops) in tables::unreplicated::all(&self.store.tree)? {
+            position = crate::changelog::append(replica.as_ref(), position, &ops)?;
+            let mut batch = crate::batch::Batch::default();
+            tables::unreplicated::remove(&mut batch, n);
+            tables::meta::insert_changelog(&mut batch, &position);
+            self.store.tree.apply_batch(batch.to_sled())?;
+            self.store.db.flush()?;
+            info!(changelog = %replica.name(), batch = n, ops = ops.len(), "Appended a batch written without the changelog.");
+        }
         *self.store.unreplicated.lock().expect("not poisoned") = Some(Vec::new());
         let position_cell = std::sync::Arc::new(std::sync::Mutex::new(position));
         self.replication = Some(commit::Replication { replica, position: position_cell });
@@ -586,7 +596,15 @@ impl Ledger {
             self.index.next_segment += 1;
             self.index.next_segment - 1
         });
-        let done = commit::spawn(&self.store, Arc::clone(&blocks), segment_no, staged.batch, self.replication.clone())?;
+        let replicated = self.replication.is_none() && self.store.changelog_position()?.is_some();
+        let done = commit::spawn(
+            &self.store,
+            Arc::clone(&blocks),
+            segment_no,
+            staged.batch,
+            self.replication.clone(),
+            replicated,
+        )?;
         self.in_flight = Some(InFlight { blocks, block_of, bytes, done });
         Ok(std::mem::take(&mut staged.report))
     }

@@ -16,6 +16,7 @@
 //! | `M`  | `format`, `catalog`                | encoding version, recorded catalog | `meta`      |
 //! | `P`  | team 0 refund event_id             | parked refund                      | `parked`    |
 //! | `F`  | n (u64 BE)                         | outbox message refused for good    | `outbox`    |
+//! | `R`  | n (u64 BE)                         | a batch's operations, not yet in the changelog | `unreplicated` |
 //!
 //! Reserved: `H` (per-team chain heads, retired when the index became per-batch
 //! segments; heads are folded from the entries). A retired kind is never reused.
@@ -34,6 +35,7 @@ pub(crate) mod outbox;
 pub(crate) mod parked;
 #[cfg(test)]
 mod tests;
+pub(crate) mod unreplicated;
 
 /// Bump on any change to the encoding. A new store records this one; a store recorded
 /// with an older readable format is read and written in its own (its blocks keep their
@@ -62,6 +64,9 @@ pub(crate) enum KeyKind {
     Parked = b'P',
     /// Added in format 1 without changing any other encoding: older builds ignore it.
     Failed = b'F',
+    /// Batches a replicated ledger committed while no changelog writer was attached
+    /// (`close`, `serve`'s close), waiting to be appended to the changelog first.
+    Unreplicated = b'R',
 }
 
 impl KeyKind {
