@@ -56,7 +56,13 @@ impl ChangelogWriter {
             ("message.max.bytes", (RECORD_BYTES_MAX + 4096).to_string()),
             ("message.timeout.ms", APPEND_TIMEOUT.as_millis().to_string()),
         ];
-        let inner = config::client(brokers, &settings, true).create_with_context(LandedContext)?;
+        // The operator's producer properties apply (TLS, SASL, timeouts), but not over
+        // these: a smaller message limit would refuse every record, and the ledger.
+        let mut config = config::client(brokers, &settings, true);
+        for (k, v) in &settings {
+            config.set(*k, v);
+        }
+        let inner = config.create_with_context(LandedContext)?;
         Ok(ChangelogWriter { inner })
     }
 
