@@ -116,11 +116,11 @@ impl Shards {
 
     /// Opens the stores of newly assigned `partitions` and brings each up to its
     /// changelog, side by side (the broker serves the partitions' reads in parallel).
-    fn open_and_restore(&mut self, partitions: &BTreeSet<i32>) -> anyhow::Result<()> {
+    fn open_and_restore(&mut self, partitions: &[(String, i32)]) -> anyhow::Result<()> {
         let mut new = Vec::new();
-        for p in partitions {
+        for (topic, p) in partitions {
             if !self.open.contains_key(p) && !self.assigned.contains_key(p) {
-                self.store(*p)?;
+                self.store(*p).with_context(|| format!("partition {p} of {topic}"))?;
                 new.push(*p);
             }
         }
@@ -232,8 +232,7 @@ impl Partitions for Owner {
             }
         }
         shards.hand_over_released();
-        let numbers: BTreeSet<i32> = partitions.iter().map(|(_, p)| *p).collect();
-        if let Err(e) = shards.open_and_restore(&numbers) {
+        if let Err(e) = shards.open_and_restore(partitions) {
             shards.failure.get_or_insert(format!("{e:#}"));
         }
         let positions = partitions
