@@ -83,7 +83,22 @@ pub fn service(dir: &Path, brokers: &str, extra: &[&str]) -> Child {
 
 /// Runs the service until it has been idle for 5 s, and returns its stderr.
 pub fn drain(dir: &Path, brokers: &str) -> String {
-    let out = service(dir, brokers, &["--exit-when-idle-ms", "5000"]).wait_with_output().unwrap();
+    let child = service(dir, brokers, &["--exit-when-idle-ms", "5000"]);
+    // The service is not idle while it waits for an assignment, and tansu 0.6 can keep
+    // a group rebalancing for good after members were killed (it never expires them):
+    // past the deadline it is stopped as an operator would (SIGTERM, a clean stop), and
+    // `drain_until` runs it again.
+    let pid = child.id().to_string();
+    let (done, stopped) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if stopped.recv_timeout(Duration::from_secs(240)).is_err() {
+            eprintln!("drain: the service still ran after 240 s (no assignment?); stopping it with SIGTERM");
+            let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        }
+    });
+    let out = child.wait_with_output().unwrap();
+    let _ = done.send(());
+    watchdog.join().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "service failed: {stderr}");
     stderr

@@ -5,6 +5,7 @@
 mod advise;
 mod app;
 mod catalog;
+mod checkpoints;
 mod cli;
 mod compat;
 mod core_path;

@@ -16,9 +16,11 @@ use crate::plans::{Allowance, MeterInput, Usage};
 use crate::timeline::{CycleSpec, Gen};
 
 /// One usage event as the billing fold needs it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct UsageRec {
     pub seq: u64,
+    /// An event's time, inside the range the entry encodes it in.
+    #[serde(with = "chrono::serde::ts_nanoseconds")]
     pub at: DateTime<Utc>,
     pub event_id: EventId,
     pub api: Api,
@@ -28,7 +30,7 @@ pub struct UsageRec {
 }
 
 /// A line carried to the next invoice: late usage or a refund of an invoiced event.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CarryLine {
     pub kind: CarryKind,
     pub period_start: DateTime<Utc>,
@@ -39,7 +41,7 @@ pub struct CarryLine {
 }
 
 /// A legacy credit purchase (`CreditsPurchased`) as the billing fold needs it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Purchase {
     pub seq: u64,
     pub at: DateTime<Utc>,
@@ -50,7 +52,7 @@ pub struct Purchase {
     pub expires_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum CarryKind {
     LateUsage,
     RefundCredit,

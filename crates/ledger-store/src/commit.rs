@@ -116,6 +116,18 @@ fn entry_in(
     entries::decode_entry(&stored.body).map(Some).map_err(|e| Error::Corrupt(format!("staged entry: {e}")))
 }
 
+/// Where a ledger's batches go besides its store.
+#[derive(Clone)]
+pub(crate) enum Changelog {
+    /// Nowhere: the ledger was never replicated.
+    Local,
+    /// The ledger is replicated but no writer is attached (`close`, `serve`'s close):
+    /// each batch waits in table `R` to be appended first by the next writer.
+    Detached,
+    /// To the changelog, first (`Ledger::replicate`).
+    Attached(Replication),
+}
+
 /// A replicated ledger's changelog and its position in it.
 #[derive(Clone)]
 pub(crate) struct Replication {
@@ -149,8 +161,7 @@ pub(crate) fn spawn(
     blocks: Arc<Vec<StagedBlock>>,
     segment_no: Option<u64>,
     mut batch: crate::batch::Batch,
-    replication: Option<Replication>,
-    replicated: bool,
+    changelog: Changelog,
 ) -> Result<std::thread::JoinHandle<Result<()>>> {
     let (tree, db, format) = (store.tree.clone(), store.db.clone(), store.format);
     let store_ = store.clone();
@@ -167,20 +178,18 @@ pub(crate) fn spawn(
             if let Some(n) = segment_no {
                 tables::index::insert(&mut batch, n, &segment);
             }
-            let moved = match &replication {
-                Some(r) => r.append(&store_, &mut batch)?,
-                None if replicated && !batch.is_empty() => {
-                    // A replicated ledger written without its changelog: the batch waits
-                    // to be appended to it first.
+            let moved = match &changelog {
+                Changelog::Attached(r) => r.append(&store_, &mut batch)?.map(|next| (r, next)),
+                Changelog::Detached if !batch.is_empty() => {
                     let ops = batch.ops().to_vec();
                     tables::unreplicated::insert(&tree, &mut batch, &ops)?;
                     None
                 }
-                None => None,
+                Changelog::Detached | Changelog::Local => None,
             };
             tree.apply_batch(batch.to_sled())?;
             db.flush()?;
-            if let (Some(r), Some(next)) = (&replication, moved) {
+            if let Some((r, next)) = moved {
                 *r.position.lock().expect("not poisoned") = next;
             }
             Ok(())

@@ -99,6 +99,8 @@ pub const INDEX_MEMORY_EVENTS: u64 = 1 << 21;
 /// be rebuilt from them): each sets 4 bits of one 512-bit block, so a lookup reads one
 /// cache line. Built for a capacity of events (8 bits each) and rebuilt twice as large
 /// when the index outgrows it.
+const BLOOM_MAGIC: &[u8; 8] = b"ULBLOOM1";
+
 #[derive(Default)]
 struct Bloom {
     blocks: Vec<[u64; 8]>,
@@ -125,6 +127,39 @@ impl Bloom {
         for bit in bits {
             self.blocks[block][(bit / 64) as usize] |= 1 << (bit % 64);
         }
+    }
+
+    /// The filter as a file bound to `binding` (the runs' manifest digest): a magic, the
+    /// binding, the capacity, the blocks, and a CRC-32 of all of it.
+    fn to_file(&self, binding: &[u8; 32]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(56 + self.blocks.len() * 64);
+        out.extend_from_slice(BLOOM_MAGIC);
+        out.extend_from_slice(binding);
+        out.extend_from_slice(&self.capacity.to_le_bytes());
+        for word in self.blocks.iter().flatten() {
+            out.extend_from_slice(&word.to_le_bytes());
+        }
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// The filter a file holds, if it is whole and bound to `binding`.
+    fn from_file(bytes: &[u8], binding: &[u8; 32]) -> Option<Bloom> {
+        let (body, crc) = bytes.split_at_checked(bytes.len().checked_sub(4)?)?;
+        if crc32fast::hash(body).to_le_bytes() != crc || body.get(..8)? != BLOOM_MAGIC || body.get(8..40)? != binding {
+            return None;
+        }
+        let capacity = u64::from_le_bytes(body.get(40..48)?.try_into().ok()?);
+        let words = body.get(48..)?;
+        if words.len() % 64 != 0 || words.len() as u64 / 64 != (capacity / 64).max(1) {
+            return None;
+        }
+        let blocks = words
+            .chunks_exact(64)
+            .map(|b| std::array::from_fn(|i| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"))))
+            .collect();
+        Some(Bloom { blocks, capacity })
     }
 
     fn may_contain(&self, hash: u64) -> bool {
@@ -212,7 +247,7 @@ impl Index {
             }
         }
         index.sort_buckets();
-        index.rebuild_bloom()?;
+        index.restore_bloom()?;
         Ok(index)
     }
 
@@ -245,7 +280,8 @@ impl Index {
         let bytes = tables::index::segment_bytes(&store.tree, last)?
             .ok_or_else(|| Error::Corrupt(format!("index segment {last} is missing")))?;
         self.merge_recent();
-        self.spill_with(&bytes)
+        self.spill_with(&bytes)?;
+        self.save_bloom()
     }
 
     /// Moves the arrays (sorted, `recent` empty) to a run covering the segments below
@@ -323,10 +359,7 @@ impl Index {
     /// the one being inserted (the caller adds it). The runs' are read from disk.
     fn rebuild_bloom(&mut self) -> Result<()> {
         let mut bloom = Bloom::with_capacity((2 * self.len).max(1 << 16));
-        let recent = self.recent.keys().chain(self.recent_more.iter().map(|(h, _)| h));
-        let merged =
-            self.buckets.iter().enumerate().flat_map(|(b, slots)| slots.iter().map(move |s| kept_hash(b, s.part)));
-        for hash in merged.chain(recent.chain(self.big.keys()).copied()) {
+        for hash in self.memory_hashes() {
             bloom.insert(hash);
         }
         if let Some(runs) = &self.runs {
@@ -334,6 +367,48 @@ impl Index {
         }
         self.bloom = bloom;
         Ok(())
+    }
+
+    /// The hashes of the events in memory.
+    fn memory_hashes(&self) -> impl Iterator<Item = u64> + '_ {
+        let recent = self.recent.keys().chain(self.recent_more.iter().map(|(h, _)| h));
+        let merged =
+            self.buckets.iter().enumerate().flat_map(|(b, slots)| slots.iter().map(move |s| kept_hash(b, s.part)));
+        merged.chain(recent.chain(self.big.keys()).copied())
+    }
+
+    /// At open: the filter saved with the runs (they hold most events) plus the events
+    /// in memory, so an open reads no run; rebuilt from the runs when the file is
+    /// missing, damaged, bound to other runs or too small.
+    fn restore_bloom(&mut self) -> Result<()> {
+        let saved = self.runs.as_ref().and_then(|runs| {
+            let binding = runs.manifest_digest()?;
+            let bytes = std::fs::read(runs.dir().join(runs::BLOOM)).ok()?;
+            Bloom::from_file(&bytes, &binding)
+        });
+        match saved {
+            Some(bloom) if self.len <= bloom.capacity => {
+                self.bloom = bloom;
+                let hashes: Vec<u64> = self.memory_hashes().collect();
+                for hash in hashes {
+                    self.bloom.insert(hash);
+                }
+                Ok(())
+            }
+            // Saved for the next open: every run's hash is in it (a few more too).
+            _ => {
+                self.rebuild_bloom()?;
+                self.save_bloom()
+            }
+        }
+    }
+
+    /// Saves the filter beside the runs it covers (every event is in a run right after
+    /// a spill), bound to their manifest.
+    fn save_bloom(&self) -> Result<()> {
+        let Some(runs) = &self.runs else { return Ok(()) };
+        let Some(binding) = runs.manifest_digest() else { return Ok(()) };
+        runs::write_replacing(&runs.dir().join(runs::BLOOM), &self.bloom.to_file(&binding))
     }
 
     /// The merged slots whose hash agrees with this one in its top 48 bits.
@@ -409,6 +484,23 @@ mod tests {
         }
     }
 
+    /// Batch `n` as a writer does it: 1,000 events inserted, their segment written, a
+    /// spill when due (whether there was one).
+    fn insert_batch(index: &mut Index, store: &Store, n: u64) -> bool {
+        for i in 0..1000 {
+            let k = n * 1000 + i;
+            let team = TeamId::new(format!("team-{}", i % 3)).unwrap();
+            index.insert(id_hash(&format!("e{k}")), &team, k + 1).unwrap();
+        }
+        write_segments(store, n, n + 1, 1000, "e");
+        index.next_segment = n + 1;
+        let due = index.spill_due();
+        if due {
+            index.spill(store).unwrap();
+        }
+        due
+    }
+
     /// Event `k` as found: its team's name and sequence number.
     fn found(index: &Index, id: &str) -> Vec<(String, u64)> {
         let locs = index.candidates(id_hash(id)).unwrap();
@@ -452,16 +544,7 @@ mod tests {
         check(&index, 40_000);
         // Live: events inserted, their segments written, a spill when due.
         for n in 40..50 {
-            for i in 0..1000 {
-                let k = n * 1000 + i;
-                let team = TeamId::new(format!("team-{}", i % 3)).unwrap();
-                index.insert(id_hash(&format!("e{k}")), &team, k + 1).unwrap();
-            }
-            write_segments(&store, n, n + 1, 1000, "e");
-            index.next_segment = n + 1;
-            if index.spill_due() {
-                index.spill(&store).unwrap();
-            }
+            insert_batch(&mut index, &store, n);
         }
         check(&index, 50_000);
         drop(index);
@@ -496,6 +579,45 @@ mod tests {
         let index = Index::load_with(&store, 4096).unwrap();
         assert!(found(&index, "e123").is_empty());
         assert_eq!(found(&index, "x123"), [("team-0".to_string(), 124)]);
+    }
+
+    /// The bloom filter saved beside the runs at each spill is read back at open (no
+    /// run is read); one damaged, or saved with other runs (an older spill's), is
+    /// refused and rebuilt from the runs: every event is still found.
+    #[test]
+    fn the_saved_bloom_filter_is_used_only_with_the_runs_it_was_saved_with() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path(), &ledger_core::Catalog::builtin()).unwrap();
+        let bloom = store.dir().join("index").join(runs::BLOOM);
+        let mut index = Index::load_with(&store, 4096).unwrap();
+        let mut older = None;
+        for n in 0..12 {
+            if insert_batch(&mut index, &store, n) {
+                older = older.or_else(|| Some(std::fs::read(&bloom).unwrap()));
+            }
+        }
+        drop(index);
+        let saved = std::fs::read(&bloom).unwrap();
+        assert_ne!(Some(&saved), older.as_ref(), "each spill saves the filter again");
+        let all_found = |index: &Index| (0..12_000).all(|k| found(index, &format!("e{k}")).len() == 1);
+        let reopened = Index::load_with(&store, 4096).unwrap();
+        assert!(all_found(&reopened));
+        assert_eq!(std::fs::read(&bloom).unwrap(), saved, "a filter that matches is read, not rebuilt");
+        drop(reopened);
+        let runs = Runs::open(store.dir().join("index"), &store.tree).unwrap().0;
+        let binding = runs.manifest_digest().unwrap();
+        assert!(Bloom::from_file(&saved, &binding).is_some());
+        let mut flipped = saved.clone();
+        flipped[100] ^= 1;
+        assert!(Bloom::from_file(&flipped, &binding).is_none(), "a damaged filter is refused");
+        assert!(Bloom::from_file(older.as_ref().unwrap(), &binding).is_none(), "another spill's filter is refused");
+        for replaced in [flipped, older.unwrap(), Vec::new()] {
+            std::fs::write(&bloom, &replaced).unwrap();
+            let index = Index::load_with(&store, 4096).unwrap();
+            assert!(all_found(&index));
+            let again = std::fs::read(&bloom).unwrap();
+            assert!(Bloom::from_file(&again, &binding).is_some(), "rebuilt from the runs and saved again");
+        }
     }
 
     fn sorted_locs(index: &Index, hash: u64) -> Vec<(u32, u64)> {

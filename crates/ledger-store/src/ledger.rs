@@ -7,20 +7,23 @@ use chrono::{DateTime, Utc};
 use ledger_core::refund::unknown_after_wait;
 use ledger_core::team::{Applied, RefundLookup, Reject};
 use ledger_core::{AccountChange, AccountEvent, Catalog, Effects, Entry, Event, EventId, RefundTarget, Team, TeamId};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::commit::{self, ensure_space, InFlight, Staged};
 use crate::index::{fingerprint, id_hash, Index};
 use crate::parked::ParkedRefunds;
 pub use crate::parked::{refund_wait, Parked};
-use crate::replay::ProjectionCheck;
 use crate::store::Store;
 pub use crate::submission::{BatchReport, Outcome, Source, Submission};
+use crate::tables::checkpoints::{self, Counts};
 use crate::tables::conflicts::{self, Conflict};
 use crate::tables::entries::{self, Hash, StoredEntry};
 use crate::tables::outbox::{self, OutboxKind, OutboxMsg};
 use crate::tables::{self, alerts, invoices, offsets, Row};
 use crate::{Error, Result};
+
+mod open;
+mod replicate;
 
 /// Refunds one team may have waiting for their image; past it a refund is refused at
 /// once (`refund_unknown_event`), so parked refunds stay bounded.
@@ -32,13 +35,24 @@ struct Head {
     hash: Hash,
 }
 
-/// The writer: the store plus every team's folded state, rebuilt from the ledger on open.
+/// What the writer counts per team beside its state (a checkpoint keeps them).
+#[derive(Debug, Clone, Copy, Default)]
+struct Marks {
+    events: u64,
+    alerts: u64,
+    invoices: u64,
+    /// Entries appended since the team's last checkpoint (or folded past it at open).
+    since_checkpoint: u64,
+}
+
+/// The writer: the store plus every team's folded state, rebuilt from the ledger (from
+/// each team's checkpoint on) on open.
 pub struct Ledger {
     store: Store,
     catalog: Catalog,
     teams: HashMap<TeamId, Team>,
     heads: HashMap<TeamId, Head>,
-    alert_counts: HashMap<TeamId, u64>,
+    marks: HashMap<TeamId, Marks>,
     index: Index,
     next_outbox: u64,
     conflicts: u64,
@@ -46,8 +60,9 @@ pub struct Ledger {
     parked: ParkedRefunds,
     /// The batch being written by a committer thread (`submit_batch_deferred`).
     in_flight: Option<InFlight>,
-    /// The changelog every batch goes to first, once `replicate` was called.
-    replication: Option<commit::Replication>,
+    /// Where batches go besides the store: the changelog, first, once `replicate` was
+    /// called.
+    changelog: commit::Changelog,
 }
 
 impl Drop for Ledger {
@@ -94,138 +109,7 @@ impl Known {
     }
 }
 
-/// What `Ledger::open` gathers while it folds: counts, each team's alert numbering, and
-/// the stored projections checked against the fold.
-#[derive(Default)]
-struct OpenAcc {
-    entries: u64,
-    events: u64,
-    alert_counts: HashMap<TeamId, u64>,
-    projections: ProjectionCheck,
-}
-
-impl OpenAcc {
-    fn visit(
-        &mut self,
-        tree: &sled::Tree,
-        team: &TeamId,
-        stored: &StoredEntry,
-        entry: &Entry,
-        effects: Effects,
-    ) -> Result<()> {
-        self.entries += 1;
-        self.events += u64::from(entry.event_id().is_some());
-        let id = team.as_str();
-        if !effects.alerts.is_empty() {
-            let n = self.alert_counts.entry(team.clone()).or_default();
-            for alert in &effects.alerts {
-                let row = alerts::row(id, *n, alert);
-                self.projections.check(tree, &row.key, row.json.as_bytes(), || format!("team {id} alert {n}"))?;
-                *n += 1;
-            }
-        }
-        if let Some(invoice) = effects.invoice {
-            let period = invoice.period.start.clone();
-            let row = invoices::row(id, invoice, &stored.hash);
-            self.projections.check(tree, &row.key, row.json.as_bytes(), || format!("team {id} invoice {period}"))?;
-        }
-        Ok(())
-    }
-}
-
 impl Ledger {
-    /// Opens the store and folds the whole ledger to rebuild every team's state.
-    pub fn open(store: Store) -> Result<Ledger> {
-        let catalog = store.catalog()?;
-        let started = std::time::Instant::now();
-        let index = Index::load(&store)?;
-        let (folded, mut accs) = store.fold_all(&catalog, |acc: &mut OpenAcc, team, stored, entry, effects| {
-            acc.visit(&store.tree, team.id(), stored, entry, effects)
-        })?;
-        let (n, events) = accs.iter().fold((0, 0), |(n, e), a| (n + a.entries, e + a.events));
-        let projections = ProjectionCheck::merge(accs.iter_mut().map(|a| std::mem::take(&mut a.projections)));
-        let alert_counts: HashMap<TeamId, u64> = accs.into_iter().flat_map(|a| a.alert_counts).collect();
-        projections.verdict(store.projection_keys()?)?;
-        let mut teams = HashMap::with_capacity(folded.len());
-        let mut heads = HashMap::with_capacity(folded.len());
-        for (id, (team, hash)) in folded {
-            heads.insert(id.clone(), Head { seq: team.last_seq(), hash });
-            teams.insert(id, team);
-        }
-        let next_outbox = outbox::next_number(&store.tree)?;
-        if events != index.len {
-            return Err(Error::Corrupt(format!(
-                "the ledger holds {events} events but the index {}; run verify",
-                index.len
-            )));
-        }
-        info!(
-            entries = n,
-            teams = teams.len(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "Folded the ledger."
-        );
-        let mut parked = ParkedRefunds::default();
-        for p in tables::parked::all(&store.tree)? {
-            parked.insert(p);
-        }
-        Ok(Ledger {
-            store,
-            catalog,
-            teams,
-            heads,
-            alert_counts,
-            index,
-            next_outbox,
-            conflicts: 0,
-            parked,
-            in_flight: None,
-            replication: None,
-        })
-    }
-
-    /// Replicates every batch from now on through `replica` (see `changelog`): the store
-    /// must be up to date with it (`Store::restore`). A ledger with history but no
-    /// changelog position (written before the changelog) is first exported into the
-    /// changelog, which must be empty. Returns the position.
-    pub fn replicate(&mut self, replica: std::sync::Arc<dyn crate::changelog::Replica>) -> Result<crate::Position> {
-        self.wait_durable()?;
-        let mut position = match self.store.changelog_position()? {
-            Some(p) => p,
-            None => crate::changelog::migrate(&self.store, replica.as_ref())?,
-        };
-        // Batches committed without the changelog (an operator's close) go first.
-        for (n, ops) in tables::unreplicated::all(&self.store.tree)? {
-            position = crate::changelog::append(replica.as_ref(), position, &ops)?;
-            let mut batch = crate::batch::Batch::default();
-            tables::unreplicated::remove(&mut batch, n);
-            tables::meta::insert_changelog(&mut batch, &position);
-            self.store.tree.apply_batch(batch.to_sled())?;
-            self.store.db.flush()?;
-            info!(changelog = %replica.name(), batch = n, ops = ops.len(), "Appended a batch written without the changelog.");
-        }
-        *self.store.unreplicated.lock().expect("not poisoned") = Some(Vec::new());
-        let position_cell = std::sync::Arc::new(std::sync::Mutex::new(position));
-        self.replication = Some(commit::Replication { replica, position: position_cell });
-        Ok(position)
-    }
-
-    /// The changelog position, once replicated.
-    pub fn changelog_position(&self) -> Option<crate::Position> {
-        self.replication.as_ref().map(|r| *r.position.lock().expect("not poisoned"))
-    }
-
-    /// Appends the writes waiting for the changelog (outbox acknowledgements) as a record
-    /// of their own: when the writer is idle or hands its partition over, so the next
-    /// owner does not publish again what was published. Whether one was written.
-    pub fn flush_replica(&mut self) -> Result<bool> {
-        if self.replication.is_none() || !self.store.has_unreplicated() {
-            return Ok(false);
-        }
-        self.commit(Staged::default())?;
-        Ok(true)
-    }
-
     pub fn store(&self) -> &Store {
         &self.store
     }
@@ -331,7 +215,25 @@ impl Ledger {
         for msg in extra(&staged.report.outcomes, &staged.report.settled) {
             self.stage_outbox(&mut staged, &msg);
         }
+        self.stage_checkpoints(&mut staged);
         Ok(staged)
+    }
+
+    /// Stages a checkpoint of each team of the batch that is due one (`checkpoints::due`).
+    fn stage_checkpoints(&mut self, staged: &mut Staged) {
+        for block in &staged.blocks {
+            let id = &block.team;
+            let team = &self.teams[id];
+            let marks = self.marks.get_mut(id).expect("a team with entries has marks");
+            if !checkpoints::due(marks.since_checkpoint, team.pending_len()) {
+                continue;
+            }
+            let head = self.heads[id];
+            debug_assert_eq!(team.last_seq(), head.seq);
+            let counts = Counts { seq: head.seq, events: marks.events, alerts: marks.alerts, invoices: marks.invoices };
+            checkpoints::insert(&mut staged.batch, counts, &head.hash, team);
+            marks.since_checkpoint = 0;
+        }
     }
 
     /// Closes every cycle whose end + grace ≤ `until`, in one batch, and gives up the
@@ -359,6 +261,7 @@ impl Ledger {
             let applied = team.close_until(&self.catalog, until);
             self.stage(&mut staged, &id, applied);
         }
+        self.stage_checkpoints(&mut staged);
         self.commit(staged)
     }
 
@@ -516,8 +419,11 @@ impl Ledger {
             let hash = entries::chain(&head.hash, a.seq, &body);
             head = Head { seq: a.seq, hash };
             let block = &mut staged.blocks[block];
+            let marks = self.marks.entry(team_id.clone()).or_default();
+            marks.since_checkpoint += 1;
             if let Some(id) = a.entry.event_id() {
                 block.events.push((id.to_string(), a.seq));
+                marks.events += 1;
             }
             block.entries.push(StoredEntry { seq: a.seq, hash, body });
             staged.report.entries += 1;
@@ -536,10 +442,12 @@ impl Ledger {
         // Format 3 keeps the message it publishes; the formats before keep the JSON
         // (the builds that wrote them publish it).
         let messages = self.store.format() >= 3;
+        let marks = self.marks.entry(team_id.clone()).or_default();
+        marks.invoices += u64::from(effects.invoice.is_some());
         for alert in effects.alerts {
-            let n = self.alert_counts.entry(team_id.clone()).or_default();
-            let row = alerts::row(team_id.as_str(), *n, &alert);
-            *n += 1;
+            let marks = self.marks.get_mut(team_id).expect("inserted above");
+            let row = alerts::row(team_id.as_str(), marks.alerts, &alert);
+            marks.alerts += 1;
             staged.report.alerts += 1;
             let message = messages.then(|| ledger_proto::alert_message(&alert));
             self.stage_projection(staged, team_id, OutboxKind::Alert, row, message);
@@ -596,15 +504,7 @@ impl Ledger {
             self.index.next_segment += 1;
             self.index.next_segment - 1
         });
-        let replicated = self.replication.is_none() && self.store.changelog_position()?.is_some();
-        let done = commit::spawn(
-            &self.store,
-            Arc::clone(&blocks),
-            segment_no,
-            staged.batch,
-            self.replication.clone(),
-            replicated,
-        )?;
+        let done = commit::spawn(&self.store, Arc::clone(&blocks), segment_no, staged.batch, self.changelog.clone())?;
         self.in_flight = Some(InFlight { blocks, block_of, bytes, done });
         Ok(std::mem::take(&mut staged.report))
     }

@@ -10,6 +10,7 @@ mod batch;
 mod changelog;
 mod commit;
 mod datadir;
+mod fold;
 mod index;
 mod ledger;
 mod parked;
@@ -31,7 +32,7 @@ pub use store::{OpenOptions, Store};
 pub use tables::entries::StoredEntry;
 pub use tables::outbox::{OutboxKind, OutboxMsg, FAILED_REASON};
 pub use tables::FORMAT_VERSION;
-pub use verify::{tamper_entry, tamper_invoice, VerifyReport};
+pub use verify::{tamper_checkpoint, tamper_entry, tamper_invoice, CheckpointTamper, VerifyReport};
 
 /// Storage failures. Any of these stops the writer: nothing more is acknowledged.
 #[derive(Debug, thiserror::Error)]

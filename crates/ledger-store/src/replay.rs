@@ -7,6 +7,7 @@ use ledger_core::Catalog;
 use sha2::{Digest, Sha256};
 
 use crate::store::Store;
+use crate::tables::checkpoints::{self, Checkpoint, Counts};
 use crate::tables::{alerts, invoices};
 use crate::Result;
 
@@ -22,6 +23,12 @@ pub struct ReplayReport {
     pub alerts: u64,
     /// Stored projections that differed from the rebuilt ones (0 on a healthy store).
     pub mismatched: u64,
+    /// Checkpoints that differ from the fold of their team's entries, stand at no stored
+    /// entry, or do not decode, one line each naming the team (none on a healthy store).
+    /// `replay` removes them: the next open folds those teams from their first entry.
+    pub checkpoint_faults: Vec<String>,
+    /// Checkpoints found equal to the fold.
+    pub checkpoints: u64,
     /// SHA-256 over every final invoice (key, JSON) in key order: the same for the same
     /// ledger however its teams are spread over data directories.
     pub digest: String,
@@ -38,6 +45,8 @@ impl ReplayReport {
             invoices: 0,
             alerts: 0,
             mismatched: 0,
+            checkpoint_faults: Vec::new(),
+            checkpoints: 0,
             digest: String::new(),
             invoice_items: Vec::new(),
         };
@@ -47,6 +56,8 @@ impl ReplayReport {
             all.invoices += r.invoices;
             all.alerts += r.alerts;
             all.mismatched += r.mismatched;
+            all.checkpoint_faults.extend(r.checkpoint_faults);
+            all.checkpoints += r.checkpoints;
             all.invoice_items.extend(r.invoice_items);
         }
         all.invoice_items.sort();
@@ -126,7 +137,10 @@ struct Rebuilt {
     entries: u64,
     alerts: Rows,
     invoices: Rows,
-    alert_no: HashMap<String, u64>,
+    /// Each team's counts so far, compared with its checkpoint where the fold reaches it.
+    counts: HashMap<String, Counts>,
+    checkpoints: u64,
+    checkpoint_faults: Vec<String>,
 }
 
 impl Store {
@@ -142,26 +156,64 @@ impl Store {
     }
 
     fn rebuild(&self, catalog: &Catalog, replace: bool) -> Result<ReplayReport> {
-        let (teams, accs) = self.fold_all(catalog, |acc: &mut Rebuilt, team, stored, _, effects| {
+        let (stored_checkpoints, mut checkpoint_faults) = self.checkpoints()?;
+        let (teams, accs) = self.fold_all(catalog, |acc: &mut Rebuilt, team, stored, entry, effects| {
             acc.entries += 1;
             let team_id = team.id().as_str();
+            let counts = acc.counts.entry(team_id.to_string()).or_default();
+            counts.seq = stored.seq;
+            counts.events += u64::from(entry.event_id().is_some());
             for alert in effects.alerts {
-                let n = acc.alert_no.entry(team_id.to_string()).or_default();
-                let row = alerts::row(team_id, *n, &alert);
+                let row = alerts::row(team_id, counts.alerts, &alert);
                 acc.alerts.push((row.key, row.json.into_bytes()));
-                *n += 1;
+                counts.alerts += 1;
             }
             if let Some(invoice) = effects.invoice {
                 let row = invoices::row(team_id, invoice, &stored.hash);
                 acc.invoices.push((row.key, row.json.into_bytes()));
+                counts.invoices += 1;
+            }
+            if let Some(checkpoint) = stored_checkpoints.get(team_id).filter(|c| c.counts.seq == stored.seq) {
+                let counts = *counts;
+                if checkpoint.counts != counts
+                    || checkpoint.head != stored.hash
+                    || !checkpoint.team.agrees_with(catalog, team)
+                {
+                    acc.checkpoint_faults.push(format!(
+                        "team {team_id} seq {}: the checkpoint differs from the fold of the team's entries",
+                        stored.seq
+                    ));
+                } else {
+                    acc.checkpoints += 1;
+                }
             }
             Ok(())
         })?;
         let mut all = Rebuilt::default();
+        let mut reached = 0;
         for acc in accs {
             all.entries += acc.entries;
             all.alerts.extend(acc.alerts);
             all.invoices.extend(acc.invoices);
+            all.checkpoints += acc.checkpoints;
+            reached += acc.checkpoints + acc.checkpoint_faults.len() as u64;
+            checkpoint_faults.extend(acc.checkpoint_faults);
+        }
+        if reached < stored_checkpoints.len() as u64 {
+            let heads: HashMap<&str, u64> = teams.iter().map(|(id, (t, _))| (id.as_str(), t.last_seq())).collect();
+            for (team, checkpoint) in &stored_checkpoints {
+                let head = heads.get(team.as_str()).copied().unwrap_or(0);
+                if head < checkpoint.counts.seq {
+                    checkpoint_faults.push(format!(
+                        "team {team} seq {}: the checkpoint stands at no stored entry (the team's last is {head})",
+                        checkpoint.counts.seq
+                    ));
+                }
+            }
+        }
+        checkpoint_faults.sort();
+        if replace && !checkpoint_faults.is_empty() {
+            self.remove_checkpoints(&checkpoint_faults)?;
         }
         all.alerts.sort();
         all.invoices.sort();
@@ -172,6 +224,8 @@ impl Store {
             invoices: all.invoices.len() as u64,
             alerts: all.alerts.len() as u64,
             mismatched,
+            checkpoint_faults,
+            checkpoints: all.checkpoints,
             digest: digest(&all.invoices),
             invoice_items: all.invoices,
         })
@@ -207,5 +261,38 @@ impl Store {
     /// The keys of every stored alert and invoice.
     fn projection_key_iter(&self) -> impl Iterator<Item = Result<sled::IVec>> + '_ {
         alerts::keys(&self.tree).chain(invoices::keys(&self.tree))
+    }
+}
+
+impl Store {
+    /// Every stored checkpoint this build reads, by team, and a fault line for each one
+    /// that does not decode.
+    fn checkpoints(&self) -> Result<(HashMap<String, Checkpoint>, Vec<String>)> {
+        let mut found = HashMap::new();
+        let mut faults = Vec::new();
+        for kv in checkpoints::all(&self.tree) {
+            let (team, value) = kv?;
+            match checkpoints::decode(&team, &value) {
+                Ok(Some(checkpoint)) => {
+                    found.insert(team, checkpoint);
+                }
+                Ok(None) => {}
+                Err(e) => faults.push(format!("team {team}: {e}")),
+            }
+        }
+        Ok((found, faults))
+    }
+
+    /// Removes the checkpoints the fault lines name (each starts `team T`).
+    fn remove_checkpoints(&self, faults: &[String]) -> Result<()> {
+        let mut batch = crate::batch::Batch::default();
+        for fault in faults {
+            if let Some(team) = fault.strip_prefix("team ").and_then(|f| f.split([' ', ':']).next()) {
+                checkpoints::remove(&mut batch, team);
+            }
+        }
+        self.tree.apply_batch(batch.to_sled())?;
+        self.db.flush()?;
+        Ok(())
     }
 }

@@ -1,12 +1,11 @@
 //! Opening the data directory, reading it through its tables, and folding the ledger
 //! back.
-use std::collections::HashMap;
 use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 
-use ledger_core::{Catalog, Effects, Entry, Team, TeamId};
+use ledger_core::{Catalog, Entry, Team, TeamId};
 
-use crate::tables::entries::{self, Hash, StoredEntry};
+use crate::tables::entries;
 use crate::tables::outbox::{self, OutboxMsg};
 use crate::tables::{alerts, conflicts, invoices, meta, offsets, FORMATS_READABLE, FORMAT_VERSION};
 use crate::{Error, Result};
@@ -23,9 +22,6 @@ pub struct Store {
     /// carried yet; `None` while the ledger is not replicated.
     pub(crate) unreplicated: std::sync::Arc<std::sync::Mutex<Option<Vec<crate::batch::Op>>>>,
 }
-
-/// Every team's folded state with its chain head.
-pub(crate) type Folded = HashMap<TeamId, (Team, Hash)>;
 
 pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io { path: path.display().to_string(), source }
@@ -290,89 +286,6 @@ impl Store {
         entries::read(&self.tree, team, seq)
     }
 
-    /// Folds every entry of one team through fresh core state, checking the chain as
-    /// it reads. `visit` sees each entry and its effects.
-    fn fold_team(
-        &self,
-        catalog: &Catalog,
-        team: &TeamId,
-        mut visit: impl FnMut(&mut Team, &StoredEntry, &Entry, Effects) -> Result<()>,
-    ) -> Result<Folded> {
-        self.fold_range(catalog, entries::of_team(team.as_str()), &mut visit)
-    }
-
-    /// Folds every team's entries on all cores: the key space is cut at team boundaries
-    /// into one contiguous range per thread (teams are independent). Each range gets
-    /// its own accumulator; they come back in key order.
-    pub(crate) fn fold_all<A: Default + Send>(
-        &self,
-        catalog: &Catalog,
-        visit: impl Fn(&mut A, &mut Team, &StoredEntry, &Entry, Effects) -> Result<()> + Sync,
-    ) -> Result<(Folded, Vec<A>)> {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
-        let bounds = entries::team_bounds(&self.tree, threads)?;
-        let results: Vec<Result<(Folded, A)>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = bounds
-                .windows(2)
-                .map(|w| {
-                    let (lower, upper) = (w[0].clone(), w[1].clone());
-                    let visit = &visit;
-                    scope.spawn(move || {
-                        let mut acc = A::default();
-                        let teams =
-                            self.fold_range(catalog, (lower, upper), &mut |t, s, e, fx| visit(&mut acc, t, s, e, fx))?;
-                        Ok((teams, acc))
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().expect("fold threads do not panic")).collect()
-        });
-        let mut teams = HashMap::new();
-        let mut accs = Vec::with_capacity(results.len());
-        for r in results {
-            let (t, acc) = r?;
-            teams.extend(t);
-            accs.push(acc);
-        }
-        Ok((teams, accs))
-    }
-
-    fn fold_range(
-        &self,
-        catalog: &Catalog,
-        range: (Vec<u8>, Vec<u8>),
-        visit: &mut dyn FnMut(&mut Team, &StoredEntry, &Entry, Effects) -> Result<()>,
-    ) -> Result<Folded> {
-        let mut teams: Folded = HashMap::new();
-        let mut current: Option<(TeamId, Team, Hash)> = None;
-        for block in entries::blocks(&self.tree, range) {
-            let (team, _, run) = block?;
-            if current.as_ref().is_none_or(|(id, _, _)| id.as_str() != team) {
-                if let Some((id, t, h)) = current.take() {
-                    teams.insert(id, (t, h));
-                }
-                let id = TeamId::new(team.clone()).map_err(|e| Error::Corrupt(format!("team key {team:?}: {e}")))?;
-                current = Some((id.clone(), Team::new(id), [0; 32]));
-            }
-            let (_, state, head) = current.as_mut().expect("set above");
-            for stored in &run {
-                if entries::chain(head, stored.seq, &stored.body) != stored.hash {
-                    return Err(Error::Corrupt(format!("team {team} seq {}: hash chain broken", stored.seq)));
-                }
-                let entry = entries::decode_entry(&stored.body).map_err(|e| {
-                    Error::Corrupt(format!("team {team} seq {}: entry does not decode: {e}", stored.seq))
-                })?;
-                let effects = state.apply(catalog, stored.seq, &entry)?;
-                *head = stored.hash;
-                visit(state, stored, &entry, effects)?;
-            }
-        }
-        if let Some((id, t, h)) = current {
-            teams.insert(id, (t, h));
-        }
-        Ok(teams)
-    }
-
     /// Whether the team has entries here.
     pub fn has_team(&self, team: &str) -> Result<bool> {
         entries::has_team(&self.tree, team)
@@ -383,17 +296,17 @@ impl Store {
         entries::teams(&self.tree)
     }
 
-    /// One team's state folded from its entries alone (for balances and drafts).
+    /// One team's state folded from its entries alone, from its checkpoint on (for balances
+    /// and drafts).
     pub fn load_team(&self, catalog: &Catalog, team: &TeamId) -> Result<Team> {
-        let mut teams = self.fold_team(catalog, team, |_, _, _, _| Ok(()))?;
-        Ok(teams.remove(team).map(|(t, _)| t).unwrap_or_else(|| Team::new(team.clone())))
+        Ok(self.resume_team(catalog, team, &mut |_| {}, &mut |_, _, _, _| Ok(()))?.0)
     }
 
     /// One team's entries in ledger order, folded on the way (a ledger that contradicts
     /// itself is an error here too).
     pub fn team_entries(&self, catalog: &Catalog, team: &TeamId) -> Result<Vec<Entry>> {
         let mut entries = Vec::new();
-        self.fold_team(catalog, team, |_, _, entry, _| {
+        self.fold_range(catalog, entries::of_team(team.as_str()), &mut |_, _, entry, _| {
             entries.push(entry.clone());
             Ok(())
         })?;

@@ -15,6 +15,8 @@ pub struct VerifyReport {
     pub teams: u64,
     pub entries: u64,
     pub index_records: u64,
+    /// Checkpoints found equal to the fold of their team's entries (`replay`'s check).
+    pub checkpoints: u64,
     /// One line per fault, each naming the team and sequence number (or event id).
     pub faults: Vec<String>,
 }
@@ -138,4 +140,38 @@ pub fn tamper_invoice(dir: &Path, team: &str) -> Result<()> {
         }
     }
     Err(Error::Corrupt(format!("team {team} has no final invoice")))
+}
+
+/// How `tamper_checkpoint` damages a checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointTamper {
+    /// One more alert counted than the entries raised: it still decodes and links.
+    Counts,
+    /// Marked with a state version this build does not have (a newer build's).
+    Version,
+}
+
+/// Damages the checkpoint of `team` in whichever ledger of the data dir holds one: what
+/// `verify` must report and an open must not trust. For tests and drills only.
+pub fn tamper_checkpoint(dir: &Path, team: &str, how: CheckpointTamper) -> Result<()> {
+    use crate::tables::checkpoints;
+    for store in crate::datadir::open_all(dir, &Catalog::builtin(), crate::OpenOptions::default())? {
+        let id = ledger_core::TeamId::new(team).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let Some(mut checkpoint) = checkpoints::read(&store.tree, &id)? else { continue };
+        let mut batch = crate::batch::Batch::default();
+        match how {
+            CheckpointTamper::Counts => checkpoint.counts.alerts += 1,
+            CheckpointTamper::Version => {}
+        }
+        checkpoints::insert(&mut batch, checkpoint.counts, &checkpoint.head, &checkpoint.team);
+        let mut ops = batch.ops().to_vec();
+        if how == CheckpointTamper::Version {
+            let value = ops[0].1.as_mut().expect("an insert");
+            value[1..3].copy_from_slice(&(ledger_core::Team::STATE_VERSION + 1).to_be_bytes());
+        }
+        store.tree.apply_batch(crate::batch::Batch::from_ops(ops).to_sled())?;
+        store.db.flush()?;
+        return Ok(());
+    }
+    Err(Error::Corrupt(format!("team {team} has no checkpoint")))
 }

@@ -174,24 +174,33 @@ pub fn replay(dir: &Path) -> anyhow::Result<ExitCode> {
         report.alerts,
         report.mismatched
     );
+    for fault in &report.checkpoint_faults {
+        eprintln!("removed a checkpoint: {fault}");
+    }
     crate::emit(&format!("digest: {}", report.digest))?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// `verify`: every chain and the index both ways, then every team refolded from its
 /// entries alone (each `CycleClosed` and `CreditsExpired` recomputed and compared) with
-/// the stored alerts and invoices compared to the fold, and every outbox message read.
+/// the stored alerts and invoices compared to the fold, each checkpoint compared to the
+/// fold at its entry, and every outbox message read.
 pub fn verify(dir: &Path) -> anyhow::Result<ExitCode> {
     let stores = open_existing(dir)?;
     let reading = crate::reading::Reading::start("verify");
     let mut report = ledger_store::verify_all(&stores)?;
     if report.faults.is_empty() {
         match ledger_store::replay_all_read_only(&stores) {
-            Ok(replay) if replay.mismatched > 0 => report.faults.push(format!(
-                "{} stored alert(s) or invoice(s) differ from what the entries fold to",
-                replay.mismatched
-            )),
-            Ok(_) => {}
+            Ok(replay) => {
+                if replay.mismatched > 0 {
+                    report.faults.push(format!(
+                        "{} stored alert(s) or invoice(s) differ from what the entries fold to",
+                        replay.mismatched
+                    ));
+                }
+                report.faults.extend(replay.checkpoint_faults);
+                report.checkpoints = replay.checkpoints;
+            }
             Err(e) => report.faults.push(format!("the entries do not refold: {e}")),
         }
         for store in &stores {
@@ -209,6 +218,7 @@ pub fn verify(dir: &Path) -> anyhow::Result<ExitCode> {
             "ok: {} teams, {} entries, {} index records",
             report.teams, report.entries, report.index_records
         ))?;
+        tracing::info!(checkpoints = report.checkpoints, "Every checkpoint equals the fold of its team's entries.");
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!("error: {} fault(s) found; first: {}", report.faults.len(), report.faults[0]);

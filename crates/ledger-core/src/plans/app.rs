@@ -18,7 +18,7 @@ use crate::timeline::derive::Active;
 use crate::timeline::{cycle_of, version_in_force, Charge, ChargeKind, CycleSpec, Gen, Violation};
 
 /// Where a cycle sits in an app subscription.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AppMonth {
     /// The interval, and the seats resolved (never 0).
     pub options: AppOptions,
@@ -211,7 +211,7 @@ pub(crate) enum Opening {
 /// A weekly subscription's fees as a deferred change finds them: weeks from `since`,
 /// paid to `to` (the end of the last week that started before the change took effect),
 /// at `fee` a week (all seats).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub(crate) struct WeeklyPaid {
     pub since: DateTime<Utc>,
     pub to: DateTime<Utc>,

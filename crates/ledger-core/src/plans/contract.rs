@@ -18,7 +18,7 @@ use crate::statement::{LineItem, LineKind, UnitPrice};
 use crate::timeline::{cycle_of, version_in_force, Charge, ChargeKind, CycleSpec, Violation};
 
 /// Where a cycle sits in an enterprise contract's term.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ContractMonth {
     pub terms: ContractTerms,
     pub term_start: DateTime<Utc>,
@@ -116,7 +116,7 @@ pub(crate) fn open_cycle(
 }
 
 /// Where a contract term stands when a cycle starts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ContractCarry {
     /// The term the figures belong to; a cycle of another term starts from zero.
     pub term_start: Option<DateTime<Utc>>,

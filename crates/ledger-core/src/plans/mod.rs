@@ -23,7 +23,7 @@ pub use app::AppMonth;
 pub use contract::ContractMonth;
 
 /// What an allowance is worth in one bucket generation.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Allowance {
     /// Prepaid value, drawn down at the called API's rate; usage beyond it is overage.
     Bucket { value: Decimal },
@@ -189,7 +189,7 @@ pub(crate) struct Usage<'a> {
 }
 
 /// What a meter measures. The order is the balance's row order within a generation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum MeterKind {
     Bucket,
     Sandbox,
@@ -218,7 +218,7 @@ impl MeterKind {
 }
 
 /// One limit and how much of it is consumed (value, images or credits).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Meter {
     pub kind: MeterKind,
     pub consumed: Decimal,
@@ -239,7 +239,7 @@ impl Meter {
 
 /// What a generation used and had available so far: the live aggregates and the
 /// figures both describe it, so alerts and balances read the same meters.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MeterInput {
     /// Value drawn at the generation's rates (refunds and sandbox left out).
     pub value: Decimal,

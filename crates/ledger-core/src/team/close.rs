@@ -15,7 +15,7 @@ use crate::timeline::{self, RuleBook, Rules};
 
 /// What one cycle hands the next: legacy credits left, the contract term's position and
 /// AI-credit top-ups left.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(PartialEq, Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 pub(super) struct Carried {
     pub credits: u64,
     pub contract: ContractCarry,

@@ -13,7 +13,7 @@ use crate::plans::contract::ContractFigures;
 use crate::plans::{Allowance, MeterInput, MeterKind};
 use crate::report::{fmt_time, Alert};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub(super) struct AlertKey {
     meter: MeterKind,
     cycle_start: DateTime<Utc>,

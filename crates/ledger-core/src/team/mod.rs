@@ -49,7 +49,9 @@ pub struct Applied {
     pub effects: Effects,
 }
 
-#[derive(Debug)]
+/// A team's folded state. It serializes (`serde`) for the store's checkpoints: every
+/// change to its fields, or to a type it holds, bumps `Team::STATE_VERSION`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Team {
     id: TeamId,
     next_seq: u64,
@@ -74,7 +76,7 @@ pub struct Team {
     refunded: HashSet<EventId>,
     /// The newest usage of closed cycles no plan priced (at most `UNPLANNED_LISTED`),
     /// and how much there was in all.
-    unplanned: VecDeque<Unplanned>,
+    unplanned: VecDeque<UsageRec>,
     unplanned_total: u64,
     /// Legacy credit purchases, sorted by `(at, event_id)`.
     purchases: Vec<Purchase>,
@@ -121,6 +123,32 @@ impl Team {
             credits_expired: None,
             credit_draws: HashMap::new(),
         }
+    }
+
+    /// The version of the serialized state: a checkpoint of another version is not read
+    /// (the team is folded from its entries instead).
+    pub const STATE_VERSION: u16 = 1;
+
+    /// Usage records the state holds (the open cycles' usage): what a checkpoint of it
+    /// weighs, about.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Whether `other` holds the same state once both timelines reach equally far: a
+    /// writer derives cycles further ahead than a fold of its entries when it refused
+    /// an event from later (the cycles ahead are derived, not state).
+    pub fn agrees_with(&self, catalog: &Catalog, other: &Team) -> bool {
+        let horizon = self.horizon.max(other.horizon);
+        let widened = |team: &Team| {
+            let mut team = team.clone();
+            if team.horizon < horizon {
+                team.horizon = horizon;
+                team.rederive(catalog).ok()?;
+            }
+            Some(team)
+        };
+        matches!((widened(self), widened(other)), (Some(a), Some(b)) if a == b)
     }
 
     pub fn id(&self) -> &TeamId {
@@ -260,7 +288,7 @@ impl Team {
         if self.unplanned.len() == UNPLANNED_LISTED {
             self.unplanned.pop_front();
         }
-        self.unplanned.push_back(unplanned_of(rec));
+        self.unplanned.push_back(rec.clone());
         self.unplanned_total += 1;
     }
 

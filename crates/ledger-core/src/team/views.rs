@@ -126,7 +126,7 @@ impl Team {
         let listed_open = open.len().min(UNPLANNED_LISTED);
         let listed_closed = UNPLANNED_LISTED - listed_open;
         let mut unplanned: Vec<Unplanned> =
-            self.unplanned.iter().skip(self.unplanned.len().saturating_sub(listed_closed)).cloned().collect();
+            self.unplanned.iter().skip(self.unplanned.len().saturating_sub(listed_closed)).map(unplanned_of).collect();
         unplanned.extend(open[open.len() - listed_open..].iter().map(|r| unplanned_of(r)));
         let total = self.unplanned_total + open.len() as u64;
         let unplanned_total = (total > unplanned.len() as u64).then_some(total);

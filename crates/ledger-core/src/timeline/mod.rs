@@ -18,7 +18,7 @@ pub use derive::{derive, RuleBook};
 
 /// One bucket generation: the plan in force from `from` until the next one (or the
 /// cycle's end). An upgrade starts a new generation, whose alert thresholds fire afresh.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Gen {
     pub from: DateTime<Utc>,
     pub number: u32,
@@ -26,7 +26,7 @@ pub struct Gen {
     pub allowance: Allowance,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ChargeKind {
     BucketFee,
     UpgradeCharge,
@@ -35,7 +35,7 @@ pub enum ChargeKind {
 }
 
 /// A prepaid charge of the cycle: the bucket fee at its start, or an upgrade charge.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Charge {
     pub kind: ChargeKind,
     pub description: String,
@@ -48,7 +48,7 @@ pub struct Charge {
     pub fraction: Decimal,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CycleSpec {
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,
@@ -64,7 +64,7 @@ pub struct CycleSpec {
 /// The billing rules a cycle is priced under. A closed invoice is history: a cycle
 /// closed under older rules is priced by them on every replay, and its close entry says
 /// which (`Entry::CycleClosed` is `V1`, `Entry::ClosedUnder` names its rules).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Rules {
     /// Before issue 19: a deferred change of a weekly app subscription starts the new
     /// plan's fees afresh at the cycle start (the days left of the last week paid are

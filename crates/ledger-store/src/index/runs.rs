@@ -14,6 +14,7 @@ use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
 use tracing::{info, warn};
 
 use crate::store::{fsync_dir, io};
@@ -27,6 +28,8 @@ pub(crate) const RECORD: usize = 16;
 /// Records in a page, the unit a lookup reads: 4 KiB.
 const PAGE: usize = 256;
 const MANIFEST: &str = "manifest.json";
+/// The index's bloom filter as it stood when the manifest was written (`Index`).
+pub(crate) const BLOOM: &str = "bloom";
 const VERSION: u32 = 1;
 
 #[derive(Serialize, Deserialize)]
@@ -101,6 +104,7 @@ pub(crate) struct Runs {
     dir: PathBuf,
     runs: Vec<Run>,
     next_file: u64,
+    manifest_digest: Option<[u8; 32]>,
 }
 
 /// What the runs found on disk cover.
@@ -163,7 +167,7 @@ impl Runs {
     /// directory emptied) if they are missing or do not match.
     pub fn open(dir: PathBuf, tree: &sled::Tree) -> Result<(Runs, Option<Covered>)> {
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let mut runs = Runs { dir, runs: Vec::new(), next_file: 0 };
+        let mut runs = Runs { dir, runs: Vec::new(), next_file: 0, manifest_digest: None };
         let covered = match runs.load(tree) {
             Ok(covered) => covered,
             Err(why) => {
@@ -186,6 +190,7 @@ impl Runs {
             Err(e) => return Err(format!("{}: {e}", path.display())),
         };
         let m: Manifest = serde_json::from_slice(&text).map_err(|e| format!("{MANIFEST}: {e}"))?;
+        let digest: [u8; 32] = sha2::Sha256::digest(&text).into();
         if m.version != VERSION {
             return Err(format!("{MANIFEST} is version {}, this build writes {VERSION}", m.version));
         }
@@ -203,6 +208,7 @@ impl Runs {
             self.runs.push(run);
         }
         self.next_file = m.next_file;
+        self.manifest_digest = Some(digest);
         Ok(Some(Covered { segments: m.segments, teams: m.teams }))
     }
 
@@ -249,7 +255,7 @@ impl Runs {
             let entry = entry.map_err(io(&self.dir))?;
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if listed.contains(name.as_ref()) || (keep_manifest && name == MANIFEST) {
+            if listed.contains(name.as_ref()) || (keep_manifest && (name == MANIFEST || name == BLOOM)) {
                 continue;
             }
             std::fs::remove_file(entry.path()).map_err(io(&entry.path()))?;
@@ -388,7 +394,7 @@ impl Runs {
 
     /// Writes the manifest beside the runs, atomically (a temporary file renamed over
     /// it), the directory fsynced before and after so the runs it names are there.
-    fn write_manifest(&self, cover: &Cover<'_>) -> Result<()> {
+    fn write_manifest(&mut self, cover: &Cover<'_>) -> Result<()> {
         fsync_dir(&self.dir)?;
         let manifest = Manifest {
             version: VERSION,
@@ -398,14 +404,31 @@ impl Runs {
             runs: self.runs.iter().map(|r| r.meta.clone()).collect(),
             next_file: self.next_file,
         };
-        let tmp = self.dir.join("manifest.tmp");
-        let mut file = File::create(&tmp).map_err(io(&tmp))?;
-        file.write_all(&serde_json::to_vec(&manifest).expect("manifests encode")).map_err(io(&tmp))?;
-        file.sync_all().map_err(io(&tmp))?;
+        let bytes = serde_json::to_vec(&manifest).expect("manifests encode");
         let path = self.dir.join(MANIFEST);
-        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        write_replacing(&path, &bytes)?;
+        self.manifest_digest = Some(sha2::Sha256::digest(&bytes).into());
         fsync_dir(&self.dir)
     }
+
+    /// SHA-256 of the manifest as written or read: what a file derived from exactly
+    /// these runs (the bloom filter) is bound to.
+    pub fn manifest_digest(&self) -> Option<[u8; 32]> {
+        self.manifest_digest
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Writes `bytes` to a temporary file beside `path`, syncs it and renames it over `path`.
+pub(crate) fn write_replacing(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = File::create(&tmp).map_err(io(&tmp))?;
+    file.write_all(bytes).map_err(io(&tmp))?;
+    file.sync_all().map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
 }
 
 fn encode(r: Record) -> [u8; RECORD] {

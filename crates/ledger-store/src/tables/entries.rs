@@ -165,15 +165,21 @@ pub(crate) fn has_team(tree: &sled::Tree, team: &str) -> Result<bool> {
     Ok(tree.scan_prefix(KeyKind::Entry.team_prefix(team)).next().transpose()?.is_some())
 }
 
-/// Every team with entries, in key order.
+/// Every team with entries, in key order: one seek per team (past the team's keys to
+/// the next team's first), whatever its number of blocks.
 pub(crate) fn teams(tree: &sled::Tree) -> Result<Vec<String>> {
     let mut teams: Vec<String> = Vec::new();
-    for k in KeyKind::Entry.keys(tree) {
-        let k = k?;
+    let (mut lower, upper) = all();
+    while let Some(kv) = tree.range(lower.clone()..upper.clone()).next() {
+        let (k, _) = kv?;
         let (team, _) = split_team_key(&k).ok_or_else(|| Error::Corrupt("entry key".into()))?;
-        if teams.last().is_none_or(|t| t != team) {
-            teams.push(team.to_string());
+        if teams.last().is_some_and(|t| t.as_str() >= team) {
+            return Err(Error::Corrupt(format!("entry keys out of order at team {team}")));
         }
+        // `E team 1` sorts after every key of the team (`E team 0 …`) and before the next.
+        lower = KeyKind::Entry.team_prefix(team);
+        *lower.last_mut().expect("a prefix ends in 0") = 1;
+        teams.push(team.to_string());
     }
     Ok(teams)
 }

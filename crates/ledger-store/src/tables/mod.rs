@@ -17,6 +17,7 @@
 //! | `P`  | team 0 refund event_id             | parked refund                      | `parked`    |
 //! | `F`  | n (u64 BE)                         | outbox message refused for good    | `outbox`    |
 //! | `R`  | n (u64 BE)                         | a batch's operations, not yet in the changelog | `unreplicated` |
+//! | `S`  | team                               | the team's state at one entry (checkpoint) | `checkpoints` |
 //!
 //! Reserved: `H` (per-team chain heads, retired when the index became per-batch
 //! segments; heads are folded from the entries). A retired kind is never reused.
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::{Error, Result};
 
 pub(crate) mod alerts;
+pub(crate) mod checkpoints;
 pub(crate) mod conflicts;
 pub(crate) mod entries;
 pub(crate) mod index;
@@ -67,6 +69,10 @@ pub(crate) enum KeyKind {
     /// Batches a replicated ledger committed while no changelog writer was attached
     /// (`close`, `serve`'s close), waiting to be appended to the changelog first.
     Unreplicated = b'R',
+    /// Added in format 3 without changing any other encoding: older builds ignore it
+    /// (they fold every entry), and a checkpoint they left behind is still the state at
+    /// its entry.
+    Checkpoint = b'S',
 }
 
 impl KeyKind {
