@@ -131,6 +131,13 @@ impl Server {
     pub fn log(&self) -> String {
         self.lines.lock().unwrap().join("\n")
     }
+
+    /// Stops the process as an operator would (SIGTERM) and waits for it.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = std::process::Command::new("kill").args(["-TERM", &pid]).status();
+        self.child.wait().unwrap()
+    }
 }
 
 impl Drop for Server {

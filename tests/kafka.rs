@@ -137,8 +137,9 @@ fn produced(tmp: &Path, name: &str) -> (Broker, PathBuf) {
 }
 
 /// `run` refuses to serve a ledger whose stored invoice is not what its entries fold to:
-/// it stops, non-zero, with one line naming the team and period, and serves again once
-/// `replay` has rebuilt the projections from the entries.
+/// it stops that partition with one line naming the team and period (exiting non-zero
+/// once idle), and serves it again once `replay` has rebuilt the projections from the
+/// entries.
 #[test]
 fn run_refuses_a_ledger_whose_stored_invoice_differs() {
     let tmp = tempfile::tempdir().unwrap();
@@ -150,11 +151,13 @@ fn run_refuses_a_ledger_whose_stored_invoice_differs() {
     let out = service(&dir, &broker.address, &["--exit-when-idle-ms", "5000"]).wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
-    let last = stderr.lines().last().unwrap_or_default();
+    let stopped: Vec<&str> = stderr.lines().filter(|l| l.starts_with("usage-ledger: stopped partition ")).collect();
+    assert_eq!(stopped.len(), 1, "{stderr}");
     assert!(
-        last.contains("differ from what the entries fold to or are missing (first: team t1 invoice 2026-04-01"),
+        stopped[0].contains("differ from what the entries fold to or are missing (first: team t1 invoice 2026-04-01"),
         "{stderr}"
     );
+    assert!(stderr.lines().last().unwrap().contains("stopped (the line of each says why)"), "{stderr}");
     ul_ok(&dir, &["replay"]);
     drain(&dir, &broker.address);
     assert!(ul_ok(&dir, &["verify"]).starts_with("ok: 1 teams"));
@@ -675,22 +678,64 @@ fn cooperative_rebalancing_moves_only_the_handed_over_partitions_exactly_once() 
     assert!(!a_log.iter().any(|l| kept.contains(l)), "a kept its other partitions throughout: {a_log:?}");
 }
 
+/// A partition whose ledger another process holds (a stalled previous owner) is stopped
+/// alone: `readyz` names it and why, its records wait, the other partitions are billed;
+/// once idle the service exits non-zero saying which partition stopped.
 #[test]
-fn a_partition_whose_ledger_stays_locked_stops_the_service_acknowledging_nothing() {
+fn a_partition_whose_ledger_stays_locked_stops_alone_and_readyz_names_it() {
     let tmp = tempfile::tempdir().unwrap();
     let broker = Broker::start(tmp.path());
-    let (file, _) = load(tmp.path(), 8, 2000, 2);
+    let (file, lines) = load(tmp.path(), 8, 2000, 2);
     ul_ok(tmp.path(), &["produce", "--brokers", &broker.address, file.to_str().unwrap()]);
     let dir = tmp.path().join("data");
     // A stalled previous owner still holds partition 0's ledger.
     let held =
         ledger_store::Store::open(&ledger_store::partition_dir(&dir, 0), &ledger_core::Catalog::builtin()).unwrap();
-    let out = service(&dir, &broker.address, &["--takeover-wait-ms", "1500"]).wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    let last = stderr.lines().last().unwrap();
-    assert!(last.starts_with("error: cannot take over partition 0 of "), "{last}");
-    assert!(last.contains("in use by another process"), "{last}");
+    let mut cmd = bin();
+    cmd.arg("--data-dir").arg(&dir).args(["run", "--brokers", &broker.address, "--batch-wait-ms", "100"]);
+    cmd.args(["--takeover-wait-ms", "1500", "--http-addr", "127.0.0.1:0"]);
+    let server = crate::http::Server::spawn(&mut cmd, "HTTP API and dashboard on ");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let reply = loop {
+        let reply = crate::http::get(&format!("{}/readyz", server.base), None);
+        if reply.body.contains("partition 0 stopped") || Instant::now() > deadline {
+            break reply;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert!(reply.body.contains("in use by another process"), "{}", reply.body);
+    // The other partitions are billed meanwhile.
+    let served = |dir: &Path| {
+        (1..4)
+            .map(|p| {
+                let store =
+                    ledger_store::Store::open(&ledger_store::partition_dir(dir, p), &ledger_core::Catalog::builtin());
+                store.map(|s| s.teams().unwrap().len()).unwrap_or(0)
+            })
+            .sum::<usize>()
+    };
+    // Until the other partitions are drained (the appended count stays put for 3 s).
+    let appended = || {
+        let text = crate::http::get(&format!("{}/metrics", server.base), None).body;
+        let line = text.lines().find(|l| l.starts_with("usage_ledger_appended_total ")).map(str::to_string);
+        line.and_then(|l| l.split(' ').nth(1).and_then(|v| v.parse::<u64>().ok())).unwrap_or(0)
+    };
+    let (mut last, mut since) = (0, Instant::now());
+    while since.elapsed() < Duration::from_secs(3) || last == 0 {
+        assert!(Instant::now() < deadline + Duration::from_secs(60), "the other partitions are billed");
+        std::thread::sleep(Duration::from_millis(200));
+        let now = appended();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+    }
+    let status = server.terminate();
+    assert_eq!(status.code(), Some(1), "a stopped partition makes the exit non-zero");
+    assert!(served(&dir) > 0, "the other partitions' teams are billed");
+    assert!(!held.holds_history().unwrap(), "nothing was applied to the held partition");
     drop(held);
-    assert!(ul_ok(&dir, &["verify"]).starts_with("ok: 0 teams, 0 entries"), "nothing was applied");
+    // Run again with the lock gone: partition 0 is taken over and everything billed.
+    let verify = drain_until(&dir, &broker.address, lines.len());
+    assert!(verify.starts_with("ok: 8 teams"), "{verify}");
 }

@@ -70,10 +70,11 @@ fn a_record_in_another_partition_than_its_keys_is_dead_lettered_never_billed() {
 
 /// librdkafka's mock cluster keeps the last 5 MiB of a partition: after ~6 MiB of images
 /// the log of `images.processed.v1/0` starts past offset 0. A new ledger needs offset 0:
-/// the service stops with one line naming the partition and both offsets, and bills
-/// nothing (`auto.offset.reset` would have started it mid-history).
+/// the partition stops with one line naming it and both offsets, and bills nothing
+/// (`auto.offset.reset` would have started it mid-history); once idle the service exits
+/// non-zero saying which partition stopped.
 #[test]
-fn a_trimmed_input_stops_the_service_in_one_line_and_bills_nothing() {
+fn a_trimmed_input_stops_its_partition_in_one_line_and_bills_nothing() {
     let mock = ledger_kafka::mock::MockBroker::start().unwrap();
     for topic in ledger_kafka::ALL_TOPICS.iter().chain(&[ledger_kafka::CHANGELOG]) {
         mock.create_topic(topic, 1).unwrap();
@@ -107,6 +108,8 @@ fn a_trimmed_input_stops_the_service_in_one_line_and_bills_nothing() {
     let line = format!("images.processed.v1/0 starts at offset {low} but the ledger needs offset 0");
     let errors: Vec<&str> = stderr.lines().filter(|l| l.contains(&line)).collect();
     assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].starts_with("usage-ledger: stopped partition 0 "), "{}", errors[0]);
+    assert!(stderr.lines().last().unwrap().contains("partition(s) {0} stopped"), "{stderr}");
     // Nothing was billed from the middle of the history.
     let verify = crate::support::ul(&data, &["verify"]);
     assert_eq!(verify.code, 0, "{}", verify.stderr);
@@ -114,9 +117,10 @@ fn a_trimmed_input_stops_the_service_in_one_line_and_bills_nothing() {
 }
 
 /// The broker is replaced and the topics recreated, here with 8 partitions instead of 4:
-/// a ledger whose changelog position is past the new changelog's end stops the service
-/// with one line naming the partition, instead of skipping the new records as held
-/// already (what it did before issue 20: all 900, silently) or starting second histories.
+/// the ledgers were built from 4, so the service stops in one line naming the partition
+/// and both counts, instead of skipping the new records as held already (what it did
+/// before issue 20: all 900, silently) or starting second histories of teams that now
+/// map to the new partitions.
 #[test]
 fn recreated_topics_stop_the_service_in_one_line_and_skip_nothing() {
     let tmp = tempfile::tempdir().unwrap();
@@ -138,8 +142,9 @@ fn recreated_topics_stop_the_service_in_one_line_and_skip_nothing() {
         crate::kafka::service(&data, &broker.address, &["--exit-when-idle-ms", "5000"]).wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
-    let refused: Vec<&str> = stderr.lines().filter(|l| l.contains("the topic was recreated")).collect();
+    let refused: Vec<&str> =
+        stderr.lines().filter(|l| l.contains("built from 4 input partitions and the topics now have 8")).collect();
     assert_eq!(refused.len(), 1, "{stderr}");
-    assert!(refused[0].contains("usage-ledger.changelog.v1/"), "{}", refused[0]);
+    assert!(refused[0].starts_with("error: cannot take over partition "), "{}", refused[0]);
     assert_eq!(ul_ok(&data, &["verify"]), before, "nothing was appended or skipped");
 }

@@ -368,6 +368,17 @@ impl Consumer {
         v
     }
 
+    /// Stops fetching `partitions` (a stopped partition ledger's): they stay assigned to
+    /// this member, so no other bills them either, until the next rebalance.
+    pub fn pause(&self, partitions: &[(String, i32)]) -> Result<()> {
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in partitions {
+            tpl.add_partition(topic, *partition);
+        }
+        self.inner.pause(&tpl)?;
+        Ok(())
+    }
+
     /// Leaves the group cleanly so partitions move to another member at once.
     pub fn close(self) {
         self.inner.unsubscribe();

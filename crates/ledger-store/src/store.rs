@@ -261,6 +261,21 @@ impl Store {
         }
     }
 
+    /// Checks the ledger against the input topics' partition count, recording it the
+    /// first time: the count it was built from when that differs (teams map to other
+    /// partitions under another count, so the ledger would split their histories).
+    pub fn check_input_partitions(&self, partitions: u32) -> Result<Option<u32>> {
+        match meta::inputs(&self.tree)? {
+            Some(built) if built != partitions => Ok(Some(built)),
+            Some(_) => Ok(None),
+            None => {
+                meta::set_inputs(&self.tree, partitions)?;
+                self.db.flush()?;
+                Ok(None)
+            }
+        }
+    }
+
     /// Whether the store holds anything besides its own metadata.
     pub fn holds_history(&self) -> Result<bool> {
         for kv in self.tree.iter().keys() {

@@ -46,6 +46,8 @@ pub struct Metrics {
     pub store_bytes: Gauge,
     pub consumer_lag: Family<Partition, Gauge>,
     pub http_requests: Family<Code, Counter>,
+    /// Owned partitions stopped (their records wait; `readyz` names them).
+    pub partitions_stopped: Gauge,
 }
 
 impl Metrics {
@@ -65,6 +67,7 @@ impl Metrics {
             store_bytes: Gauge::default(),
             consumer_lag: Family::default(),
             http_requests: Family::default(),
+            partitions_stopped: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("records", "Records consumed from the input topics", m.records.clone());
@@ -104,6 +107,11 @@ impl Metrics {
             m.consumer_lag.clone(),
         );
         registry.register("http_requests", "HTTP requests answered, by status code", m.http_requests.clone());
+        registry.register(
+            "partitions_stopped",
+            "Owned partitions stopped (a gap in the input, a changelog that does not link, a ledger that does not open)",
+            m.partitions_stopped.clone(),
+        );
         Metrics { registry, ..m }
     }
 

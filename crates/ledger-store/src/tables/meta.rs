@@ -1,7 +1,9 @@
 //! Table `M`: the store's metadata by name: `format` (the encoding version, one byte),
 //! `catalog` (the catalog the store recorded, as postcard-framed JSON) and `changelog`
 //! (the ledger's position in its changelog: next offset u64 BE ‖ head digest, 40 bytes;
-//! only ledgers of the replicated service have one).
+//! only ledgers of the replicated service have one) and `inputs` (the input topics'
+//! partition count the service built the ledger from, u32 BE; not replicated: each copy
+//! records what it was opened with).
 use ledger_core::Catalog;
 
 use super::{decode, encode, KeyKind, FORMAT_VERSION};
@@ -55,4 +57,21 @@ pub(crate) fn catalog(tree: &sled::Tree) -> Result<Catalog> {
     let raw = tree.get(catalog_key())?.ok_or_else(|| Error::Corrupt("no catalog recorded".into()))?;
     let json: String = decode(&raw, "catalog")?;
     serde_json::from_str(&json).map_err(|e| Error::Corrupt(format!("recorded catalog: {e}")))
+}
+
+fn inputs_key() -> Vec<u8> {
+    KeyKind::Meta.key(b"inputs")
+}
+
+/// The input partition count the ledger was built from, if recorded.
+pub(crate) fn inputs(tree: &sled::Tree) -> Result<Option<u32>> {
+    match tree.get(inputs_key())? {
+        Some(v) => Ok(Some(u32::from_be_bytes(v.as_ref().try_into().map_err(|_| Error::Corrupt("Minputs".into()))?))),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn set_inputs(tree: &sled::Tree, partitions: u32) -> Result<()> {
+    tree.insert(inputs_key(), &partitions.to_be_bytes())?;
+    Ok(())
 }

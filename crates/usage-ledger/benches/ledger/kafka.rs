@@ -150,6 +150,25 @@ fn drain(tmp: &Path, brokers: &str, file: &Path, lines: u64, figures: &mut Figur
     figures.add("service, batches", "events/s", taken as f64 / busy);
     figures.add("service, ledger side", "events/s", taken as f64 / ledger);
     figures.add("service, publishing", "s", publishing);
+    restore(tmp, brokers, figures);
+}
+
+/// A member with an empty disk joins the drained group alone: it restores every
+/// partition from the changelog, side by side. Each restore prints "restored partition N
+/// from T: R records (E entries) in S s (D s reading)".
+fn restore(tmp: &Path, brokers: &str, figures: &mut Figures) {
+    let data = tmp.join("restored");
+    let _ = std::fs::remove_dir_all(&data);
+    let args = ["--data-dir", data.to_str().unwrap(), "run", "--brokers", brokers, "--exit-when-idle-ms", "3000"];
+    let (_, _, stderr, _) = run(&args);
+    let restored: Vec<&str> = stderr.lines().filter(|l| l.starts_with("usage-ledger: restored partition")).collect();
+    assert!(!restored.is_empty(), "the new member restored its partitions: {stderr}");
+    let entries: f64 = restored.iter().map(|l| number(l, " entries)", false)).sum();
+    let slowest = restored.iter().map(|l| number(l, " s (", false)).fold(0.0, f64::max);
+    let reading = restored.iter().map(|l| number(l, " s reading", false)).fold(0.0, f64::max);
+    figures.add("restore, partitions side by side", "entries/s", entries / slowest);
+    figures.add("restore, slowest partition reading from the broker", "s", reading);
+    let _ = std::fs::remove_dir_all(&data);
 }
 
 /// The number right after (`after = true`) or right before `marker` in `text`.

@@ -17,6 +17,10 @@ pub fn size(tmp: &Path, file: &Path, runs: usize, pg: Option<&pg::Target>) -> Fi
     for r in 0..runs {
         eprintln!("run {} of {runs}", r + 1);
         let text = std::fs::read_to_string(file).unwrap();
+        // One line imported again into the imported ledger: the time of an open (a
+        // duplicate appends nothing).
+        let one = tmp.join("one.jsonl");
+        std::fs::write(&one, text.lines().next().unwrap()).unwrap();
         let started = Instant::now();
         let events: Vec<Event> =
             text.lines().map(|l| ledger_proto::parse_json_line(l).expect("generated lines are valid")).collect();
@@ -49,7 +53,8 @@ pub fn size(tmp: &Path, file: &Path, runs: usize, pg: Option<&pg::Target>) -> Fi
             builds.reverse();
         }
         for (bin, label) in builds {
-            digests.push(import_and_replay(bin, label, &data, file_s, lines, &mut figures));
+            let files = (file_s, one.to_str().unwrap());
+            digests.push(import_and_replay(bin, label, &data, files, lines, &mut figures));
         }
 
         if let (Some(target), Some(rows)) = (pg, rows) {
@@ -80,14 +85,24 @@ fn append(dir: &Path, events: Vec<Event>) {
     ledger.wait_durable().unwrap();
 }
 
-/// `bin`'s `import` and `replay` of `file`, their figures named with `label`; the
-/// replay's digest.
-fn import_and_replay(bin: &str, label: &str, data: &Path, file: &str, lines: f64, figures: &mut Figures) -> String {
+/// `bin`'s `import` of `file`, its open of the ledger (`import` of `one` line again)
+/// and `replay`, their figures named with `label`; the replay's digest.
+fn import_and_replay(
+    bin: &str,
+    label: &str,
+    data: &Path,
+    (file, one): (&str, &str),
+    lines: f64,
+    figures: &mut Figures,
+) -> String {
     let (data_s, batch) = (data.to_str().unwrap(), BATCH.to_string());
     let (secs, _, _, rss) = run_bin(bin, &["--data-dir", data_s, "import", "--batch-events-max", &batch, file]);
     figures.add(format!("import{label}"), "lines/s", lines / secs);
     figures.add(format!("import peak RSS{label}"), "MiB", rss as f64 / (1 << 20) as f64);
     figures.add(format!("disk{label}"), "bytes/event", dir_bytes(data) as f64 / lines);
+    let (secs, _, _, rss) = run_bin(bin, &["--data-dir", data_s, "import", one]);
+    figures.add(format!("open (import of 1 line, wall){label}"), "s", secs);
+    figures.add(format!("open peak RSS{label}"), "MiB", rss as f64 / (1 << 20) as f64);
     let (secs, digest, stderr, rss) = run_bin(bin, &["--data-dir", data_s, "replay"]);
     let entries: f64 = crate::kafka::number(&stderr, "replayed ", true);
     figures.add(format!("replay{label}"), "entries/s", entries / secs);

@@ -80,6 +80,11 @@ impl crate::http::Ledgers for Live {
         if let Some(why) = &shards.failure {
             return Err(format!("cannot take over {why}"));
         }
+        if !shards.stopped.is_empty() {
+            let each: Vec<String> =
+                shards.stopped.iter().map(|(p, why)| format!("partition {p} stopped: {why}")).collect();
+            return Err(each.join("; "));
+        }
         if shards.open.is_empty() {
             return Err("no partition assigned yet".into());
         }

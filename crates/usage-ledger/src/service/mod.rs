@@ -121,7 +121,7 @@ pub fn run(dir: &Path, args: RunArgs, future_skew: chrono::Duration) -> anyhow::
         brokers: brokers.clone(),
         writer: Arc::new(ledger_kafka::ChangelogWriter::new(&brokers)?),
     };
-    let shards = Arc::new(Mutex::new(Shards::new(dir, options, changelog)));
+    let shards = Arc::new(Mutex::new(Shards::new(dir, options, changelog, input_partitions)));
     let owner = Arc::new(Owner(Arc::clone(&shards)));
     let consumer = Consumer::new(&brokers, &args.group, &[IMAGES, ACCOUNTS], args.session_timeout_ms, owner)?;
     let producer = Producer::new(&brokers)?;
@@ -171,12 +171,19 @@ pub fn run(dir: &Path, args: RunArgs, future_skew: chrono::Duration) -> anyhow::
         ledger.flush_replica()?;
     }
     consumer.close();
-    shards.lock().expect("not poisoned").hand_over_released();
+    let stops = {
+        let mut shards = shards.lock().expect("not poisoned");
+        shards.hand_over_released();
+        std::mem::take(&mut shards.stops)
+    };
     if let Some(handle) = demo {
         let _ = handle.join();
         crate::demo::print_invoices(&ledger_store::open_all(dir, &Catalog::builtin(), OpenOptions::default())?)?;
     }
     report_stop(&stats, waiting);
+    if !stops.is_empty() {
+        bail!("partition(s) {stops:?} stopped (the line of each says why); the other partitions were served");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -234,6 +241,19 @@ impl Clocks {
     }
 }
 
+/// Stops fetching the partitions stopped since the last batch (both input topics).
+fn pause_stopped(consumer: &Consumer, shards: &mut Shards) -> anyhow::Result<()> {
+    if shards.to_pause.is_empty() {
+        return Ok(());
+    }
+    let pairs: Vec<(String, i32)> = std::mem::take(&mut shards.to_pause)
+        .into_iter()
+        .flat_map(|p| [(IMAGES.to_string(), p), (ACCOUNTS.to_string(), p)])
+        .collect();
+    consumer.pause(&pairs)?;
+    Ok(())
+}
+
 impl Service {
     /// One batch: poll, fold newly assigned ledgers, apply, publish, then tell Kafka.
     /// Returns true once the service has been idle for `--exit-when-idle-ms`.
@@ -242,7 +262,7 @@ impl Service {
         // With a batch's worth of records held (a stream released after a wait), poll
         // without waiting for more.
         let wait = if self.aligner.held() >= args.batch_events_max { 1 } else { args.batch_wait_ms };
-        let polled = self.consumer.poll_batch(args.batch_events_max, Duration::from_millis(wait))?;
+        let mut polled = self.consumer.poll_batch(args.batch_events_max, Duration::from_millis(wait))?;
         let batch_started = Instant::now();
         let mut shards = self.shards.lock().expect("not poisoned");
         if let Some(why) = &shards.failure {
@@ -251,8 +271,12 @@ impl Service {
         if shards.released_at.is_some_and(|t| t.elapsed() > RELEASED_WAIT) {
             shards.hand_over_released();
         }
-        shards.fold_assigned()?;
-        let owned: std::collections::HashSet<(String, i32)> = self.consumer.owned().into_iter().collect();
+        shards.fold_assigned();
+        pause_stopped(&self.consumer, &mut shards)?;
+        self.metrics.partitions_stopped.set(shards.stopped.len() as i64);
+        polled.retain(|r| !shards.stopped.contains_key(&r.partition));
+        let owned: std::collections::HashSet<(String, i32)> =
+            self.consumer.owned().into_iter().filter(|(_, p)| !shards.stopped.contains_key(p)).collect();
         let position = |topic: &str, partition: i32| {
             let ledger = shards.open.get(&partition)?;
             ledger.store().offset(&format!("{topic}/{partition}")).ok().flatten()

@@ -31,10 +31,21 @@ pub(super) struct Shards {
     pub owned: BTreeSet<(String, i32)>,
     /// How partition ledgers are opened: the takeover wait and sled's cache.
     options: OpenOptions,
-    /// Why an assigned partition's ledger could not be opened: the service stops on it.
+    /// Why the service cannot go on (a ledger built from another partition count, a
+    /// handover that could not reach the changelog): it stops on it.
     pub failure: Option<String>,
+    /// Partitions stopped, with why (a gap in the input, a changelog that does not link,
+    /// a ledger that cannot be opened): their ledgers are closed and their records not
+    /// fetched until a rebalance hands them over again; the others are served.
+    pub stopped: BTreeMap<i32, String>,
+    /// Stopped partitions the main loop has not paused in the consumer yet.
+    pub to_pause: Vec<i32>,
+    /// Every partition stopped during the run (the exit status says so).
+    pub stops: BTreeSet<i32>,
     /// Where each ledger's batches are replicated (`changelog`), and restored from.
     changelog: Changelog,
+    /// The input topics' partition count: each ledger records the one it was built from.
+    input_partitions: i32,
 }
 
 /// The changelog topic's broker and writer.
@@ -65,7 +76,7 @@ impl ledger_store::Replica for KafkaReplica {
 pub(super) const RELEASED_WAIT: Duration = Duration::from_secs(5);
 
 impl Shards {
-    pub fn new(dir: &Path, options: OpenOptions, changelog: Changelog) -> Shards {
+    pub fn new(dir: &Path, options: OpenOptions, changelog: Changelog, input_partitions: i32) -> Shards {
         Shards {
             dir: dir.to_path_buf(),
             catalog: Catalog::builtin(),
@@ -76,8 +87,29 @@ impl Shards {
             owned: BTreeSet::new(),
             options,
             failure: None,
+            stopped: BTreeMap::new(),
+            to_pause: Vec::new(),
+            stops: BTreeSet::new(),
             changelog,
+            input_partitions,
         }
+    }
+
+    /// Stops `partition`: its ledger closed (the batches applied were flushed), its
+    /// records left unconsumed; one line says why.
+    fn stop(&mut self, partition: i32, why: String) {
+        self.assigned.remove(&partition);
+        self.open.remove(&partition);
+        // The whole service stops on a failure: its line says why.
+        if self.stopped.contains_key(&partition) || self.failure.is_some() {
+            return;
+        }
+        eprintln!(
+            "usage-ledger: stopped partition {partition} (its records wait; the other partitions are served): {why}"
+        );
+        self.stopped.insert(partition, why);
+        self.to_pause.push(partition);
+        self.stops.insert(partition);
     }
 
     /// Closes the released ledgers the new assignment did not give back.
@@ -109,52 +141,80 @@ impl Shards {
             let dir = ledger_store::partition_dir(&self.dir, partition);
             // Waiting for the lock reads nothing: the watchdog starts once it is ours.
             let store = Store::open_with(&dir, &self.catalog, self.options)?;
+            let partitions = self.input_partitions;
+            if let Some(built) = store.check_input_partitions(partitions as u32)? {
+                let why = format!(
+                    "partition {partition}: its ledger was built from {built} input partitions and the topics now have {partitions}: teams map to other partitions under another count (topics recreated or repartitioned), and the ledgers would split their histories"
+                );
+                self.failure.get_or_insert(why.clone());
+                anyhow::bail!(why);
+            }
             self.assigned.insert(partition, store);
         }
         Ok(&self.assigned[&partition])
     }
 
     /// Opens the stores of newly assigned `partitions` and brings each up to its
-    /// changelog, side by side (the broker serves the partitions' reads in parallel).
-    fn open_and_restore(&mut self, partitions: &[(String, i32)]) -> anyhow::Result<()> {
+    /// changelog, side by side (the broker serves the partitions' reads in parallel);
+    /// a partition that cannot be is stopped.
+    fn open_and_restore(&mut self, partitions: &[(String, i32)]) {
         let mut new = Vec::new();
         for (topic, p) in partitions {
-            if !self.open.contains_key(p) && !self.assigned.contains_key(p) {
-                self.store(*p).with_context(|| format!("partition {p} of {topic}"))?;
-                new.push(*p);
+            if !self.open.contains_key(p) && !self.assigned.contains_key(p) && !self.stopped.contains_key(p) {
+                match self.store(*p) {
+                    Ok(_) => new.push(*p),
+                    Err(e) => self.stop(*p, format!("cannot take over partition {p} of {topic}: {e:#}")),
+                }
             }
         }
         let brokers = &self.changelog.brokers;
         let assigned = &self.assigned;
-        std::thread::scope(|s| {
+        let restored: Vec<anyhow::Result<()>> = std::thread::scope(|s| {
             let restores: Vec<_> = new.iter().map(|p| s.spawn(move || restore(&assigned[p], brokers, *p))).collect();
             restores
                 .into_iter()
-                .try_for_each(|r| r.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a restore panicked"))))
-        })
+                .map(|r| r.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a restore panicked"))))
+                .collect()
+        });
+        for (p, result) in new.into_iter().zip(restored) {
+            if let Err(e) = result {
+                self.stop(p, format!("{e:#}"));
+            }
+        }
     }
 
     /// Folds the ledgers of newly assigned partitions (the main loop, before it applies
-    /// their records).
-    pub fn fold_assigned(&mut self) -> anyhow::Result<()> {
+    /// their records); one that does not fold or replicate is stopped.
+    pub fn fold_assigned(&mut self) {
         if self.assigned.is_empty() {
-            return Ok(());
+            return;
         }
-        let opened: Vec<i32> = self.assigned.keys().copied().collect();
+        let mut opened = Vec::new();
         for (partition, store) in std::mem::take(&mut self.assigned) {
-            let started = Instant::now();
-            let dir = store.dir().to_path_buf();
-            let watch = crate::watchdog::Watchdog::arm("opening a partition's ledger", &dir);
-            let mut ledger = Ledger::open(store)?;
-            let replica = KafkaReplica { writer: Arc::clone(&self.changelog.writer), partition };
-            ledger.replicate(Arc::new(replica)).with_context(|| format!("partition {partition}"))?;
-            self.open.insert(partition, ledger);
-            drop(watch);
-            let (ms, cache_mb) = (started.elapsed().as_millis() as u64, self.options.cache_bytes >> 20);
-            info!(partition, dir = %dir.display(), ms, cache_mb, "Opened the partition's ledger.");
+            match self.open_ledger(partition, store) {
+                Ok(ledger) => {
+                    self.open.insert(partition, ledger);
+                    opened.push(partition);
+                }
+                Err(e) => self.stop(partition, format!("{e:#}")),
+            }
         }
-        eprintln!("usage-ledger: opened and folded the ledgers of partitions {opened:?}");
-        Ok(())
+        if !opened.is_empty() {
+            eprintln!("usage-ledger: opened and folded the ledgers of partitions {opened:?}");
+        }
+    }
+
+    fn open_ledger(&self, partition: i32, store: Store) -> anyhow::Result<Ledger> {
+        let started = Instant::now();
+        let dir = store.dir().to_path_buf();
+        let watch = crate::watchdog::Watchdog::arm("opening a partition's ledger", &dir);
+        let mut ledger = Ledger::open(store).with_context(|| format!("partition {partition}"))?;
+        let replica = KafkaReplica { writer: Arc::clone(&self.changelog.writer), partition };
+        ledger.replicate(Arc::new(replica)).with_context(|| format!("partition {partition}"))?;
+        drop(watch);
+        let (ms, cache_mb) = (started.elapsed().as_millis() as u64, self.options.cache_bytes >> 20);
+        info!(partition, dir = %dir.display(), ms, cache_mb, "Opened the partition's ledger.");
+        Ok(ledger)
     }
 }
 
@@ -232,20 +292,21 @@ impl Partitions for Owner {
             }
         }
         shards.hand_over_released();
-        if let Err(e) = shards.open_and_restore(partitions) {
-            shards.failure.get_or_insert(format!("{e:#}"));
-        }
+        shards.open_and_restore(partitions);
         let positions = partitions
             .iter()
             .map(|(topic, partition)| {
                 shards.owned.insert((topic.clone(), *partition));
+                if shards.stopped.contains_key(partition) {
+                    return None;
+                }
                 let brokers = shards.changelog.brokers.clone();
                 let position = shards
                     .store(*partition)
                     .and_then(|store| Ok(store.offset(&format!("{topic}/{partition}"))?))
                     .and_then(|next| check_input(&brokers, topic, *partition, next));
                 position.unwrap_or_else(|e| {
-                    shards.failure.get_or_insert(format!("partition {partition} of {topic}: {e:#}"));
+                    shards.stop(*partition, format!("{e:#}"));
                     None
                 })
             })
@@ -260,6 +321,10 @@ impl Partitions for Owner {
             shards.owned.remove(p);
         }
         let keep: BTreeSet<i32> = shards.owned.iter().map(|(_, p)| *p).collect();
+        // A stopped partition handed over: the next owner checks it for itself (and this
+        // member again, should it come back).
+        shards.stopped.retain(|p, _| keep.contains(p));
+        shards.to_pause.retain(|p| keep.contains(p));
         // Never folded: closing the store lets the next owner have it at once.
         shards.assigned.retain(|p, _| keep.contains(p));
         let gone: Vec<i32> = shards.open.keys().filter(|p| !keep.contains(p)).copied().collect();
