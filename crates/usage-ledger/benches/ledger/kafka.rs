@@ -50,7 +50,7 @@ pub fn stage(tmp: &Path, file: &Path, runs: usize) {
         figures.add("broker hop p99", "ms", hop.1);
     }
     println!(
-        "\n== kafka: `run` draining {} records from tansu, then event → alert latency ({} samples a run)",
+        "\n== kafka: `run` draining {} records from tansu, a member with an empty disk restoring them, then event → alert latency ({} samples a run)",
         head.len(),
         SAMPLES
     );
