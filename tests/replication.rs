@@ -306,3 +306,59 @@ fn an_operators_close_reaches_the_changelog_before_anything_else() {
     assert_eq!(digest(&b), digest(&a));
     assert_eq!(unique_ids(&broker.address, INVOICES).len(), 1, "the closed invoice is published once");
 }
+
+/// `--standby`: a member keeps copies of the partitions it does not own up to their
+/// changelog, so when their owner leaves it restores only what was appended since its
+/// copy last looked (a record or two), not the partitions' history, and everything bills
+/// as one ledger would, each invoice published once.
+#[test]
+fn a_standby_member_takes_over_restoring_only_the_changelogs_tail() {
+    use crate::kafka::{assert_bills_like_import, halves, load, Member};
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(tmp.path());
+    ledger_kafka::create_topics(&broker.address, 4).unwrap();
+    let (file, lines) = load(tmp.path(), 40, 8000, 13);
+    let (first, second) = halves(tmp.path(), &lines);
+    let produce = |part: &Path| ul_ok(tmp.path(), &["produce", "--brokers", &broker.address, part.to_str().unwrap()]);
+    let (a_dir, b_dir) = (tmp.path().join("a"), tmp.path().join("b"));
+    let slow = ["--batch-events-max", "300"];
+    let a = Member::start(&a_dir, &broker.address, &slow);
+    a.wait_until_owns(|o| o == "[0, 1, 2, 3]", Duration::from_secs(60));
+    produce(&first);
+    let b =
+        Member::start(&b_dir, &broker.address, &[&slow[..], &["--standby", "--exit-when-idle-ms", "8000"]].concat());
+    let half = |o: &str| o.matches(',').count() == 1;
+    b.wait_until_owns(half, Duration::from_secs(60));
+    a.wait_until_owns(half, Duration::from_secs(60));
+    let b_owned: Vec<i32> = {
+        let o = b.owns().unwrap();
+        o.trim_matches(|c| c == '[' || c == ']').split(", ").map(|p| p.parse().unwrap()).collect()
+    };
+    produce(&second);
+    // A drains its half of the second half, then leaves: B takes its partitions over.
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(std::process::Command::new("kill").args(["-TERM", &a.child.id().to_string()]).status().unwrap().success());
+    a.finish();
+    let (b_log, _) = b.finish();
+
+    let records = |line: &str| -> u64 { line.split(": ").last().unwrap().split(' ').next().unwrap().parse().unwrap() };
+    for p in (0..4).filter(|p| !b_owned.contains(p)) {
+        let copies: Vec<&str> =
+            b_log.lines().filter(|l| l.starts_with(&format!("usage-ledger: standby copy of partition {p} "))).collect();
+        assert!(!copies.is_empty(), "B kept a copy of partition {p}: {b_log}");
+        let (_, high) = ledger_kafka::watermarks(&broker.address, ledger_kafka::CHANGELOG, p).unwrap();
+        let restored: u64 = b_log
+            .lines()
+            .filter(|l| l.starts_with(&format!("usage-ledger: restored partition {p} from ")))
+            .map(|l| records(l.split(" records").next().unwrap()))
+            .sum();
+        assert!(
+            high >= 10 && restored <= 3,
+            "partition {p}: {restored} of {high} records restored at the takeover: {b_log}"
+        );
+    }
+    let verify = crate::kafka::drain_until(&b_dir, &broker.address, lines.len());
+    assert!(verify.starts_with("ok: 40 teams"), "{verify}");
+    assert_bills_like_import(&b_dir, &file, 40, Some(&broker.address));
+    assert_eq!(unique_ids(&broker.address, INVOICES).len(), 40, "each invoice published once");
+}

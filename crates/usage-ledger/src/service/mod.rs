@@ -7,6 +7,7 @@ mod live;
 mod ownership;
 mod pipeline;
 mod publishing;
+mod standby;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -72,6 +73,12 @@ pub struct RunArgs {
     /// the broker holds, so both reach the ledger in the order they were produced.
     #[arg(long, env = "USAGE_LEDGER_ALIGN_WAIT_MS", default_value_t = 5000)]
     pub align_wait_ms: u64,
+    /// Keep a copy of every partition this member does not own up to date with its
+    /// changelog, so a takeover restores only the changelog's tail. Needs a data dir of
+    /// this member's own (each copy holds its ledger's lock); costs the disk of every
+    /// partition and a changelog read a second each.
+    #[arg(long, env = "USAGE_LEDGER_STANDBY")]
+    pub standby: bool,
     /// `readyz` answers 503 while the owned partitions lag the broker by more records.
     #[arg(long, env = "USAGE_LEDGER_READY_LAG_MAX", default_value_t = 10_000)]
     pub ready_lag_max: u64,
@@ -141,6 +148,7 @@ pub fn run(dir: &Path, args: RunArgs, future_skew: chrono::Duration) -> anyhow::
         ledger_store::partition_dir(dir, 0).parent().expect("has a parent").display()
     );
     let demo = args.demo.then(|| crate::demo::spawn_live(brokers.clone(), Arc::clone(&stop)));
+    let standby = args.standby.then(|| standby::spawn(Arc::clone(&shards), Arc::clone(&stop)));
     let aligner = align::Aligner::new(Duration::from_millis(args.align_wait_ms));
     let mut service = Service {
         aligner,
@@ -169,6 +177,9 @@ pub fn run(dir: &Path, args: RunArgs, future_skew: chrono::Duration) -> anyhow::
     let Service { shards, consumer, stats, .. } = service;
     for ledger in shards.lock().expect("not poisoned").open.values_mut() {
         ledger.flush_replica()?;
+    }
+    if let Some(handle) = standby {
+        let _ = handle.join();
     }
     consumer.close();
     let stops = {

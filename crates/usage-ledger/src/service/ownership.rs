@@ -45,7 +45,11 @@ pub(super) struct Shards {
     /// Where each ledger's batches are replicated (`changelog`), and restored from.
     changelog: Changelog,
     /// The input topics' partition count: each ledger records the one it was built from.
-    input_partitions: i32,
+    pub input_partitions: i32,
+    /// Copies of partitions this member does not own, kept up to their changelog
+    /// (`--standby`; `standby.rs`), each with whether its owner took it over (locked by
+    /// each catch-up).
+    pub standby: BTreeMap<i32, (Store, Arc<Mutex<bool>>)>,
 }
 
 /// The changelog topic's broker and writer.
@@ -92,14 +96,41 @@ impl Shards {
             stops: BTreeSet::new(),
             changelog,
             input_partitions,
+            standby: BTreeMap::new(),
         }
+    }
+
+    /// Whether this member holds the partition's ledger as its owner (assigned, open,
+    /// released for a moment, or stopped).
+    pub fn holds(&self, partition: i32) -> bool {
+        self.assigned.contains_key(&partition)
+            || self.open.contains_key(&partition)
+            || self.released.contains_key(&partition)
+            || self.stopped.contains_key(&partition)
+    }
+
+    /// Opens a partition's store for a standby copy: at once or not at all (another
+    /// process holds it).
+    pub fn open_standby(&self, partition: i32) -> anyhow::Result<Store> {
+        let dir = ledger_store::partition_dir(&self.dir, partition);
+        let options = OpenOptions { lock_wait: Duration::ZERO, ..self.options };
+        Ok(Store::open_with(&dir, &self.catalog, options)?)
+    }
+
+    pub fn brokers(&self) -> &str {
+        &self.changelog.brokers
     }
 
     /// Stops `partition`: its ledger closed (the batches applied were flushed), its
     /// records left unconsumed; one line says why.
     fn stop(&mut self, partition: i32, why: String) {
         self.assigned.remove(&partition);
-        self.open.remove(&partition);
+        if let Some(mut ledger) = self.open.remove(&partition) {
+            // What was published goes to the changelog before the ledger closes.
+            if let Err(e) = ledger.flush_replica() {
+                tracing::warn!(partition, error = %e, "The outbox acknowledgements did not reach the changelog.");
+            }
+        }
         // The whole service stops on a failure: its line says why.
         if self.stopped.contains_key(&partition) || self.failure.is_some() {
             return;
@@ -139,8 +170,15 @@ impl Shards {
         }
         if !self.assigned.contains_key(&partition) {
             let dir = ledger_store::partition_dir(&self.dir, partition);
-            // Waiting for the lock reads nothing: the watchdog starts once it is ours.
-            let store = Store::open_with(&dir, &self.catalog, self.options)?;
+            // A standby copy is taken over once its catch-up in hand is done; otherwise
+            // waiting for the lock reads nothing: the watchdog starts once it is ours.
+            let store = match self.standby.remove(&partition) {
+                Some((store, catching_up)) => {
+                    *catching_up.lock().expect("not poisoned") = true;
+                    store
+                }
+                None => Store::open_with(&dir, &self.catalog, self.options)?,
+            };
             let partitions = self.input_partitions;
             if let Some(built) = store.check_input_partitions(partitions as u32)? {
                 let why = format!(
@@ -224,13 +262,32 @@ impl Shards {
 /// changelog) is exported into it by `Ledger::replicate` once folded, and only into an
 /// empty changelog partition.
 fn restore(store: &Store, brokers: &str, partition: i32) -> anyhow::Result<()> {
+    let Some((report, secs)) = catch_up(store, brokers, partition)? else { return Ok(()) };
+    let name = format!("{CHANGELOG}/{partition}");
+    eprintln!(
+        "usage-ledger: restored partition {partition} from {name}: {} records ({} entries) in {secs:.2} s ({:.2} s reading){}",
+        report.applied,
+        report.entries,
+        report.read_secs,
+        if report.skipped > 0 { format!(", {} skipped (a fenced writer's)", report.skipped) } else { String::new() }
+    );
+    Ok(())
+}
+
+/// Applies what the partition's changelog holds past the store's position: the report
+/// and the seconds it took, or `None` when there was nothing.
+pub(super) fn catch_up(
+    store: &Store,
+    brokers: &str,
+    partition: i32,
+) -> anyhow::Result<Option<(ledger_store::RestoreReport, f64)>> {
     let position = store.changelog_position()?;
     let from = position.map_or(0, |p| p.next);
     let name = format!("{CHANGELOG}/{partition}");
     let mut reader = PartitionReader::open(brokers, CHANGELOG, partition, from)
         .map_err(|e| anyhow::anyhow!("partition {partition}: {e}"))?;
     if reader.end() == from {
-        return Ok(());
+        return Ok(None);
     }
     if position.is_none() && store.holds_history()? {
         anyhow::bail!(
@@ -249,14 +306,7 @@ fn restore(store: &Store, brokers: &str, partition: i32) -> anyhow::Result<()> {
         secs,
         "Restored the partition's ledger from its changelog."
     );
-    eprintln!(
-        "usage-ledger: restored partition {partition} from {name}: {} records ({} entries) in {secs:.2} s ({:.2} s reading){}",
-        report.applied,
-        report.entries,
-        report.read_secs,
-        if report.skipped > 0 { format!(", {} skipped (a fenced writer's)", report.skipped) } else { String::new() }
-    );
-    Ok(())
+    Ok(Some((report, secs)))
 }
 
 /// The ledger's next offset of an input partition, once the partition's log is known to
