@@ -69,13 +69,18 @@ pub fn tansu_path() -> Option<std::path::PathBuf> {
 /// record of a revoked one.
 pub trait Partitions: Send + Sync {
     /// Partitions just assigned: the next offset of each, as the ledger recorded it
-    /// (`None`: nothing consumed yet, start at the beginning).
+    /// (`None`: nothing consumed yet, start at the beginning; `Some(END)`: from the end of
+    /// the log, for a partition that will not be consumed).
     fn assigned(&self, partitions: &[(String, i32)]) -> Vec<Option<i64>>;
     /// Partitions just revoked or lost. `eager`: an eager rebalance took every partition
     /// back and an assignment follows (some may come back); otherwise (cooperative
     /// revocation, lost partitions) they are gone now.
     fn revoked(&self, _partitions: &[(String, i32)], _eager: bool) {}
 }
+
+/// The position `Partitions::assigned` gives a partition it will not consume (stopped):
+/// the end of its log, so no fetch starts below a log's start.
+pub const END: i64 = -1;
 
 /// An owner that keeps no positions: every partition is read from its beginning
 /// (watchers and tools).
@@ -193,7 +198,10 @@ impl ConsumerContext for GroupContext {
                 for ((topic, partition), next) in parts.iter().zip(positions) {
                     // Nothing recorded: offset 0, the start of the log (the owner checks
                     // the log still holds it; `auto.offset.reset=error` never skips).
-                    let next = Offset::Offset(next.unwrap_or(0));
+                    let next = match next {
+                        Some(END) => Offset::End,
+                        next => Offset::Offset(next.unwrap_or(0)),
+                    };
                     if let Err(e) = tpl.set_partition_offset(topic, *partition, next) {
                         warn!(topic, partition, error = %e, "Could not set the stored position.");
                     }

@@ -348,7 +348,7 @@ impl Partitions for Owner {
             .map(|(topic, partition)| {
                 shards.owned.insert((topic.clone(), *partition));
                 if shards.stopped.contains_key(partition) {
-                    return None;
+                    return Some(ledger_kafka::END);
                 }
                 let brokers = shards.changelog.brokers.clone();
                 let position = shards
@@ -357,7 +357,7 @@ impl Partitions for Owner {
                     .and_then(|next| check_input(&brokers, topic, *partition, next));
                 position.unwrap_or_else(|e| {
                     shards.stop(*partition, format!("{e:#}"));
-                    None
+                    Some(ledger_kafka::END)
                 })
             })
             .collect();
