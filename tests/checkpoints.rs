@@ -26,21 +26,31 @@ fn halves(tmp: &Path) -> (String, String, String) {
     (f.to_string(), write("first.jsonl", &lines[..cut]), write("second.jsonl", &lines[cut..]))
 }
 
-/// `import` with the writer's log: (entries the open rebuilt, entries it folded).
-fn import_counting_the_fold(dir: &Path, file: &str) -> (u64, u64) {
+/// Runs the binary on `dir` with the info log of `target`: the first line logged that
+/// contains `marker`.
+fn logged(dir: &Path, target: &str, args: &[&str], marker: &str) -> String {
     let out = crate::support::bin()
-        .env("USAGE_LEDGER_LOG", "ledger_store=info")
-        .args(["--data-dir", dir.to_str().unwrap(), "import", file])
+        .env("USAGE_LEDGER_LOG", format!("{target}=info"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    let line = stderr.lines().find(|l| l.contains("Folded the ledger.")).unwrap_or_else(|| panic!("{stderr}"));
-    let field = |name: &str| -> u64 {
-        let at = line.find(&format!(" {name}=")).unwrap_or_else(|| panic!("{name} in {line}")) + name.len() + 2;
-        line[at..].split(' ').next().unwrap().parse().unwrap()
-    };
-    (field("entries"), field("folded"))
+    stderr.lines().find(|l| l.contains(marker)).unwrap_or_else(|| panic!("{marker} in {stderr}")).to_string()
+}
+
+/// The number a log line gives as `name=`.
+fn field(line: &str, name: &str) -> u64 {
+    let at = line.find(&format!(" {name}=")).unwrap_or_else(|| panic!("{name} in {line}")) + name.len() + 2;
+    line[at..].split(' ').next().unwrap().parse().unwrap()
+}
+
+/// `import` with the writer's log: (entries the open rebuilt, entries it folded).
+fn import_counting_the_fold(dir: &Path, file: &str) -> (u64, u64) {
+    let line = logged(dir, "ledger_store", &["import", file], "Folded the ledger.");
+    (field(&line, "entries"), field(&line, "folded"))
 }
 
 /// A team, its entries, alerts and invoices.
@@ -62,15 +72,7 @@ fn contents(dir: &Path) -> Vec<TeamContents> {
 
 /// `verify` passes, and how many checkpoints it found equal to the fold (its log).
 fn checkpoints_equal(dir: &Path) -> u64 {
-    let out = crate::support::bin()
-        .env("USAGE_LEDGER_LOG", "usage_ledger=info")
-        .args(["--data-dir", dir.to_str().unwrap(), "verify"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let line = stderr.lines().find(|l| l.contains("checkpoints=")).unwrap_or_else(|| panic!("{stderr}"));
-    line.split("checkpoints=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap()
+    field(&logged(dir, "usage_ledger", &["verify"], "checkpoints="), "checkpoints")
 }
 
 /// A writer reopened on its ledger resumes from the checkpoints (it folds a fraction of

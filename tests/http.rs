@@ -607,7 +607,7 @@ fn the_dashboard_in_chromium_shows_the_figures_the_api_gives() {
 }
 
 /// The sum of a metric's samples in Prometheus text (0 when absent).
-fn sample_sum(text: &str, name: &str) -> i64 {
+pub(crate) fn sample_sum(text: &str, name: &str) -> i64 {
     text.lines()
         .filter(|l| l.starts_with(name) && !l.starts_with('#'))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok())

@@ -718,8 +718,7 @@ fn a_partition_whose_ledger_stays_locked_stops_alone_and_readyz_names_it() {
     // Until the other partitions are drained (the appended count stays put for 3 s).
     let appended = || {
         let text = crate::http::get(&format!("{}/metrics", server.base), None).body;
-        let line = text.lines().find(|l| l.starts_with("usage_ledger_appended_total ")).map(str::to_string);
-        line.and_then(|l| l.split(' ').nth(1).and_then(|v| v.parse::<u64>().ok())).unwrap_or(0)
+        crate::http::sample_sum(&text, "usage_ledger_appended_total")
     };
     let (mut last, mut since) = (0, Instant::now());
     while since.elapsed() < Duration::from_secs(3) || last == 0 {

@@ -413,13 +413,17 @@ impl Ledger {
         }
         let mut head = self.heads.get(team_id).copied().unwrap_or(Head { seq: 0, hash: [0; 32] });
         let block = staged.block_for(team_id, head.seq + 1);
+        // The team's marks exist from here on (one key clone per new team, not per entry).
+        if !self.marks.contains_key(team_id) {
+            self.marks.insert(team_id.clone(), Marks::default());
+        }
         for a in applied {
             assert_eq!(a.seq, head.seq + 1, "team {team_id}: entries are dense");
             let body = entries::encode_entry(&a.entry);
             let hash = entries::chain(&head.hash, a.seq, &body);
             head = Head { seq: a.seq, hash };
             let block = &mut staged.blocks[block];
-            let marks = self.marks.entry(team_id.clone()).or_default();
+            let marks = self.marks.get_mut(team_id).expect("inserted above");
             marks.since_checkpoint += 1;
             if let Some(id) = a.entry.event_id() {
                 block.events.push((id.to_string(), a.seq));
@@ -442,10 +446,10 @@ impl Ledger {
         // Format 3 keeps the message it publishes; the formats before keep the JSON
         // (the builds that wrote them publish it).
         let messages = self.store.format() >= 3;
-        let marks = self.marks.entry(team_id.clone()).or_default();
+        let marks = self.marks.get_mut(team_id).expect("`stage` inserted the team's marks");
         marks.invoices += u64::from(effects.invoice.is_some());
         for alert in effects.alerts {
-            let marks = self.marks.get_mut(team_id).expect("inserted above");
+            let marks = self.marks.get_mut(team_id).expect("`stage` inserted the team's marks");
             let row = alerts::row(team_id.as_str(), marks.alerts, &alert);
             marks.alerts += 1;
             staged.report.alerts += 1;

@@ -3,11 +3,13 @@
 //! them, and digests every invoice.
 use std::collections::HashMap;
 
-use ledger_core::Catalog;
+use ledger_core::{Catalog, Effects, Entry, Team};
 use sha2::{Digest, Sha256};
 
+use crate::fold::Folded;
 use crate::store::Store;
 use crate::tables::checkpoints::{self, Checkpoint, Counts};
+use crate::tables::entries::StoredEntry;
 use crate::tables::{alerts, invoices};
 use crate::Result;
 
@@ -140,7 +142,67 @@ struct Rebuilt {
     /// Each team's counts so far, compared with its checkpoint where the fold reaches it.
     counts: HashMap<String, Counts>,
     checkpoints: u64,
-    checkpoint_faults: Vec<String>,
+    /// Checkpoints that differ from the fold: (team, fault line).
+    checkpoint_faults: Vec<TeamFault>,
+}
+
+/// A team and a fault line about it.
+type TeamFault = (String, String);
+
+impl Rebuilt {
+    /// One folded entry: its projections rebuilt, the team's counts moved on, and the
+    /// team's checkpoint compared with the fold if it stands at this entry.
+    fn visit(
+        &mut self,
+        catalog: &Catalog,
+        stored_checkpoints: &HashMap<String, Checkpoint>,
+        team: &Team,
+        (stored, entry, effects): (&StoredEntry, &Entry, Effects),
+    ) {
+        self.entries += 1;
+        let team_id = team.id().as_str();
+        let counts = self.counts.entry(team_id.to_string()).or_default();
+        counts.seq = stored.seq;
+        counts.events += u64::from(entry.event_id().is_some());
+        for alert in effects.alerts {
+            let row = alerts::row(team_id, counts.alerts, &alert);
+            self.alerts.push((row.key, row.json.into_bytes()));
+            counts.alerts += 1;
+        }
+        if let Some(invoice) = effects.invoice {
+            let row = invoices::row(team_id, invoice, &stored.hash);
+            self.invoices.push((row.key, row.json.into_bytes()));
+            counts.invoices += 1;
+        }
+        let Some(checkpoint) = stored_checkpoints.get(team_id).filter(|c| c.counts.seq == stored.seq) else { return };
+        if checkpoint.counts == *counts && checkpoint.head == stored.hash && checkpoint.team.agrees_with(catalog, team)
+        {
+            self.checkpoints += 1;
+        } else {
+            let line = format!(
+                "team {team_id} seq {}: the checkpoint differs from the fold of the team's entries",
+                stored.seq
+            );
+            self.checkpoint_faults.push((team_id.to_string(), line));
+        }
+    }
+}
+
+/// Checkpoints standing past their team's last stored entry (the fold never reached
+/// them): (team, fault line).
+fn unreached(stored: &HashMap<String, Checkpoint>, teams: &Folded) -> Vec<TeamFault> {
+    let heads: HashMap<&str, u64> = teams.iter().map(|(id, (t, _))| (id.as_str(), t.last_seq())).collect();
+    let mut faults = Vec::new();
+    for (team, checkpoint) in stored {
+        let head = heads.get(team.as_str()).copied().unwrap_or(0);
+        if head < checkpoint.counts.seq {
+            let seq = checkpoint.counts.seq;
+            let line =
+                format!("team {team} seq {seq}: the checkpoint stands at no stored entry (the team's last is {head})");
+            faults.push((team.clone(), line));
+        }
+    }
+    faults
 }
 
 impl Store {
@@ -156,65 +218,27 @@ impl Store {
     }
 
     fn rebuild(&self, catalog: &Catalog, replace: bool) -> Result<ReplayReport> {
-        let (stored_checkpoints, mut checkpoint_faults) = self.checkpoints()?;
+        let (stored_checkpoints, mut faults) = self.checkpoints()?;
         let (teams, accs) = self.fold_all(catalog, |acc: &mut Rebuilt, team, stored, entry, effects| {
-            acc.entries += 1;
-            let team_id = team.id().as_str();
-            let counts = acc.counts.entry(team_id.to_string()).or_default();
-            counts.seq = stored.seq;
-            counts.events += u64::from(entry.event_id().is_some());
-            for alert in effects.alerts {
-                let row = alerts::row(team_id, counts.alerts, &alert);
-                acc.alerts.push((row.key, row.json.into_bytes()));
-                counts.alerts += 1;
-            }
-            if let Some(invoice) = effects.invoice {
-                let row = invoices::row(team_id, invoice, &stored.hash);
-                acc.invoices.push((row.key, row.json.into_bytes()));
-                counts.invoices += 1;
-            }
-            if let Some(checkpoint) = stored_checkpoints.get(team_id).filter(|c| c.counts.seq == stored.seq) {
-                let counts = *counts;
-                if checkpoint.counts != counts
-                    || checkpoint.head != stored.hash
-                    || !checkpoint.team.agrees_with(catalog, team)
-                {
-                    acc.checkpoint_faults.push(format!(
-                        "team {team_id} seq {}: the checkpoint differs from the fold of the team's entries",
-                        stored.seq
-                    ));
-                } else {
-                    acc.checkpoints += 1;
-                }
-            }
+            acc.visit(catalog, &stored_checkpoints, team, (stored, entry, effects));
             Ok(())
         })?;
         let mut all = Rebuilt::default();
-        let mut reached = 0;
         for acc in accs {
             all.entries += acc.entries;
             all.alerts.extend(acc.alerts);
             all.invoices.extend(acc.invoices);
             all.checkpoints += acc.checkpoints;
-            reached += acc.checkpoints + acc.checkpoint_faults.len() as u64;
-            checkpoint_faults.extend(acc.checkpoint_faults);
+            faults.extend(acc.checkpoint_faults);
         }
-        if reached < stored_checkpoints.len() as u64 {
-            let heads: HashMap<&str, u64> = teams.iter().map(|(id, (t, _))| (id.as_str(), t.last_seq())).collect();
-            for (team, checkpoint) in &stored_checkpoints {
-                let head = heads.get(team.as_str()).copied().unwrap_or(0);
-                if head < checkpoint.counts.seq {
-                    checkpoint_faults.push(format!(
-                        "team {team} seq {}: the checkpoint stands at no stored entry (the team's last is {head})",
-                        checkpoint.counts.seq
-                    ));
-                }
-            }
+        if all.checkpoints + (faults.len() as u64) < stored_checkpoints.len() as u64 {
+            faults.extend(unreached(&stored_checkpoints, &teams));
         }
-        checkpoint_faults.sort();
-        if replace && !checkpoint_faults.is_empty() {
-            self.remove_checkpoints(&checkpoint_faults)?;
+        faults.sort();
+        if replace && !faults.is_empty() {
+            self.remove_checkpoints(faults.iter().map(|(team, _)| team.as_str()))?;
         }
+        let checkpoint_faults = faults.into_iter().map(|(_, line)| line).collect();
         all.alerts.sort();
         all.invoices.sort();
         let mismatched = self.compare_projections(&all, replace)?;
@@ -267,7 +291,7 @@ impl Store {
 impl Store {
     /// Every stored checkpoint this build reads, by team, and a fault line for each one
     /// that does not decode.
-    fn checkpoints(&self) -> Result<(HashMap<String, Checkpoint>, Vec<String>)> {
+    fn checkpoints(&self) -> Result<(HashMap<String, Checkpoint>, Vec<TeamFault>)> {
         let mut found = HashMap::new();
         let mut faults = Vec::new();
         for kv in checkpoints::all(&self.tree) {
@@ -277,19 +301,17 @@ impl Store {
                     found.insert(team, checkpoint);
                 }
                 Ok(None) => {}
-                Err(e) => faults.push(format!("team {team}: {e}")),
+                Err(e) => faults.push((team, e.to_string())),
             }
         }
         Ok((found, faults))
     }
 
-    /// Removes the checkpoints the fault lines name (each starts `team T`).
-    fn remove_checkpoints(&self, faults: &[String]) -> Result<()> {
+    /// Removes the checkpoints of `teams`.
+    fn remove_checkpoints<'a>(&self, teams: impl Iterator<Item = &'a str>) -> Result<()> {
         let mut batch = crate::batch::Batch::default();
-        for fault in faults {
-            if let Some(team) = fault.strip_prefix("team ").and_then(|f| f.split([' ', ':']).next()) {
-                checkpoints::remove(&mut batch, team);
-            }
+        for team in teams {
+            checkpoints::remove(&mut batch, team);
         }
         self.tree.apply_batch(batch.to_sled())?;
         self.db.flush()?;

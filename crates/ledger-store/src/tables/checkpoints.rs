@@ -25,7 +25,7 @@ pub(crate) const EVERY_ENTRIES_MIN: u64 = 64;
 
 /// Whether a team `since` entries past its checkpoint, whose state holds `pending` usage
 /// records, is due a new one. A checkpoint writes the state, so this costs at most about
-/// two usage records (~50 bytes compressed) written per entry appended, plus the state's
+/// two usage records written per entry appended, plus the state's
 /// fixed part every 64 entries; an open folds at most that many entries per team past its
 /// checkpoint, so it grows with the state (teams, open usage), not with history.
 pub(crate) fn due(since: u64, pending: usize) -> bool {

@@ -172,9 +172,20 @@ pub fn run(dir: &Path, args: RunArgs, future_skew: chrono::Duration) -> anyhow::
             Err(e) => return Err(e),
         }
     }
+    shut_down(dir, service, [standby, demo])
+}
+
+/// After the loop: what was published goes to the changelog, the helper threads (the
+/// standby copies, the demo) end, the group is left, and the exit says whether a
+/// partition stopped.
+fn shut_down(
+    dir: &Path,
+    service: Service,
+    [standby, demo]: [Option<std::thread::JoinHandle<()>>; 2],
+) -> anyhow::Result<ExitCode> {
     info!(stats = ?service.stats, "Stopping: the last batch is durable and published.");
-    let waiting: usize = service.shards.lock().expect("not poisoned").open.values().map(Ledger::parked).sum();
     let Service { shards, consumer, stats, .. } = service;
+    let waiting: usize = shards.lock().expect("not poisoned").open.values().map(Ledger::parked).sum();
     for ledger in shards.lock().expect("not poisoned").open.values_mut() {
         ledger.flush_replica()?;
     }
@@ -252,17 +263,32 @@ impl Clocks {
     }
 }
 
-/// Stops fetching the partitions stopped since the last batch (both input topics).
-fn pause_stopped(consumer: &Consumer, shards: &mut Shards) -> anyhow::Result<()> {
-    if shards.to_pause.is_empty() {
-        return Ok(());
+/// Before a batch: stops on a failure, closes released ledgers not given back, folds
+/// newly assigned ones, stops fetching the partitions stopped since the last batch and
+/// drops their records; the partitions whose records may be applied.
+fn take_stock(
+    consumer: &Consumer,
+    metrics: &crate::metrics::Metrics,
+    shards: &mut Shards,
+    polled: &mut Vec<ledger_kafka::Record>,
+) -> anyhow::Result<std::collections::HashSet<(String, i32)>> {
+    if let Some(why) = &shards.failure {
+        bail!("cannot take over {why}");
     }
-    let pairs: Vec<(String, i32)> = std::mem::take(&mut shards.to_pause)
-        .into_iter()
-        .flat_map(|p| [(IMAGES.to_string(), p), (ACCOUNTS.to_string(), p)])
-        .collect();
-    consumer.pause(&pairs)?;
-    Ok(())
+    if shards.released_at.is_some_and(|t| t.elapsed() > RELEASED_WAIT) {
+        shards.hand_over_released();
+    }
+    shards.fold_assigned();
+    if !shards.to_pause.is_empty() {
+        let pairs: Vec<(String, i32)> = std::mem::take(&mut shards.to_pause)
+            .into_iter()
+            .flat_map(|p| [(IMAGES.to_string(), p), (ACCOUNTS.to_string(), p)])
+            .collect();
+        consumer.pause(&pairs)?;
+    }
+    metrics.partitions_stopped.set(shards.stopped.len() as i64);
+    polled.retain(|r| !shards.stopped.contains_key(&r.partition));
+    Ok(consumer.owned().into_iter().filter(|(_, p)| !shards.stopped.contains_key(p)).collect())
 }
 
 impl Service {
@@ -276,18 +302,7 @@ impl Service {
         let mut polled = self.consumer.poll_batch(args.batch_events_max, Duration::from_millis(wait))?;
         let batch_started = Instant::now();
         let mut shards = self.shards.lock().expect("not poisoned");
-        if let Some(why) = &shards.failure {
-            bail!("cannot take over {why}");
-        }
-        if shards.released_at.is_some_and(|t| t.elapsed() > RELEASED_WAIT) {
-            shards.hand_over_released();
-        }
-        shards.fold_assigned();
-        pause_stopped(&self.consumer, &mut shards)?;
-        self.metrics.partitions_stopped.set(shards.stopped.len() as i64);
-        polled.retain(|r| !shards.stopped.contains_key(&r.partition));
-        let owned: std::collections::HashSet<(String, i32)> =
-            self.consumer.owned().into_iter().filter(|(_, p)| !shards.stopped.contains_key(p)).collect();
+        let owned = take_stock(&self.consumer, &self.metrics, &mut shards, &mut polled)?;
         let position = |topic: &str, partition: i32| {
             let ledger = shards.open.get(&partition)?;
             ledger.store().offset(&format!("{topic}/{partition}")).ok().flatten()
