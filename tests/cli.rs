@@ -346,3 +346,20 @@ fn the_demo_bills_every_team_and_leaves_a_ledger_that_replays() {
     let replay = ul(&dir, &["replay"]);
     assert!(replay.stderr.contains("0 stored projections differed"), "{}", replay.stderr);
 }
+
+#[test]
+fn a_byte_order_mark_at_the_start_of_a_file_is_not_part_of_its_first_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("bom.jsonl");
+    std::fs::write(&file, format!("\u{feff}{GOOD_START}\n{}\n", image("ok-1", ""))).unwrap();
+    let dir = tmp.path().join("data");
+    ul_ok(&dir, &["import", file.to_str().unwrap()]);
+    let balance: serde_json::Value = serde_json::from_str(&ul_ok(&dir, &["balance", "--team", "t1"])).unwrap();
+    assert_eq!(balance["allowances"][0]["consumed"], "0.02", "the plan (first line) and the image: {balance}");
+    // Anywhere else the mark is the line's own bytes, refused as before.
+    let later = tmp.path().join("later.jsonl");
+    std::fs::write(&later, format!("\n\u{feff}{}\n", image("ok-2", ""))).unwrap();
+    let run = ul(&dir, &["import", later.to_str().unwrap()]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("line 2: undecodable"), "{}", run.stderr);
+}

@@ -74,6 +74,9 @@ fn hostile() -> Vec<(String, &'static str)> {
             account("h3-credits", "h3", T, r#""creditsPurchased":{"credits":"18446744073709551615","amount":"1"}"#),
             "too_large",
         ),
+        // Dot segments: clients rewrite `/v1/teams/../portal-links` to `/v1/portal-links`.
+        (image("dot-1", "..", T, ""), "reserved_team_id"),
+        (account("dot-2", ".", T, r#""planStarted":{"plan":"api_basic","bucketImages":"1000"}"#), "reserved_team_id"),
         (image("h1-2199", "h1", "2199-01-01T00:00:00Z", ""), "future_event"),
         (image("h1-2023", "h1", "2024-01-01T00:00:00Z", ""), "before_catalog"),
         (image("h1-many", "h1", T, "").replace(r#""images":1"#, r#""images":4000000"#), "too_large"),

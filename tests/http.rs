@@ -720,3 +720,79 @@ fn readyz_says_why_a_member_without_partitions_cannot_serve() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// One raw HTTP/1.1 request (no client normalises its path or rewrites its Host); the
+/// whole response as text.
+fn raw(base: &str, request: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(base.trim_start_matches("http://")).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    stream.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn the_leaks_a_security_review_found_are_closed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = seed(tmp.path());
+    // A team whose id a spreadsheet would evaluate, billed for March.
+    let formula = tmp.path().join("formula.jsonl");
+    let lines = [
+        r#"{"accountEvent":{"eventId":"f-plan","teamId":"-2-3","occurredAt":"2026-03-01T00:00:00Z","planStarted":{"plan":"api_basic","bucketImages":"1000"}}}"#.to_string(),
+        image("f-1", "-2-3", "2026-03-02T00:00:00Z", "API_REMOVE_BACKGROUND", 1),
+    ];
+    std::fs::write(&formula, lines.join("\n") + "\n").unwrap();
+    ul_ok(&data, &["import", formula.to_str().unwrap()]);
+    ul_ok(&data, &["close", "--until", "2026-04-02T00:00:00Z"]);
+    let server = Server::serve(&data, &config(tmp.path(), ""), &[]);
+
+    let csv = get(&format!("{}/v1/invoices?period=2026-03&format=csv", server.base), Some(FINANCE_TOKEN));
+    let rows: Vec<&str> = csv.body.lines().filter(|r| r.contains("-2-3")).collect();
+    assert!(!rows.is_empty(), "{}", csv.body);
+    for row in rows {
+        assert!(row.starts_with(r#""'-2-3","#), "a formula cell is neutralised: {row}");
+    }
+
+    // `..` as a team: refused, never rewritten into the finance-scope mint.
+    let auth = format!("Authorization: Bearer {ADMIN_TOKEN}\r\n");
+    let dots = raw(
+        &server.base,
+        &format!("POST /v1/teams/../portal-links HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"),
+    );
+    assert!(dots.starts_with("HTTP/1.1 400") && dots.contains("URL dot segment"), "{dots}");
+    // A portal URL never carries a Host it was not configured with.
+    let hostile = raw(
+        &server.base,
+        &format!("POST /v1/teams/t1/portal-links HTTP/1.1\r\nHost: \"><script>x</script>\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"),
+    );
+    assert!(hostile.starts_with("HTTP/1.1 400") && !hostile.contains("<script>"), "{hostile}");
+
+    // The page: no inline script, never framed, no referrer carrying its link.
+    let link = json(&call("POST", &format!("{}/v1/teams/t1/portal-links", server.base), Some(ADMIN_TOKEN), &[], None));
+    let path = link["url"].as_str().unwrap().split_once("//").unwrap().1.split_once('/').unwrap().1;
+    let page = raw(&server.base, &format!("GET /{path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
+    let head = page.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+    let policy = head.lines().find(|l| l.starts_with("content-security-policy:")).expect("a CSP");
+    assert!(policy.contains("script-src 'self'") && policy.contains("frame-ancestors 'none'"), "{policy}");
+    assert!(!policy.contains("unsafe-inline"), "{policy}");
+    assert!(head.contains("referrer-policy: no-referrer"), "{head}");
+    let body = page.split_once("\r\n\r\n").unwrap().1;
+    assert!(body.contains(r#"<script src="/dashboard.js"></script>"#), "{body}");
+    assert!(!body.contains("<script>") && !body.contains("<style>"), "nothing inline: {body}");
+    for (asset, kind) in [("/dashboard.js", "text/javascript"), ("/dashboard.css", "text/css")] {
+        let reply = get(&format!("{}{asset}", server.base), None);
+        assert_eq!(reply.status, 200, "{asset}");
+        assert!(reply.content_type.starts_with(kind), "{asset}: {}", reply.content_type);
+    }
+
+    drop(server);
+    // With public_url set, the Host header plays no part.
+    let configured = Server::serve(&data, &config(tmp.path(), "public_url = \"https://billing.example.com/\""), &[]);
+    let minted = raw(
+        &configured.base,
+        &format!("POST /v1/teams/t1/portal-links HTTP/1.1\r\nHost: evil.example\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"),
+    );
+    assert!(minted.contains(r#""url":"https://billing.example.com/teams/t1?link="#), "{minted}");
+}

@@ -54,6 +54,16 @@ fn the_embedded_broker_dies_with_the_service_and_a_stranger_on_its_port_is_refus
     let (mut first, _) = run_embedded(&dir, port);
     let pid = std::fs::read_to_string(dir.join("broker/tansu.pid")).unwrap().trim().to_string();
     assert!(Path::new(&format!("/proc/{pid}")).exists(), "tansu runs as pid {pid}");
+    // A copy of the live data dir (its pid file names the original's broker) does not
+    // stop the original's broker: it is refused like a stranger.
+    let copy = tmp.path().join("copy");
+    assert!(Command::new("cp").arg("-a").arg(&dir).arg(&copy).status().unwrap().success());
+    let out = bin().arg("--data-dir").arg(&copy).args(["run", "--broker-port", &port.to_string()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("in use by another process"), "{stderr}");
+    assert!(Path::new(&format!("/proc/{pid}")).exists(), "the original's broker still runs");
+    assert!(TcpStream::connect(&address).is_ok(), "and still listens");
     Command::new("kill").args(["-9", &first.id().to_string()]).status().unwrap();
     first.wait().unwrap();
     wait_until("the broker ends with the service", Duration::from_secs(10), || {
@@ -86,7 +96,109 @@ fn a_new_data_dir_is_readable_by_its_owner_only() {
         let mode = std::fs::metadata(d).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700, "{}", d.display());
     }
+    let files = every_file(&dir);
+    assert!(files.len() >= 2, "{files:?}");
+    for (path, mode) in &files {
+        assert_eq!(mode & 0o077, 0, "{} is {mode:o}", path.display());
+    }
+
+    // An existing data dir open to others (a volume mounted 0755) is tightened, in one line.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = bin().env("USAGE_LEDGER_LOG", "info").arg("--data-dir").arg(&dir).arg("verify").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("Tightened the data dir from 0755 to 0700"), "{stderr}");
+    assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
 }
+
+/// Every file under `dir` with its mode.
+fn every_file(dir: &Path) -> Vec<(std::path::PathBuf, u32)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let meta = entry.metadata().unwrap();
+        if meta.is_dir() {
+            out.extend(every_file(&entry.path()));
+        } else {
+            out.push((entry.path(), meta.permissions().mode() & 0o777));
+        }
+    }
+    out
+}
+
+/// A read-only view of `dir` at `at`: a read-only bind mount where this machine lets the
+/// tests mount (root: permissions alone do not stop root), else a copy without write
+/// permission. Unmounted on drop.
+struct ReadOnly {
+    at: std::path::PathBuf,
+    mounted: bool,
+}
+
+impl ReadOnly {
+    fn of(dir: &Path, at: &Path) -> ReadOnly {
+        std::fs::create_dir_all(at).unwrap();
+        let bind = Command::new("mount").arg("--bind").arg(dir).arg(at).status().is_ok_and(|s| s.success());
+        if bind {
+            let ro = Command::new("mount").args(["-o", "remount,bind,ro"]).arg(at).status().unwrap();
+            assert!(ro.success(), "remounting the bind mount read-only");
+            return ReadOnly { at: at.to_path_buf(), mounted: true };
+        }
+        assert!(Command::new("cp").arg("-a").arg(format!("{}/.", dir.display())).arg(at).status().unwrap().success());
+        assert!(Command::new("chmod").args(["-R", "a-w"]).arg(at).status().unwrap().success());
+        ReadOnly { at: at.to_path_buf(), mounted: false }
+    }
+}
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = Command::new("umount").arg(&self.at).status();
+        } else {
+            let _ = Command::new("chmod").args(["-R", "u+w"]).arg(&self.at).status();
+        }
+    }
+}
+
+#[test]
+fn read_commands_and_serve_work_on_a_read_only_data_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let file = crate::support::scenarios_dir().join("E2.jsonl");
+    ul_ok(&dir, &["import", file.to_str().unwrap()]);
+    ul_ok(&dir, &["close", "--until", "2026-05-02T00:00:00Z"]);
+    let expected: Vec<String> = READS.iter().map(|args| ul_ok(&dir, args)).collect();
+
+    let view = ReadOnly::of(&dir, &tmp.path().join("ro"));
+    for (args, want) in READS.iter().zip(&expected) {
+        let run = ul(&view.at, args);
+        assert_eq!(run.code, 0, "{args:?} on a read-only data dir: {}", run.stderr);
+        assert_eq!(&run.stdout, want, "{args:?} reads what it reads in place");
+        assert!(run.stderr.contains("reading a private copy"), "{args:?} says so: {}", run.stderr);
+    }
+    let close = ul(&view.at, &["close", "--until", "2026-06-02T00:00:00Z"]);
+    assert_eq!(close.code, 1, "{}", close.stderr);
+    assert!(close.stderr.contains("read-only") && close.stderr.lines().count() == 1, "{}", close.stderr);
+
+    let config = crate::http::config(tmp.path(), "");
+    let server = crate::http::Server::serve(&view.at, &config, &[]);
+    let url = format!("{}/v1/teams/t1/balance?at=2026-05-10T00:00:00Z", server.base);
+    let reply = crate::http::get(&url, Some(crate::http::TEAM_TOKEN));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body, expected[2].trim_end(), "serve answers from the copy what balance prints");
+    assert!(server.log().contains("reading a private copy"), "{}", server.log());
+    let close = format!("{}/v1/close", server.base);
+    let body = r#"{"until": "2026-06-02T00:00:00Z"}"#;
+    let refused = crate::http::call("POST", &close, Some(crate::http::ADMIN_TOKEN), &[], Some(body));
+    assert!(refused.status >= 400 && refused.body.contains("read-only"), "{} {}", refused.status, refused.body);
+}
+
+const READS: [&[&str]; 5] = [
+    &["verify"],
+    &["invoices", "--team", "t1"],
+    &["balance", "--team", "t1", "--at", "2026-05-10T00:00:00Z"],
+    &["verify-invoice", "--team", "t1", "--period", "2026-04-01"],
+    &["alerts", "--team", "t1"],
+];
 
 /// A small filesystem of its own (tmpfs), unmounted on drop; `None` where this machine
 /// does not let the tests mount one (not root).

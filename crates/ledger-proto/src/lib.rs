@@ -62,6 +62,8 @@ pub enum Invalid {
     Limit(#[from] Limit),
     #[error("the record's key {key:?} is not its team_id {team:?}: the team's history would split over partitions")]
     KeyMismatch { key: String, team: String },
+    #[error("team_id {0:?} is a URL dot segment: clients rewrite /teams/{0}/ paths to another path, so its API and dashboard could never be reached")]
+    DotSegmentTeam(String),
 }
 
 impl Invalid {
@@ -70,6 +72,7 @@ impl Invalid {
             Invalid::Json(_) | Invalid::Protobuf(_) => "undecodable",
             Invalid::Limit(limit) => limit.code(),
             Invalid::KeyMismatch { .. } => "key_mismatch",
+            Invalid::DotSegmentTeam(_) => "reserved_team_id",
             _ => "invalid",
         }
     }
@@ -267,9 +270,19 @@ fn api_to_pb(api: Api) -> pb::Api {
     }
 }
 
+/// A team id entering the ledger: an id, and not `.` or `..`, which URL normalisers
+/// (browsers, curl, HTTP libraries) remove from paths (`/v1/teams/../portal-links` is
+/// sent as `/v1/portal-links`). Ledgers that already hold such a team still decode it.
+pub fn new_team(id: String) -> Result<TeamId, Invalid> {
+    if id == "." || id == ".." {
+        return Err(Invalid::DotSegmentTeam(id));
+    }
+    Ok(TeamId::new(id)?)
+}
+
 fn image_from_pb(m: pb::ImageProcessed) -> Result<ImageProcessed, Invalid> {
     let event_id = EventId::new(m.event_id)?;
-    let team_id = TeamId::new(m.team_id)?;
+    let team_id = new_team(m.team_id)?;
     let occurred_at = time_from_pb(m.occurred_at)?;
     let api = api_from_pb(m.api)?;
     if m.images == 0 {
@@ -357,7 +370,7 @@ fn policy_key(p: Option<UpgradePolicy>) -> String {
 fn account_from_pb(m: pb::AccountEvent) -> Result<AccountEvent, Invalid> {
     use pb::account_event::Change;
     let event_id = EventId::new(m.event_id)?;
-    let team_id = TeamId::new(m.team_id)?;
+    let team_id = new_team(m.team_id)?;
     let occurred_at = time_from_pb(m.occurred_at)?;
     let change = match m.change.ok_or(Invalid::NoChange)? {
         Change::PlanStarted(p) => {

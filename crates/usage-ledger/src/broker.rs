@@ -3,7 +3,9 @@
 //! 127.0.0.1, keeping its data beside the ledger. Any Kafka client can connect to it.
 //! It dies with the service, even a `kill -9`d one (a watcher process ends it), and a
 //! later `run` never adopts whatever listens on the port: a broker left by this data
-//! dir (its pid file says so) is stopped first, anything else is refused.
+//! dir (its pid file names a tansu whose working directory is this data dir's broker
+//! directory) is stopped first, anything else is refused — a copy of a live data dir
+//! carries the original's pid file, and must not stop the original's broker.
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -81,9 +83,7 @@ fn stop_leftover(dir: &Path, address: &str) -> anyhow::Result<()> {
         return Ok(());
     }
     let pid = std::fs::read_to_string(dir.join(PID_FILE)).ok().and_then(|p| p.trim().parse::<u32>().ok());
-    let ours = pid.filter(|pid| {
-        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains("tansu"))
-    });
+    let ours = pid.filter(|&pid| started_here(pid, dir));
     let Some(pid) = ours else {
         bail!("{address} is in use by another process, not this data dir's broker: pass --brokers to use it, or --broker-port");
     };
@@ -97,6 +97,15 @@ fn stop_leftover(dir: &Path, address: &str) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     Ok(())
+}
+
+/// Whether `pid` is a tansu this data dir started: its command line names tansu and its
+/// working directory (set at start) is `dir` itself, not a copy's or another data dir's.
+fn started_here(pid: u32, dir: &Path) -> bool {
+    let tansu =
+        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains("tansu"));
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
+    tansu && cwd.is_some() && cwd == dir.canonicalize().ok()
 }
 
 impl Drop for EmbeddedBroker {

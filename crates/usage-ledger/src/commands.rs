@@ -5,19 +5,34 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
-use ledger_core::{Catalog, TeamId};
-use ledger_store::{Ledger, OpenOptions, Store};
+use ledger_core::TeamId;
+use ledger_store::{Ledger, Store};
 
 use crate::documents;
 
-/// Opens every ledger of an existing data directory: one (`import`) or one per input
-/// partition (the service). Read commands never create one.
+/// Opens every ledger of an existing data directory to read it: one (`import`) or one
+/// per input partition (the service). Read commands never create one; on a directory
+/// they cannot write they read a private copy (`private`).
 pub fn open_existing(dir: &Path) -> anyhow::Result<Vec<Store>> {
-    let stores = ledger_store::open_all(dir, &Catalog::builtin(), OpenOptions::default())?;
+    Ok(open_existing_at(dir)?.0)
+}
+
+/// `open_existing`, and whether the stores are a private copy of a read-only directory.
+pub fn open_existing_at(dir: &Path) -> anyhow::Result<(Vec<Store>, bool)> {
+    let (stores, copied) = crate::private::open_for_reading(dir)?;
     if stores.is_empty() {
         bail!("no ledger at {} (import something first, or pass --data-dir)", dir.display());
     }
-    Ok(stores)
+    Ok((stores, copied))
+}
+
+/// Opens every ledger of an existing data directory to append to it (`close`): refused
+/// in one line where the directory cannot be written.
+fn open_writable(dir: &Path) -> anyhow::Result<Vec<Store>> {
+    if dir.exists() && !crate::private::writable(dir) {
+        bail!("{} cannot be written here (read-only): close appends to the ledger", dir.display());
+    }
+    open_existing(dir)
 }
 
 /// The ledger that holds the team (teams have one owner), if any does.
@@ -54,7 +69,7 @@ pub fn close_allowed(
 }
 
 pub fn close(dir: &Path, until: DateTime<Utc>) -> anyhow::Result<ExitCode> {
-    let (invoices, entries) = close_stores(&open_existing(dir)?, until)?;
+    let (invoices, entries) = close_stores(&open_writable(dir)?, until)?;
     eprintln!("closed {invoices} cycle(s) until {}: {entries} entries appended", until.to_rfc3339());
     Ok(ExitCode::SUCCESS)
 }

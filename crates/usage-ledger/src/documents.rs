@@ -180,11 +180,17 @@ pub fn month_invoices(stores: &[Store], month: &str) -> anyhow::Result<Vec<Strin
     Ok(items.into_iter().map(|(_, _, json)| json).collect())
 }
 
+/// One CSV cell. A cell a spreadsheet would evaluate (starting with `=`, `+`, `-`, `@`,
+/// a tab or a carriage return: a team id `-2-3` or `-A1:A99`) is neutralised as OWASP
+/// recommends, with a leading `'`, unless it is a plain decimal (an amount such as
+/// `-0.10` stays a number); a cell with a separator, quote or line break is quoted.
 fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
+    let formula = s.starts_with(['=', '+', '-', '@', '\t', '\r']) && s.parse::<rust_decimal::Decimal>().is_err();
+    let s = if formula { format!("'{s}") } else { s.to_string() };
+    if s.contains([',', '"', '\n', '\r', '\t']) || formula {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
-        s.to_string()
+        s
     }
 }
 
@@ -223,4 +229,22 @@ pub fn invoices_csv(items: &[String]) -> anyhow::Result<String> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::csv_field;
+
+    #[test]
+    fn cells_a_spreadsheet_would_evaluate_are_neutralised() {
+        assert_eq!(csv_field("-2-3"), "\"'-2-3\"");
+        assert_eq!(csv_field("-A1:A99"), "\"'-A1:A99\"");
+        assert_eq!(csv_field("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
+        assert_eq!(csv_field("@SUM(A1)"), "\"'@SUM(A1)\"");
+        assert_eq!(csv_field("\tx"), "\"'\tx\"");
+        assert_eq!(csv_field("-0.10"), "-0.10", "an amount stays a number");
+        assert_eq!(csv_field("+3"), "+3");
+        assert_eq!(csv_field("acme-shop"), "acme-shop");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+    }
 }

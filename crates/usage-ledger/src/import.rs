@@ -134,6 +134,7 @@ fn parse_lines(
     tx: mpsc::SyncSender<(Parsed, u64)>,
 ) -> anyhow::Result<()> {
     let mut reader = BufReader::with_capacity(1 << 20, input);
+    skip_bom(&mut reader).context("reading input")?;
     let mut line = Vec::new();
     let (mut parsed, mut bytes, mut number) = (Vec::with_capacity(chunk), 0u64, 0u64);
     loop {
@@ -157,6 +158,15 @@ fn parse_lines(
     }
     if !parsed.is_empty() || bytes > 0 {
         let _ = tx.send((parsed, bytes));
+    }
+    Ok(())
+}
+
+/// A UTF-8 byte-order mark at the start of the input (editors on Windows write one) is
+/// not part of the first line.
+fn skip_bom(reader: &mut impl BufRead) -> std::io::Result<()> {
+    if reader.fill_buf()?.starts_with(b"\xEF\xBB\xBF") {
+        reader.consume(3);
     }
     Ok(())
 }

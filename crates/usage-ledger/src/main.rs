@@ -21,6 +21,7 @@ mod generate;
 mod http;
 mod import;
 mod metrics;
+mod private;
 mod produce;
 mod reading;
 mod service;
@@ -238,6 +239,7 @@ fn one_line_panics() {
 
 fn main() -> ExitCode {
     one_line_panics();
+    private::restrict_new_files();
     if let Err(e) = config::load(&<Cli as clap::CommandFactory>::command()) {
         eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
         return ExitCode::from(2);
@@ -251,7 +253,9 @@ fn main() -> ExitCode {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().flatten_event(true).init(),
     }
-    match run(cli) {
+    let result = run(cli);
+    private::remove_copies();
+    match result {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
@@ -303,6 +307,9 @@ pub fn window(future_skew: chrono::Duration) -> ledger_proto::Window {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let dir = cli.data_dir;
+    if !matches!(cli.command, Command::Produce { .. } | Command::Generate { .. }) {
+        private::check_mode(&dir);
+    }
     let mut all = ledger_kafka::from_env("USAGE_LEDGER_KAFKA_");
     all.extend(cli.kafka_property);
     let mut producer = ledger_kafka::from_env("USAGE_LEDGER_PRODUCER_");

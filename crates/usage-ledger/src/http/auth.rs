@@ -87,6 +87,7 @@ impl Auth {
     /// links stop working when the process restarts.
     pub fn new(tokens: &[TokenConfig], secret: Option<&str>, link_ttl: chrono::Duration) -> anyhow::Result<Auth> {
         let mut by_hash = HashMap::new();
+        let mut first = HashMap::new();
         for (n, t) in tokens.iter().enumerate() {
             let what = || format!("http.tokens[{n}]");
             let hash: [u8; 32] = hex::decode(t.sha256.trim())
@@ -95,13 +96,18 @@ impl Auth {
                 .with_context(|| format!("{}: sha256 must be 64 hex digits", what()))?;
             let principal = match (t.role, &t.team) {
                 (Role::Team, Some(team)) => {
-                    Principal::Team(TeamId::new(team.clone()).with_context(|| format!("{}: team", what()))?)
+                    Principal::Team(ledger_proto::new_team(team.clone()).with_context(|| format!("{}: team", what()))?)
                 }
                 (Role::Team, None) => bail!("{}: a team token names its team", what()),
                 (_, Some(_)) => bail!("{}: only a team token names a team", what()),
                 (Role::Finance, None) => Principal::Finance,
                 (Role::Admin, None) => Principal::Admin,
             };
+            // Two entries with one secret (hex in another case, say) would leave the
+            // role to the order of the file: refused, whatever the roles.
+            if let Some(earlier) = first.insert(hash, n) {
+                bail!("{}: the same secret (sha256) as http.tokens[{earlier}]; every token needs its own", what());
+            }
             by_hash.insert(hash, principal);
         }
         let secret = match secret {
@@ -231,6 +237,20 @@ mod tests {
         assert_eq!(auth.principal(&link, expires), None, "expired");
         let forged = link.replace("~acme", "~other");
         assert_eq!(auth.principal(&forged, now), None, "scope changed");
+    }
+
+    #[test]
+    fn a_secret_given_twice_is_refused_whatever_its_case() {
+        let hash = hex::encode(Sha256::digest(b"t0k"));
+        let tokens = [
+            TokenConfig { sha256: hash.clone(), role: Role::Finance, team: None },
+            TokenConfig { sha256: hash.to_uppercase(), role: Role::Admin, team: None },
+        ];
+        let e = Auth::new(&tokens, None, chrono::Duration::hours(1)).unwrap_err().to_string();
+        assert_eq!(e, "http.tokens[1]: the same secret (sha256) as http.tokens[0]; every token needs its own");
+        let dots = [TokenConfig { sha256: hash, role: Role::Team, team: Some("..".into()) }];
+        let e = format!("{:#}", Auth::new(&dots, None, chrono::Duration::hours(1)).unwrap_err());
+        assert!(e.contains("URL dot segment"), "{e}");
     }
 
     #[test]

@@ -137,8 +137,8 @@ fn serve_router(addr: &str, router: axum::Router) -> anyhow::Result<SocketAddr> 
 /// `serve`: the API over a data dir, no Kafka, until interrupted. The stores are held
 /// (sled's lock) for the process's life; `close` appends through a ledger folded on demand.
 pub fn serve_dir(dir: &Path, args: ServeArgs, future_skew: chrono::Duration) -> anyhow::Result<ExitCode> {
-    let stores = crate::commands::open_existing(dir)?;
-    let ledgers = Arc::new(Served { stores, closing: Mutex::new(()) });
+    let (stores, read_only) = crate::commands::open_existing_at(dir)?;
+    let ledgers = Arc::new(Served { stores, read_only, closing: Mutex::new(()) });
     let metrics = Arc::new(crate::metrics::Metrics::new());
     let bound = spawn(&args.http, "127.0.0.1:8080", ledgers, metrics, future_skew)?;
     eprintln!("usage-ledger: serving {} over HTTP at http://{bound}/ (no Kafka)", dir.display());
@@ -155,6 +155,8 @@ pub fn serve_dir(dir: &Path, args: ServeArgs, future_skew: chrono::Duration) -> 
 /// A data dir's stores, served without Kafka.
 struct Served {
     stores: Vec<Store>,
+    /// A private copy of a read-only data dir: nothing may be appended to it.
+    read_only: bool,
     /// One close at a time.
     closing: Mutex<()>,
 }
@@ -169,6 +171,9 @@ impl Ledgers for Served {
     }
 
     fn close(&self, until: DateTime<Utc>) -> anyhow::Result<(u64, u64)> {
+        if self.read_only {
+            anyhow::bail!("this server reads a read-only data dir: close appends to the ledger");
+        }
         let _one = self.closing.lock().expect("not poisoned");
         crate::commands::close_stores(&self.stores, until)
     }

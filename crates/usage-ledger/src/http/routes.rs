@@ -6,9 +6,11 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Request, State};
-use axum::http::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, RETRY_AFTER};
+use axum::http::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, REFERRER_POLICY, RETRY_AFTER, X_CONTENT_TYPE_OPTIONS,
+};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -42,6 +44,8 @@ pub fn router(api: Shared) -> Router {
         .route("/v1/invoices", get(month_invoices))
         .route("/v1/close", post(close))
         .route("/", get(dashboard::home))
+        .route("/dashboard.js", get(dashboard::script))
+        .route("/dashboard.css", get(dashboard::styles))
         .route("/teams/{team}", get(dashboard::team))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such path") })
         .layer(DefaultBodyLimit::max(api.body_max_bytes))
@@ -110,6 +114,10 @@ async fn guard(
     } else {
         next.run(request).await
     };
+    let mut response = response;
+    // Pages carry a portal link in their URL: no Referer ever takes it elsewhere.
+    response.headers_mut().insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    response.headers_mut().insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     let status = response.status();
     api.metrics.http_requests.get_or_create(&crate::metrics::Code { code: status.as_u16().to_string() }).inc();
     if status.is_client_error() && status != StatusCode::NOT_FOUND {
@@ -150,7 +158,7 @@ impl Caller {
         if !self.0.reads(team) {
             return Err(forbidden());
         }
-        TeamId::new(team.to_string()).map_err(|e| ApiError::bad(format!("team {team:?}: {e}")))
+        ledger_proto::new_team(team.to_string()).map_err(|e| ApiError::bad(format!("team {team:?}: {e}")))
     }
 
     fn finance(&self) -> Result<(), ApiError> {
@@ -452,22 +460,63 @@ async fn team_link(
     caller.admin()?;
     let team = caller.team(&team)?;
     let path = format!("/teams/{team}");
-    Ok(link(&api, &Scope::Team(team), &path, &headers))
+    link(&api, &Scope::Team(team), &path, &headers)
 }
 
 async fn finance_link(State(api): State<Shared>, caller: Caller, headers: HeaderMap) -> Result<Response, ApiError> {
     caller.admin()?;
-    Ok(link(&api, &Scope::Finance, "/", &headers))
+    link(&api, &Scope::Finance, "/", &headers)
 }
 
-/// `{"url", "expires_at"}`: the page at `path` opened with a signed link for `scope`.
-fn link(api: &Api, scope: &Scope, path: &str, headers: &HeaderMap) -> Response {
+/// `{"url", "expires_at"}`: the page at `path` opened with a signed link for `scope`,
+/// at `public_url`, else at the request's Host if it is a plain `host[:port]`.
+fn link(api: &Api, scope: &Scope, path: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
+    let base = match &api.public_url {
+        Some(url) => url.clone(),
+        None => {
+            let host = headers.get(HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1:8080");
+            if !plain_host(host) {
+                return Err(ApiError::bad(
+                    "the Host header is not a plain host[:port]; set http.public_url (--http-public-url) for portal links",
+                ));
+            }
+            format!("http://{host}")
+        }
+    };
     let (credential, expires) = api.auth.mint(scope, Utc::now());
-    let base = api.public_url.clone().unwrap_or_else(|| {
-        let host = headers.get(HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1:8080");
-        format!("http://{host}")
-    });
     let url = format!("{}{path}?link={credential}", base.trim_end_matches('/'));
     let body = serde_json::json!({"url": url, "expires_at": ledger_core::report::fmt_time(expires)});
-    ([(CONTENT_TYPE, "application/json")], Body::from(body.to_string())).into_response()
+    Ok(([(CONTENT_TYPE, "application/json")], Body::from(body.to_string())).into_response())
+}
+
+/// A DNS name or IPv4 address with an optional port, or a bracketed IPv6 address: what
+/// a URL's authority may be without user info, path or markup.
+fn plain_host(host: &str) -> bool {
+    let (name, port) = match host.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') || name.ends_with(']') => (name, Some(port)),
+        _ => (host, None),
+    };
+    let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    let name_ok = match name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !name.is_empty()
+                && name.len() <= 253
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        }
+    };
+    port_ok && name_ok
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_a_plain_host_names_a_portal_link() {
+        for ok in ["127.0.0.1:8080", "billing.example.com", "[::1]:8080", "localhost"] {
+            assert!(super::plain_host(ok), "{ok}");
+        }
+        for bad in ["\"><script>", "a@b", "a/b", "", "x:", "x:123456", "[zz]:1", "a b", "::1"] {
+            assert!(!super::plain_host(bad), "{bad}");
+        }
+    }
 }
