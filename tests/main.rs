@@ -21,6 +21,7 @@ mod properties;
 mod replication;
 mod rules;
 mod scenarios;
+mod serving;
 mod soak;
 mod support;
 mod topology;

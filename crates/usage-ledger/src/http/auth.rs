@@ -1,7 +1,6 @@
 //! Who may call the API: bearer tokens from the config file (kept as SHA-256, never in
 //! clear), signed team-scoped portal links that expire, and a request rate per client.
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -175,23 +174,24 @@ fn random_key() -> anyhow::Result<Vec<u8>> {
     Ok(key)
 }
 
-/// Requests per client address: a token bucket each, `burst` deep, refilled at `per_sec`.
-/// The table is bounded: past `CLIENTS_MAX` addresses, idle ones are forgotten.
-pub struct RateLimiter {
+/// Requests per key (a client address before authentication, a credential after it): a
+/// token bucket each, `burst` deep, refilled at `per_sec`. The table is bounded: past
+/// `CLIENTS_MAX` keys, idle ones are forgotten.
+pub struct RateLimiter<K> {
     per_sec: f64,
     burst: f64,
-    clients: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+    clients: Mutex<HashMap<K, (f64, Instant)>>,
 }
 
 const CLIENTS_MAX: usize = 10_000;
 
-impl RateLimiter {
-    pub fn new(per_sec: u32, burst: u32) -> RateLimiter {
+impl<K: std::hash::Hash + Eq + Copy> RateLimiter<K> {
+    pub fn new(per_sec: u32, burst: u32) -> RateLimiter<K> {
         RateLimiter { per_sec: f64::from(per_sec), burst: f64::from(burst.max(1)), clients: Mutex::new(HashMap::new()) }
     }
 
-    /// Takes one request from the client's bucket; false when it is empty.
-    pub fn allow(&self, client: IpAddr) -> bool {
+    /// Takes one request from the key's bucket; false when it is empty.
+    pub fn allow(&self, client: K) -> bool {
         if self.per_sec <= 0.0 {
             return true;
         }
@@ -216,8 +216,40 @@ impl RateLimiter {
     }
 }
 
+/// A log line budget: `LOG_BURST` lines, then `LOG_PER_SEC` a second; the lines left out
+/// are counted and reported with the next line written.
+pub struct LogLimiter {
+    tokens: f64,
+    at: Instant,
+    suppressed: u64,
+}
+
+const LOG_PER_SEC: f64 = 5.0;
+const LOG_BURST: f64 = 20.0;
+
+impl LogLimiter {
+    pub fn new() -> LogLimiter {
+        LogLimiter { tokens: LOG_BURST, at: Instant::now(), suppressed: 0 }
+    }
+
+    /// `Some(lines left out since the last one written)` when this line may be written.
+    pub fn allow(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * LOG_PER_SEC).min(LOG_BURST);
+        self.at = now;
+        if self.tokens < 1.0 {
+            self.suppressed += 1;
+            return None;
+        }
+        self.tokens -= 1.0;
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
+
     use super::*;
 
     fn auth() -> Auth {
@@ -255,8 +287,13 @@ mod tests {
 
     #[test]
     fn the_bucket_refuses_past_its_burst() {
-        let limiter = RateLimiter::new(1, 3);
+        let limiter = RateLimiter::<IpAddr>::new(1, 3);
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         assert_eq!((0..5).filter(|_| limiter.allow(ip)).count(), 3);
+        let mut log = LogLimiter::new();
+        let written: Vec<Option<u64>> = (0..25).map(|_| log.allow()).collect();
+        assert_eq!(written.iter().filter(|w| w.is_some()).count(), 20);
+        log.tokens = 1.0;
+        assert_eq!(log.allow(), Some(5), "the next line written reports the five left out");
     }
 }

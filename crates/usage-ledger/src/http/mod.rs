@@ -5,6 +5,7 @@
 mod auth;
 mod dashboard;
 mod routes;
+mod server;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -37,11 +38,36 @@ pub struct HttpArgs {
     /// Largest request body accepted (413 past it).
     #[arg(long, env = "USAGE_LEDGER_HTTP_BODY_MAX_BYTES", default_value_t = 16 * 1024)]
     pub http_body_max_bytes: usize,
-    /// Requests per second per client address (429 past the burst); 0 = no limit.
-    #[arg(long, env = "USAGE_LEDGER_HTTP_REQUESTS_PER_SEC", default_value_t = 50)]
+    /// API requests per second per credential, after authentication (429 with
+    /// Retry-After past the burst); 0 = no limit. `/healthz`, `/readyz`, `/metrics`,
+    /// `/openapi.json` and the dashboard's assets are never limited.
+    #[arg(long, env = "USAGE_LEDGER_HTTP_REQUESTS_PER_SEC", default_value_t = 20)]
     pub http_requests_per_sec: u32,
-    #[arg(long, env = "USAGE_LEDGER_HTTP_REQUESTS_BURST", default_value_t = 200)]
+    #[arg(long, env = "USAGE_LEDGER_HTTP_REQUESTS_BURST", default_value_t = 40)]
     pub http_requests_burst: u32,
+    /// API requests per second per client address, before authentication (the cheap
+    /// limit: no hash computed for a flood); 0 = no limit.
+    #[arg(long, env = "USAGE_LEDGER_HTTP_ADDRESS_REQUESTS_PER_SEC", default_value_t = 100)]
+    pub http_address_requests_per_sec: u32,
+    #[arg(long, env = "USAGE_LEDGER_HTTP_ADDRESS_REQUESTS_BURST", default_value_t = 200)]
+    pub http_address_requests_burst: u32,
+    /// Reads of the ledgers running at once (each on a thread of its own); past it 503
+    /// with Retry-After. Default: twice the cores.
+    #[arg(long, env = "USAGE_LEDGER_HTTP_READS_MAX")]
+    pub http_reads_max: Option<usize>,
+    /// Connections kept open (at most half the open-file limit); past it the oldest with
+    /// no request in progress is closed. A connection that just arrived survives
+    /// `connections_max / arrival rate` of a flood of idle ones (8,192 at 20,000/s:
+    /// 0.4 s), time enough for a health check's request to be read.
+    #[arg(long, env = "USAGE_LEDGER_HTTP_CONNECTIONS_MAX", default_value_t = 8192)]
+    pub http_connections_max: usize,
+    /// A connection with no request in progress this long is closed: idle between
+    /// requests, or still sending its request's head.
+    #[arg(long, env = "USAGE_LEDGER_HTTP_IDLE_TIMEOUT_SECS", default_value_t = 10)]
+    pub http_idle_timeout_secs: u32,
+    /// A request still being handled after this long is answered 503.
+    #[arg(long, env = "USAGE_LEDGER_HTTP_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
+    pub http_request_timeout_secs: u32,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -65,7 +91,14 @@ pub struct Api {
     pub ledgers: Arc<dyn Ledgers>,
     pub metrics: Arc<crate::metrics::Metrics>,
     auth: auth::Auth,
-    limiter: auth::RateLimiter,
+    /// Before authentication, per client address.
+    address_limiter: auth::RateLimiter<std::net::IpAddr>,
+    /// After authentication, per credential (its SHA-256).
+    credential_limiter: auth::RateLimiter<[u8; 32]>,
+    /// Permits for reads of the ledgers running at once.
+    readers: Arc<tokio::sync::Semaphore>,
+    /// Refusal log lines, rate-limited.
+    refusal_log: Mutex<auth::LogLimiter>,
     public_url: Option<String>,
     body_max_bytes: usize,
     future_skew: chrono::Duration,
@@ -89,16 +122,25 @@ pub fn spawn(
     if config.http.tokens.is_empty() {
         tracing::warn!("No API tokens configured ([[http.tokens]] in --config): every /v1/ path answers 401.");
     }
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
     let api = Api {
         ledgers,
         metrics,
         auth,
-        limiter: auth::RateLimiter::new(args.http_requests_per_sec, args.http_requests_burst),
+        address_limiter: auth::RateLimiter::new(args.http_address_requests_per_sec, args.http_address_requests_burst),
+        credential_limiter: auth::RateLimiter::new(args.http_requests_per_sec, args.http_requests_burst),
+        readers: Arc::new(tokio::sync::Semaphore::new(args.http_reads_max.unwrap_or(2 * cores).max(1))),
+        refusal_log: Mutex::new(auth::LogLimiter::new()),
         public_url: args.http_public_url.clone(),
         body_max_bytes: args.http_body_max_bytes,
         future_skew,
     };
-    serve_router(addr, routes::router(Arc::new(api)))
+    let limits = server::Limits {
+        connections_max: args.http_connections_max.min(raise_file_limit() / 2),
+        idle: std::time::Duration::from_secs(u64::from(args.http_idle_timeout_secs.max(1))),
+        request: std::time::Duration::from_secs(u64::from(args.http_request_timeout_secs.max(1))),
+    };
+    serve_router(addr, routes::router(Arc::new(api)), limits)
 }
 
 /// Serves only `GET /metrics` at `addr` (`run --metrics-addr`), the same text as the API's.
@@ -107,31 +149,59 @@ pub fn spawn_metrics(
     ledgers: Arc<dyn Ledgers>,
     metrics: Arc<crate::metrics::Metrics>,
 ) -> anyhow::Result<SocketAddr> {
-    serve_router(addr, routes::metrics_router(ledgers, metrics))
+    let limits = server::Limits {
+        connections_max: 64,
+        idle: std::time::Duration::from_secs(10),
+        request: std::time::Duration::from_secs(30),
+    };
+    serve_router(addr, routes::metrics_router(ledgers, metrics), limits)
 }
 
 /// Binds `addr` now, so a taken port is an error at start, and serves `router` from a
 /// thread of its own. Returns the bound address.
-fn serve_router(addr: &str, router: axum::Router) -> anyhow::Result<SocketAddr> {
-    let listener = std::net::TcpListener::bind(addr).with_context(|| format!("HTTP listener on {addr}"))?;
-    listener.set_nonblocking(true)?;
+fn serve_router(addr: &str, router: axum::Router, limits: server::Limits) -> anyhow::Result<SocketAddr> {
+    use std::net::ToSocketAddrs as _;
+    let at = addr
+        .to_socket_addrs()
+        .with_context(|| format!("HTTP listener on {addr}"))?
+        .next()
+        .with_context(|| format!("HTTP listener on {addr}: no address"))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("http-worker")
+        .enable_all()
+        .build()
+        .context("starting the HTTP runtime")?;
+    let listener = runtime.block_on(async {
+        let socket = if at.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        socket.bind(at)?;
+        // A deep queue: a burst of connections waits to be accepted instead of being
+        // dropped (the kernel caps it at net.core.somaxconn).
+        socket.listen(4096)
+    });
+    let listener = listener.with_context(|| format!("HTTP listener on {addr}"))?;
     let bound = listener.local_addr()?;
     std::thread::Builder::new().name("http".into()).spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("http-worker")
-            .enable_all()
-            .build()
-            .expect("the HTTP runtime starts");
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("a bound listener converts");
-            let service = router.into_make_service_with_connect_info::<SocketAddr>();
-            if let Err(e) = axum::serve(listener, service).await {
-                tracing::error!(error = %e, "The HTTP server stopped.");
-            }
-        });
+        runtime.block_on(server::serve(listener, router, limits));
     })?;
     Ok(bound)
+}
+
+/// Raises this process's open-file limit to its hard limit, so the connection cap, not
+/// the descriptors, bounds what clients hold; returns the limit now in force.
+fn raise_file_limit() -> usize {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let raise = match (limit.current, limit.maximum) {
+        (Some(current), Some(maximum)) => current < maximum,
+        (Some(_), None) => true,
+        (None, _) => false,
+    };
+    if raise && setrlimit(Resource::Nofile, Rlimit { current: limit.maximum, maximum: limit.maximum }).is_ok() {
+        return limit.maximum.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    }
+    limit.current.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX))
 }
 
 /// `serve`: the API over a data dir, no Kafka, until interrupted. The stores are held

@@ -18,6 +18,7 @@ use axum::Router;
 use chrono::{DateTime, NaiveDate, Utc};
 use ledger_core::TeamId;
 use ledger_store::Store;
+use sha2::Digest as _;
 use tracing::{error, warn};
 
 use super::auth::{Principal, Scope};
@@ -82,7 +83,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": self.message }).to_string();
-        (self.status, [(CONTENT_TYPE, "application/json")], body).into_response()
+        let mut response = (self.status, [(CONTENT_TYPE, "application/json")], body).into_response();
+        if matches!(self.status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
+            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 
@@ -94,7 +99,15 @@ fn csv(body: String) -> Response {
     ([(CONTENT_TYPE, "text/csv; charset=utf-8")], body).into_response()
 }
 
-/// Rate limit, body size, and a log line (without the credential) for every refusal.
+/// Paths any client may call as often as it likes: cheap, and what health checkers and
+/// scrapers behind one proxy address need to keep working while the API is flooded.
+fn unlimited(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/metrics" | "/openapi.json" | "/dashboard.js" | "/dashboard.css")
+}
+
+/// The cheap limit per client address (before any credential is checked), body size, the
+/// security headers, and a log line (without the credential, rate-limited) for every
+/// refusal.
 async fn guard(
     State(api): State<Shared>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
@@ -103,27 +116,29 @@ async fn guard(
 ) -> Response {
     let (method, path) = (request.method().clone(), request.uri().path().to_string());
     let length = request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    let response = if !api.limiter.allow(client.ip()) {
-        let mut r =
-            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too many requests; retry in a second").into_response();
-        r.headers_mut().insert(RETRY_AFTER, "1".parse().expect("valid header"));
-        r
+    let mut response = if !unlimited(&path) && !api.address_limiter.allow(client.ip()) {
+        too_many().into_response()
     } else if length.is_some_and(|n| n > api.body_max_bytes) {
         ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body over {} bytes", api.body_max_bytes))
             .into_response()
     } else {
         next.run(request).await
     };
-    let mut response = response;
     // Pages carry a portal link in their URL: no Referer ever takes it elsewhere.
     response.headers_mut().insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     response.headers_mut().insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     let status = response.status();
     api.metrics.http_requests.get_or_create(&crate::metrics::Code { code: status.as_u16().to_string() }).inc();
     if status.is_client_error() && status != StatusCode::NOT_FOUND {
-        warn!(%method, %path, status = status.as_u16(), client = %client.ip(), "Refused an HTTP request.");
+        if let Some(suppressed) = api.refusal_log.lock().expect("not poisoned").allow() {
+            warn!(%method, %path, status = status.as_u16(), client = %client.ip(), suppressed, "Refused an HTTP request.");
+        }
     }
     response
+}
+
+fn too_many() -> ApiError {
+    ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too many requests; retry in a second")
 }
 
 /// The caller, from its bearer token or portal link (401 without a valid one).
@@ -134,7 +149,12 @@ impl FromRequestParts<Shared> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, api: &Shared) -> Result<Caller, ApiError> {
         let credential = bearer(&parts.headers).ok_or_else(unauthorized)?;
-        api.auth.principal(credential, Utc::now()).map(Caller).ok_or_else(unauthorized)
+        let caller = api.auth.principal(credential, Utc::now()).map(Caller).ok_or_else(unauthorized)?;
+        let key: [u8; 32] = sha2::Sha256::digest(credential.as_bytes()).into();
+        if !api.credential_limiter.allow(key) {
+            return Err(too_many());
+        }
+        Ok(caller)
     }
 }
 
@@ -208,6 +228,21 @@ impl Params {
             .transpose()
     }
 
+    /// An instant no later than now + the future skew: the work a balance or usage
+    /// document takes grows with the cycles up to it (`at=9999-12-31` derived ~96,000).
+    fn until_now(&self, name: &str, future_skew: chrono::Duration) -> Result<Option<DateTime<Utc>>, ApiError> {
+        let at = self.instant(name)?;
+        let latest = Utc::now() + future_skew;
+        match at {
+            Some(at) if at > latest => Err(ApiError::bad(format!(
+                "{name}={} is after now + the allowed skew ({} h)",
+                at.to_rfc3339(),
+                future_skew.num_hours()
+            ))),
+            _ => Ok(at),
+        }
+    }
+
     fn number(&self, name: &str, default: u64) -> Result<u64, ApiError> {
         self.get(name).map_or(Ok(default), |v| {
             v.parse().map_err(|_| ApiError::bad(format!("{name}={v:?} is not a whole number")))
@@ -233,15 +268,22 @@ impl Params {
     }
 }
 
-/// Runs `f` over the stores held now, on the blocking pool.
+/// Runs `f` over the stores held now, on the blocking pool, if a reader's permit is free
+/// (503 with Retry-After when `--http-reads-max` reads run already).
 pub async fn read<T: Send + 'static>(
     api: &Shared,
     f: impl FnOnce(&[Store]) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
+    let permit = Arc::clone(&api.readers).try_acquire_owned().map_err(|_| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the server is busy with other reads; retry in a second")
+    })?;
     let api = Arc::clone(api);
-    tokio::task::spawn_blocking(move || f(&api.ledgers.stores().map_err(ApiError::internal)?))
-        .await
-        .map_err(|e| ApiError::internal(anyhow::anyhow!("a reader stopped: {e}")))?
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        f(&api.ledgers.stores().map_err(ApiError::internal)?)
+    })
+    .await
+    .map_err(|e| ApiError::internal(anyhow::anyhow!("a reader stopped: {e}")))?
 }
 
 /// Runs `f` over the store holding `team` (`None` when no store does), on the blocking
@@ -315,7 +357,7 @@ async fn balance(
     Path(team): Path<String>,
     q: Params,
 ) -> Result<Response, ApiError> {
-    let (team, at) = (caller.team(&team)?, q.instant("at")?);
+    let (team, at) = (caller.team(&team)?, q.until_now("at", api.future_skew)?);
     with_team(&api, team, move |store, team| doc(documents::balance(found(store, team)?, team, at))).await
 }
 
@@ -325,8 +367,12 @@ async fn usage(
     Path(team): Path<String>,
     q: Params,
 ) -> Result<Response, ApiError> {
-    let (team, at) = (caller.team(&team)?, q.instant("at")?);
-    let points = q.number("points", 48)?.clamp(2, 500) as u32;
+    let (team, at) = (caller.team(&team)?, q.until_now("at", api.future_skew)?);
+    let points = q.number("points", 48)?;
+    if !(2..=u64::from(documents::POINTS_MAX)).contains(&points) {
+        return Err(ApiError::bad(format!("points={points}: 2 to {}", documents::POINTS_MAX)));
+    }
+    let points = points as u32;
     with_team(&api, team, move |store, team| doc(documents::usage(found(store, team)?, team, at, points))).await
 }
 
