@@ -45,6 +45,7 @@ impl ProducerContext for LandedContext {
 /// threads.
 pub struct ChangelogWriter {
     inner: BaseProducer<LandedContext>,
+    brokers: String,
 }
 
 impl ChangelogWriter {
@@ -63,7 +64,7 @@ impl ChangelogWriter {
             config.set(*k, v);
         }
         let inner = config.create_with_context(LandedContext)?;
-        Ok(ChangelogWriter { inner })
+        Ok(ChangelogWriter { inner, brokers: brokers.to_string() })
     }
 
     /// Appends `record` to `partition` of the changelog; the offset it landed at.
@@ -78,7 +79,10 @@ impl ChangelogWriter {
             self.inner.poll(Duration::from_millis(1));
             match landed.try_recv() {
                 Ok(Ok(offset)) if offset >= 0 => return Ok(offset as u64),
-                Ok(Ok(offset)) => return Err(format!("acknowledged without an offset ({offset})")),
+                // librdkafka's report after a retry the broker had already written (a
+                // DuplicateSequence answer, seen across a broker restart): written, at an
+                // offset it does not say.
+                Ok(Ok(_)) => return self.find(partition, record),
                 Ok(Err(e)) => return Err(e),
                 Err(mpsc::TryRecvError::Disconnected) => return Err("the delivery report was lost".into()),
                 Err(mpsc::TryRecvError::Empty) if Instant::now() > deadline => {
@@ -89,6 +93,27 @@ impl ChangelogWriter {
         }
     }
 }
+
+impl ChangelogWriter {
+    /// The offset of `record`, acknowledged without one: among the partition's last
+    /// `FIND_BACK` records, the one with exactly these bytes (a record names the digest
+    /// of the one before it, so no two are equal).
+    fn find(&self, partition: i32, record: &[u8]) -> std::result::Result<u64, String> {
+        let (low, high) = watermarks(&self.brokers, CHANGELOG, partition).map_err(|e| e.to_string())?;
+        let from = (high - FIND_BACK).max(low).max(0) as u64;
+        let reader = PartitionReader::open(&self.brokers, CHANGELOG, partition, from)?;
+        for read in reader {
+            let (offset, payload) = read?;
+            if payload == record {
+                return Ok(offset);
+            }
+        }
+        Err(format!("acknowledged without an offset, and not among the last {FIND_BACK} records"))
+    }
+}
+
+/// How far back from the end an acknowledged record without an offset is looked for.
+const FIND_BACK: i64 = 16;
 
 /// Reads one partition of a topic from an offset up to its end as of the start (the high
 /// watermark then), in offset order.

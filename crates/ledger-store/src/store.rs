@@ -21,6 +21,8 @@ pub struct Store {
     /// Writes made outside a batch (outbox acknowledgements) that the changelog has not
     /// carried yet; `None` while the ledger is not replicated.
     pub(crate) unreplicated: std::sync::Arc<std::sync::Mutex<Option<Vec<crate::batch::Op>>>>,
+    /// Blocks decoded for single-entry reads (`read_entry`), shared by the clones.
+    pub(crate) blocks: std::sync::Arc<entries::BlockCache>,
 }
 
 pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -105,6 +107,7 @@ impl Store {
             format: FORMAT_VERSION,
             index_memory_events,
             unreplicated: Default::default(),
+            blocks: Default::default(),
         };
         store.format = store.check_meta(catalog)?;
         Ok(store)
@@ -298,7 +301,7 @@ impl Store {
 
     /// Reads entry `seq` of `team` from the block that holds it.
     pub fn read_entry(&self, team: &str, seq: u64) -> Result<Option<Entry>> {
-        entries::read(&self.tree, team, seq)
+        entries::read(&self.tree, &self.blocks, team, seq)
     }
 
     /// Whether the team has entries here.

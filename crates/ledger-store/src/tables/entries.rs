@@ -1,6 +1,8 @@
 //! Table `E`: each team's entries, one block per batch under `team 0 first_seq`.
 //! Entries are postcard-encoded core `Entry` values; the per-team chain hashes exactly
 //! those bytes, so a changed byte anywhere breaks it at that entry.
+use std::sync::Arc;
+
 use ledger_core::Entry;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -117,14 +119,43 @@ pub(crate) fn insert(
     batch.insert(key(team, first_seq), encode_block(block_format_of(store_format), entries));
 }
 
+/// The blocks last decoded for single-entry reads, each with the bytes it was decoded
+/// from: a duplicate or conflict check reads one entry, and decoding its whole block (up
+/// to 65,536 entries, ~9 ms) per check made a resumed import ~100× slower than its
+/// first pass. A block is served from here only while its stored bytes are still those
+/// (compared whole, so a block rewritten since is decoded again).
+#[derive(Debug, Default)]
+pub(crate) struct BlockCache(std::sync::Mutex<std::collections::VecDeque<(sled::IVec, Arc<Vec<StoredEntry>>)>>);
+
+/// Enough for the blocks a run of duplicates walks through, and the teams beside it.
+const CACHED_BLOCKS: usize = 8;
+
+impl BlockCache {
+    fn decoded(&self, bytes: &sled::IVec) -> Result<Arc<Vec<StoredEntry>>> {
+        // The same buffer (sled hands out shared ones, and the one kept here stays
+        // alive, so its address cannot be reused) is the same bytes; else compared.
+        let same = |b: &sled::IVec| (b.as_ptr() == bytes.as_ptr() && b.len() == bytes.len()) || b == bytes;
+        if let Some((_, entries)) = self.0.lock().expect("not poisoned").iter().find(|(b, _)| same(b)) {
+            return Ok(Arc::clone(entries));
+        }
+        let entries = Arc::new(decode_block(bytes)?);
+        let mut cached = self.0.lock().expect("not poisoned");
+        if cached.len() >= CACHED_BLOCKS {
+            cached.pop_front();
+        }
+        cached.push_back((bytes.clone(), Arc::clone(&entries)));
+        Ok(entries)
+    }
+}
+
 /// Entry `seq` of `team`, read from the block that holds it.
-pub(crate) fn read(tree: &sled::Tree, team: &str, seq: u64) -> Result<Option<Entry>> {
+pub(crate) fn read(tree: &sled::Tree, cache: &BlockCache, team: &str, seq: u64) -> Result<Option<Entry>> {
     let upper = key(team, seq);
     let lower = KeyKind::Entry.team_prefix(team);
     let Some(kv) = tree.range(lower..=upper).next_back() else { return Ok(None) };
     crate::progress::tick();
     let (_, v) = kv?;
-    let entries = decode_block(&v)?;
+    let entries = cache.decoded(&v)?;
     match entries.iter().find(|e| e.seq == seq) {
         Some(stored) => {
             Ok(Some(decode_entry(&stored.body).map_err(|e| Error::Corrupt(format!("team {team} seq {seq}: {e}")))?))
