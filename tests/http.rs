@@ -91,6 +91,14 @@ pub struct Server {
 }
 
 impl Server {
+    /// `serve` over a freshly seeded data dir (`seed`) with `http` lines in the config's
+    /// `[http]`; the data dir too.
+    pub fn seeded(dir: &Path, http: &str) -> (PathBuf, Server) {
+        let data = seed(dir);
+        let server = Server::serve(&data, &config(dir, http), &[]);
+        (data, server)
+    }
+
     pub fn serve(data: &Path, config: &Path, extra: &[&str]) -> Server {
         let mut cmd = bin();
         cmd.arg("--data-dir").arg(data).arg("--config").arg(config).args(["serve", "--http-addr", "127.0.0.1:0"]);
@@ -204,8 +212,7 @@ const TEAM_PATHS: [&str; 7] = [
 #[test]
 fn every_team_path_answers_401_403_or_200_by_credential() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = seed(tmp.path());
-    let server = Server::serve(&data, &config(tmp.path(), ""), &[]);
+    let (_, server) = Server::seeded(tmp.path(), "");
     for path in TEAM_PATHS {
         let url = |team: &str| format!("{}{}", server.base, path.replace("{team}", team));
         assert_eq!(get(&url("t1"), None).status, 401, "{path} without a token");
@@ -295,8 +302,7 @@ fn the_documents_are_the_ones_the_command_line_prints() {
 #[test]
 fn errors_are_one_json_line_with_a_fitting_status() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = seed(tmp.path());
-    let server = Server::serve(&data, &config(tmp.path(), ""), &[]);
+    let (_, server) = Server::seeded(tmp.path(), "");
     let cases = [
         ("/v1/teams/t1/invoices/2026-02-01", 404),
         ("/v1/teams/t1/invoices/2026-02-01/verification", 404),
@@ -321,8 +327,7 @@ fn errors_are_one_json_line_with_a_fitting_status() {
 #[test]
 fn the_ledger_pages_walk_every_entry_once_in_order() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = seed(tmp.path());
-    let server = Server::serve(&data, &config(tmp.path(), ""), &[]);
+    let (_, server) = Server::seeded(tmp.path(), "");
     let (mut after, mut seqs, mut kinds) = (0u64, Vec::new(), std::collections::BTreeSet::new());
     loop {
         let page =
@@ -382,8 +387,7 @@ fn verification_catches_a_tampered_entry_from_the_api_and_the_command_line() {
 #[test]
 fn admins_close_and_mint_portal_links_that_open_one_team() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = seed(tmp.path());
-    let server = Server::serve(&data, &config(tmp.path(), ""), &[]);
+    let (_, server) = Server::seeded(tmp.path(), "");
     let close = format!("{}/v1/close", server.base);
     let body = r#"{"until": "2026-05-02T00:00:00Z"}"#;
     assert_eq!(call("POST", &close, None, &[], Some(body)).status, 401);
@@ -425,9 +429,10 @@ fn admins_close_and_mint_portal_links_that_open_one_team() {
 #[test]
 fn oversized_and_too_many_requests_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = seed(tmp.path());
-    let limits = "requests_per_sec = 1\nrequests_burst = 5\nbody_max_bytes = 1024";
-    let server = Server::serve(&data, &config(tmp.path(), limits), &[]);
+    // The address's burst (7) covers the close and the team's burst (5) below, not the
+    // eight health checks as well: they must not be counted.
+    let limits = "requests_per_sec = 1\nrequests_burst = 5\naddress_requests_per_sec = 1\naddress_requests_burst = 7\nbody_max_bytes = 1024";
+    let (_, server) = Server::seeded(tmp.path(), limits);
     let big = format!(r#"{{"until": "2026-05-02T00:00:00Z", "pad": "{}"}}"#, "x".repeat(4096));
     let reply = call("POST", &format!("{}/v1/close", server.base), Some(ADMIN_TOKEN), &[], Some(&big));
     assert_eq!(reply.status, 413, "{}", reply.body);
@@ -457,8 +462,7 @@ fn routes() -> std::collections::BTreeSet<(String, String)> {
 #[test]
 fn the_openapi_document_describes_exactly_the_routes_served() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = seed(tmp.path());
-    let server = Server::serve(&data, &config(tmp.path(), ""), &[]);
+    let (_, server) = Server::seeded(tmp.path(), "");
     let served = json(&get(&format!("{}/openapi.json", server.base), None));
     let checked_in: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi.json")).unwrap(),
@@ -574,8 +578,7 @@ fn shown(dom: &str, key: &str) -> Option<String> {
 #[test]
 fn the_dashboard_in_chromium_shows_the_figures_the_api_gives() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = seed(tmp.path());
-    let server = Server::serve(&data, &config(tmp.path(), ""), &[]);
+    let (_, server) = Server::seeded(tmp.path(), "");
     let link = json(&call("POST", &format!("{}/v1/teams/t1/portal-links", server.base), Some(ADMIN_TOKEN), &[], None));
     let png = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-team.png");
     let dom = chromium(link["url"].as_str().unwrap(), &png);
@@ -726,7 +729,7 @@ fn readyz_says_why_a_member_without_partitions_cannot_serve() {
 
 /// One raw HTTP/1.1 request (no client normalises its path or rewrites its Host); the
 /// whole response as text.
-fn raw(base: &str, request: &str) -> String {
+pub fn raw(base: &str, request: &str) -> String {
     use std::io::{Read as _, Write as _};
     let mut stream = std::net::TcpStream::connect(base.trim_start_matches("http://")).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();

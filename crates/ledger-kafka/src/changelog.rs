@@ -92,9 +92,6 @@ impl ChangelogWriter {
             }
         }
     }
-}
-
-impl ChangelogWriter {
     /// The offset of `record`, acknowledged without one: among the partition's last
     /// `FIND_BACK` records, the one with exactly these bytes (a record names the digest
     /// of the one before it, so no two are equal).

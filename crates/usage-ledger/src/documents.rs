@@ -65,10 +65,10 @@ pub fn alerts(store: Option<&Store>, team: &TeamId) -> anyhow::Result<String> {
     Ok(json_array(&alerts))
 }
 
-/// Entries per page at most.
 /// The most points a usage document draws (`points=`).
 pub const POINTS_MAX: u32 = 500;
 
+/// Entries per page at most.
 pub const PAGE_LIMIT_MAX: usize = 1000;
 
 /// A page of the team's ledger: `{"entries": [{"seq", "hash", "kind", "body"}],

@@ -131,7 +131,7 @@ pub(crate) struct BlockCache(std::sync::Mutex<std::collections::VecDeque<(sled::
 const CACHED_BLOCKS: usize = 8;
 
 impl BlockCache {
-    fn decoded(&self, bytes: &sled::IVec) -> Result<Arc<Vec<StoredEntry>>> {
+    pub(crate) fn decoded(&self, bytes: &sled::IVec) -> Result<Arc<Vec<StoredEntry>>> {
         // The same buffer (sled hands out shared ones, and the one kept here stays
         // alive, so its address cannot be reused) is the same bytes; else compared.
         let same = |b: &sled::IVec| (b.as_ptr() == bytes.as_ptr() && b.len() == bytes.len()) || b == bytes;

@@ -142,3 +142,20 @@ fn blocks_round_trip_in_both_formats_and_damage_is_refused_not_allocated() {
     let err = entries::decode_block(&[4, 0, 0]).unwrap_err().to_string();
     assert!(err.contains("format version 4"), "{err}");
 }
+
+#[test]
+fn a_cached_block_is_served_only_while_its_bytes_are_the_stored_ones() {
+    let block = |n: u64| {
+        let entries: Vec<entries::StoredEntry> = (1..=n)
+            .map(|seq| entries::StoredEntry { seq, hash: [seq as u8; 32], body: format!("e{seq}").into_bytes() })
+            .collect();
+        sled::IVec::from(entries::encode_block(2, &entries))
+    };
+    let cache = entries::BlockCache::default();
+    let first = cache.decoded(&block(300)).unwrap();
+    assert_eq!(first.len(), 300);
+    let again = cache.decoded(&block(300)).unwrap();
+    assert!(std::sync::Arc::ptr_eq(&first, &again), "the same bytes (another buffer): decoded once");
+    // The team's newest block rewritten with one more entry, under the same key.
+    assert_eq!(cache.decoded(&block(301)).unwrap().len(), 301, "other bytes: decoded again");
+}

@@ -85,8 +85,7 @@ impl Auth {
     /// `secret`: the portal links' signing key; without one a random key is drawn, and
     /// links stop working when the process restarts.
     pub fn new(tokens: &[TokenConfig], secret: Option<&str>, link_ttl: chrono::Duration) -> anyhow::Result<Auth> {
-        let mut by_hash = HashMap::new();
-        let mut first = HashMap::new();
+        let mut by_hash: HashMap<[u8; 32], (usize, Principal)> = HashMap::new();
         for (n, t) in tokens.iter().enumerate() {
             let what = || format!("http.tokens[{n}]");
             let hash: [u8; 32] = hex::decode(t.sha256.trim())
@@ -104,17 +103,17 @@ impl Auth {
             };
             // Two entries with one secret (hex in another case, say) would leave the
             // role to the order of the file: refused, whatever the roles.
-            if let Some(earlier) = first.insert(hash, n) {
+            if let Some((earlier, _)) = by_hash.insert(hash, (n, principal)) {
                 bail!("{}: the same secret (sha256) as http.tokens[{earlier}]; every token needs its own", what());
             }
-            by_hash.insert(hash, principal);
         }
+        let tokens = by_hash.into_iter().map(|(hash, (_, principal))| (hash, principal)).collect();
         let secret = match secret {
             Some(s) if s.len() >= 16 => s.as_bytes().to_vec(),
             Some(_) => bail!("http.portal_secret: at least 16 characters"),
             None => random_key()?,
         };
-        Ok(Auth { tokens: by_hash, secret, link_ttl })
+        Ok(Auth { tokens, secret, link_ttl })
     }
 
     /// The principal a bearer credential (a token or a portal link) stands for.
@@ -174,13 +173,36 @@ fn random_key() -> anyhow::Result<Vec<u8>> {
     Ok(key)
 }
 
+/// A token bucket: `burst` deep, refilled at `per_sec`.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn full(burst: f64, now: Instant) -> Bucket {
+        Bucket { tokens: burst, at: now }
+    }
+
+    /// Refills for the time since the last take, then takes one token if there is one.
+    fn take(&mut self, per_sec: f64, burst: f64, now: Instant) -> bool {
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * per_sec).min(burst);
+        self.at = now;
+        let taken = self.tokens >= 1.0;
+        if taken {
+            self.tokens -= 1.0;
+        }
+        taken
+    }
+}
+
 /// Requests per key (a client address before authentication, a credential after it): a
-/// token bucket each, `burst` deep, refilled at `per_sec`. The table is bounded: past
-/// `CLIENTS_MAX` keys, idle ones are forgotten.
+/// bucket each. The table is bounded: past `CLIENTS_MAX` keys, idle ones are forgotten.
 pub struct RateLimiter<K> {
     per_sec: f64,
     burst: f64,
-    clients: Mutex<HashMap<K, (f64, Instant)>>,
+    clients: Mutex<HashMap<K, Bucket>>,
 }
 
 const CLIENTS_MAX: usize = 10_000;
@@ -199,28 +221,19 @@ impl<K: std::hash::Hash + Eq + Copy> RateLimiter<K> {
         let mut clients = self.clients.lock().expect("not poisoned");
         if clients.len() >= CLIENTS_MAX && !clients.contains_key(&client) {
             let (per_sec, burst) = (self.per_sec, self.burst);
-            clients.retain(|_, (_, at)| now.duration_since(*at).as_secs_f64() * per_sec < burst);
+            clients.retain(|_, b| now.duration_since(b.at).as_secs_f64() * per_sec < burst);
             if clients.len() >= CLIENTS_MAX {
                 return false;
             }
         }
-        let (tokens, at) = clients.entry(client).or_insert((self.burst, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.per_sec).min(self.burst);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        clients.entry(client).or_insert(Bucket::full(self.burst, now)).take(self.per_sec, self.burst, now)
     }
 }
 
 /// A log line budget: `LOG_BURST` lines, then `LOG_PER_SEC` a second; the lines left out
 /// are counted and reported with the next line written.
 pub struct LogLimiter {
-    tokens: f64,
-    at: Instant,
+    bucket: Bucket,
     suppressed: u64,
 }
 
@@ -229,19 +242,15 @@ const LOG_BURST: f64 = 20.0;
 
 impl LogLimiter {
     pub fn new() -> LogLimiter {
-        LogLimiter { tokens: LOG_BURST, at: Instant::now(), suppressed: 0 }
+        LogLimiter { bucket: Bucket::full(LOG_BURST, Instant::now()), suppressed: 0 }
     }
 
     /// `Some(lines left out since the last one written)` when this line may be written.
     pub fn allow(&mut self) -> Option<u64> {
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * LOG_PER_SEC).min(LOG_BURST);
-        self.at = now;
-        if self.tokens < 1.0 {
+        if !self.bucket.take(LOG_PER_SEC, LOG_BURST, Instant::now()) {
             self.suppressed += 1;
             return None;
         }
-        self.tokens -= 1.0;
         Some(std::mem::take(&mut self.suppressed))
     }
 }
@@ -293,7 +302,7 @@ mod tests {
         let mut log = LogLimiter::new();
         let written: Vec<Option<u64>> = (0..25).map(|_| log.allow()).collect();
         assert_eq!(written.iter().filter(|w| w.is_some()).count(), 20);
-        log.tokens = 1.0;
+        log.bucket.tokens = 1.0;
         assert_eq!(log.allow(), Some(5), "the next line written reports the five left out");
     }
 }

@@ -232,12 +232,12 @@ impl Params {
     /// document takes grows with the cycles up to it (`at=9999-12-31` derived ~96,000).
     fn until_now(&self, name: &str, future_skew: chrono::Duration) -> Result<Option<DateTime<Utc>>, ApiError> {
         let at = self.instant(name)?;
-        let latest = Utc::now() + future_skew;
+        let latest = crate::window(future_skew).latest;
         match at {
             Some(at) if at > latest => Err(ApiError::bad(format!(
-                "{name}={} is after now + the allowed skew ({} h)",
+                "{name}={} is after now + the allowed skew ({})",
                 at.to_rfc3339(),
-                future_skew.num_hours()
+                latest.to_rfc3339()
             ))),
             _ => Ok(at),
         }

@@ -1,8 +1,9 @@
-//! The HTTP server's own defences, below the routes: every connection is accepted (so a
-//! health check always gets in), at most `connections_max` are kept — past it the oldest
-//! connection with no request in progress is closed for the new one —, and a connection
-//! with no request in progress for `idle` is closed, whether it is idle between
-//! requests or still sending its first request's head one byte at a time. A request
+//! The HTTP server's own defences, below the routes: every connection is accepted, at
+//! most `connections_max` are kept — past it the oldest connection with no request in
+//! progress is closed for the new one (so a health check gets in unless every kept
+//! connection is busy) —, and a connection with no request in progress for `idle` is
+//! closed, whether it is idle between requests or still sending its first request's head
+//! one byte at a time. A request is in progress until its response's body is sent; one
 //! whose handler runs past `request` is answered 503.
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -14,7 +15,7 @@ use axum::extract::ConnectInfo;
 use axum::http::StatusCode;
 use axum::response::IntoResponse as _;
 use axum::Router;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tower::ServiceExt as _;
@@ -112,14 +113,12 @@ async fn connection(stream: TcpStream, peer: SocketAddr, router: Router, conn: &
                 Err(_) => super::routes::ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the request took too long")
                     .into_response(),
             };
-            drop(busy);
-            Ok::<_, std::convert::Infallible>(response)
+            // Busy until hyper has sent the body (a slow reader of a large export is
+            // not idle) and drops it.
+            Ok::<_, std::convert::Infallible>(response.map(|inner| Sending { inner, _busy: busy }))
         }
     });
-    let served = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.idle)
-        .serve_connection(TokioIo::new(stream), service);
+    let served = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
     tokio::select! {
         _ = served => {}
         () = idle_or_closed(conn, limits.idle) => {}
@@ -127,17 +126,44 @@ async fn connection(stream: TcpStream, peer: SocketAddr, router: Router, conn: &
 }
 
 /// Returns when the connection has had no request in progress for `idle`, or is told
-/// to close.
+/// to close. Wakes when the idle time would run out (or after `idle` while busy).
 async fn idle_or_closed(conn: &Conn, idle: Duration) {
-    let tick = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
     loop {
+        let left = match conn.idle_for() {
+            Some(for_) if for_ >= idle => return,
+            Some(for_) => idle - for_,
+            None => idle,
+        };
         tokio::select! {
             () = conn.close.notified() => return,
-            () = tokio::time::sleep(tick) => {}
+            () = tokio::time::sleep(left) => {}
         }
-        if conn.idle_for().is_some_and(|d| d >= idle) {
-            return;
-        }
+    }
+}
+
+/// A response's body while it is sent, holding its request's `Busy`.
+struct Sending {
+    inner: axum::body::Body,
+    _busy: Busy,
+}
+
+impl http_body::Body for Sending {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -170,7 +196,10 @@ mod tests {
         let busy = Busy::start(Arc::clone(&first));
         assert!(registry.admit(3).is_some(), "the second (idle) made way");
         assert_eq!(registry.conns.lock().unwrap().keys().copied().collect::<Vec<_>>(), vec![1, 3]);
-        drop(second);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let told =
+            runtime.block_on(async { tokio::time::timeout(Duration::from_millis(10), second.close.notified()).await });
+        assert!(told.is_ok(), "and was told to close");
         let third_busy = Busy::start(registry.conns.lock().unwrap()[&3].clone());
         assert!(registry.admit(4).is_none(), "every connection busy: the new one is dropped");
         drop((busy, third_busy));

@@ -195,44 +195,9 @@ fn process(
 ) -> anyhow::Result<()> {
     stats.records += records.len() as u64;
     metrics.records.inc_by(records.len() as u64);
-    let mut submissions = Vec::with_capacity(records.len());
-    let mut origin = Vec::with_capacity(records.len());
-    let mut dead = Vec::new();
-    let mut positions: HashMap<String, u64> = HashMap::new();
-    let floors = recorded_positions(ledger, records)?;
-    for (i, r) in records.iter().enumerate() {
-        let stream = r.stream();
-        if (r.offset as u64) < floors[&stream] {
-            debug!(%stream, offset = r.offset, "Skipped a record the ledger holds already.");
-            continue;
-        }
-        positions.insert(stream.clone(), r.offset as u64 + 1);
-        match decode(r, &checks.window) {
-            Ok(event) if let Some(expected) = misplaced(r, checks.input_partitions) => {
-                let reason = format!(
-                    "team {} belongs in partition {expected} of {} (murmur2 of its key, Kafka's default partitioner), not {}: billed there it would split the team's history",
-                    event.team_id(),
-                    checks.input_partitions,
-                    r.partition
-                );
-                dead.push(dead_letter(
-                    r,
-                    "wrong_partition",
-                    &reason,
-                    Some((event.team_id().as_str(), event.event_id().as_str())),
-                ));
-            }
-            Ok(event) => {
-                submissions
-                    .push(Submission { event, source: Source { stream: Some(stream), offset: r.offset as u64 } });
-                origin.push(i);
-            }
-            Err(e) => dead.push(dead_letter(r, e.code(), &e.to_string(), None)),
-        }
-    }
+    let Sorted { submissions, origin, mut dead, positions } = sort(ledger, records, &checks)?;
     let who: Vec<(String, String)> =
         submissions.iter().map(|s| (s.event.team_id().to_string(), s.event.event_id().to_string())).collect();
-    let positions: Vec<(String, u64)> = positions.into_iter().collect();
     let report = ledger.submit_batch_with_deferred(submissions, &positions, |outcomes, settled| {
         for (k, outcome) in outcomes.iter().enumerate() {
             let r = &records[origin[k]];
@@ -268,4 +233,55 @@ fn process(
         }
     }
     Ok(())
+}
+
+/// A batch's records sorted before the ledger sees them: the events to submit (with the
+/// index of the record each came from), the dead letters of those refused at the
+/// boundary, and the input positions after the batch.
+struct Sorted {
+    submissions: Vec<Submission>,
+    origin: Vec<usize>,
+    dead: Vec<OutboxMsg>,
+    positions: Vec<(String, u64)>,
+}
+
+/// Skips records the ledger holds already, decodes the rest, and dead-letters what does
+/// not decode or sits in another partition than its key's.
+fn sort(ledger: &Ledger, records: &[Record], checks: &Checks) -> anyhow::Result<Sorted> {
+    let mut submissions = Vec::with_capacity(records.len());
+    let mut origin = Vec::with_capacity(records.len());
+    let mut dead = Vec::new();
+    let mut positions: HashMap<String, u64> = HashMap::new();
+    let floors = recorded_positions(ledger, records)?;
+    for (i, r) in records.iter().enumerate() {
+        let stream = r.stream();
+        if (r.offset as u64) < floors[&stream] {
+            debug!(%stream, offset = r.offset, "Skipped a record the ledger holds already.");
+            continue;
+        }
+        positions.insert(stream.clone(), r.offset as u64 + 1);
+        match decode(r, &checks.window) {
+            Ok(event) if let Some(expected) = misplaced(r, checks.input_partitions) => {
+                let reason = format!(
+                    "team {} belongs in partition {expected} of {} (murmur2 of its key, Kafka's default partitioner), not {}: billed there it would split the team's history",
+                    event.team_id(),
+                    checks.input_partitions,
+                    r.partition
+                );
+                dead.push(dead_letter(
+                    r,
+                    "wrong_partition",
+                    &reason,
+                    Some((event.team_id().as_str(), event.event_id().as_str())),
+                ));
+            }
+            Ok(event) => {
+                submissions
+                    .push(Submission { event, source: Source { stream: Some(stream), offset: r.offset as u64 } });
+                origin.push(i);
+            }
+            Err(e) => dead.push(dead_letter(r, e.code(), &e.to_string(), None)),
+        }
+    }
+    Ok(Sorted { submissions, origin, dead, positions: positions.into_iter().collect() })
 }
