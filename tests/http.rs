@@ -534,6 +534,17 @@ fn the_config_file_sets_options_the_environment_and_command_line_override() {
     let run = ul(&data, &["--config", file.to_str().unwrap(), "serve", "--http-addr", "127.0.0.1:0"]);
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(run.stderr.contains("http.tokens[0]"), "{}", run.stderr);
+    // One secret twice (hex in another case), whatever the roles: refused at start, one line.
+    let hash = sha(FINANCE_TOKEN);
+    let twice = format!(
+        "[[http.tokens]]\nsha256 = \"{hash}\"\nrole = \"finance\"\n[[http.tokens]]\nsha256 = \"{}\"\nrole = \"admin\"\n",
+        hash.to_uppercase()
+    );
+    std::fs::write(&file, twice).unwrap();
+    let run = ul(&data, &["--config", file.to_str().unwrap(), "serve", "--http-addr", "127.0.0.1:0"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
+    assert!(run.stderr.contains("http.tokens[1]: the same secret (sha256) as http.tokens[0]"), "{}", run.stderr);
 }
 
 /// Runs headless Chromium on `url` until the page has loaded its data, and returns the
