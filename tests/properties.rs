@@ -9,7 +9,9 @@
 //!     covered plus its forfeit, and a contract month's allotment is what was drawn,
 //!     rolled over or forfeited;
 //! (c) `replay` rebuilds the live projections byte for byte;
-//! (d) importing the same file twice changes nothing.
+//! (d) importing the same file twice changes nothing;
+//! (e) the usage series, one walk over the cycle, states at each instant what the
+//!     balance at that instant states (each folded from scratch).
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
@@ -233,5 +235,36 @@ proptest! {
         prop_assert!(again.iter().all(|o| matches!(o, Outcome::Duplicate { .. })), "{again:?}");
         let after = (projections(ledger.store()), ledger.store().verify().unwrap());
         prop_assert_eq!(before, after);
+    }
+
+    #[test]
+    fn the_usage_series_says_what_the_balance_at_each_instant_says(script in workload(), points in 2u32..40) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = open(dir.path());
+        import(&mut ledger, &jsonl(&script));
+        let (store, catalog) = (ledger.store(), Catalog::builtin());
+        for t in 0..4 {
+            let Ok(team) = ledger_core::TeamId::new(format!("t{t}")) else { continue };
+            if !store.has_team(team.as_str()).unwrap() {
+                continue;
+            }
+            let series = serde_json::to_value(store.load_team(&catalog, &team).unwrap().usage_series(&catalog, None, points)).unwrap();
+            let meters = series["meters"].as_array().unwrap();
+            prop_assert!(!meters.is_empty(), "{series}");
+            for (i, point) in meters[0]["points"].as_array().unwrap().iter().enumerate() {
+                let at: DateTime<Utc> = point["at"].as_str().unwrap().parse().unwrap();
+                let balance = serde_json::to_value(store.load_team(&catalog, &team).unwrap().balance(&catalog, Some(at))).unwrap();
+                for meter in meters {
+                    let row = balance["allowances"].as_array().unwrap().iter()
+                        .find(|a| a["allowance"] == meter["allowance"] && a["generation"] == meter["generation"]);
+                    let row = row.expect("the balance lists the meter");
+                    prop_assert_eq!(&row["consumed"], &meter["points"][i]["consumed"], "{} at {}", meter, at);
+                    // A meter's value is the one at the series' last instant.
+                    if i + 1 == meter["points"].as_array().unwrap().len() {
+                        prop_assert_eq!(&row["value"], &meter["value"], "{} at {}", meter, at);
+                    }
+                }
+            }
+        }
     }
 }

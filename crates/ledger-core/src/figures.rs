@@ -159,6 +159,7 @@ impl CycleFigures {
 
 /// The cross-cycle walks a cycle's draw-down advances: legacy credits, the contract
 /// month, the app month.
+#[derive(Clone)]
 pub(crate) struct Draws<'a> {
     pub credits: CreditWalk<'a>,
     pub contract: Option<ContractFigures>,
@@ -175,42 +176,78 @@ pub fn figures(
     contract: ContractCarry,
     top_ups: &TopUpInput<'_>,
 ) -> CycleFigures {
-    let mut draws = Draws {
-        credits: CreditWalk::new(credits, spec),
-        contract: spec.gens.iter().find_map(|g| match &g.allowance {
-            Allowance::Contract(m) => Some(ContractFigures::new(m, contract)),
-            _ => None,
-        }),
-        app: spec.gens.iter().find_map(|g| match &g.allowance {
-            Allowance::App(m) => Some(AppFigures::new(m, top_ups)),
-            _ => None,
-        }),
-    };
-    let mut out = CycleFigures {
-        gens: spec.gens.iter().map(GenFigures::new).collect(),
-        by_api: BTreeMap::new(),
-        billable_images: 0,
-        sandbox_images: 0,
-        refunded_images: 0,
-        credits: None,
-        contract: None,
-        app: None,
-        unpriced_images: 0,
-    };
+    let mut walk = Walk::new(spec, version, credits, contract, top_ups);
     for rec in records {
-        debug_assert!(spec.contains(rec.at));
-        draw(&mut out, spec.gen_at(rec.at), version, &mut draws, rec);
+        walk.draw(rec);
     }
-    out.credits = credits.expires_at.is_some().then(|| draws.credits.finish(spec.end));
-    out.contract = draws.contract.map(|mut t| {
-        t.finish();
-        t
-    });
-    out.app = draws.app.map(|mut a| {
-        a.advance(None);
-        a
-    });
-    out
+    walk.finish()
+}
+
+/// A cycle's draw-down part way: records drawn one at a time in `(at, event_id)`
+/// order, finished (on a copy) whenever the figures so far are wanted. The figures of
+/// the first `n` records are those of `figures` over them, with the same inputs.
+#[derive(Clone)]
+pub(crate) struct Walk<'a> {
+    spec: &'a CycleSpec,
+    version: &'a Version,
+    expiring: bool,
+    draws: Draws<'a>,
+    out: CycleFigures,
+}
+
+impl<'a> Walk<'a> {
+    pub fn new(
+        spec: &'a CycleSpec,
+        version: &'a Version,
+        credits: &'a CreditInput<'a>,
+        contract: ContractCarry,
+        top_ups: &TopUpInput<'_>,
+    ) -> Walk<'a> {
+        let draws = Draws {
+            credits: CreditWalk::new(credits, spec),
+            contract: spec.gens.iter().find_map(|g| match &g.allowance {
+                Allowance::Contract(m) => Some(ContractFigures::new(m, contract)),
+                _ => None,
+            }),
+            app: spec.gens.iter().find_map(|g| match &g.allowance {
+                Allowance::App(m) => Some(AppFigures::new(m, top_ups)),
+                _ => None,
+            }),
+        };
+        let out = CycleFigures {
+            gens: spec.gens.iter().map(GenFigures::new).collect(),
+            by_api: BTreeMap::new(),
+            billable_images: 0,
+            sandbox_images: 0,
+            refunded_images: 0,
+            credits: None,
+            contract: None,
+            app: None,
+            unpriced_images: 0,
+        };
+        Walk { spec, version, expiring: credits.expires_at.is_some(), draws, out }
+    }
+
+    /// Draws the next record (records come in `(at, event_id)` order).
+    pub fn draw(&mut self, rec: &UsageRec) {
+        debug_assert!(self.spec.contains(rec.at));
+        draw(&mut self.out, self.spec.gen_at(rec.at), self.version, &mut self.draws, rec);
+    }
+
+    /// The cycle's figures with the records drawn so far.
+    pub fn finish(self) -> CycleFigures {
+        let Walk { spec, expiring, draws, mut out, .. } = self;
+        out.credits = expiring.then(|| draws.credits.finish(spec.end));
+        out.contract = draws.contract.map(|mut t| {
+            t.finish();
+            t
+        });
+        out.app = draws.app.map(|mut a| {
+            a.advance(None);
+            a
+        });
+        out
+    }
 }
 
 /// Draws one record from generation `g`.

@@ -48,6 +48,7 @@ pub struct CreditFigures {
 }
 
 /// Walks the credit balance through a cycle in `(at, event_id)` order.
+#[derive(Clone)]
 pub(crate) struct CreditWalk<'a> {
     input: &'a CreditInput<'a>,
     in_cycle_expiry: Option<DateTime<Utc>>,

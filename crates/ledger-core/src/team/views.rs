@@ -6,7 +6,7 @@ use super::close::Carried;
 use super::{unplanned_of, Team, UNPLANNED_LISTED};
 use crate::catalog::Catalog;
 use crate::event::Api;
-use crate::figures::{self, CycleFigures, UsageRec};
+use crate::figures::{self, CycleFigures, Purchase, UsageRec, Walk};
 use crate::money::fmt_exact;
 use crate::plans::app::TopUpInput;
 use crate::plans::credits::CreditInput;
@@ -49,20 +49,31 @@ impl Team {
     ) -> CycleFigures {
         let spec = &self.schedule[c];
         let version = catalog.version(&spec.version_id).expect("cycle version exists");
+        let (credits, top_ups) = self.bought(c, at, carried);
+        figures::figures(spec, version, &self.records(c, at), &credits, carried.contract, &top_ups)
+    }
+
+    /// Cycle `c`'s usage up to `at`, in draw order: `(at, event_id)`.
+    fn records(&self, c: usize, at: Option<DateTime<Utc>>) -> Vec<&UsageRec> {
+        let spec = &self.schedule[c];
         let mut records: Vec<&UsageRec> =
             self.pending.iter().filter(|r| spec.contains(r.at) && at.is_none_or(|t| r.at <= t)).collect();
         records.sort_by(|a, b| (a.at, &a.event_id).cmp(&(b.at, &b.event_id)));
+        records
+    }
+
+    /// The credits and top-ups cycle `c` has up to `at`, beside what was `carried` in.
+    fn bought(&self, c: usize, at: Option<DateTime<Utc>>, carried: Carried) -> (CreditInput<'_>, TopUpInput<'_>) {
+        let spec = &self.schedule[c];
+        let upto = |p: &&Purchase| spec.contains(p.at) && at.is_none_or(|t| p.at <= t);
         let credits = CreditInput {
             carried: carried.credits,
-            purchases: self.purchases.iter().filter(|p| spec.contains(p.at) && at.is_none_or(|t| p.at <= t)).collect(),
+            purchases: self.purchases.iter().filter(upto).collect(),
             expires_at: self.credits_expire_at(),
             expiry_seq: self.credits_expired.map(|(seq, _)| seq),
         };
-        let top_ups = TopUpInput {
-            carried: carried.top_ups,
-            purchases: self.top_ups.iter().filter(|p| spec.contains(p.at) && at.is_none_or(|t| p.at <= t)).collect(),
-        };
-        figures::figures(spec, version, &records, &credits, carried.contract, &top_ups)
+        let top_ups = TopUpInput { carried: carried.top_ups, purchases: self.top_ups.iter().filter(upto).collect() };
+        (credits, top_ups)
     }
 
     pub(super) fn invoice_for(&self, catalog: &Catalog, c: usize, draft: bool, last_seq: u64) -> Invoice {
@@ -167,25 +178,51 @@ impl Team {
             status: "open",
             price_book_version: spec.version_id.clone(),
         });
-        for i in 0..points {
-            let t = start + (end - start) * i as i32 / (points - 1) as i32;
-            let figures = self.cycle_figures(catalog, c, Some(t));
-            for (meter, generation) in meters(&figures) {
-                let key = (meter.kind.key(), generation);
-                let n = match series.meters.iter().position(|m| (m.allowance, m.generation) == key) {
-                    Some(n) => n,
-                    None => {
-                        let (allowance, value, points) = (key.0, String::new(), Vec::new());
-                        series.meters.push(MeterSeries { allowance, generation, value, points });
-                        series.meters.len() - 1
-                    }
-                };
-                let row = &mut series.meters[n];
-                row.value = fmt_exact(meter.limit);
-                row.points.push(SeriesPoint { at: fmt_time(t), consumed: fmt_exact(meter.consumed) });
+        let instant = |i: u32| start + (end - start) * i as i32 / (points - 1) as i32;
+        let (records, carried) = (self.records(c, Some(end)), self.carried_into(catalog, c));
+        let bought = |t| {
+            let (credits, top_ups) = self.bought(c, Some(t), carried);
+            (credits.purchases.len(), top_ups.purchases.len())
+        };
+        // One walk over the cycle's records, its figures taken at each instant; a
+        // purchase between two instants changes the inputs, and the walk starts again.
+        let mut i = 0;
+        while i < points {
+            let (credits, top_ups) = self.bought(c, Some(instant(i)), carried);
+            let inputs = (credits.purchases.len(), top_ups.purchases.len());
+            let mut walk = Walk::new(spec, version, &credits, carried.contract, &top_ups);
+            let mut next = 0;
+            while i < points && bought(instant(i)) == inputs {
+                let t = instant(i);
+                while let Some(rec) = records.get(next).filter(|r| r.at <= t) {
+                    walk.draw(rec);
+                    next += 1;
+                }
+                series.add(t, meters(&walk.clone().finish()));
+                i += 1;
             }
         }
         series
+    }
+}
+
+impl UsageSeries {
+    /// Each meter's consumption at `t`.
+    fn add(&mut self, t: DateTime<Utc>, rows: Vec<(Meter, u32)>) {
+        for (meter, generation) in rows {
+            let key = (meter.kind.key(), generation);
+            let n = match self.meters.iter().position(|m| (m.allowance, m.generation) == key) {
+                Some(n) => n,
+                None => {
+                    let (allowance, value, points) = (key.0, String::new(), Vec::new());
+                    self.meters.push(MeterSeries { allowance, generation, value, points });
+                    self.meters.len() - 1
+                }
+            };
+            let row = &mut self.meters[n];
+            row.value = fmt_exact(meter.limit);
+            row.points.push(SeriesPoint { at: fmt_time(t), consumed: fmt_exact(meter.consumed) });
+        }
     }
 }
 
