@@ -11,6 +11,23 @@ use crate::tables::checkpoints::{self, Checkpoint, Counts};
 use crate::tables::entries::{self, Hash, StoredEntry};
 use crate::{Error, Result};
 
+/// A team's state as a reader keeps it between reads (the HTTP API's views): folded
+/// through the team's last block as it stood, and brought up to date by folding only
+/// what was appended since.
+#[derive(Debug)]
+pub struct TeamRead {
+    pub state: Team,
+    head: Hash,
+    tip: Option<(sled::IVec, sled::IVec)>,
+}
+
+impl TeamRead {
+    /// Usage records the state keeps (its size, for a cache's bound).
+    pub fn records(&self) -> usize {
+        self.state.pending_len()
+    }
+}
+
 /// Every team's folded state with its chain head.
 pub(crate) type Folded = HashMap<TeamId, (Team, Hash)>;
 
@@ -64,6 +81,57 @@ impl Store {
             }
             Ok(folded)
         })
+    }
+
+    /// The team's state folded from its checkpoint, to be kept and `refresh`ed.
+    pub fn read_team(&self, catalog: &Catalog, team: &TeamId) -> Result<TeamRead> {
+        // The tip is taken first: the fold sees at least what it names, so a read that
+        // finds the same tip later has folded everything there is.
+        let tip = entries::tip(&self.tree, team.as_str())?;
+        let (state, head) = self.resume_team(catalog, team, &mut |_| {}, &mut |_, _, _, _| Ok(()))?;
+        Ok(TeamRead { state, head, tip })
+    }
+
+    /// Whether the team's stored entries are still those `read` folded (one seek; the
+    /// last block compared by its buffer, or its bytes).
+    pub fn is_current(&self, read: &TeamRead) -> Result<bool> {
+        let tip = entries::tip(&self.tree, read.state.id().as_str())?;
+        let same = |(k, v): &(sled::IVec, sled::IVec), (k2, v2): &(sled::IVec, sled::IVec)| {
+            k == k2 && ((v.as_ptr() == v2.as_ptr() && v.len() == v2.len()) || v == v2)
+        };
+        Ok(match (&tip, &read.tip) {
+            (None, None) => true,
+            (Some(a), Some(b)) => same(a, b),
+            _ => false,
+        })
+    }
+
+    /// Brings `read` up to date: folds the entries appended after the last one it holds,
+    /// from the block holding that one. A read whose last entry is no longer stored with
+    /// its hash (the store was rebuilt under it) is folded again from the checkpoint.
+    /// Whether anything changed.
+    pub fn refresh(&self, catalog: &Catalog, read: &mut TeamRead) -> Result<bool> {
+        if self.is_current(read)? {
+            return Ok(false);
+        }
+        let id = read.state.id().clone();
+        let tip = entries::tip(&self.tree, id.as_str())?;
+        let seq = read.state.last_seq();
+        let placeholder = Team::new(id.clone());
+        let from = Checkpoint {
+            counts: Counts { seq, ..Counts::default() },
+            head: read.head,
+            team: std::mem::replace(&mut read.state, placeholder),
+        };
+        let folded = match seq {
+            0 => None,
+            _ => self.fold_after(catalog, from, &mut |_| {}, &mut |_, _, _, _| Ok(()))?,
+        };
+        *read = match folded {
+            Some((state, head)) => TeamRead { state, head, tip },
+            None => self.read_team(catalog, &id)?,
+        };
+        Ok(true)
     }
 
     /// One team's state, folded from its checkpoint (see `fold_resumed`).

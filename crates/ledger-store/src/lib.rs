@@ -25,6 +25,7 @@ pub use audit::{tamper_image_rechained, InvoiceCheck};
 pub use batch::{Batch, Op};
 pub use changelog::{Position, Replica, RestoreReport};
 pub use datadir::{layout, open_all, partition_dir, replay_all, replay_all_read_only, verify_all, Layout};
+pub use fold::TeamRead;
 pub use index::INDEX_MEMORY_EVENTS;
 pub use ledger::{refund_wait, BatchReport, Ledger, Outcome, Parked, Source, Submission, PARKED_PER_TEAM_MAX};
 pub use replay::ReplayReport;

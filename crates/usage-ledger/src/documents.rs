@@ -3,7 +3,7 @@
 //! finance export. Each takes the stores it reads; the callers choose how to open them.
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
-use ledger_core::{Catalog, TeamId};
+use ledger_core::{Catalog, Team, TeamId};
 use ledger_store::{InvoiceCheck, Store};
 
 /// The ledger that holds the team (teams have one owner), if any does.
@@ -31,25 +31,31 @@ pub fn team_invoices(store: Option<&Store>, team: &TeamId, draft: bool) -> anyho
     let mut items = store.invoices(team.as_str())?;
     if draft {
         let catalog = store.catalog()?;
-        if let Some(invoice) = store.load_team(&catalog, team)?.draft_invoice(&catalog) {
-            items.push(invoice.to_json());
-        }
+        items.extend(draft_invoice(&mut store.load_team(&catalog, team)?, &catalog));
     }
     Ok(items)
+}
+
+/// The open cycle's invoice as it stands, if a cycle is open.
+pub fn draft_invoice(state: &mut Team, catalog: &Catalog) -> Option<String> {
+    state.draft_invoice(catalog).map(|invoice| invoice.to_json())
 }
 
 /// The balance document (with the forecast when the cycle is open).
 pub fn balance(store: &Store, team: &TeamId, at: Option<DateTime<Utc>>) -> anyhow::Result<String> {
     let catalog = store.catalog()?;
-    let mut state = store.load_team(&catalog, team)?;
-    Ok(serde_json::to_string_pretty(&state.balance(&catalog, at))?)
+    balance_of(&mut store.load_team(&catalog, team)?, &catalog, at)
 }
 
-/// The open cycle's consumption per meter at `points` instants up to `at`.
-pub fn usage(store: &Store, team: &TeamId, at: Option<DateTime<Utc>>, points: u32) -> anyhow::Result<String> {
-    let catalog = store.catalog()?;
-    let mut state = store.load_team(&catalog, team)?;
-    Ok(serde_json::to_string_pretty(&state.usage_series(&catalog, at, points))?)
+/// The balance document of a folded state.
+pub fn balance_of(state: &mut Team, catalog: &Catalog, at: Option<DateTime<Utc>>) -> anyhow::Result<String> {
+    Ok(serde_json::to_string_pretty(&state.balance(catalog, at))?)
+}
+
+/// The open cycle's consumption per meter at `points` instants up to `at`, of a folded
+/// state.
+pub fn usage_of(state: &mut Team, catalog: &Catalog, at: Option<DateTime<Utc>>, points: u32) -> anyhow::Result<String> {
+    Ok(serde_json::to_string_pretty(&state.usage_series(catalog, at, points))?)
 }
 
 /// The team's alerts as one JSON array, oldest first.

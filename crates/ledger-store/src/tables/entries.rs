@@ -191,6 +191,12 @@ pub(crate) fn head(tree: &sled::Tree, team: &str) -> Result<Option<(u64, Hash)>>
     Ok(decode_block(&v)?.last().map(|e| (e.seq, e.hash)))
 }
 
+/// The team's last block as stored, key and bytes: while it is unchanged, so is every
+/// entry of the team (blocks are only ever appended, or the last one rewritten longer).
+pub(crate) fn tip(tree: &sled::Tree, team: &str) -> Result<Option<(sled::IVec, sled::IVec)>> {
+    Ok(tree.scan_prefix(KeyKind::Entry.team_prefix(team)).next_back().transpose()?)
+}
+
 /// Whether the team has entries.
 pub(crate) fn has_team(tree: &sled::Tree, team: &str) -> Result<bool> {
     Ok(tree.scan_prefix(KeyKind::Entry.team_prefix(team)).next().transpose()?.is_some())

@@ -6,6 +6,7 @@ mod auth;
 mod dashboard;
 mod routes;
 mod server;
+mod views;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -68,6 +69,14 @@ pub struct HttpArgs {
     /// A request still being handled after this long is answered 503.
     #[arg(long, env = "USAGE_LEDGER_HTTP_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub http_request_timeout_secs: u32,
+    /// Usage records the team states kept for balances, usage and drafts may hold in all
+    /// (~100 bytes each); past it the least recently read are dropped (and folded again
+    /// from their checkpoint when next read).
+    #[arg(long, env = "USAGE_LEDGER_HTTP_CACHE_RECORDS", default_value_t = 2_000_000)]
+    pub http_cache_records: usize,
+    /// Team states kept at most.
+    #[arg(long, env = "USAGE_LEDGER_HTTP_CACHE_TEAMS", default_value_t = 10_000)]
+    pub http_cache_teams: usize,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -99,6 +108,8 @@ pub struct Api {
     readers: Arc<tokio::sync::Semaphore>,
     /// Refusal log lines, rate-limited.
     refusal_log: Mutex<auth::LogLimiter>,
+    /// The team states balances, usage and drafts are rendered from.
+    views: views::Views,
     public_url: Option<String>,
     body_max_bytes: usize,
     future_skew: chrono::Duration,
@@ -131,6 +142,7 @@ pub fn spawn(
         credential_limiter: auth::RateLimiter::new(args.http_requests_per_sec, args.http_requests_burst),
         readers: Arc::new(tokio::sync::Semaphore::new(args.http_reads_max.unwrap_or(2 * cores).max(1))),
         refusal_log: Mutex::new(auth::LogLimiter::new()),
+        views: views::Views::new(args.http_cache_records, args.http_cache_teams),
         public_url: args.http_public_url.clone(),
         body_max_bytes: args.http_body_max_bytes,
         future_skew,

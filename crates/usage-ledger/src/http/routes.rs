@@ -16,12 +16,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use chrono::{DateTime, NaiveDate, Utc};
-use ledger_core::TeamId;
+use ledger_core::{Catalog, Team, TeamId};
 use ledger_store::Store;
 use sha2::Digest as _;
 use tracing::{error, warn};
 
 use super::auth::{Principal, Scope};
+use super::views::Query;
 use super::{dashboard, Api};
 use crate::documents;
 
@@ -296,6 +297,22 @@ async fn with_team<T: Send + 'static>(
     read(api, move |stores| f(documents::team_store(stores, &team).map_err(ApiError::internal)?, &team)).await
 }
 
+/// The document `query` asks of the team, from the state kept of it (404 for a team no
+/// store holds).
+async fn view(
+    api: &Shared,
+    team: TeamId,
+    query: Query,
+    render: impl FnOnce(&mut Team, &Catalog) -> anyhow::Result<String> + Send + 'static,
+) -> Result<Response, ApiError> {
+    let views = Arc::clone(api);
+    with_team(api, team, move |store, team| {
+        let body = views.views.get(found(store, team)?, team, query, render).map_err(ApiError::internal)?;
+        Ok(json(body.to_string()))
+    })
+    .await
+}
+
 /// The team's store, or 404.
 fn found<'a>(store: Option<&'a Store>, team: &TeamId) -> Result<&'a Store, ApiError> {
     store.ok_or_else(|| no_team(team))
@@ -358,7 +375,7 @@ async fn balance(
     q: Params,
 ) -> Result<Response, ApiError> {
     let (team, at) = (caller.team(&team)?, q.until_now("at", api.future_skew)?);
-    with_team(&api, team, move |store, team| doc(documents::balance(found(store, team)?, team, at))).await
+    view(&api, team, Query::Balance { at }, move |state, catalog| documents::balance_of(state, catalog, at)).await
 }
 
 async fn usage(
@@ -373,7 +390,8 @@ async fn usage(
         return Err(ApiError::bad(format!("points={points}: 2 to {}", documents::POINTS_MAX)));
     }
     let points = points as u32;
-    with_team(&api, team, move |store, team| doc(documents::usage(found(store, team)?, team, at, points))).await
+    let query = Query::Usage { at, points };
+    view(&api, team, query, move |state, catalog| documents::usage_of(state, catalog, at, points)).await
 }
 
 async fn invoices(
@@ -384,8 +402,15 @@ async fn invoices(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (team, draft, as_csv) = (caller.team(&team)?, q.flag("draft")?, q.wants_csv(&headers)?);
+    let views = Arc::clone(&api);
     with_team(&api, team, move |store, team| {
-        let items = documents::team_invoices(store, team, draft).map_err(ApiError::internal)?;
+        let mut items = documents::team_invoices(store, team, false).map_err(ApiError::internal)?;
+        if let (Some(store), true) = (store, draft) {
+            let render =
+                |state: &mut Team, catalog: &Catalog| Ok(documents::draft_invoice(state, catalog).unwrap_or_default());
+            let drafted = views.views.get(store, team, Query::Draft, render).map_err(ApiError::internal)?;
+            items.extend((!drafted.is_empty()).then(|| drafted.to_string()));
+        }
         render_invoices(&items, as_csv)
     })
     .await

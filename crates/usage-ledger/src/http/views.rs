@@ -1,0 +1,278 @@
+//! The team states the API answers balances, usage and drafts from, kept between
+//! requests: each team's state folded once, then brought up to date by folding only the
+//! entries appended since (one seek tells whether there are any), and the documents
+//! rendered from it kept until the team's ledger moves. One path for `run` and `serve`:
+//! a store is read the same whoever writes it, and the writer's own states stay the
+//! writer's (sharing them would put a lock on the write path).
+//!
+//! A document is rendered at most once per state of the team's ledger. While one is
+//! being rendered (a team with a million usage records in its open cycle takes a
+//! fraction of a second), other requests for it get the last one rendered if it is at
+//! most two seconds old, and wait for the new one otherwise. The states kept are bounded by the usage
+//! records they hold (`--http-cache-records`), the least recently read dropped first.
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use ledger_core::{Catalog, Team, TeamId};
+use ledger_store::{Store, TeamRead};
+
+/// A document rendered from a team's state, with what decides it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Query {
+    Balance { at: Option<DateTime<Utc>> },
+    Usage { at: Option<DateTime<Utc>>, points: u32 },
+    Draft,
+}
+
+/// Documents kept per team (the dashboard's two, a few instants beside them).
+const DOCS_PER_TEAM: usize = 8;
+
+/// The oldest document served while a newer one is being rendered.
+const STALE_MAX: Duration = Duration::from_secs(2);
+
+pub struct Views {
+    slots: Mutex<Slots>,
+    records_max: usize,
+    teams_max: usize,
+}
+
+#[derive(Default)]
+struct Slots {
+    by_team: HashMap<(PathBuf, TeamId), (Arc<Slot>, u64)>,
+    /// Counts reads: a slot's number is its last read.
+    clock: u64,
+}
+
+#[derive(Default)]
+struct Slot {
+    /// The folded state, held while it is brought up to date and a document rendered.
+    state: Mutex<Option<Folded>>,
+    /// Bumped each time the state moves.
+    generation: AtomicU64,
+    docs: Mutex<Vec<Doc>>,
+    records: AtomicUsize,
+}
+
+struct Folded {
+    read: TeamRead,
+    catalog: Catalog,
+}
+
+struct Doc {
+    query: Query,
+    generation: u64,
+    rendered: Instant,
+    body: Arc<String>,
+}
+
+impl Views {
+    pub fn new(records_max: usize, teams_max: usize) -> Views {
+        Views { slots: Mutex::default(), records_max, teams_max: teams_max.max(1) }
+    }
+
+    /// The document `query` asks of `team` in `store`, rendered by `render` from the
+    /// team's state when the one kept is not of the ledger as it stands.
+    pub fn get(
+        &self,
+        store: &Store,
+        team: &TeamId,
+        query: Query,
+        render: impl FnOnce(&mut Team, &Catalog) -> anyhow::Result<String>,
+    ) -> anyhow::Result<Arc<String>> {
+        let slot = self.slot(store, team);
+        let mut state = match slot.state.try_lock() {
+            Ok(state) => state,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(TryLockError::WouldBlock) => match slot.doc(&query, None) {
+                Some(body) => return Ok(body),
+                None => slot.state.lock().unwrap_or_else(PoisonError::into_inner),
+            },
+        };
+        let moved = match bring_up_to_date(&mut state, store, team) {
+            Ok(moved) => moved,
+            Err(e) => {
+                // A state a fold failed part way through is not kept.
+                *state = None;
+                return Err(e);
+            }
+        };
+        if moved {
+            slot.generation.fetch_add(1, Ordering::Relaxed);
+        }
+        let generation = slot.generation.load(Ordering::Relaxed);
+        if let Some(body) = slot.doc(&query, Some(generation)) {
+            return Ok(body);
+        }
+        let folded = state.as_mut().expect("brought up to date");
+        let body = Arc::new(render(&mut folded.read.state, &folded.catalog)?);
+        slot.keep(Doc { query, generation, rendered: Instant::now(), body: Arc::clone(&body) });
+        slot.records.store(folded.read.records(), Ordering::Relaxed);
+        drop(state);
+        self.evict(store, team);
+        Ok(body)
+    }
+
+    /// The team's slot, made if new, marked read now.
+    fn slot(&self, store: &Store, team: &TeamId) -> Arc<Slot> {
+        let mut slots = self.lock();
+        slots.clock += 1;
+        let now = slots.clock;
+        let (slot, used) = slots.by_team.entry((store.dir().to_path_buf(), team.clone())).or_default();
+        *used = now;
+        Arc::clone(slot)
+    }
+
+    /// Drops the least recently read states (never the one just read) until the rest
+    /// hold at most `records_max` usage records and number at most `teams_max`.
+    fn evict(&self, store: &Store, team: &TeamId) {
+        let mut slots = self.lock();
+        let kept = (store.dir().to_path_buf(), team.clone());
+        let mut records: usize = slots.by_team.values().map(|(s, _)| s.records.load(Ordering::Relaxed)).sum();
+        while records > self.records_max || slots.by_team.len() > self.teams_max {
+            let oldest = slots
+                .by_team
+                .iter()
+                .filter(|(key, _)| **key != kept)
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(key, _)| key.clone());
+            let Some(oldest) = oldest else { break };
+            if let Some((slot, _)) = slots.by_team.remove(&oldest) {
+                records -= slot.records.load(Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Folds the team's state, or what was appended since it was folded; whether it moved.
+fn bring_up_to_date(state: &mut Option<Folded>, store: &Store, team: &TeamId) -> anyhow::Result<bool> {
+    match state {
+        Some(folded) => Ok(store.refresh(&folded.catalog, &mut folded.read)?),
+        None => {
+            let catalog = store.catalog()?;
+            let read = store.read_team(&catalog, team)?;
+            *state = Some(Folded { read, catalog });
+            Ok(true)
+        }
+    }
+}
+
+impl Slot {
+    /// The document kept for `query`: of this generation only, or, when `generation`
+    /// is `None`, the last one rendered if it is at most `STALE_MAX` old.
+    fn doc(&self, query: &Query, generation: Option<u64>) -> Option<Arc<String>> {
+        let docs = self.docs.lock().unwrap_or_else(PoisonError::into_inner);
+        let doc = docs.iter().find(|d| {
+            d.query == *query
+                && match generation {
+                    Some(g) => d.generation == g,
+                    None => d.rendered.elapsed() <= STALE_MAX,
+                }
+        })?;
+        Some(Arc::clone(&doc.body))
+    }
+
+    /// Keeps `doc` in place of the one for the same query, or of the oldest.
+    fn keep(&self, doc: Doc) {
+        let mut docs = self.docs.lock().unwrap_or_else(PoisonError::into_inner);
+        docs.retain(|d| d.query != doc.query);
+        if docs.len() >= DOCS_PER_TEAM {
+            docs.remove(0);
+        }
+        docs.push(doc);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ledger_proto::parse_json_line;
+    use ledger_store::{Ledger, Source, Submission};
+
+    use super::*;
+    use crate::documents;
+
+    fn at(s: &str) -> Option<DateTime<Utc>> {
+        Some(s.parse().unwrap())
+    }
+
+    /// The documents a state kept and brought up to date batch by batch renders are the
+    /// ones a fresh fold of the store renders, across plan changes, refunds, closes, a
+    /// horizon pushed out by a late `at`, and states dropped and folded again.
+    #[test]
+    fn a_state_kept_between_reads_renders_what_a_fresh_fold_renders() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("load.jsonl");
+        crate::generate::realistic(40, 30_000, 3, 3, &file).unwrap();
+        let lines: Vec<String> = std::fs::read_to_string(&file).unwrap().lines().map(String::from).collect();
+        let catalog = Catalog::builtin();
+        let mut ledger = Ledger::open(Store::open(&tmp.path().join("data"), &catalog).unwrap()).unwrap();
+        // One with room for every state (each brought up to date batch by batch), one
+        // with room for two of the three (each dropped and folded again in turn).
+        let (views, cramped) = (Views::new(usize::MAX, 100), Views::new(usize::MAX, 2));
+        let teams: Vec<TeamId> = ["team-00000", "team-00001", "team-00007"].map(|t| TeamId::new(t).unwrap()).into();
+        let (mut renders, mut checks) = (0, 0);
+        for (n, chunk) in lines.chunks(997).enumerate() {
+            let offset = (n * 997) as u64;
+            let batch = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, l)| Submission {
+                    event: parse_json_line(l).unwrap(),
+                    source: Source { stream: None, offset: offset + i as u64 },
+                })
+                .collect();
+            ledger.submit_batch(batch).unwrap();
+            if n == 20 {
+                ledger.close_until("2026-05-02T00:00:00Z".parse().unwrap()).unwrap();
+            }
+            let store = ledger.store().clone();
+            for team in &teams {
+                let late = at("2026-09-30T00:00:00Z");
+                for query in [
+                    Query::Balance { at: None },
+                    Query::Usage { at: None, points: 24 },
+                    Query::Draft,
+                    Query::Balance { at: if n % 5 == 0 { late } else { at("2026-04-20T00:00:00Z") } },
+                ] {
+                    let kept = views
+                        .get(&store, team, query.clone(), |state, catalog| {
+                            renders += 1;
+                            render(state, catalog, &query)
+                        })
+                        .unwrap();
+                    let fresh = render(&mut store.load_team(&catalog, team).unwrap(), &catalog, &query).unwrap();
+                    assert_eq!(*kept, fresh, "{team} {query:?} after batch {n}");
+                    let refolded = cramped.get(&store, team, query.clone(), |s, c| render(s, c, &query)).unwrap();
+                    assert_eq!(*refolded, fresh, "{team} {query:?} after batch {n}, folded again");
+                    checks += 1;
+                }
+                // Asked again with nothing appended: the document kept, no render.
+                let before = renders;
+                views
+                    .get(&store, team, Query::Draft, |_, _| {
+                        renders += 1;
+                        Ok(String::new())
+                    })
+                    .unwrap();
+                assert_eq!(renders, before, "{team}: rendered again with nothing appended");
+            }
+        }
+        assert!(checks > 300, "{checks} checks");
+        assert_eq!((views.lock().by_team.len(), cramped.lock().by_team.len()), (3, 2));
+    }
+
+    fn render(state: &mut Team, catalog: &Catalog, query: &Query) -> anyhow::Result<String> {
+        match query {
+            Query::Balance { at } => documents::balance_of(state, catalog, *at),
+            Query::Usage { at, points } => documents::usage_of(state, catalog, *at, *points),
+            Query::Draft => Ok(documents::draft_invoice(state, catalog).unwrap_or_default()),
+        }
+    }
+}
