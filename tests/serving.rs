@@ -230,12 +230,15 @@ fn reads_past_their_cap_are_answered_503_and_work_scaling_queries_are_bounded() 
     let balance = get(&format!("{base}/v1/teams/t1/balance?at=9999-12-31T23:59:59Z"), Some(ADMIN_TOKEN));
     assert_eq!(balance.status, 400, "{}", balance.body);
 
+    // Each request at an instant of its own: each is rendered (a document rendered
+    // already is served without a permit).
     let replies = Arc::new(Mutex::new(Vec::new()));
     let threads: Vec<_> = (0..16)
-        .map(|_| {
-            let (url, replies) = (format!("{base}/v1/teams/t1/usage?points=500"), Arc::clone(&replies));
+        .map(|n| {
+            let (base, replies) = (base.clone(), Arc::clone(&replies));
             std::thread::spawn(move || {
-                for _ in 0..5 {
+                for k in 0..5 {
+                    let url = format!("{base}/v1/teams/t1/usage?points=500&at=2026-04-{:02}T00:{:02}:00Z", 2 + k, n);
                     let reply = call("GET", &url, Some(FINANCE_TOKEN), &[], None);
                     replies.lock().unwrap().push((reply.status, reply.retry_after));
                 }

@@ -275,16 +275,27 @@ pub async fn read<T: Send + 'static>(
     api: &Shared,
     f: impl FnOnce(&[Store]) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let permit = Arc::clone(&api.readers).try_acquire_owned().map_err(|_| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the server is busy with other reads; retry in a second")
-    })?;
-    let api = Arc::clone(api);
-    tokio::task::spawn_blocking(move || {
+    let permit = Arc::clone(&api.readers).try_acquire_owned().map_err(|_| busy())?;
+    blocking(api, move |stores| {
         let _permit = permit;
-        f(&api.ledgers.stores().map_err(ApiError::internal)?)
+        f(stores)
     })
     .await
-    .map_err(|e| ApiError::internal(anyhow::anyhow!("a reader stopped: {e}")))?
+}
+
+/// Runs `f` over the stores held now on the blocking pool, without a reader's permit.
+async fn blocking<T: Send + 'static>(
+    api: &Shared,
+    f: impl FnOnce(&[Store]) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let api = Arc::clone(api);
+    tokio::task::spawn_blocking(move || f(&api.ledgers.stores().map_err(ApiError::internal)?))
+        .await
+        .map_err(|e| ApiError::internal(anyhow::anyhow!("a reader stopped: {e}")))?
+}
+
+fn busy() -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the server is busy with other reads; retry in a second")
 }
 
 /// Runs `f` over the store holding `team` (`None` when no store does), on the blocking
@@ -298,19 +309,33 @@ async fn with_team<T: Send + 'static>(
 }
 
 /// The document `query` asks of the team, from the state kept of it (404 for a team no
-/// store holds).
+/// store holds). Only folding and rendering take a reader's permit: a document already
+/// rendered is served whatever the reads in progress.
 async fn view(
     api: &Shared,
     team: TeamId,
     query: Query,
     render: impl FnOnce(&mut Team, &Catalog) -> anyhow::Result<String> + Send + 'static,
 ) -> Result<Response, ApiError> {
-    let views = Arc::clone(api);
-    with_team(api, team, move |store, team| {
-        let body = views.views.get(found(store, team)?, team, query, render).map_err(ApiError::internal)?;
+    let shared = Arc::clone(api);
+    blocking(api, move |stores| {
+        let store = found(documents::team_store(stores, &team).map_err(ApiError::internal)?, &team)?;
+        let body = drafted(&shared, store, &team, query, render)?;
         Ok(json(body.to_string()))
     })
     .await
+}
+
+/// `Views::get` with a reader's permit for the work.
+fn drafted(
+    api: &Api,
+    store: &Store,
+    team: &TeamId,
+    query: Query,
+    render: impl FnOnce(&mut Team, &Catalog) -> anyhow::Result<String>,
+) -> Result<Arc<String>, ApiError> {
+    let admit = || Arc::clone(&api.readers).try_acquire_owned().ok();
+    api.views.get(store, team, query, admit, render).map_err(ApiError::internal)?.ok_or_else(busy)
 }
 
 /// The team's store, or 404.
@@ -402,18 +427,19 @@ async fn invoices(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (team, draft, as_csv) = (caller.team(&team)?, q.flag("draft")?, q.wants_csv(&headers)?);
-    let views = Arc::clone(&api);
-    with_team(&api, team, move |store, team| {
-        let mut items = documents::team_invoices(store, team, false).map_err(ApiError::internal)?;
+    let shared = Arc::clone(&api);
+    let f = move |stores: &[Store]| {
+        let store = documents::team_store(stores, &team).map_err(ApiError::internal)?;
+        let mut items = documents::team_invoices(store, &team, false).map_err(ApiError::internal)?;
         if let (Some(store), true) = (store, draft) {
             let render =
                 |state: &mut Team, catalog: &Catalog| Ok(documents::draft_invoice(state, catalog).unwrap_or_default());
-            let drafted = views.views.get(store, team, Query::Draft, render).map_err(ApiError::internal)?;
+            let drafted = drafted(&shared, store, &team, Query::Draft, render)?;
             items.extend((!drafted.is_empty()).then(|| drafted.to_string()));
         }
         render_invoices(&items, as_csv)
-    })
-    .await
+    };
+    blocking(&api, f).await
 }
 
 fn render_invoices(items: &[String], as_csv: bool) -> Result<Response, ApiError> {

@@ -75,21 +75,48 @@ impl Views {
     }
 
     /// The document `query` asks of `team` in `store`, rendered by `render` from the
-    /// team's state when the one kept is not of the ledger as it stands.
-    pub fn get(
+    /// team's state when the one kept is not of the ledger as it stands. Folding and
+    /// rendering take what `admit` gives (a reader's permit) for as long as they run; a
+    /// document already rendered needs none. `None`: there was work to do and `admit`
+    /// gave nothing (the caller answers busy).
+    pub fn get<P>(
         &self,
         store: &Store,
         team: &TeamId,
         query: Query,
+        admit: impl Fn() -> Option<P>,
         render: impl FnOnce(&mut Team, &Catalog) -> anyhow::Result<String>,
-    ) -> anyhow::Result<Arc<String>> {
+    ) -> anyhow::Result<Option<Arc<String>>> {
         let slot = self.slot(store, team);
+        let mut permit = None;
         let mut state = match slot.state.try_lock() {
             Ok(state) => state,
             Err(TryLockError::Poisoned(e)) => e.into_inner(),
             Err(TryLockError::WouldBlock) => match slot.doc(&query, None) {
-                Some(body) => return Ok(body),
-                None => slot.state.lock().unwrap_or_else(PoisonError::into_inner),
+                Some(body) => return Ok(Some(body)),
+                // Waiting for the state is waiting to work: with a permit, so the
+                // waiters are as few as the permits.
+                None => {
+                    let Some(p) = admit() else { return Ok(None) };
+                    permit = Some(p);
+                    slot.state.lock().unwrap_or_else(PoisonError::into_inner)
+                }
+            },
+        };
+        let current = match state.as_ref() {
+            Some(folded) => store.is_current(&folded.read)?,
+            None => false,
+        };
+        if current {
+            if let Some(body) = slot.doc(&query, Some(slot.generation.load(Ordering::Relaxed))) {
+                return Ok(Some(body));
+            }
+        }
+        let _permit = match permit {
+            Some(p) => p,
+            None => match admit() {
+                Some(p) => p,
+                None => return Ok(None),
             },
         };
         let moved = match bring_up_to_date(&mut state, store, team) {
@@ -105,7 +132,7 @@ impl Views {
         }
         let generation = slot.generation.load(Ordering::Relaxed);
         if let Some(body) = slot.doc(&query, Some(generation)) {
-            return Ok(body);
+            return Ok(Some(body));
         }
         let folded = state.as_mut().expect("brought up to date");
         let body = Arc::new(render(&mut folded.read.state, &folded.catalog)?);
@@ -113,7 +140,7 @@ impl Views {
         slot.records.store(folded.read.records(), Ordering::Relaxed);
         drop(state);
         self.evict(store, team);
-        Ok(body)
+        Ok(Some(body))
     }
 
     /// The team's slot, made if new, marked read now.
@@ -242,30 +269,43 @@ mod tests {
                     Query::Balance { at: if n % 5 == 0 { late } else { at("2026-04-20T00:00:00Z") } },
                 ] {
                     let kept = views
-                        .get(&store, team, query.clone(), |state, catalog| {
+                        .get(&store, team, query.clone(), admit, |state, catalog| {
                             renders += 1;
                             render(state, catalog, &query)
                         })
+                        .unwrap()
                         .unwrap();
                     let fresh = render(&mut store.load_team(&catalog, team).unwrap(), &catalog, &query).unwrap();
                     assert_eq!(*kept, fresh, "{team} {query:?} after batch {n}");
-                    let refolded = cramped.get(&store, team, query.clone(), |s, c| render(s, c, &query)).unwrap();
+                    let refolded =
+                        cramped.get(&store, team, query.clone(), admit, |s, c| render(s, c, &query)).unwrap().unwrap();
                     assert_eq!(*refolded, fresh, "{team} {query:?} after batch {n}, folded again");
                     checks += 1;
                 }
-                // Asked again with nothing appended: the document kept, no render.
+                // Asked again with nothing appended: the document kept, no render, no
+                // permit needed.
                 let before = renders;
-                views
-                    .get(&store, team, Query::Draft, |_, _| {
-                        renders += 1;
-                        Ok(String::new())
-                    })
+                let again = views
+                    .get(
+                        &store,
+                        team,
+                        Query::Draft,
+                        || None::<()>,
+                        |_, _| {
+                            renders += 1;
+                            Ok(String::new())
+                        },
+                    )
                     .unwrap();
-                assert_eq!(renders, before, "{team}: rendered again with nothing appended");
+                assert!(again.is_some() && renders == before, "{team}: rendered again with nothing appended");
             }
         }
         assert!(checks > 300, "{checks} checks");
         assert_eq!((views.lock().by_team.len(), cramped.lock().by_team.len()), (3, 2));
+    }
+
+    fn admit() -> Option<()> {
+        Some(())
     }
 
     fn render(state: &mut Team, catalog: &Catalog, query: &Query) -> anyhow::Result<String> {

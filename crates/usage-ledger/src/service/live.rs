@@ -13,6 +13,8 @@ use super::pipeline::settled_dead_letters;
 
 pub(super) struct Live {
     pub shards: Arc<Mutex<Shards>>,
+    /// `Shards::readable`: what reads read, without the loop's lock.
+    pub readable: Arc<Mutex<Arc<Vec<Store>>>>,
     pub readers: Arc<Readers>,
     /// Records on the broker past the ledgers' positions, over the owned partitions;
     /// negative until first measured.
@@ -69,8 +71,7 @@ impl Readers {
 
 impl crate::http::Ledgers for Live {
     fn stores(&self) -> anyhow::Result<Vec<Store>> {
-        let shards = self.readers.lock(&self.shards);
-        Ok(shards.open.values().map(|ledger| ledger.store().clone()).collect())
+        Ok(self.readable.lock().expect("not poisoned").as_ref().clone())
     }
 
     fn readiness(&self) -> Result<(), String> {

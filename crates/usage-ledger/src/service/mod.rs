@@ -135,8 +135,10 @@ pub fn run(dir: &Path, args: RunArgs, future_skew: chrono::Duration) -> anyhow::
     let metrics = Arc::new(crate::metrics::Metrics::new());
     let lag = Arc::new(AtomicI64::new(-1));
     let readers = Arc::new(live::Readers::default());
+    let readable = Arc::clone(&shards.lock().expect("not poisoned").readable);
     let live = live::Live {
         shards: Arc::clone(&shards),
+        readable,
         readers: Arc::clone(&readers),
         lag: Arc::clone(&lag),
         lag_max: args.ready_lag_max,

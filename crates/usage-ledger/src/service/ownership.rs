@@ -26,6 +26,11 @@ pub(super) struct Shards {
     /// Assigned: the store is open (its lock held), the ledger not folded yet.
     assigned: BTreeMap<i32, Store>,
     pub open: BTreeMap<i32, Ledger>,
+    /// The open ledgers' stores as the HTTP API reads them, published again whenever
+    /// `open` changes: a read never waits for this lock, which the loop holds for a
+    /// whole batch (sled applies a batch atomically, and it is in the changelog before
+    /// it is in the store).
+    pub readable: Arc<Mutex<Arc<Vec<Store>>>>,
     released: BTreeMap<i32, Ledger>,
     pub released_at: Option<Instant>,
     pub owned: BTreeSet<(String, i32)>,
@@ -86,6 +91,7 @@ impl Shards {
             catalog: Catalog::builtin(),
             assigned: BTreeMap::new(),
             open: BTreeMap::new(),
+            readable: Arc::default(),
             released: BTreeMap::new(),
             released_at: None,
             owned: BTreeSet::new(),
@@ -117,6 +123,12 @@ impl Shards {
         Ok(Store::open_with(&dir, &self.catalog, options)?)
     }
 
+    /// Publishes the open ledgers' stores to the readers (after `open` changed).
+    fn publish(&self) {
+        let stores = self.open.values().map(|ledger| ledger.store().clone()).collect();
+        *self.readable.lock().expect("not poisoned") = Arc::new(stores);
+    }
+
     pub fn brokers(&self) -> &str {
         &self.changelog.brokers
     }
@@ -126,6 +138,7 @@ impl Shards {
     fn stop(&mut self, partition: i32, why: String) {
         self.assigned.remove(&partition);
         if let Some(mut ledger) = self.open.remove(&partition) {
+            self.publish();
             // What was published goes to the changelog before the ledger closes.
             if let Err(e) = ledger.flush_replica() {
                 tracing::warn!(partition, error = %e, "The outbox acknowledgements did not reach the changelog.");
@@ -237,6 +250,7 @@ impl Shards {
                 Err(e) => self.stop(partition, format!("{e:#}")),
             }
         }
+        self.publish();
         if !opened.is_empty() {
             eprintln!("usage-ledger: opened and folded the ledgers of partitions {opened:?}");
         }
@@ -341,6 +355,7 @@ impl Partitions for Owner {
                 shards.open.insert(*partition, ledger);
             }
         }
+        shards.publish();
         shards.hand_over_released();
         shards.open_and_restore(partitions);
         let positions = partitions
@@ -381,6 +396,7 @@ impl Partitions for Owner {
         for partition in gone {
             // Every batch was flushed before it was acknowledged; dropping closes sled.
             let mut ledger = shards.open.remove(&partition).expect("listed");
+            shards.publish();
             // What was published goes to the changelog before the partition goes: its
             // next owner publishes only what never was.
             if let Err(e) = ledger.flush_replica() {
