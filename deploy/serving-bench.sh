@@ -108,8 +108,13 @@ for run in $(seq 1 "$runs"); do
     before=$(metric "$http" usage_ledger_records_total)
     "$ul" produce --brokers "$kafka" "$tmp/$phase.jsonl" 2>/dev/null &
     producer=$!
+    # The records applied, every 2 s of the window.
+    (for _ in $(seq 1 $((secs / 2))); do sleep 2; metric "$http" usage_ledger_records_total; done > "$dir/$phase.ingest") &
+    sampler=$!
     load "$http" "$dir/$phase.json"
-    echo "   $phase: $(($(metric "$http" usage_ledger_records_total) - before)) records ingested during the $secs s"
+    wait "$sampler" || true
+    echo "   $phase: $(($(metric "$http" usage_ledger_records_total) - before)) records applied during the $secs s;" \
+      "applied so far every 2 s: $(awk -v b="$before" '{ printf "%d ", $1 - b }' "$dir/$phase.ingest")"
     wait "$producer"
     # The phase's ingest drained before the next one.
     until [ "$(metric "$http" usage_ledger_consumer_lag)" -eq 0 ]; do sleep 1; done

@@ -6,9 +6,10 @@
 //! writer's (sharing them would put a lock on the write path).
 //!
 //! A document is rendered at most once per state of the team's ledger. While one is
-//! being rendered (a team with a million usage records in its open cycle takes a
-//! fraction of a second), other requests for it get the last one rendered if it is at
-//! most two seconds old, and wait for the new one otherwise. The states kept are bounded by the usage
+//! brought up to date or rendered (a team with a million usage records in its open
+//! cycle takes a fraction of a second), other requests for it get the last one if it
+//! was found to be of the ledger as it stood at most two seconds ago, and wait for the
+//! new one otherwise. The states kept are bounded by the usage
 //! records they hold (`--http-cache-records`), the least recently read dropped first.
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -31,7 +32,8 @@ pub enum Query {
 /// Documents kept per team (the dashboard's two, a few instants beside them).
 const DOCS_PER_TEAM: usize = 8;
 
-/// The oldest document served while a newer one is being rendered.
+/// How long ago a document served while the state is being brought up to date may
+/// last have been found current.
 const STALE_MAX: Duration = Duration::from_secs(2);
 
 pub struct Views {
@@ -65,7 +67,9 @@ struct Folded {
 struct Doc {
     query: Query,
     generation: u64,
-    rendered: Instant,
+    /// When it was last found to be of the ledger as it stood (rendered, or served
+    /// after the check).
+    confirmed: Instant,
     body: Arc<String>,
 }
 
@@ -136,7 +140,7 @@ impl Views {
         }
         let folded = state.as_mut().expect("brought up to date");
         let body = Arc::new(render(&mut folded.read.state, &folded.catalog)?);
-        slot.keep(Doc { query, generation, rendered: Instant::now(), body: Arc::clone(&body) });
+        slot.keep(Doc { query, generation, confirmed: Instant::now(), body: Arc::clone(&body) });
         slot.records.store(folded.read.records(), Ordering::Relaxed);
         drop(state);
         self.evict(store, team);
@@ -192,17 +196,21 @@ fn bring_up_to_date(state: &mut Option<Folded>, store: &Store, team: &TeamId) ->
 }
 
 impl Slot {
-    /// The document kept for `query`: of this generation only, or, when `generation`
-    /// is `None`, the last one rendered if it is at most `STALE_MAX` old.
+    /// The document kept for `query`: of this generation only (and confirmed now), or,
+    /// when `generation` is `None`, the last one rendered if it was confirmed at most
+    /// `STALE_MAX` ago.
     fn doc(&self, query: &Query, generation: Option<u64>) -> Option<Arc<String>> {
-        let docs = self.docs.lock().unwrap_or_else(PoisonError::into_inner);
-        let doc = docs.iter().find(|d| {
+        let mut docs = self.docs.lock().unwrap_or_else(PoisonError::into_inner);
+        let doc = docs.iter_mut().find(|d| {
             d.query == *query
                 && match generation {
                     Some(g) => d.generation == g,
-                    None => d.rendered.elapsed() <= STALE_MAX,
+                    None => d.confirmed.elapsed() <= STALE_MAX,
                 }
         })?;
+        if generation.is_some() {
+            doc.confirmed = Instant::now();
+        }
         Some(Arc::clone(&doc.body))
     }
 
