@@ -305,7 +305,8 @@ async fn with_team<T: Send + 'static>(
     team: TeamId,
     f: impl FnOnce(Option<&Store>, &TeamId) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    read(api, move |stores| f(documents::team_store(stores, &team).map_err(ApiError::internal)?, &team)).await
+    let shared = Arc::clone(api);
+    read(api, move |stores| f(shared.views.home(stores, &team).map_err(ApiError::internal)?, &team)).await
 }
 
 /// The document `query` asks of the team, from the state kept of it (404 for a team no
@@ -319,7 +320,7 @@ async fn view(
 ) -> Result<Response, ApiError> {
     let shared = Arc::clone(api);
     blocking(api, move |stores| {
-        let store = found(documents::team_store(stores, &team).map_err(ApiError::internal)?, &team)?;
+        let store = found(shared.views.home(stores, &team).map_err(ApiError::internal)?, &team)?;
         let body = drafted(&shared, store, &team, query, render)?;
         Ok(json(body.to_string()))
     })
@@ -429,7 +430,7 @@ async fn invoices(
     let (team, draft, as_csv) = (caller.team(&team)?, q.flag("draft")?, q.wants_csv(&headers)?);
     let shared = Arc::clone(&api);
     let f = move |stores: &[Store]| {
-        let store = documents::team_store(stores, &team).map_err(ApiError::internal)?;
+        let store = shared.views.home(stores, &team).map_err(ApiError::internal)?;
         let mut items = documents::team_invoices(store, &team, false).map_err(ApiError::internal)?;
         if let (Some(store), true) = (store, draft) {
             let render =

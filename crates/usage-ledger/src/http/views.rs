@@ -44,13 +44,14 @@ pub struct Views {
 
 #[derive(Default)]
 struct Slots {
-    by_team: HashMap<(PathBuf, TeamId), (Arc<Slot>, u64)>,
+    by_team: HashMap<TeamId, (Arc<Slot>, u64)>,
     /// Counts reads: a slot's number is its last read.
     clock: u64,
 }
 
-#[derive(Default)]
 struct Slot {
+    /// The data dir of the store holding the team.
+    dir: PathBuf,
     /// The folded state, held while it is brought up to date and a document rendered.
     state: Mutex<Option<Folded>>,
     /// Bumped each time the state moves.
@@ -143,31 +144,61 @@ impl Views {
         slot.keep(Doc { query, generation, confirmed: Instant::now(), body: Arc::clone(&body) });
         slot.records.store(folded.read.records(), Ordering::Relaxed);
         drop(state);
-        self.evict(store, team);
+        self.evict(team);
         Ok(Some(body))
     }
 
-    /// The team's slot, made if new, marked read now.
+    /// The store holding `team` among `stores`, if one does: the one its state was read
+    /// from, else found by a seek in each (a seek in a store being written can read a
+    /// block from disk: tens of milliseconds under ingest).
+    pub fn home<'s>(&self, stores: &'s [Store], team: &TeamId) -> anyhow::Result<Option<&'s Store>> {
+        if let Some((slot, _)) = self.lock().by_team.get(team) {
+            if let Some(store) = stores.iter().find(|s| s.dir() == slot.dir) {
+                return Ok(Some(store));
+            }
+        }
+        let found = crate::documents::team_store(stores, team)?;
+        if let Some(store) = found {
+            self.slot(store, team);
+        }
+        Ok(found)
+    }
+
+    /// The team's slot in `store`, made if new (or if the team's was of another store),
+    /// marked read now.
     fn slot(&self, store: &Store, team: &TeamId) -> Arc<Slot> {
         let mut slots = self.lock();
         slots.clock += 1;
         let now = slots.clock;
-        let (slot, used) = slots.by_team.entry((store.dir().to_path_buf(), team.clone())).or_default();
+        let fresh = || {
+            let dir = store.dir().to_path_buf();
+            let slot = Slot {
+                dir,
+                state: Mutex::default(),
+                generation: AtomicU64::default(),
+                docs: Mutex::default(),
+                records: AtomicUsize::default(),
+            };
+            (Arc::new(slot), now)
+        };
+        let (slot, used) = slots.by_team.entry(team.clone()).or_insert_with(fresh);
+        if slot.dir != store.dir() {
+            *slot = fresh().0;
+        }
         *used = now;
         Arc::clone(slot)
     }
 
-    /// Drops the least recently read states (never the one just read) until the rest
-    /// hold at most `records_max` usage records and number at most `teams_max`.
-    fn evict(&self, store: &Store, team: &TeamId) {
+    /// Drops the least recently read states (never `team`'s) until the rest hold at
+    /// most `records_max` usage records and number at most `teams_max`.
+    fn evict(&self, team: &TeamId) {
         let mut slots = self.lock();
-        let kept = (store.dir().to_path_buf(), team.clone());
         let mut records: usize = slots.by_team.values().map(|(s, _)| s.records.load(Ordering::Relaxed)).sum();
         while records > self.records_max || slots.by_team.len() > self.teams_max {
             let oldest = slots
                 .by_team
                 .iter()
-                .filter(|(key, _)| **key != kept)
+                .filter(|(key, _)| *key != team)
                 .min_by_key(|(_, (_, used))| *used)
                 .map(|(key, _)| key.clone());
             let Some(oldest) = oldest else { break };
