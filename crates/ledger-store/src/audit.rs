@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::store::Store;
 use crate::tables::entries::{self, Hash, StoredEntry};
-use crate::tables::{invoices, split_team_key, KeyKind};
+use crate::tables::{invoices, split_team_key};
 use crate::{Error, Result};
 
 /// An issued invoice checked against its recomputation from the entries.
@@ -51,7 +51,7 @@ impl Store {
 
     /// Every final invoice here, in key order (team, then period).
     pub fn all_invoices(&self) -> Result<Vec<String>> {
-        crate::tables::texts_under(&self.tree, &KeyKind::Invoice.prefix())
+        invoices::all(&self.tree)
     }
 
     /// Recomputes the team's invoice for the period starting at `period_start` from its

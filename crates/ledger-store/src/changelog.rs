@@ -26,35 +26,13 @@ use tracing::warn;
 use crate::batch::{Batch, Op};
 use crate::store::Store;
 use crate::tables::entries::{self, Hash};
-use crate::tables::{meta, split_team_key, KeyKind};
+use crate::tables::{meta, split_team_key};
 use crate::{Error, Result};
 
 /// The encoding of a record's body; a reader refuses any other.
 const RECORD_VERSION: u8 = 1;
 
-/// Where a ledger stands in its changelog: the offset its next record must land at, and
-/// the digest of the last record it holds (the one the next must link to).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Position {
-    pub next: u64,
-    pub head: Hash,
-}
-
-impl Position {
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut out = self.next.to_be_bytes().to_vec();
-        out.extend_from_slice(&self.head);
-        out
-    }
-
-    pub(crate) fn decode(bytes: &[u8]) -> Result<Position> {
-        if bytes.len() != 40 {
-            return Err(Error::Corrupt(format!("the changelog position is {} bytes, not 40", bytes.len())));
-        }
-        let next = u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes"));
-        Ok(Position { next, head: bytes[8..].try_into().expect("32 bytes") })
-    }
-}
+pub use crate::tables::meta::Position;
 
 /// Where the writer sends each batch's record: an adapter (Kafka) that appends it to the
 /// ledger's changelog partition, waits for the acknowledgement and says at which offset
@@ -206,7 +184,7 @@ impl Store {
     ) -> Result<u64> {
         let mut count = 0;
         for (key, value) in ops {
-            if key.first() != Some(&(KeyKind::Entry as u8)) {
+            if !entries::is_entry(key) {
                 continue;
             }
             let refuse = |team: &str, seq: u64, why: &str| {
@@ -259,7 +237,7 @@ const MIGRATION_RECORD_BYTES: usize = 4 << 20;
 /// in key order, in records of about 4 MiB; the position is recorded once every record
 /// was acknowledged. A new, empty ledger exports nothing.
 pub(crate) fn migrate(store: &Store, replica: &dyn Replica) -> Result<Position> {
-    let own = [KeyKind::Meta.key(b"format"), KeyKind::Meta.key(b"catalog"), KeyKind::Meta.key(b"changelog")];
+    let own = meta::own_keys();
     let mut position = Position::default();
     let (mut ops, mut bytes, mut records, mut keys) = (Vec::new(), 0usize, 0u64, 0u64);
     for kv in store.tree.iter() {

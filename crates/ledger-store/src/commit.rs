@@ -8,8 +8,8 @@ use ledger_core::{Entry, TeamId};
 
 use crate::batch::Batch;
 use crate::changelog::{self, Position, Replica};
-use crate::ledger::BatchReport;
 use crate::store::Store;
+use crate::submission::BatchReport;
 use crate::tables;
 use crate::tables::entries::{self, StoredEntry};
 use crate::tables::index::IndexRunRef;
@@ -30,30 +30,6 @@ pub(crate) struct Staged {
     pub blocks: Vec<StagedBlock>,
     pub block_of: HashMap<TeamId, usize>,
     pub report: BatchReport,
-}
-
-/// Free space kept on the ledger's disk beyond a batch's own: sled writes whole log
-/// segments, and a write that fails half-way (ENOSPC) can leave sled waiting forever on
-/// its next flush. A batch that would not fit is refused before sled sees it.
-const SPACE_RESERVE_BYTES: u64 = 4 << 20;
-
-/// Refuses a batch of about `bytes` unless the disk holding `dir` has room for it three
-/// times over (sled logs a value, then rewrites its page: 10M imported events took 2.6 GB,
-/// 260 B each, issue 12), and the reserve.
-pub(crate) fn ensure_space(dir: &std::path::Path, bytes: u64) -> Result<()> {
-    ensure_free(dir, bytes.saturating_mul(3))
-}
-
-/// Refuses a write of `bytes` written once (the index's runs) unless the disk holding
-/// `dir` has room for it and the reserve.
-pub(crate) fn ensure_free(dir: &std::path::Path, bytes: u64) -> Result<()> {
-    let stat = rustix::fs::statvfs(dir).map_err(|e| Error::Io { path: dir.display().to_string(), source: e.into() })?;
-    let free = stat.f_bavail.saturating_mul(stat.f_frsize);
-    let need = bytes.saturating_add(SPACE_RESERVE_BYTES);
-    if free < need {
-        return Err(Error::DiskFull { dir: dir.display().to_string(), free, need });
-    }
-    Ok(())
 }
 
 impl Staged {

@@ -4,14 +4,12 @@
 //! consumer-group member that owns a partition owns its ledger (sled's file lock makes
 //! that ownership exclusive across processes). Read commands see either layout as one
 //! ledger.
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use ledger_core::Catalog;
 
 use crate::replay::ReplayReport;
 use crate::store::{OpenOptions, Store};
-use crate::verify::VerifyReport;
 use crate::{Error, Result};
 
 const PARTITIONS: &str = "partitions";
@@ -79,35 +77,4 @@ pub fn replay_all(stores: &[Store]) -> Result<ReplayReport> {
 pub fn replay_all_read_only(stores: &[Store]) -> Result<ReplayReport> {
     let reports = stores.iter().map(|s| s.replay_read_only(&s.catalog()?)).collect::<Result<Vec<_>>>()?;
     Ok(ReplayReport::merge(reports))
-}
-
-/// `verify` over every ledger of the directory, as one; also checks that no team has
-/// entries in two of them (each team has one owner).
-pub fn verify_all(stores: &[Store]) -> Result<VerifyReport> {
-    let mut all = VerifyReport::default();
-    let mut owner: HashMap<String, PathBuf> = HashMap::new();
-    for store in stores {
-        let report = store.verify()?;
-        let label = |fault: String| {
-            if stores.len() > 1 {
-                format!("{}: {fault}", store.dir().display())
-            } else {
-                fault
-            }
-        };
-        all.teams += report.teams;
-        all.entries += report.entries;
-        all.index_records += report.index_records;
-        all.faults.extend(report.faults.into_iter().map(label));
-        for team in store.teams()? {
-            if let Some(first) = owner.insert(team.clone(), store.dir().to_path_buf()) {
-                all.faults.push(format!(
-                    "team {team}: entries in two ledgers, {} and {} (it has one owner)",
-                    first.display(),
-                    store.dir().display()
-                ));
-            }
-        }
-    }
-    Ok(all)
 }

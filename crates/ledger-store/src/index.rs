@@ -93,10 +93,6 @@ fn kept_hash(b: usize, part: u32) -> u64 {
 /// of the events in memory.
 const RECENT_MIN: usize = 1 << 16;
 
-/// The events the index keeps in memory before it moves them to a run on disk, unless
-/// the store was opened saying otherwise (`OpenOptions`): 24 MiB of slots.
-pub const INDEX_MEMORY_EVENTS: u64 = 1 << 21;
-
 #[derive(Default)]
 pub(crate) struct Index {
     teams: Vec<TeamId>,
@@ -201,7 +197,7 @@ impl Index {
     /// batch when the disk lacks room for the run and the largest merge it may cause.
     pub fn spill(&mut self, store: &Store) -> Result<()> {
         let on_disk = self.runs.as_ref().map_or(0, Runs::len);
-        crate::commit::ensure_free(store.dir(), (self.hot() + on_disk) * runs::RECORD as u64)?;
+        crate::fs::ensure_free(store.dir(), (self.hot() + on_disk) * runs::RECORD as u64)?;
         let last = self.next_segment.checked_sub(1).ok_or_else(|| Error::Corrupt("spill of no segment".into()))?;
         let bytes = tables::index::segment_bytes(&store.tree, last)?
             .ok_or_else(|| Error::Corrupt(format!("index segment {last} is missing")))?;

@@ -9,7 +9,8 @@ use ledger_core::team::{Applied, RefundLookup, Reject};
 use ledger_core::{AccountChange, AccountEvent, Catalog, Effects, Entry, Event, EventId, RefundTarget, Team, TeamId};
 use tracing::{debug, warn};
 
-use crate::commit::{self, ensure_space, InFlight, Staged};
+use crate::commit::{self, InFlight, Staged};
+use crate::fs::ensure_space;
 use crate::index::{fingerprint, id_hash, Index};
 use crate::parked::ParkedRefunds;
 pub use crate::parked::{refund_wait, Parked};
@@ -19,7 +20,7 @@ use crate::tables::checkpoints::{self, Counts};
 use crate::tables::conflicts::{self, Conflict};
 use crate::tables::entries::{self, Hash, StoredEntry};
 use crate::tables::outbox::{self, OutboxKind, OutboxMsg};
-use crate::tables::{self, alerts, invoices, offsets, Row};
+use crate::tables::{self, offsets, Projection, Row};
 use crate::{Error, Result};
 
 mod open;
@@ -446,21 +447,23 @@ impl Ledger {
         // Format 3 keeps the message it publishes; the formats before keep the JSON
         // (the builds that wrote them publish it).
         let messages = self.store.format() >= 3;
-        let marks = self.marks.get_mut(team_id).expect("`stage` inserted the team's marks");
-        marks.invoices += u64::from(effects.invoice.is_some());
-        for alert in effects.alerts {
+        let alerts_before = self.marks.get(team_id).expect("`stage` inserted the team's marks").alerts;
+        for projection in tables::projections(team_id.as_str(), alerts_before, effects, hash) {
             let marks = self.marks.get_mut(team_id).expect("`stage` inserted the team's marks");
-            let row = alerts::row(team_id.as_str(), marks.alerts, &alert);
-            marks.alerts += 1;
-            staged.report.alerts += 1;
-            let message = messages.then(|| ledger_proto::alert_message(&alert));
-            self.stage_projection(staged, team_id, OutboxKind::Alert, row, message);
-        }
-        if let Some(invoice) = effects.invoice {
-            let row = invoices::row(team_id.as_str(), invoice.clone(), hash);
-            staged.report.invoices += 1;
-            let message = messages.then(|| ledger_proto::invoice_message(&invoice, &row.json, &row.id));
-            self.stage_projection(staged, team_id, OutboxKind::Invoice, row, message);
+            match projection {
+                Projection::Alert { row, alert } => {
+                    marks.alerts += 1;
+                    staged.report.alerts += 1;
+                    let message = messages.then(|| ledger_proto::alert_message(&alert));
+                    self.stage_projection(staged, team_id, OutboxKind::Alert, row, message);
+                }
+                Projection::Invoice { row, invoice } => {
+                    marks.invoices += 1;
+                    staged.report.invoices += 1;
+                    let message = messages.then(|| ledger_proto::invoice_message(&invoice, &row.json, &row.id));
+                    self.stage_projection(staged, team_id, OutboxKind::Invoice, row, message);
+                }
+            }
         }
     }
 

@@ -11,6 +11,7 @@ mod changelog;
 mod commit;
 mod datadir;
 mod fold;
+mod fs;
 mod index;
 mod ledger;
 mod parked;
@@ -24,16 +25,15 @@ mod verify;
 pub use audit::{tamper_image_rechained, InvoiceCheck};
 pub use batch::{Batch, Op};
 pub use changelog::{Position, Replica, RestoreReport};
-pub use datadir::{layout, open_all, partition_dir, replay_all, replay_all_read_only, verify_all, Layout};
+pub use datadir::{layout, open_all, partition_dir, replay_all, replay_all_read_only, Layout};
 pub use fold::TeamRead;
-pub use index::INDEX_MEMORY_EVENTS;
 pub use ledger::{refund_wait, BatchReport, Ledger, Outcome, Parked, Source, Submission, PARKED_PER_TEAM_MAX};
 pub use replay::ReplayReport;
-pub use store::{OpenOptions, Store};
+pub use store::{OpenOptions, Store, INDEX_MEMORY_EVENTS};
 pub use tables::entries::StoredEntry;
 pub use tables::outbox::{OutboxKind, OutboxMsg, FAILED_REASON};
 pub use tables::FORMAT_VERSION;
-pub use verify::{tamper_checkpoint, tamper_entry, tamper_invoice, CheckpointTamper, VerifyReport};
+pub use verify::{tamper_checkpoint, tamper_entry, tamper_invoice, verify_all, CheckpointTamper, VerifyReport};
 
 /// Storage failures. Any of these stops the writer: nothing more is acknowledged.
 #[derive(Debug, thiserror::Error)]

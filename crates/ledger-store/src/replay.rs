@@ -10,7 +10,7 @@ use crate::fold::Folded;
 use crate::store::Store;
 use crate::tables::checkpoints::{self, Checkpoint, Counts};
 use crate::tables::entries::StoredEntry;
-use crate::tables::{alerts, invoices};
+use crate::tables::{self, alerts, invoices, Projection};
 use crate::Result;
 
 /// Projection rows as (key, value) pairs.
@@ -164,15 +164,17 @@ impl Rebuilt {
         let counts = self.counts.entry(team_id.to_string()).or_default();
         counts.seq = stored.seq;
         counts.events += u64::from(entry.event_id().is_some());
-        for alert in effects.alerts {
-            let row = alerts::row(team_id, counts.alerts, &alert);
-            self.alerts.push((row.key, row.json.into_bytes()));
-            counts.alerts += 1;
-        }
-        if let Some(invoice) = effects.invoice {
-            let row = invoices::row(team_id, invoice, &stored.hash);
-            self.invoices.push((row.key, row.json.into_bytes()));
-            counts.invoices += 1;
+        for projection in tables::projections(team_id, counts.alerts, effects, &stored.hash) {
+            match projection {
+                Projection::Alert { row, .. } => {
+                    self.alerts.push((row.key, row.json.into_bytes()));
+                    counts.alerts += 1;
+                }
+                Projection::Invoice { row, .. } => {
+                    self.invoices.push((row.key, row.json.into_bytes()));
+                    counts.invoices += 1;
+                }
+            }
         }
         let Some(checkpoint) = stored_checkpoints.get(team_id).filter(|c| c.counts.seq == stored.seq) else { return };
         if checkpoint.counts == *counts && checkpoint.head == stored.hash && checkpoint.team.agrees_with(catalog, team)

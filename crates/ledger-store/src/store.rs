@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use ledger_core::{Catalog, Entry, Team, TeamId};
 
+use crate::fs::{fsync_dir, io};
 use crate::tables::entries;
 use crate::tables::outbox::{self, OutboxMsg};
 use crate::tables::{alerts, conflicts, invoices, meta, offsets, FORMATS_READABLE, FORMAT_VERSION};
@@ -25,13 +26,9 @@ pub struct Store {
     pub(crate) blocks: std::sync::Arc<entries::BlockCache>,
 }
 
-pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io { path: path.display().to_string(), source }
-}
-
-pub(crate) fn fsync_dir(path: &Path) -> Result<()> {
-    std::fs::File::open(path).and_then(|f| f.sync_all()).map_err(io(path))
-}
+/// The events the index keeps in memory before it moves them to a run on disk, unless
+/// the store was opened saying otherwise (`OpenOptions`): 24 MiB of slots.
+pub const INDEX_MEMORY_EVENTS: u64 = 1 << 21;
 
 /// How to open a data directory.
 #[derive(Debug, Clone, Copy)]
@@ -51,7 +48,7 @@ impl Default for OpenOptions {
         OpenOptions {
             lock_wait: std::time::Duration::from_secs(3),
             cache_bytes: 256 << 20,
-            index_memory_events: crate::index::INDEX_MEMORY_EVENTS,
+            index_memory_events: INDEX_MEMORY_EVENTS,
         }
     }
 }
@@ -225,7 +222,7 @@ impl Store {
     /// How many outbox messages wait to be published (keys counted, values not read).
     pub fn outbox_len(&self) -> Result<u64> {
         let mut n = 0u64;
-        for k in crate::tables::KeyKind::Outbox.keys(&self.tree) {
+        for k in outbox::keys(&self.tree) {
             k?;
             n += 1;
         }
@@ -282,7 +279,7 @@ impl Store {
     /// Whether the store holds anything besides its own metadata.
     pub fn holds_history(&self) -> Result<bool> {
         for kv in self.tree.iter().keys() {
-            if kv?.first() != Some(&(crate::tables::KeyKind::Meta as u8)) {
+            if !meta::is_meta(&kv?) {
                 return Ok(true);
             }
         }

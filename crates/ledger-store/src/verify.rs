@@ -1,7 +1,7 @@
 //! `verify`: walks every team's hash chain, head and the event-id index, and names the
 //! team and sequence number of every fault it finds.
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ledger_core::Catalog;
 
@@ -126,10 +126,8 @@ pub fn tamper_entry(dir: &Path, team: &str, seq: u64) -> Result<()> {
 /// in whichever ledger of the data dir holds it, leaving the entries alone: what `verify`
 /// and every writer's open must catch. For tests and drills only.
 pub fn tamper_invoice(dir: &Path, team: &str) -> Result<()> {
-    let prefix = crate::tables::KeyKind::Invoice.team_prefix(team);
     for store in crate::datadir::open_all(dir, &Catalog::builtin(), crate::OpenOptions::default())? {
-        if let Some(kv) = store.tree.scan_prefix(&prefix).next() {
-            let (k, v) = kv?;
+        if let Some((k, v)) = crate::tables::invoices::first_of(&store.tree, team)? {
             let json = String::from_utf8_lossy(&v).replacen(".00\"", ".01\"", 1);
             if json.as_bytes() == &v[..] {
                 return Err(Error::Corrupt(format!("team {team}'s invoice has no amount to change")));
@@ -174,4 +172,35 @@ pub fn tamper_checkpoint(dir: &Path, team: &str, how: CheckpointTamper) -> Resul
         return Ok(());
     }
     Err(Error::Corrupt(format!("team {team} has no checkpoint")))
+}
+
+/// `verify` over every ledger of the directory, as one; also checks that no team has
+/// entries in two of them (each team has one owner).
+pub fn verify_all(stores: &[Store]) -> Result<VerifyReport> {
+    let mut all = VerifyReport::default();
+    let mut owner: HashMap<String, PathBuf> = HashMap::new();
+    for store in stores {
+        let report = store.verify()?;
+        let label = |fault: String| {
+            if stores.len() > 1 {
+                format!("{}: {fault}", store.dir().display())
+            } else {
+                fault
+            }
+        };
+        all.teams += report.teams;
+        all.entries += report.entries;
+        all.index_records += report.index_records;
+        all.faults.extend(report.faults.into_iter().map(label));
+        for team in store.teams()? {
+            if let Some(first) = owner.insert(team.clone(), store.dir().to_path_buf()) {
+                all.faults.push(format!(
+                    "team {team}: entries in two ledgers, {} and {} (it has one owner)",
+                    first.display(),
+                    store.dir().display()
+                ));
+            }
+        }
+    }
+    Ok(all)
 }

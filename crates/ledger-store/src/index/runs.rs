@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 use tracing::{info, warn};
 
-use crate::store::{fsync_dir, io};
+use crate::fs::{fsync_dir, io};
 use crate::{Error, Result};
 
 /// One event in a run: its id hash with the low 16 bits zero, team number, sequence

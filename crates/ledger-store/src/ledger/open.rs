@@ -14,7 +14,7 @@ use crate::store::Store;
 use crate::tables::checkpoints::Counts;
 use crate::tables::entries::StoredEntry;
 use crate::tables::outbox;
-use crate::tables::{self, alerts, invoices};
+use crate::tables::{self, Projection};
 use crate::{Error, Result};
 
 /// What `Ledger::open` gathers while it folds: counts, each team's marks, and the
@@ -51,17 +51,20 @@ impl OpenAcc {
         let marks = self.marks.entry(team.clone()).or_default();
         marks.since_checkpoint += 1;
         marks.events += u64::from(entry.event_id().is_some());
-        for alert in &effects.alerts {
-            let n = marks.alerts;
-            let row = alerts::row(id, n, alert);
-            self.projections.check(tree, &row.key, row.json.as_bytes(), || format!("team {id} alert {n}"))?;
-            marks.alerts += 1;
-        }
-        if let Some(invoice) = effects.invoice {
-            marks.invoices += 1;
-            let period = invoice.period.start.clone();
-            let row = invoices::row(id, invoice, &stored.hash);
-            self.projections.check(tree, &row.key, row.json.as_bytes(), || format!("team {id} invoice {period}"))?;
+        for projection in tables::projections(id, marks.alerts, effects, &stored.hash) {
+            match projection {
+                Projection::Alert { row, .. } => {
+                    let n = marks.alerts;
+                    self.projections.check(tree, &row.key, row.json.as_bytes(), || format!("team {id} alert {n}"))?;
+                    marks.alerts += 1;
+                }
+                Projection::Invoice { row, invoice } => {
+                    marks.invoices += 1;
+                    let period = &invoice.period.start;
+                    self.projections
+                        .check(tree, &row.key, row.json.as_bytes(), || format!("team {id} invoice {period}"))?;
+                }
+            }
         }
         Ok(())
     }

@@ -32,6 +32,11 @@ pub(crate) fn key(team: &str, first_seq: u64) -> Vec<u8> {
     KeyKind::Entry.team_key(team, first_seq)
 }
 
+/// Whether `key` is one of this table's.
+pub(crate) fn is_entry(key: &[u8]) -> bool {
+    key.first() == Some(&(KeyKind::Entry as u8))
+}
+
 /// The key range of every team's blocks.
 pub(crate) fn all() -> (Vec<u8>, Vec<u8>) {
     below_ff(KeyKind::Entry.prefix().to_vec())

@@ -28,6 +28,16 @@ pub(crate) fn of_team(tree: &sled::Tree, team: &str) -> Result<Vec<String>> {
     texts_under(tree, &KeyKind::Invoice.team_prefix(team))
 }
 
+/// Every team's final invoices as JSON, in key order (team, then period).
+pub(crate) fn all(tree: &sled::Tree) -> Result<Vec<String>> {
+    texts_under(tree, &KeyKind::Invoice.prefix())
+}
+
+/// The key and JSON of the team's first final invoice, if it has one.
+pub(crate) fn first_of(tree: &sled::Tree, team: &str) -> Result<Option<(sled::IVec, sled::IVec)>> {
+    Ok(tree.scan_prefix(KeyKind::Invoice.team_prefix(team)).next().transpose()?)
+}
+
 /// Every stored invoice's key.
 pub(crate) fn keys(tree: &sled::Tree) -> impl Iterator<Item = Result<sled::IVec>> {
     KeyKind::Invoice.keys(tree)

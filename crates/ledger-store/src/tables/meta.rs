@@ -6,6 +6,7 @@
 //! records what it was opened with).
 use ledger_core::Catalog;
 
+use super::entries::Hash;
 use super::{decode, encode, KeyKind, FORMAT_VERSION};
 use crate::{Error, Result};
 
@@ -19,6 +20,17 @@ fn catalog_key() -> Vec<u8> {
 
 fn catalog_value(catalog: &Catalog) -> Vec<u8> {
     encode(&serde_json::to_string(catalog).expect("catalog serializes"))
+}
+
+/// The keys of the store's own metadata, which a changelog export leaves out (each
+/// copy records its own).
+pub(crate) fn own_keys() -> [Vec<u8>; 3] {
+    [format_key(), catalog_key(), changelog_key()]
+}
+
+/// Whether `key` is one of this table's.
+pub(crate) fn is_meta(key: &[u8]) -> bool {
+    key.first() == Some(&(KeyKind::Meta as u8))
 }
 
 /// The recorded format value, if the store has one (a new store has not).
@@ -37,12 +49,12 @@ fn changelog_key() -> Vec<u8> {
 }
 
 /// The ledger's position in its changelog, if it has one.
-pub(crate) fn changelog(tree: &sled::Tree) -> Result<Option<crate::changelog::Position>> {
-    tree.get(changelog_key())?.map(|v| crate::changelog::Position::decode(&v)).transpose()
+pub(crate) fn changelog(tree: &sled::Tree) -> Result<Option<Position>> {
+    tree.get(changelog_key())?.map(|v| Position::decode(&v)).transpose()
 }
 
 /// Stages the ledger's position in its changelog (in the batch the record carries).
-pub(crate) fn insert_changelog(batch: &mut crate::batch::Batch, position: &crate::changelog::Position) {
+pub(crate) fn insert_changelog(batch: &mut crate::batch::Batch, position: &Position) {
     batch.insert(changelog_key(), position.encode());
 }
 
@@ -74,4 +86,28 @@ pub(crate) fn inputs(tree: &sled::Tree) -> Result<Option<u32>> {
 pub(crate) fn set_inputs(tree: &sled::Tree, partitions: u32) -> Result<()> {
     tree.insert(inputs_key(), &partitions.to_be_bytes())?;
     Ok(())
+}
+
+/// Where a ledger stands in its changelog: the offset its next record must land at, and
+/// the digest of the last record it holds (the one the next must link to).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Position {
+    pub next: u64,
+    pub head: Hash,
+}
+
+impl Position {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = self.next.to_be_bytes().to_vec();
+        out.extend_from_slice(&self.head);
+        out
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Position> {
+        if bytes.len() != 40 {
+            return Err(Error::Corrupt(format!("the changelog position is {} bytes, not 40", bytes.len())));
+        }
+        let next = u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes"));
+        Ok(Position { next, head: bytes[8..].try_into().expect("32 bytes") })
+    }
 }

@@ -19,8 +19,9 @@
 //! | `R`  | n (u64 BE)                         | a batch's operations, not yet in the changelog | `unreplicated` |
 //! | `S`  | team                               | the team's state at one entry (checkpoint) | `checkpoints` |
 //!
-//! Reserved: `H` (per-team chain heads, retired when the index became per-batch
-//! segments; heads are folded from the entries). A retired kind is never reused.
+//! Reserved: `H` (`KeyKind::RetiredHeads`: per-team chain heads, retired when the
+//! index became per-batch segments; heads are folded from the entries). A retired kind
+//! stays in the enum and is never reused.
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -73,6 +74,10 @@ pub(crate) enum KeyKind {
     /// (they fold every entry), and a checkpoint they left behind is still the state at
     /// its entry.
     Checkpoint = b'S',
+    /// Retired: per-team chain heads, before the index became per-batch segments (heads
+    /// are folded from the entries). Reserved so it is never reused; nothing writes it.
+    #[allow(dead_code)]
+    RetiredHeads = b'H',
 }
 
 impl KeyKind {
@@ -146,6 +151,32 @@ pub(crate) fn texts_under(tree: &sled::Tree, prefix: &[u8]) -> Result<Vec<String
         .inspect(|_| crate::progress::tick())
         .map(|v| String::from_utf8(v?.to_vec()).map_err(|e| Error::Corrupt(e.to_string())))
         .collect()
+}
+
+/// One projection an entry's effects make: an alert or an invoice, with its row.
+pub(crate) enum Projection {
+    Alert { row: Row, alert: ledger_core::Alert },
+    Invoice { row: Row, invoice: Box<ledger_core::Invoice> },
+}
+
+/// What one entry's effects project, in order: its alerts (numbered on from
+/// `alerts_before`, the team's alerts before them), then its invoice (naming `hash`, the
+/// entry's chain hash). Every path that stores or checks projections (append, open,
+/// replay) takes them from here.
+pub(crate) fn projections(
+    team: &str,
+    alerts_before: u64,
+    effects: ledger_core::Effects,
+    hash: &entries::Hash,
+) -> Vec<Projection> {
+    let mut out: Vec<Projection> = (alerts_before..)
+        .zip(effects.alerts)
+        .map(|(n, alert)| Projection::Alert { row: alerts::row(team, n, &alert), alert })
+        .collect();
+    if let Some(invoice) = effects.invoice {
+        out.push(Projection::Invoice { row: invoices::row(team, invoice.clone(), hash), invoice: Box::new(invoice) });
+    }
+    out
 }
 
 /// A projection row as staged live and as rebuilt by `replay`: one key and one value

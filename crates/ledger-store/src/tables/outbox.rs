@@ -86,6 +86,11 @@ fn decode_msg(n: u64, bytes: &[u8]) -> Result<OutboxMsg> {
 }
 
 /// Stages message number `n`.
+/// Every waiting message's key (values not read).
+pub(crate) fn keys(tree: &sled::Tree) -> impl Iterator<Item = Result<sled::IVec>> {
+    KeyKind::Outbox.keys(tree)
+}
+
 pub(crate) fn insert(batch: &mut crate::batch::Batch, n: u64, msg: &OutboxMsg) {
     batch.insert(key(n), encode_msg(msg));
 }
