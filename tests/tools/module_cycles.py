@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Import cycles between the modules of a crate (issue 22): the graph of `crate::a::b`
 paths in each file's code (comments and test modules left out), a module being a file
-or directory under src/ (`depth` 1: the top level; 2: one level below too). Prints each
-cycle with its edges; exits 1 if there is one.
+or directory under src/ (`depth` 1: the top level; 2: one level below too), `super::`
+and `self::` paths resolved from the file's module. A module's own submodules do not
+count (a parent declares its children, which name its items). Prints each cycle with its
+edges; exits 1 if there is one.
 
     python3 tests/tools/module_cycles.py crates/ledger-store/src [depth]"""
 import os, re, sys
@@ -24,19 +26,26 @@ for m, paths in mods.items():
         text = open(p).read()
         text = re.sub(r'#\[cfg\(test\)\]\s*mod tests\s*\{.*', '', text, flags=re.S)
         text = re.sub(r'//[^\n]*', '', text)
-        for hit in re.finditer(r'crate::((?:\w+::)*\w+)', text):
-            parts = hit.group(1).split('::')
+        here = os.path.relpath(p, src)[:-3].split(os.sep)
+        if here[-1] == 'mod' or here[-1] in ('lib', 'main'):
+            here = here[:-1]
+        parent = here[:-1]
+        # `crate::a::b`, and `super::x` / `self::x` resolved from the file's module.
+        paths = [h.group(1).split('::') for h in re.finditer(r'\bcrate::((?:\w+::)*\w+)', text)]
+        paths += [parent + h.group(1).split('::') for h in re.finditer(r'\bsuper::((?:\w+::)*\w+)', text)]
+        paths += [here + h.group(1).split('::') for h in re.finditer(r'\bself::((?:\w+::)*\w+)', text)]
+        for grp in re.finditer(r'\b(crate|super)::\{([^;]*)\};', text, flags=re.S):
+            base = [] if grp.group(1) == 'crate' else parent
+            for item in re.split(r',\s*', re.sub(r'\{[^}]*\}', '', grp.group(2))):
+                if item.strip():
+                    paths.append(base + item.strip().split('::'))
+        for parts in paths:
             for d in range(min(depth, len(parts)), 0, -1):
                 t = '::'.join(parts[:d])
                 if t in mods:
                     if t != m and not m.startswith(t + '::') and not t.startswith(m + '::'):
                         edges[m].add(t)
                     break
-        # `use crate::{a, b::c}` groups
-        for grp in re.finditer(r'use crate::\{([^;]*)\};', text, flags=re.S):
-            for item in re.split(r',\s*', re.sub(r'\{[^}]*\}', '', grp.group(1))):
-                t = item.strip().split('::')[0]
-                if t in mods and t != m: edges[m].add(t)
 # Tarjan
 index, low, on, stack, sccs, i = {}, {}, set(), [], [], [0]
 def strong(v):

@@ -26,6 +26,11 @@ impl TeamRead {
     pub fn records(&self) -> usize {
         self.state.pending_len()
     }
+
+    /// Bytes of the team's last block, kept to tell whether anything was appended.
+    pub fn tip_bytes(&self) -> usize {
+        self.tip.as_ref().map_or(0, |(k, v)| k.len() + v.len())
+    }
 }
 
 /// Every team's folded state with its chain head.
@@ -109,7 +114,7 @@ impl Store {
     /// Brings `read` up to date: folds the entries appended after the last one it holds,
     /// from the block holding that one. A read whose last entry is no longer stored with
     /// its hash (the store was rebuilt under it) is folded again from the checkpoint.
-    /// Whether anything changed.
+    /// Whether anything changed. On an error `read` is left empty: drop it.
     pub fn refresh(&self, catalog: &Catalog, read: &mut TeamRead) -> Result<bool> {
         if self.is_current(read)? {
             return Ok(false);

@@ -85,12 +85,12 @@ fn decode_msg(n: u64, bytes: &[u8]) -> Result<OutboxMsg> {
     Ok(OutboxMsg { kind, key: s.key, id: s.id, json: s.json, payload: s.payload, headers: s.headers })
 }
 
-/// Stages message number `n`.
 /// Every waiting message's key (values not read).
 pub(crate) fn keys(tree: &sled::Tree) -> impl Iterator<Item = Result<sled::IVec>> {
     KeyKind::Outbox.keys(tree)
 }
 
+/// Stages message number `n`.
 pub(crate) fn insert(batch: &mut crate::batch::Batch, n: u64, msg: &OutboxMsg) {
     batch.insert(key(n), encode_msg(msg));
 }

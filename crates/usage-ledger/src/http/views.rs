@@ -54,9 +54,10 @@ struct Slot {
     dir: PathBuf,
     /// The folded state, held while it is brought up to date and a document rendered.
     state: Mutex<Option<Folded>>,
-    /// Bumped each time the state moves.
+    /// Bumped each time the state moves (or is dropped).
     generation: AtomicU64,
     docs: Mutex<Vec<Doc>>,
+    /// Its weight against `--http-cache-records` (`weigh`).
     records: AtomicUsize,
 }
 
@@ -96,7 +97,7 @@ impl Views {
         let mut permit = None;
         let mut state = match slot.state.try_lock() {
             Ok(state) => state,
-            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(TryLockError::Poisoned(e)) => slot.recover(e.into_inner()),
             Err(TryLockError::WouldBlock) => match slot.doc(&query, None) {
                 Some(body) => return Ok(Some(body)),
                 // Waiting for the state is waiting to work: with a permit, so the
@@ -104,16 +105,19 @@ impl Views {
                 None => {
                     let Some(p) = admit() else { return Ok(None) };
                     permit = Some(p);
-                    slot.state.lock().unwrap_or_else(PoisonError::into_inner)
+                    slot.state.lock().unwrap_or_else(|e| slot.recover(e.into_inner()))
                 }
             },
         };
+        // What is found current is current as of now, before the check: a document is
+        // never confirmed later than the ledger was looked at.
+        let checked = Instant::now();
         let current = match state.as_ref() {
             Some(folded) => store.is_current(&folded.read)?,
             None => false,
         };
         if current {
-            if let Some(body) = slot.doc(&query, Some(slot.generation.load(Ordering::Relaxed))) {
+            if let Some(body) = slot.doc(&query, Some((slot.generation.load(Ordering::Relaxed), checked))) {
                 return Ok(Some(body));
             }
         }
@@ -135,21 +139,22 @@ impl Views {
         if moved {
             slot.generation.fetch_add(1, Ordering::Relaxed);
         }
+        let folded = state.as_mut().expect("brought up to date");
+        slot.weigh(&folded.read);
         let generation = slot.generation.load(Ordering::Relaxed);
-        if let Some(body) = slot.doc(&query, Some(generation)) {
+        if let Some(body) = slot.doc(&query, Some((generation, checked))) {
             return Ok(Some(body));
         }
-        let folded = state.as_mut().expect("brought up to date");
         let body = Arc::new(render(&mut folded.read.state, &folded.catalog)?);
-        slot.keep(Doc { query, generation, confirmed: Instant::now(), body: Arc::clone(&body) });
-        slot.records.store(folded.read.records(), Ordering::Relaxed);
+        slot.keep(Doc { query, generation, confirmed: checked, body: Arc::clone(&body) });
+        slot.weigh(&folded.read);
         drop(state);
         self.evict(team);
         Ok(Some(body))
     }
 
     /// The store holding `team` among `stores`, if one does: the one its state was read
-    /// from, else found by a seek in each (a seek in a store being written can read a
+    /// from (a team read through `get` before), else found by a seek in each (a seek in a store being written can read a
     /// block from disk: tens of milliseconds under ingest).
     pub fn home<'s>(&self, stores: &'s [Store], team: &TeamId) -> anyhow::Result<Option<&'s Store>> {
         if let Some((slot, _)) = self.lock().by_team.get(team) {
@@ -157,11 +162,7 @@ impl Views {
                 return Ok(Some(store));
             }
         }
-        let found = crate::documents::team_store(stores, team)?;
-        if let Some(store) = found {
-            self.slot(store, team);
-        }
-        Ok(found)
+        crate::documents::team_store(stores, team)
     }
 
     /// The team's slot in `store`, made if new (or if the team's was of another store),
@@ -227,22 +228,38 @@ fn bring_up_to_date(state: &mut Option<Folded>, store: &Store, team: &TeamId) ->
 }
 
 impl Slot {
-    /// The document kept for `query`: of this generation only (and confirmed now), or,
-    /// when `generation` is `None`, the last one rendered if it was confirmed at most
-    /// `STALE_MAX` ago.
-    fn doc(&self, query: &Query, generation: Option<u64>) -> Option<Arc<String>> {
+    /// The document kept for `query`: with `Some((generation, checked))`, only one of
+    /// that generation, confirmed current as of `checked`; with `None`, the last one
+    /// rendered if it was confirmed current at most `STALE_MAX` ago.
+    fn doc(&self, query: &Query, current: Option<(u64, Instant)>) -> Option<Arc<String>> {
         let mut docs = self.docs.lock().unwrap_or_else(PoisonError::into_inner);
         let doc = docs.iter_mut().find(|d| {
             d.query == *query
-                && match generation {
-                    Some(g) => d.generation == g,
+                && match current {
+                    Some((g, _)) => d.generation == g,
                     None => d.confirmed.elapsed() <= STALE_MAX,
                 }
         })?;
-        if generation.is_some() {
-            doc.confirmed = Instant::now();
+        if let Some((_, checked)) = current {
+            doc.confirmed = doc.confirmed.max(checked);
         }
         Some(Arc::clone(&doc.body))
+    }
+
+    /// The state of a slot whose holder panicked (in a render, say) is not trusted: it is
+    /// dropped, to be folded again, and the documents rendered from it are outdated.
+    fn recover<'a>(&self, mut state: MutexGuard<'a, Option<Folded>>) -> MutexGuard<'a, Option<Folded>> {
+        *state = None;
+        self.state.clear_poison();
+        self.generation.fetch_add(1, Ordering::Relaxed);
+        state
+    }
+
+    /// What the slot weighs against `--http-cache-records`: the state's usage records,
+    /// and its documents and last block at 100 bytes a record.
+    fn weigh(&self, read: &TeamRead) {
+        let docs: usize = self.docs.lock().unwrap_or_else(PoisonError::into_inner).iter().map(|d| d.body.len()).sum();
+        self.records.store(read.records() + (docs + read.tip_bytes()) / 100, Ordering::Relaxed);
     }
 
     /// Keeps `doc` in place of the one for the same query, or of the oldest.
