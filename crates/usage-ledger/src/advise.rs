@@ -58,7 +58,12 @@ fn window(invoices: &[String], months: u32, team: &str) -> anyhow::Result<Window
     }
     let last = &invoices[invoices.len().saturating_sub(months as usize)..];
     let time = |v: &serde_json::Value| v.as_str().unwrap_or_default().parse::<DateTime<Utc>>();
-    let invoiced = last.iter().map(|i| i["total"].as_str().unwrap_or("0").parse::<Decimal>()).sum::<Result<_, _>>()?;
+    // A stored invoice without a readable total is an error, never advised as free.
+    let total = |i: &serde_json::Value| -> anyhow::Result<Decimal> {
+        let text = i["total"].as_str().ok_or_else(|| anyhow::anyhow!("team {team}: an invoice has no total: {i}"))?;
+        Ok(text.parse::<Decimal>()?)
+    };
+    let invoiced = last.iter().map(total).sum::<anyhow::Result<Decimal>>()?;
     Ok(Window {
         anchor: time(&last[0]["period"]["start"])?,
         end: time(&last[last.len() - 1]["period"]["end"])?,
