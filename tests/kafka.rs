@@ -472,7 +472,12 @@ fn metrics_count_records_appends_and_dead_letters_by_reason() {
     let mut text = String::new();
     while Instant::now() < deadline {
         text = scrape(&addr);
-        if text.contains("usage_ledger_records_total 2") {
+        // Metrics are read without waiting for a batch: records are counted when polled,
+        // the outcomes once the batch is committed.
+        if text.contains("usage_ledger_records_total 2")
+            && text.contains("usage_ledger_appended_total 1")
+            && text.contains(r#"usage_ledger_dead_letters_total{reason="undecodable"} 1"#)
+        {
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
