@@ -101,12 +101,9 @@ impl Store {
     /// last block compared by its buffer, or its bytes).
     pub fn is_current(&self, read: &TeamRead) -> Result<bool> {
         let tip = entries::tip(&self.tree, read.state.id().as_str())?;
-        let same = |(k, v): &(sled::IVec, sled::IVec), (k2, v2): &(sled::IVec, sled::IVec)| {
-            k == k2 && ((v.as_ptr() == v2.as_ptr() && v.len() == v2.len()) || v == v2)
-        };
         Ok(match (&tip, &read.tip) {
             (None, None) => true,
-            (Some(a), Some(b)) => same(a, b),
+            (Some((k, v)), Some((k2, v2))) => k == k2 && entries::same_bytes(v, v2),
             _ => false,
         })
     }

@@ -137,10 +137,7 @@ const CACHED_BLOCKS: usize = 8;
 
 impl BlockCache {
     pub(crate) fn decoded(&self, bytes: &sled::IVec) -> Result<Arc<Vec<StoredEntry>>> {
-        // The same buffer (sled hands out shared ones, and the one kept here stays
-        // alive, so its address cannot be reused) is the same bytes; else compared.
-        let same = |b: &sled::IVec| (b.as_ptr() == bytes.as_ptr() && b.len() == bytes.len()) || b == bytes;
-        if let Some((_, entries)) = self.0.lock().expect("not poisoned").iter().find(|(b, _)| same(b)) {
+        if let Some((_, entries)) = self.0.lock().expect("not poisoned").iter().find(|(b, _)| same_bytes(b, bytes)) {
             return Ok(Arc::clone(entries));
         }
         let entries = Arc::new(decode_block(bytes)?);
@@ -151,6 +148,12 @@ impl BlockCache {
         cached.push_back((bytes.clone(), Arc::clone(&entries)));
         Ok(entries)
     }
+}
+
+/// Whether two stored values are the same bytes: the same buffer (sled hands out shared
+/// ones, and a kept one stays alive, so its address cannot be reused), else compared.
+pub(crate) fn same_bytes(a: &sled::IVec, b: &sled::IVec) -> bool {
+    (a.as_ptr() == b.as_ptr() && a.len() == b.len()) || a == b
 }
 
 /// Entry `seq` of `team`, read from the block that holds it.

@@ -70,7 +70,7 @@ pub struct HttpArgs {
     #[arg(long, env = "USAGE_LEDGER_HTTP_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub http_request_timeout_secs: u32,
     /// Usage records the team states kept for balances, usage and drafts may hold in all
-    /// (~100 bytes each; the documents rendered from them count 100 bytes a record); past
+    /// (~150 bytes each; the documents rendered from them count 150 bytes a record); past
     /// it the least recently read are dropped (and folded again from their checkpoint
     /// when next read).
     #[arg(long, env = "USAGE_LEDGER_HTTP_CACHE_RECORDS", default_value_t = 2_000_000)]
