@@ -15,6 +15,8 @@ pub struct Broker {
     child: Option<Child>,
     pub address: String,
     db: PathBuf,
+    /// The cluster id it answers with (tansu's default unless set).
+    cluster: Option<String>,
 }
 
 fn tansu() -> PathBuf {
@@ -24,8 +26,15 @@ fn tansu() -> PathBuf {
 
 impl Broker {
     pub fn start(dir: &Path) -> Broker {
+        Broker::start_in(dir, None)
+    }
+
+    /// A broker of the cluster `cluster` (another cluster id than the default's).
+    pub fn start_in(dir: &Path, cluster: Option<&str>) -> Broker {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut broker = Broker { child: None, address: format!("127.0.0.1:{port}"), db: dir.join("broker.sqlite") };
+        let address = format!("127.0.0.1:{port}");
+        let cluster = cluster.map(str::to_string);
+        let mut broker = Broker { child: None, address, db: dir.join("broker.sqlite"), cluster };
         broker.spawn();
         broker
     }
@@ -36,6 +45,7 @@ impl Broker {
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine"])
             // tansu resolves the URL's path against its working directory.
             .arg("sqlite://broker.sqlite")
+            .args(self.cluster.iter().flat_map(|id| ["--cluster-id", id.as_str()]))
             .current_dir(self.db.parent().unwrap())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -5,7 +5,7 @@
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use ledger_kafka::{Producer, ACCOUNTS, DEADLETTER, IMAGES};
+use ledger_kafka::{Outgoing, Producer, ACCOUNTS, CHANGELOG, DEADLETTER, IMAGES};
 use ledger_proto::pb;
 use prost::Message as _;
 
@@ -150,5 +150,59 @@ fn recreated_topics_stop_the_service_in_one_line_and_skip_nothing() {
         stderr.lines().filter(|l| l.contains("built from 4 input partitions and the topics now have 8")).collect();
     assert_eq!(refused.len(), 1, "{stderr}");
     assert!(refused[0].starts_with("error: cannot take over partition "), "{}", refused[0]);
+    assert_eq!(ul_ok(&data, &["verify"]), before, "nothing was appended or skipped");
+}
+
+/// The ledger moves to another cluster whose changelog was mirrored offset for offset
+/// but whose input topics are new (recreated with as many partitions) and already hold
+/// more records than the ledger's positions: offsets alone cannot tell the logs apart
+/// (the service skipped the first 5 new images as held already and billed the rest,
+/// silently). The record before each position is not the one the ledger consumed
+/// there, so the partition stops in one line naming it and the offset, and nothing is
+/// appended or skipped; the other cluster is named in a warning. Resuming on the log it
+/// read passes the same check.
+#[test]
+fn new_input_topics_with_the_same_count_and_more_records_stop_their_partition() {
+    use ledger_proto::pb::account_event::Change;
+    let tmp = tempfile::tempdir().unwrap();
+    let (first, second) = (tmp.path().join("first"), tmp.path().join("second"));
+    std::fs::create_dir_all(&first).unwrap();
+    std::fs::create_dir_all(&second).unwrap();
+    let data = tmp.path().join("data");
+    let april = 1_775_001_600; // 2026-04-01T00:00:00Z
+    let start = |bucket| {
+        Change::PlanStarted(pb::PlanStarted { plan: "api_basic".into(), bucket_images: bucket, ..Default::default() })
+    };
+    let traffic = |prefix: &str, images: usize, bucket| {
+        let mut records = vec![raw(ACCOUNTS, "t1", account(&format!("{prefix}-plan"), "t1", april, start(bucket)))];
+        records.extend((0..images).map(|i| raw(IMAGES, "t1", image(&format!("{prefix}{i}"), "t1", 1, 10, false))));
+        records
+    };
+    let old = Broker::start(&first);
+    ledger_kafka::create_topics(&old.address, 4).unwrap();
+    Producer::new(&old.address).unwrap().send_all(&traffic("old", 5, 1000)).unwrap();
+    crate::kafka::drain(&data, &old.address);
+    crate::kafka::drain(&data, &old.address);
+    let before = ul_ok(&data, &["verify"]);
+    assert!(before.contains(" 6 index records"), "{before}");
+
+    let new = Broker::start_in(&second, Some("replacement"));
+    ledger_kafka::create_topics(&new.address, 4).unwrap();
+    let changelog = ledger_kafka::read_topic(&old.address, CHANGELOG, Duration::from_secs(3)).unwrap();
+    let mirrored: Vec<Outgoing> = changelog
+        .iter()
+        .map(|r| Outgoing { partition: Some(r.partition), ..raw(CHANGELOG, "", r.payload.clone()) })
+        .collect();
+    Producer::new(&new.address).unwrap().send_all(&mirrored).unwrap();
+    Producer::new(&new.address).unwrap().send_all(&traffic("new", 8, 2000)).unwrap();
+    let out = service(&data, &new.address, &["--exit-when-idle-ms", "5000"]).wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let partition = ledger_kafka::partition_for(b"t1", 4);
+    let stops: Vec<&str> = stderr.lines().filter(|l| l.starts_with("usage-ledger: stopped partition")).collect();
+    assert_eq!(stops.len(), 1, "{stderr}");
+    assert!(stops[0].starts_with(&format!("usage-ledger: stopped partition {partition} ")), "{}", stops[0]);
+    assert!(stops[0].contains("is not the one the ledger consumed there"), "{}", stops[0]);
+    assert!(stderr.contains("first opened with another Kafka cluster"), "{stderr}");
     assert_eq!(ul_ok(&data, &["verify"]), before, "nothing was appended or skipped");
 }

@@ -127,6 +127,46 @@ pub fn watermarks(brokers: &str, topic: &str, partition: i32) -> Result<(i64, i6
     Ok(consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?)
 }
 
+/// The id of the cluster the brokers belong to, if they say (Kafka's `ClusterId`).
+pub fn cluster_id(brokers: &str) -> Result<Option<String>> {
+    let consumer: BaseConsumer = config::client(brokers, &[], false).create()?;
+    Ok(consumer.client().fetch_cluster_id(Duration::from_secs(10)))
+}
+
+/// The record at `offset` of `topic`/`partition`, or `None` when the partition's log
+/// does not hold it (it starts past it, ends before it, or skips it).
+pub fn record_at(brokers: &str, topic: &str, partition: i32, offset: u64) -> Result<Option<crate::Record>> {
+    let settings = [
+        ("group.id", "usage-ledger-check".to_string()),
+        ("enable.auto.commit", "false".into()),
+        ("auto.offset.reset", "error".into()),
+    ];
+    let consumer: BaseConsumer = config::client(brokers, &settings, false).create()?;
+    let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
+    let offset = offset as i64;
+    if offset < low || offset >= high {
+        return Ok(None);
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(100)) {
+            // A fetch below deleted records repeats the first survivor (tansu).
+            Some(Ok(m)) if m.offset() < offset => continue,
+            Some(Ok(m)) if m.offset() > offset => return Ok(None),
+            Some(Ok(m)) => return Ok(Some(crate::Record::from_message(&m))),
+            Some(Err(e)) => return Err(e.into()),
+            None => {}
+        }
+    }
+    Err(crate::Error::Topic {
+        topic: format!("{topic}/{partition}"),
+        reason: format!("no record at offset {offset} within 30 s"),
+    })
+}
+
 impl PartitionReader {
     /// Reads `topic`/`partition` from `from`. A partition whose log starts past `from`
     /// (trimmed) or ends before it (recreated) is an error naming both.

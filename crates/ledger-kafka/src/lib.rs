@@ -43,7 +43,7 @@ pub mod mock;
 mod partitioner;
 mod producer;
 
-pub use changelog::{watermarks, ChangelogWriter, PartitionReader, CHANGELOG, RECORD_BYTES_MAX};
+pub use changelog::{cluster_id, record_at, watermarks, ChangelogWriter, PartitionReader, CHANGELOG, RECORD_BYTES_MAX};
 pub use config::{configure, from_env, property, Properties};
 pub use partitioner::{murmur2, partition_for};
 pub use producer::{Delivery, Outgoing, Producer};
@@ -106,7 +106,7 @@ pub struct Record {
 }
 
 impl Record {
-    fn from_message(m: &impl Message) -> Record {
+    pub(crate) fn from_message(m: &impl Message) -> Record {
         Record {
             topic: m.topic().to_string(),
             partition: m.partition(),
@@ -128,6 +128,25 @@ impl Record {
     /// The position key (`topic/partition`) the store records offsets under.
     pub fn stream(&self) -> String {
         format!("{}/{}", self.topic, self.partition)
+    }
+
+    /// What identifies the record's content: SHA-256 of its key (absent and empty
+    /// differ) and payload. A ledger keeps the fingerprint of the last record it consumed
+    /// of each partition, so that a log whose record at that offset is another one (a
+    /// recreated topic that grew past the ledger's position) is told from the log it read.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        use sha2::Digest as _;
+        let mut hash = sha2::Sha256::new();
+        match &self.key {
+            None => hash.update([0]),
+            Some(key) => {
+                hash.update([1]);
+                hash.update((key.len() as u64).to_be_bytes());
+                hash.update(key);
+            }
+        }
+        hash.update(&self.payload);
+        hash.finalize().into()
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {

@@ -19,8 +19,9 @@ pub use crate::submission::{BatchReport, Outcome, Source, Submission};
 use crate::tables::checkpoints::{self, Counts};
 use crate::tables::conflicts::{self, Conflict};
 use crate::tables::entries::{self, Hash, StoredEntry};
+use crate::tables::offsets::{self, InputPosition};
 use crate::tables::outbox::{self, OutboxKind, OutboxMsg};
-use crate::tables::{self, offsets, Projection, Row};
+use crate::tables::{self, Projection, Row};
 use crate::{Error, Result};
 
 mod open;
@@ -154,7 +155,8 @@ impl Ledger {
                 positions.insert(stream.clone(), sub.source.offset + 1);
             }
         }
-        let positions: Vec<(String, u64)> = positions.into_iter().collect();
+        let positions: Vec<InputPosition> =
+            positions.into_iter().map(|(source, next)| InputPosition { source, next, last: None }).collect();
         self.submit_batch_with_deferred(submissions, &positions, |_, _| Vec::new())
     }
 
@@ -166,13 +168,14 @@ impl Ledger {
         }
     }
 
-    /// `submit_batch` with explicit source positions (`stream` → next offset, covering
-    /// records that never became submissions) and outbox messages the caller derives from
+    /// `submit_batch` with explicit source positions (the next offset of each stream and
+    /// the fingerprint of the record before it, covering records that never became
+    /// submissions) and outbox messages the caller derives from
     /// the outcomes (dead letters), all in the same atomic write.
     pub fn submit_batch_with(
         &mut self,
         submissions: Vec<Submission>,
-        positions: &[(String, u64)],
+        positions: &[InputPosition],
         extra: impl FnOnce(&[Outcome], &[(Parked, Outcome)]) -> Vec<OutboxMsg>,
     ) -> Result<BatchReport> {
         let report = self.submit_batch_with_deferred(submissions, positions, extra)?;
@@ -186,7 +189,7 @@ impl Ledger {
     pub fn submit_batch_with_deferred(
         &mut self,
         submissions: Vec<Submission>,
-        positions: &[(String, u64)],
+        positions: &[InputPosition],
         extra: impl FnOnce(&[Outcome], &[(Parked, Outcome)]) -> Vec<OutboxMsg>,
     ) -> Result<BatchReport> {
         let staged = self.stage_batch(submissions, positions, extra)?;
@@ -197,7 +200,7 @@ impl Ledger {
     fn stage_batch(
         &mut self,
         submissions: Vec<Submission>,
-        positions: &[(String, u64)],
+        positions: &[InputPosition],
         extra: impl FnOnce(&[Outcome], &[(Parked, Outcome)]) -> Vec<OutboxMsg>,
     ) -> Result<Staged> {
         if self.index.spill_due() {
@@ -210,8 +213,8 @@ impl Ledger {
             let outcome = self.submit_one(&mut staged, sub)?;
             staged.report.outcomes.push(outcome);
         }
-        for (stream, next) in positions {
-            offsets::insert(&mut staged.batch, stream, *next);
+        for position in positions {
+            offsets::insert(&mut staged.batch, position);
         }
         for msg in extra(&staged.report.outcomes, &staged.report.settled) {
             self.stage_outbox(&mut staged, &msg);

@@ -31,6 +31,7 @@ pub use ledger::{refund_wait, BatchReport, Ledger, Outcome, Parked, Source, Subm
 pub use replay::ReplayReport;
 pub use store::{OpenOptions, Store, INDEX_MEMORY_EVENTS};
 pub use tables::entries::StoredEntry;
+pub use tables::offsets::{InputPosition, LastConsumed};
 pub use tables::outbox::{OutboxKind, OutboxMsg, FAILED_REASON};
 pub use tables::FORMAT_VERSION;
 pub use verify::{tamper_checkpoint, tamper_entry, tamper_invoice, verify_all, CheckpointTamper, VerifyReport};

@@ -214,6 +214,12 @@ impl Store {
         offsets::get(&self.tree, source)
     }
 
+    /// The last record consumed of a source (topic/partition), if its fingerprint was
+    /// recorded; it identifies the log only when it is the record just before `offset`.
+    pub fn last_consumed(&self, source: &str) -> Result<Option<offsets::LastConsumed>> {
+        offsets::last(&self.tree, source)
+    }
+
     /// Unsent outbox messages, oldest first, with their outbox numbers.
     pub fn outbox(&self, limit: usize) -> Result<Vec<(u64, OutboxMsg)>> {
         outbox::oldest(&self.tree, limit)
@@ -270,6 +276,20 @@ impl Store {
             Some(_) => Ok(None),
             None => {
                 meta::set_inputs(&self.tree, partitions)?;
+                self.db.flush()?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Checks the ledger against the Kafka cluster it is opened with, recording it the
+    /// first time: the cluster it was first opened with when that differs.
+    pub fn check_cluster(&self, id: &str) -> Result<Option<String>> {
+        match meta::cluster(&self.tree)? {
+            Some(first) if first != id => Ok(Some(first)),
+            Some(_) => Ok(None),
+            None => {
+                meta::set_cluster(&self.tree, id)?;
                 self.db.flush()?;
                 Ok(None)
             }

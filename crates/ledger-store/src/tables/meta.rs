@@ -2,8 +2,9 @@
 //! `catalog` (the catalog the store recorded, as postcard-framed JSON) and `changelog`
 //! (the ledger's position in its changelog: next offset u64 BE ‖ head digest, 40 bytes;
 //! only ledgers of the replicated service have one) and `inputs` (the input topics'
-//! partition count the service built the ledger from, u32 BE; not replicated: each copy
-//! records what it was opened with).
+//! partition count the service built the ledger from, u32 BE) and `cluster` (the id of
+//! the Kafka cluster the service first opened it with, UTF-8); `inputs` and `cluster`
+//! are not replicated: each copy records what it was opened with.
 use ledger_core::Catalog;
 
 use super::entries::Hash;
@@ -85,6 +86,23 @@ pub(crate) fn inputs(tree: &sled::Tree) -> Result<Option<u32>> {
 
 pub(crate) fn set_inputs(tree: &sled::Tree, partitions: u32) -> Result<()> {
     tree.insert(inputs_key(), &partitions.to_be_bytes())?;
+    Ok(())
+}
+
+fn cluster_key() -> Vec<u8> {
+    KeyKind::Meta.key(b"cluster")
+}
+
+/// The id of the Kafka cluster the ledger was first opened with, if recorded.
+pub(crate) fn cluster(tree: &sled::Tree) -> Result<Option<String>> {
+    match tree.get(cluster_key())? {
+        Some(v) => Ok(Some(String::from_utf8(v.to_vec()).map_err(|_| Error::Corrupt("Mcluster".into()))?)),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn set_cluster(tree: &sled::Tree, id: &str) -> Result<()> {
+    tree.insert(cluster_key(), id.as_bytes())?;
     Ok(())
 }
 

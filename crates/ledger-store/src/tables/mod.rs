@@ -18,6 +18,7 @@
 //! | `F`  | n (u64 BE)                         | outbox message refused for good    | `outbox`    |
 //! | `R`  | n (u64 BE)                         | a batch's operations, not yet in the changelog | `unreplicated` |
 //! | `S`  | team                               | the team's state at one entry (checkpoint) | `checkpoints` |
+//! | `L`  | source (`topic/partition`)         | offset (u64 BE) and fingerprint (32 bytes) of the last record consumed | `offsets` |
 //!
 //! Reserved: `H` (`KeyKind::RetiredHeads`: per-team chain heads, retired when the
 //! index became per-batch segments; heads are folded from the entries). A retired kind
@@ -74,6 +75,10 @@ pub(crate) enum KeyKind {
     /// (they fold every entry), and a checkpoint they left behind is still the state at
     /// its entry.
     Checkpoint = b'S',
+    /// Added in format 3 without changing any other encoding: older builds ignore it
+    /// (and move offsets on without it: a fingerprint is checked only when it belongs to
+    /// the record just before the recorded offset).
+    LastConsumed = b'L',
     /// Retired: per-team chain heads, before the index became per-batch segments (heads
     /// are folded from the entries). Reserved so it is never reused; nothing writes it.
     #[allow(dead_code)]

@@ -128,7 +128,8 @@ pub fn run(dir: &Path, args: RunArgs, future_skew: chrono::Duration) -> anyhow::
         brokers: brokers.clone(),
         writer: Arc::new(ledger_kafka::ChangelogWriter::new(&brokers)?),
     };
-    let shards = Arc::new(Mutex::new(Shards::new(dir, options, changelog, input_partitions)));
+    let cluster = ledger_kafka::cluster_id(&brokers)?;
+    let shards = Arc::new(Mutex::new(Shards::new(dir, options, changelog, input_partitions, cluster)));
     let owner = Arc::new(Owner(Arc::clone(&shards)));
     let consumer = Consumer::new(&brokers, &args.group, &[IMAGES, ACCOUNTS], args.session_timeout_ms, owner)?;
     let producer = Producer::new(&brokers)?;

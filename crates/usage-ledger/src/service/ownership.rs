@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use ledger_core::Catalog;
 use ledger_kafka::{ChangelogWriter, PartitionReader, Partitions, CHANGELOG};
-use ledger_store::{Ledger, OpenOptions, Store};
-use tracing::info;
+use ledger_store::{LastConsumed, Ledger, OpenOptions, Store};
+use tracing::{info, warn};
 
 /// The ledgers of the partitions this member owns: one per input partition number, so
 /// that partition N of both input topics (range assignment keeps them on one member)
@@ -51,6 +51,9 @@ pub(super) struct Shards {
     changelog: Changelog,
     /// The input topics' partition count: each ledger records the one it was built from.
     pub input_partitions: i32,
+    /// The Kafka cluster's id, if the brokers say: each ledger records the first it was
+    /// opened with.
+    cluster: Option<String>,
     /// Copies of partitions this member does not own, kept up to their changelog
     /// (`--standby`; `standby.rs`), each with whether its owner took it over (locked by
     /// each catch-up).
@@ -85,7 +88,13 @@ impl ledger_store::Replica for KafkaReplica {
 pub(super) const RELEASED_WAIT: Duration = Duration::from_secs(5);
 
 impl Shards {
-    pub fn new(dir: &Path, options: OpenOptions, changelog: Changelog, input_partitions: i32) -> Shards {
+    pub fn new(
+        dir: &Path,
+        options: OpenOptions,
+        changelog: Changelog,
+        input_partitions: i32,
+        cluster: Option<String>,
+    ) -> Shards {
         Shards {
             dir: dir.to_path_buf(),
             catalog: Catalog::builtin(),
@@ -102,6 +111,7 @@ impl Shards {
             stops: BTreeSet::new(),
             changelog,
             input_partitions,
+            cluster,
             standby: BTreeMap::new(),
         }
     }
@@ -199,6 +209,11 @@ impl Shards {
                 );
                 self.failure.get_or_insert(why.clone());
                 anyhow::bail!(why);
+            }
+            // Another cluster is not wrong by itself (a migration that keeps offsets):
+            // the positions are checked against its records, which decides.
+            if let Some(first) = self.cluster.as_deref().map(|now| store.check_cluster(now)).transpose()?.flatten() {
+                warn!(partition, first = %first, now = ?self.cluster, "The ledger was first opened with another Kafka cluster: its positions are checked against the records they follow here.");
             }
             self.assigned.insert(partition, store);
         }
@@ -324,11 +339,18 @@ pub(super) fn catch_up(
 }
 
 /// The ledger's next offset of an input partition, once the partition's log is known to
-/// hold it: a log that starts past it lost records the ledger never saw (retention, a
-/// trimmed topic), and one that ends before it is not the log the ledger read (the topic
-/// was recreated); either stops the service with one line rather than billing from the
-/// middle of a history or skipping a new one.
-fn check_input(brokers: &str, topic: &str, partition: i32, next: Option<u64>) -> anyhow::Result<Option<i64>> {
+/// be the one the ledger read and to hold it: a log that starts past it lost records the
+/// ledger never saw (retention, a trimmed topic); one that ends before it, or whose record
+/// just before it is not the one the ledger consumed there, is another log (the topic was
+/// recreated). Each stops the partition with one line rather than billing from the middle
+/// of a history or skipping a new one.
+fn check_input(
+    brokers: &str,
+    topic: &str,
+    partition: i32,
+    next: Option<u64>,
+    last: Option<LastConsumed>,
+) -> anyhow::Result<Option<i64>> {
     let (low, high) = ledger_kafka::watermarks(brokers, topic, partition)?;
     let need = next.unwrap_or(0) as i64;
     if need < low {
@@ -340,6 +362,17 @@ fn check_input(brokers: &str, topic: &str, partition: i32, next: Option<u64>) ->
         anyhow::bail!(
             "{topic}/{partition} ends at offset {high}, before the ledger's position {need}: this is not the log the ledger read (the topic was recreated); nothing was skipped"
         );
+    }
+    // The record before the position, unless retention took it (nothing to compare).
+    if let Some(last) = last.filter(|l| l.offset + 1 == need as u64 && l.offset as i64 >= low) {
+        let found = ledger_kafka::record_at(brokers, topic, partition, last.offset)?;
+        if found.map(|r| r.fingerprint()) != Some(last.fingerprint) {
+            anyhow::bail!(
+                "{topic}/{partition}: the record at offset {} is not the one the ledger consumed there (its fingerprint {} differs): this is not the log the ledger read (the topic was recreated); nothing was skipped",
+                last.offset,
+                hex::encode(&last.fingerprint[..8])
+            );
+        }
     }
     Ok(next.map(|n| n as i64))
 }
@@ -366,10 +399,11 @@ impl Partitions for Owner {
                     return Some(ledger_kafka::END);
                 }
                 let brokers = shards.changelog.brokers.clone();
+                let source = format!("{topic}/{partition}");
                 let position = shards
                     .store(*partition)
-                    .and_then(|store| Ok(store.offset(&format!("{topic}/{partition}"))?))
-                    .and_then(|next| check_input(&brokers, topic, *partition, next));
+                    .and_then(|store| Ok((store.offset(&source)?, store.last_consumed(&source)?)))
+                    .and_then(|(next, last)| check_input(&brokers, topic, *partition, next, last));
                 position.unwrap_or_else(|e| {
                     shards.stop(*partition, format!("{e:#}"));
                     Some(ledger_kafka::END)

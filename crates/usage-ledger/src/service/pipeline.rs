@@ -7,7 +7,7 @@ use anyhow::Context;
 use ledger_core::{Event, Reject};
 use ledger_kafka::{Record, ACCOUNTS, IMAGES};
 use ledger_proto::{Invalid, Window};
-use ledger_store::{Ledger, OutboxKind, OutboxMsg, Outcome, Source, Submission};
+use ledger_store::{InputPosition, Ledger, OutboxKind, OutboxMsg, Outcome, Source, Submission};
 use tracing::{debug, warn};
 
 use super::ownership::Shards;
@@ -242,7 +242,7 @@ struct Sorted {
     submissions: Vec<Submission>,
     origin: Vec<usize>,
     dead: Vec<OutboxMsg>,
-    positions: Vec<(String, u64)>,
+    positions: Vec<InputPosition>,
 }
 
 /// Skips records the ledger holds already, decodes the rest, and dead-letters what does
@@ -251,7 +251,9 @@ fn sort(ledger: &Ledger, records: &[Record], checks: &Checks) -> anyhow::Result<
     let mut submissions = Vec::with_capacity(records.len());
     let mut origin = Vec::with_capacity(records.len());
     let mut dead = Vec::new();
-    let mut positions: HashMap<String, u64> = HashMap::new();
+    // Each stream's last record: the position is past it, and its fingerprint says which
+    // log the position is in.
+    let mut last: HashMap<String, &Record> = HashMap::new();
     let floors = recorded_positions(ledger, records)?;
     for (i, r) in records.iter().enumerate() {
         let stream = r.stream();
@@ -259,7 +261,7 @@ fn sort(ledger: &Ledger, records: &[Record], checks: &Checks) -> anyhow::Result<
             debug!(%stream, offset = r.offset, "Skipped a record the ledger holds already.");
             continue;
         }
-        positions.insert(stream.clone(), r.offset as u64 + 1);
+        last.insert(stream.clone(), r);
         match decode(r, &checks.window) {
             Ok(event) if let Some(expected) = misplaced(r, checks.input_partitions) => {
                 let reason = format!(
@@ -283,5 +285,9 @@ fn sort(ledger: &Ledger, records: &[Record], checks: &Checks) -> anyhow::Result<
             Err(e) => dead.push(dead_letter(r, e.code(), &e.to_string(), None)),
         }
     }
-    Ok(Sorted { submissions, origin, dead, positions: positions.into_iter().collect() })
+    let positions = last
+        .into_iter()
+        .map(|(source, r)| InputPosition { source, next: r.offset as u64 + 1, last: Some(r.fingerprint()) })
+        .collect();
+    Ok(Sorted { submissions, origin, dead, positions })
 }
