@@ -1,5 +1,6 @@
 //! `demo`: sample traffic for a few teams played through the ledger in time order,
 //! printing alerts and balances as they happen, then the month's invoices.
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -173,12 +174,19 @@ pub fn print_invoices(stores: &[Store]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The teams (record keys) of each partition's records, for `print_live_balances`.
+pub fn teams_by_partition(records: &[ledger_kafka::Record]) -> BTreeMap<i32, BTreeSet<String>> {
+    let mut teams: BTreeMap<i32, BTreeSet<String>> = BTreeMap::new();
+    for r in records {
+        if let Some(key) = &r.key {
+            teams.entry(r.partition).or_default().insert(String::from_utf8_lossy(key).into_owned());
+        }
+    }
+    teams
+}
+
 /// `run --demo`: the balance of each team the last batch touched, as of its newest event.
-pub fn print_live_balances(ledger: &Ledger, records: &[ledger_kafka::Record]) -> anyhow::Result<()> {
-    let mut teams: Vec<String> =
-        records.iter().filter_map(|r| r.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned())).collect();
-    teams.sort();
-    teams.dedup();
+pub fn print_live_balances(ledger: &Ledger, teams: &BTreeSet<String>) -> anyhow::Result<()> {
     let catalog = ledger.catalog();
     for team in teams {
         let Ok(id) = TeamId::new(team.clone()) else { continue };

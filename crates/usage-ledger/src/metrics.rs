@@ -34,7 +34,9 @@ pub struct Metrics {
     pub records: Counter,
     pub appended: Counter,
     pub duplicates: Counter,
-    pub dead_letters: Family<Reason, Counter>,
+    /// By reason; counted through `dead_lettered`, which keeps the total beside it.
+    dead_letters: Family<Reason, Counter>,
+    dead_letters_all: Counter,
     pub published: Counter,
     /// Published by kind: alert, invoice, dead_letter.
     pub published_kind: Family<Kind, Counter>,
@@ -58,6 +60,7 @@ impl Metrics {
             appended: Counter::default(),
             duplicates: Counter::default(),
             dead_letters: Family::default(),
+            dead_letters_all: Counter::default(),
             published: Counter::default(),
             published_kind: Family::default(),
             outbox_failed: Counter::default(),
@@ -113,6 +116,17 @@ impl Metrics {
             m.partitions_stopped.clone(),
         );
         Metrics { registry, ..m }
+    }
+
+    /// A dead letter, counted under its reason code (the contract's `reason.code`).
+    pub fn dead_lettered(&self, reason: &str) {
+        self.dead_letters.get_or_create(&Reason { reason: reason.to_string() }).inc();
+        self.dead_letters_all.inc();
+    }
+
+    /// Dead letters of every reason.
+    pub fn dead_letters(&self) -> u64 {
+        self.dead_letters_all.get()
     }
 
     /// The gauges read from the stores: outbox depth and bytes on disk.

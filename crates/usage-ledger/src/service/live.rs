@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use ledger_store::Store;
 
 use super::ownership::Shards;
-use super::pipeline::settled_dead_letters;
+use super::pipeline::DeadLetters;
 
 pub(super) struct Live {
     pub shards: Arc<Mutex<Shards>>,
@@ -20,6 +20,8 @@ pub(super) struct Live {
     /// negative until first measured.
     pub lag: Arc<AtomicI64>,
     pub lag_max: u64,
+    /// The service's counters (an operator's close dead-letters the refunds it gives up).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// HTTP requests waiting for the shards. The loop holds the lock for a whole batch and
@@ -106,7 +108,11 @@ impl crate::http::Ledgers for Live {
         let mut shards = self.readers.lock(&self.shards);
         let (mut invoices, mut entries) = (0, 0);
         for ledger in shards.open.values_mut() {
-            let report = ledger.close_until_with(until, settled_dead_letters)?;
+            let report = ledger.close_until_with(until, |settled| {
+                let mut dead = DeadLetters::new(&self.metrics);
+                dead.settled(settled);
+                dead.into_msgs()
+            })?;
             invoices += report.invoices;
             entries += report.entries;
         }

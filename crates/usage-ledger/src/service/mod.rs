@@ -86,14 +86,10 @@ pub struct RunArgs {
     pub http: crate::http::HttpArgs,
 }
 
-/// Counters the service reports as it goes.
+/// Where the service's batch time went, for the closing line (the counts are the
+/// metrics').
 #[derive(Debug, Default)]
-struct Stats {
-    records: u64,
-    appended: u64,
-    duplicates: u64,
-    dead_letters: u64,
-    published: u64,
+struct Timings {
     /// Time spent applying, committing and publishing batches (not waiting for records).
     batch_secs: f64,
     /// Of which in the ledger: the fold, the flushed commit (what the bench calls the
@@ -143,6 +139,7 @@ pub fn run(dir: &Path, args: RunArgs, future_skew: chrono::Duration) -> anyhow::
         readers: Arc::clone(&readers),
         lag: Arc::clone(&lag),
         lag_max: args.ready_lag_max,
+        metrics: Arc::clone(&metrics),
     };
     serve_http(&args, live, &metrics, future_skew)?;
     eprintln!(
@@ -163,7 +160,7 @@ pub fn run(dir: &Path, args: RunArgs, future_skew: chrono::Duration) -> anyhow::
         consumer,
         producer,
         metrics,
-        stats: Stats::default(),
+        timings: Timings::default(),
         clocks: Clocks::new(),
         lag,
         input_partitions,
@@ -186,8 +183,8 @@ fn shut_down(
     service: Service,
     [standby, demo]: [Option<std::thread::JoinHandle<()>>; 2],
 ) -> anyhow::Result<ExitCode> {
-    info!(stats = ?service.stats, "Stopping: the last batch is durable and published.");
-    let Service { shards, consumer, stats, .. } = service;
+    info!(timings = ?service.timings, "Stopping: the last batch is durable and published.");
+    let Service { shards, consumer, timings, metrics, .. } = service;
     let waiting: usize = shards.lock().expect("not poisoned").open.values().map(Ledger::parked).sum();
     for ledger in shards.lock().expect("not poisoned").open.values_mut() {
         ledger.flush_replica()?;
@@ -205,7 +202,7 @@ fn shut_down(
         let _ = handle.join();
         crate::demo::print_invoices(&ledger_store::open_all(dir, &Catalog::builtin(), OpenOptions::default())?)?;
     }
-    report_stop(&stats, waiting);
+    report_stop(&timings, &metrics, waiting);
     if !stops.is_empty() {
         bail!("partition(s) {stops:?} stopped (the line of each says why); the other partitions were served");
     }
@@ -243,7 +240,7 @@ struct Service {
     consumer: Consumer,
     producer: Producer,
     metrics: Arc<crate::metrics::Metrics>,
-    stats: Stats,
+    timings: Timings,
     clocks: Clocks,
     /// Total consumer lag, for `readyz` (see `measure_lag`).
     lag: Arc<AtomicI64>,
@@ -295,77 +292,124 @@ fn take_stock(
 }
 
 impl Service {
-    /// One batch: poll, fold newly assigned ledgers, apply, publish, then tell Kafka.
-    /// Returns true once the service has been idle for `--exit-when-idle-ms`.
+    /// One batch: poll, apply, publish, commit. Returns true once the service has been
+    /// idle for `--exit-when-idle-ms`.
     fn step(&mut self) -> anyhow::Result<bool> {
-        let (args, clocks) = (&self.args, &mut self.clocks);
-        // With a batch's worth of records held (a stream released after a wait), poll
-        // without waiting for more.
+        let polled = self.poll()?;
+        let started = Instant::now();
+        let shards = Arc::clone(&self.shards);
+        let mut shards = shards.lock().expect("not poisoned");
+        let records = self.admit(&mut shards, polled)?;
+        let next = pipeline::next_offsets(&records);
+        let applied = !records.is_empty();
+        let idle = !applied && self.idle(&shards);
+        self.apply(&mut shards, records)?;
+        let published = Instant::now();
+        self.publish(&mut shards, applied)?;
+        let owned: Vec<i32> = shards.open.keys().copied().collect();
+        drop(shards);
+        self.commit(&next, started, published)?;
+        // Outside the batch's timings: requests waiting for the shards go first.
+        self.readers.let_in();
+        self.measure_lag();
+        if self.clocks.last_report.elapsed() > Duration::from_secs(10) {
+            info!(timings = ?self.timings, records = self.metrics.records.get(), partitions = ?owned, "Progress.");
+            self.clocks.last_report = Instant::now();
+        }
+        Ok(idle)
+    }
+
+    /// Up to a batch of records; without waiting when the aligner holds a batch's worth
+    /// already (a stream released after a wait).
+    fn poll(&mut self) -> anyhow::Result<Vec<ledger_kafka::Record>> {
+        let args = &self.args;
         let wait = if self.aligner.held() >= args.batch_events_max { 1 } else { args.batch_wait_ms };
-        let mut polled = self.consumer.poll_batch(args.batch_events_max, Duration::from_millis(wait))?;
-        let batch_started = Instant::now();
-        let mut shards = self.shards.lock().expect("not poisoned");
-        let owned = take_stock(&self.consumer, &self.metrics, &mut shards, &mut polled)?;
+        Ok(self.consumer.poll_batch(args.batch_events_max, Duration::from_millis(wait))?)
+    }
+
+    /// The records to apply: newly assigned ledgers folded, stopped partitions' records
+    /// dropped, both streams of each partition aligned.
+    fn admit(
+        &mut self,
+        shards: &mut Shards,
+        mut polled: Vec<ledger_kafka::Record>,
+    ) -> anyhow::Result<Vec<ledger_kafka::Record>> {
+        let owned = take_stock(&self.consumer, &self.metrics, shards, &mut polled)?;
         let position = |topic: &str, partition: i32| {
             let ledger = shards.open.get(&partition)?;
             ledger.store().offset(&format!("{topic}/{partition}")).ok().flatten()
         };
-        let records = self.aligner.admit(polled, &owned, &self.consumer.lag(), position, args.batch_events_max);
-        let next = pipeline::next_offsets(&records);
-        let mut idle = false;
-        let applied = !records.is_empty();
-        if applied {
-            clocks.last_record = Instant::now();
-            let show_balances = args.demo && clocks.last_balances.elapsed() > Duration::from_secs(1);
-            let window = crate::window(self.future_skew);
-            let partitions = self.input_partitions;
-            pipeline::apply(&mut shards, records, window, partitions, show_balances, &mut self.stats, &self.metrics)?;
-            self.stats.ledger_secs += batch_started.elapsed().as_secs_f64();
-            self.stats.batches += 1;
-            if show_balances {
-                clocks.last_balances = Instant::now();
-            }
-        } else if shards.owned.is_empty() {
-            // Not idle while waiting for an assignment (a rebalance after a crash takes
-            // up to the session timeout).
-            clocks.last_record = Instant::now();
-        } else if self.aligner.held() > 0 {
-            // Records wait for their other stream: not idle.
-        } else if args.exit_when_idle_ms.is_some_and(|ms| clocks.last_record.elapsed() > Duration::from_millis(ms)) {
-            idle = true;
+        let max = self.args.batch_events_max;
+        Ok(self.aligner.admit(polled, &owned, &self.consumer.lag(), position, max))
+    }
+
+    /// Whether a poll that brought nothing to apply makes the service idle long enough
+    /// to exit. Waiting for an assignment (a rebalance after a crash takes up to the
+    /// session timeout) or for a stream's other half is not idle.
+    fn idle(&mut self, shards: &Shards) -> bool {
+        if shards.owned.is_empty() {
+            self.clocks.last_record = Instant::now();
+            return false;
         }
-        let (close, producer) = (args.close_on_wall_clock, &self.producer);
-        let publish_started = Instant::now();
-        publishing::publish(&mut shards, close, producer, &mut self.backoff, &mut self.stats, &self.metrics)?;
+        if self.aligner.held() > 0 {
+            return false;
+        }
+        self.args.exit_when_idle_ms.is_some_and(|ms| self.clocks.last_record.elapsed() > Duration::from_millis(ms))
+    }
+
+    /// Applies the records, one flushed commit per partition ledger (the demo prints the
+    /// balances of the teams they touched, once a second).
+    fn apply(&mut self, shards: &mut Shards, records: Vec<ledger_kafka::Record>) -> anyhow::Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        self.clocks.last_record = started;
+        let show = self.args.demo && self.clocks.last_balances.elapsed() > Duration::from_secs(1);
+        let touched = show.then(|| crate::demo::teams_by_partition(&records));
+        let window = crate::window(self.future_skew);
+        pipeline::apply(shards, records, window, self.input_partitions, &self.metrics)?;
+        self.timings.ledger_secs += started.elapsed().as_secs_f64();
+        self.timings.batches += 1;
+        if let Some(touched) = touched {
+            for (partition, teams) in touched {
+                crate::demo::print_live_balances(&shards.open[&partition], &teams)?;
+            }
+            self.clocks.last_balances = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Closes cycles by wall time if asked, publishes the outboxes; after a batch with
+    /// nothing applied, tells the changelog how far publishing got (a batch carries it
+    /// otherwise), so a next owner publishes none of it again.
+    fn publish(&mut self, shards: &mut Shards, applied: bool) -> anyhow::Result<()> {
+        let (close, producer) = (self.args.close_on_wall_clock, &self.producer);
+        publishing::publish(shards, close, producer, &mut self.backoff, &self.metrics)?;
         if !applied {
-            // Idle: what was published goes to the changelog now (a batch carries it
-            // otherwise), so a next owner publishes none of it again.
             for ledger in shards.open.values_mut() {
                 ledger.flush_replica()?;
             }
         }
-        let owned: Vec<i32> = shards.open.keys().copied().collect();
-        drop(shards);
-        let commit_started = Instant::now();
-        self.consumer.commit(&next)?;
+        Ok(())
+    }
+
+    /// Tells Kafka the next offsets (advisory: the ledgers hold the positions), and
+    /// times the batch.
+    fn commit(&mut self, next: &[(String, i32, i64)], started: Instant, published: Instant) -> anyhow::Result<()> {
+        let committing = Instant::now();
+        self.consumer.commit(next)?;
         if !next.is_empty() {
-            self.stats.publish_secs += (commit_started - publish_started).as_secs_f64();
-            self.stats.offsets_secs += commit_started.elapsed().as_secs_f64();
-            let secs = batch_started.elapsed().as_secs_f64();
+            let timings = &mut self.timings;
+            timings.publish_secs += (committing - published).as_secs_f64();
+            timings.offsets_secs += committing.elapsed().as_secs_f64();
+            let secs = started.elapsed().as_secs_f64();
             self.metrics.batch_seconds.observe(secs);
-            self.stats.batch_secs += secs;
-            let first = *clocks.first_record.get_or_insert(batch_started);
-            self.stats.first_to_last_secs = first.elapsed().as_secs_f64();
+            timings.batch_secs += secs;
+            let first = *self.clocks.first_record.get_or_insert(started);
+            timings.first_to_last_secs = first.elapsed().as_secs_f64();
         }
-        // Outside the batch's timings: requests waiting for the shards go first.
-        self.readers.let_in();
-        self.measure_lag();
-        let clocks = &mut self.clocks;
-        if clocks.last_report.elapsed() > Duration::from_secs(10) {
-            info!(stats = ?self.stats, partitions = ?owned, "Progress.");
-            clocks.last_report = Instant::now();
-        }
-        Ok(idle)
+        Ok(())
     }
 }
 
@@ -388,19 +432,19 @@ impl Service {
 }
 
 /// The closing line (the bench reads its figures).
-fn report_stop(stats: &Stats, waiting: usize) {
+fn report_stop(timings: &Timings, metrics: &crate::metrics::Metrics, waiting: usize) {
     eprintln!(
         "usage-ledger: stopped after {} records ({} appended, {} duplicates, {} dead letters, {waiting} refunds waiting for their image); {:.2} s applying batches, {:.2} s from the first record to the last; {} batches: {:.2} s in the ledger, {:.2} s publishing, {:.2} s committing offsets",
-        stats.records,
-        stats.appended,
-        stats.duplicates,
-        stats.dead_letters,
-        stats.batch_secs,
-        stats.first_to_last_secs,
-        stats.batches,
-        stats.ledger_secs,
-        stats.publish_secs,
-        stats.offsets_secs
+        metrics.records.get(),
+        metrics.appended.get(),
+        metrics.duplicates.get(),
+        metrics.dead_letters(),
+        timings.batch_secs,
+        timings.first_to_last_secs,
+        timings.batches,
+        timings.ledger_secs,
+        timings.publish_secs,
+        timings.offsets_secs
     );
 }
 

@@ -11,7 +11,7 @@ use ledger_store::{InputPosition, Ledger, OutboxKind, OutboxMsg, Outcome, Source
 use tracing::{debug, warn};
 
 use super::ownership::Shards;
-use super::Stats;
+use crate::metrics::Metrics;
 
 /// Applies a polled batch, one commit per partition ledger; the commits are written and
 /// flushed side by side, and all are durable when this returns `Ok`.
@@ -20,9 +20,7 @@ pub(super) fn apply(
     records: Vec<Record>,
     window: Window,
     input_partitions: i32,
-    show_balances: bool,
-    stats: &mut Stats,
-    metrics: &crate::metrics::Metrics,
+    metrics: &Metrics,
 ) -> anyhow::Result<()> {
     let parts = by_partition(records);
     let committing = std::time::Instant::now();
@@ -31,16 +29,13 @@ pub(super) fn apply(
             .open
             .get_mut(partition)
             .with_context(|| format!("records of partition {partition} arrived, its ledger is not open"))?;
-        process(ledger, records, Checks { window, input_partitions }, stats, metrics)?;
+        process(ledger, records, Checks { window, input_partitions }, metrics)?;
     }
     for (partition, records) in &parts {
         let ledger = shards.open.get_mut(partition).expect("applied above");
         ledger.wait_durable()?;
         metrics.commit_seconds.observe(committing.elapsed().as_secs_f64());
         debug!(partition, records = records.len(), first_offset = records[0].offset, "Batch applied.");
-        if show_balances {
-            crate::demo::print_live_balances(ledger, records)?;
-        }
     }
     Ok(())
 }
@@ -63,12 +58,54 @@ pub(super) fn next_offsets(records: &[Record]) -> Vec<(String, i32, i64)> {
     next.into_iter().map(|((t, p), n)| (t, p, n)).collect()
 }
 
-/// The dead letter of a record the rules refused: `reason.code` as the contract names
-/// it, and `reason.cause`, the specific rule.
-fn rejected(r: &Record, reject: &Reject, who: Option<(&str, &str)>) -> OutboxMsg {
-    let mut msg = dead_letter(r, reject.code.code(), &reject.detail, who);
-    msg.headers.push(("reason.cause".to_string(), reject.code.cause().to_string()));
-    msg
+/// A batch's dead letters, each counted under its reason code as it is made.
+pub(super) struct DeadLetters<'m> {
+    metrics: &'m Metrics,
+    msgs: Vec<OutboxMsg>,
+}
+
+impl<'m> DeadLetters<'m> {
+    pub fn new(metrics: &'m Metrics) -> DeadLetters<'m> {
+        DeadLetters { metrics, msgs: Vec::new() }
+    }
+
+    /// The dead letter of `r`, for `code` (the contract's `reason.code`).
+    fn add(&mut self, r: &Record, code: &str, reason: &str, who: Option<(&str, &str)>) {
+        self.metrics.dead_lettered(code);
+        self.msgs.push(dead_letter(r, code, reason, who));
+    }
+
+    /// The dead letter of a record the rules refused: `reason.code` as the contract
+    /// names it, and `reason.cause`, the specific rule.
+    fn rejected(&mut self, r: &Record, reject: &Reject, who: Option<(&str, &str)>) {
+        self.add(r, reject.code.code(), &reject.detail, who);
+        let msg = self.msgs.last_mut().expect("just added");
+        msg.headers.push(("reason.cause".to_string(), reject.code.cause().to_string()));
+    }
+
+    /// Dead letters for parked refunds a batch rejected after all (given up, or refused
+    /// once their event arrived): the record is rebuilt from the parked event and its
+    /// source.
+    pub fn settled(&mut self, settled: &[(ledger_store::Parked, Outcome)]) {
+        for (p, outcome) in settled {
+            let Outcome::Rejected(reject) = outcome else { continue };
+            let (topic, partition) = p.stream.as_deref().and_then(|s| s.rsplit_once('/')).unwrap_or((ACCOUNTS, "0"));
+            let record = Record {
+                topic: topic.to_string(),
+                partition: partition.parse().unwrap_or_default(),
+                offset: p.offset as i64,
+                timestamp: None,
+                key: Some(p.event.team_id.as_str().as_bytes().to_vec()),
+                payload: ledger_proto::encode_event(&Event::Account(p.event.clone())),
+                headers: Vec::new(),
+            };
+            self.rejected(&record, reject, Some((p.event.team_id.as_str(), p.event.event_id.as_str())));
+        }
+    }
+
+    pub fn into_msgs(self) -> Vec<OutboxMsg> {
+        self.msgs
+    }
 }
 
 /// A dead letter carries a record whole up to this size; past it, a prefix of
@@ -119,29 +156,6 @@ fn dead_letter(r: &Record, code: &str, reason: &str, who: Option<(&str, &str)>) 
     }
 }
 
-/// Dead letters for parked refunds a batch rejected after all (given up, or refused once
-/// their event arrived): the record is rebuilt from the parked event and its source.
-pub(super) fn settled_dead_letters(settled: &[(ledger_store::Parked, Outcome)]) -> Vec<OutboxMsg> {
-    settled
-        .iter()
-        .filter_map(|(p, outcome)| {
-            let Outcome::Rejected(reject) = outcome else { return None };
-            let (topic, partition) = p.stream.as_deref().and_then(|s| s.rsplit_once('/')).unwrap_or((ACCOUNTS, "0"));
-            let record = Record {
-                topic: topic.to_string(),
-                partition: partition.parse().unwrap_or_default(),
-                offset: p.offset as i64,
-                timestamp: None,
-                key: Some(p.event.team_id.as_str().as_bytes().to_vec()),
-                payload: ledger_proto::encode_event(&Event::Account(p.event.clone())),
-                headers: Vec::new(),
-            };
-            let who = Some((p.event.team_id.as_str(), p.event.event_id.as_str()));
-            Some(rejected(&record, reject, who))
-        })
-        .collect()
-}
-
 /// A record's event, validated: decoded by its topic, keyed by its team, dated inside
 /// the window.
 fn decode(r: &Record, window: &Window) -> Result<Event, Invalid> {
@@ -186,16 +200,10 @@ fn misplaced(r: &Record, partitions: i32) -> Option<i32> {
     (expected != r.partition).then_some(expected)
 }
 
-fn process(
-    ledger: &mut Ledger,
-    records: &[Record],
-    checks: Checks,
-    stats: &mut Stats,
-    metrics: &crate::metrics::Metrics,
-) -> anyhow::Result<()> {
-    stats.records += records.len() as u64;
+fn process(ledger: &mut Ledger, records: &[Record], checks: Checks, metrics: &Metrics) -> anyhow::Result<()> {
     metrics.records.inc_by(records.len() as u64);
-    let Sorted { submissions, origin, mut dead, positions } = sort(ledger, records, &checks)?;
+    let mut dead = DeadLetters::new(metrics);
+    let Sorted { submissions, origin, positions } = sort(ledger, records, &checks, &mut dead)?;
     let who: Vec<(String, String)> =
         submissions.iter().map(|s| (s.event.team_id().to_string(), s.event.event_id().to_string())).collect();
     let report = ledger.submit_batch_with_deferred(submissions, &positions, |outcomes, settled| {
@@ -203,30 +211,23 @@ fn process(
             let r = &records[origin[k]];
             let who = Some((who[k].0.as_str(), who[k].1.as_str()));
             match outcome {
-                Outcome::Rejected(reject) => dead.push(rejected(r, reject, who)),
+                Outcome::Rejected(reject) => dead.rejected(r, reject, who),
                 Outcome::Conflict { team, seq } => {
                     let reason = format!("event id already used by team {team} seq {seq} with other content");
-                    dead.push(dead_letter(r, "conflict", &reason, who));
+                    dead.add(r, "conflict", &reason, who);
                 }
                 Outcome::Appended { .. } | Outcome::Duplicate { .. } | Outcome::Parked => {}
             }
         }
-        dead.extend(settled_dead_letters(settled));
-        for msg in &dead {
-            let reason = msg.headers.iter().find(|(k, _)| k == "reason.code").map_or("", |(_, v)| v.as_str());
-            metrics.dead_letters.get_or_create(&crate::metrics::Reason { reason: reason.to_string() }).inc();
-        }
-        stats.dead_letters += dead.len() as u64;
-        dead
+        dead.settled(settled);
+        dead.into_msgs()
     })?;
     for outcome in report.outcomes.iter().chain(report.settled.iter().map(|(_, o)| o)) {
         match outcome {
             Outcome::Appended { .. } => {
-                stats.appended += 1;
                 metrics.appended.inc();
             }
             Outcome::Duplicate { .. } => {
-                stats.duplicates += 1;
                 metrics.duplicates.inc();
             }
             _ => {}
@@ -241,16 +242,14 @@ fn process(
 struct Sorted {
     submissions: Vec<Submission>,
     origin: Vec<usize>,
-    dead: Vec<OutboxMsg>,
     positions: Vec<InputPosition>,
 }
 
 /// Skips records the ledger holds already, decodes the rest, and dead-letters what does
 /// not decode or sits in another partition than its key's.
-fn sort(ledger: &Ledger, records: &[Record], checks: &Checks) -> anyhow::Result<Sorted> {
+fn sort(ledger: &Ledger, records: &[Record], checks: &Checks, dead: &mut DeadLetters) -> anyhow::Result<Sorted> {
     let mut submissions = Vec::with_capacity(records.len());
     let mut origin = Vec::with_capacity(records.len());
-    let mut dead = Vec::new();
     // Each stream's last record: the position is past it, and its fingerprint says which
     // log the position is in.
     let mut last: HashMap<String, &Record> = HashMap::new();
@@ -270,24 +269,19 @@ fn sort(ledger: &Ledger, records: &[Record], checks: &Checks) -> anyhow::Result<
                     checks.input_partitions,
                     r.partition
                 );
-                dead.push(dead_letter(
-                    r,
-                    "wrong_partition",
-                    &reason,
-                    Some((event.team_id().as_str(), event.event_id().as_str())),
-                ));
+                dead.add(r, "wrong_partition", &reason, Some((event.team_id().as_str(), event.event_id().as_str())));
             }
             Ok(event) => {
                 submissions
                     .push(Submission { event, source: Source { stream: Some(stream), offset: r.offset as u64 } });
                 origin.push(i);
             }
-            Err(e) => dead.push(dead_letter(r, e.code(), &e.to_string(), None)),
+            Err(e) => dead.add(r, e.code(), &e.to_string(), None),
         }
     }
     let positions = last
         .into_iter()
         .map(|(source, r)| InputPosition { source, next: r.offset as u64 + 1, last: Some(r.fingerprint()) })
         .collect();
-    Ok(Sorted { submissions, origin, dead, positions })
+    Ok(Sorted { submissions, origin, positions })
 }

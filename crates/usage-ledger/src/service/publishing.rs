@@ -10,8 +10,7 @@ use ledger_store::{OutboxKind, OutboxMsg, Store};
 use tracing::{error, warn};
 
 use super::ownership::Shards;
-use super::pipeline::settled_dead_letters;
-use super::Stats;
+use super::pipeline::DeadLetters;
 
 /// When publishing may next be tried after a transient failure.
 #[derive(Debug)]
@@ -48,13 +47,15 @@ pub(super) fn publish(
     close_on_wall_clock: bool,
     producer: &Producer,
     backoff: &mut Backoff,
-    stats: &mut Stats,
     metrics: &crate::metrics::Metrics,
 ) -> anyhow::Result<()> {
     for ledger in shards.open.values_mut() {
         if close_on_wall_clock {
-            let report = ledger.close_until_with(chrono::Utc::now(), settled_dead_letters)?;
-            stats.dead_letters += report.settled.len() as u64;
+            ledger.close_until_with(chrono::Utc::now(), |settled| {
+                let mut dead = DeadLetters::new(metrics);
+                dead.settled(settled);
+                dead.into_msgs()
+            })?;
         }
     }
     if !backoff.ready() {
@@ -63,7 +64,6 @@ pub(super) fn publish(
     let mut retry = false;
     for ledger in shards.open.values() {
         let round = publish_outbox(ledger.store(), producer)?;
-        stats.published += round.sent;
         metrics.published.inc_by(round.sent);
         metrics.outbox_failed.inc_by(round.failed);
         for (kind, n) in &round.by_kind {
