@@ -77,6 +77,7 @@ pub fn run(
         println!("ack {n}");
     }
     reader.join().expect("the parsing thread does not panic")?;
+    ledger.close().context("spilling the index on close; every batch is durable")?;
     progress.finish_and_clear();
     Ok(report(&tally, started.elapsed().as_secs_f64(), ledger.parked()))
 }

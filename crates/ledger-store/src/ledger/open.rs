@@ -76,12 +76,24 @@ impl Ledger {
     pub fn open(store: Store) -> Result<Ledger> {
         let catalog = store.catalog()?;
         let started = std::time::Instant::now();
-        let index = Index::load(&store)?;
-        let (folded, mut accs) = store.fold_resumed(
-            &catalog,
-            |acc: &mut OpenAcc, team, counts| acc.resume(team, counts),
-            |acc: &mut OpenAcc, team, stored, entry, effects| acc.visit(&store.tree, team.id(), stored, entry, effects),
-        )?;
+        // The index (events after its last spill) loads beside the teams' fold: they
+        // read different tables.
+        let (index, fold) = std::thread::scope(|s| {
+            let index = s.spawn(|| {
+                let started = std::time::Instant::now();
+                Index::load(&store).map(|index| (index, started.elapsed()))
+            });
+            let fold = store.fold_resumed(
+                &catalog,
+                |acc: &mut OpenAcc, team, counts| acc.resume(team, counts),
+                |acc: &mut OpenAcc, team, stored, entry, effects| {
+                    acc.visit(&store.tree, team.id(), stored, entry, effects)
+                },
+            );
+            (index.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)), fold)
+        });
+        let (index, index_took) = index?;
+        let (folded, mut accs) = fold?;
         let (n, resumed) = accs.iter().fold((0, 0), |(n, r), a| (n + a.folded, r + a.resumed));
         let projections = ProjectionCheck::merge(accs.iter_mut().map(|a| std::mem::take(&mut a.projections)));
         let marks: HashMap<TeamId, Marks> = accs.into_iter().flat_map(|a| a.marks).collect();
@@ -108,6 +120,7 @@ impl Ledger {
             entries = n + resumed,
             folded = n,
             teams = teams.len(),
+            index_ms = index_took.as_millis() as u64,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "Folded the ledger."
         );

@@ -188,6 +188,7 @@ fn shut_down(
     let waiting: usize = shards.lock().expect("not poisoned").open.values().map(Ledger::parked).sum();
     for ledger in shards.lock().expect("not poisoned").open.values_mut() {
         ledger.flush_replica()?;
+        ledger.close()?;
     }
     if let Some(handle) = standby {
         let _ = handle.join();
