@@ -5,10 +5,11 @@ use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use crate::catalog::{Catalog, PlanRule};
+use crate::catalog::Catalog;
 use crate::event::{AccountChange, AccountEvent, Event, ImageProcessed, Plan, PlanTerms};
 use crate::ids::{EventId, TeamId};
 use crate::money::{fmt_cents, round_cents};
+use crate::plans::Advised;
 use crate::report::{fmt_time, per_image};
 use crate::team::Team;
 use crate::timeline::calendar::cycle_start;
@@ -49,16 +50,17 @@ pub fn candidates(catalog: &Catalog, at: DateTime<Utc>, busiest_value: Decimal) 
     let Some(version) = catalog.version_at(at) else { return Vec::new() };
     let mut out = Vec::new();
     for plan in Plan::ALL {
-        match version.plan(plan) {
-            Some(PlanRule::Bucket { step_images, step_price, .. }) => {
+        let Some(rule) = version.plan(plan) else { continue };
+        match rule.advised() {
+            Advised::Buckets { step_images, step_price } => {
                 let covering = (busiest_value / step_price).ceil();
                 let steps = u64::try_from(covering).unwrap_or(1).max(1);
                 for k in sizes(steps) {
                     out.push(PlanTerms { plan, bucket_images: k * step_images, upgrade_policy: None });
                 }
             }
-            Some(PlanRule::Partner { .. }) => out.push(PlanTerms { plan, bucket_images: 0, upgrade_policy: None }),
-            _ => {}
+            Advised::AsIs => out.push(PlanTerms { plan, bucket_images: 0, upgrade_policy: None }),
+            Advised::Not => {}
         }
     }
     out

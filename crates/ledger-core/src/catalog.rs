@@ -144,45 +144,7 @@ impl Catalog {
             }
             for (name, rule) in &v.plans {
                 let plan = Plan::from_key(name).ok_or_else(|| bad(&format!("unknown plan {name}")))?;
-                match rule {
-                    PlanRule::Bucket { step_images, step_price, api, .. }
-                        if !plan.has_bucket() || *step_images == 0 || *step_price <= Decimal::ZERO || api.is_app() =>
-                    {
-                        return Err(bad(&format!(
-                            "plan {name}: bucket needs a bucket plan, an API and positive steps"
-                        )));
-                    }
-                    PlanRule::Trial { api, .. } if api.is_app() => {
-                        return Err(bad(&format!("plan {name}: trial allowance must be an API")));
-                    }
-                    PlanRule::Partner { remove_background_rate, .. } if *remove_background_rate <= Decimal::ZERO => {
-                        return Err(bad(&format!("plan {name}: partner rate must be positive")));
-                    }
-                    PlanRule::Credits { image_rate, .. }
-                        if plan != Plan::ApiCredits || *image_rate <= Decimal::ZERO =>
-                    {
-                        return Err(bad(&format!("plan {name}: credits need plan api_credits and a positive rate")));
-                    }
-                    PlanRule::App { prices, min_seats, .. }
-                        if !plan.is_app()
-                            || *min_seats == 0
-                            || [prices.weekly, prices.monthly, prices.yearly].iter().all(Option::is_none)
-                            || [prices.weekly, prices.monthly, prices.yearly]
-                                .iter()
-                                .flatten()
-                                .any(|p| *p < Decimal::ZERO) =>
-                    {
-                        return Err(bad(&format!("plan {name}: app plans need an app_* plan, a price, seats ≥ 1")));
-                    }
-                    PlanRule::Enterprise { term_months, .. }
-                        if plan != Plan::ApiEnterprise || term_months.is_empty() || term_months.contains(&0) =>
-                    {
-                        return Err(bad(&format!(
-                            "plan {name}: enterprise needs plan api_enterprise and terms ≥ 1 month"
-                        )));
-                    }
-                    _ => {}
-                }
+                rule.check_rule(name, plan).map_err(|reason| bad(&reason))?;
             }
         }
         Ok(())
@@ -215,13 +177,7 @@ impl Version {
     /// What a team on `terms` pays per image of `api`: the list rate, except the
     /// partner's own background-removal rate and the legacy credit rate.
     pub fn rate_for(&self, terms: &PlanTerms, api: Api) -> Option<Decimal> {
-        match (self.plan(terms.plan), api) {
-            (Some(PlanRule::Partner { remove_background_rate, .. }), Api::RemoveBackground) => {
-                Some(*remove_background_rate)
-            }
-            (Some(PlanRule::Credits { image_rate, .. }), api) if !api.is_app() => Some(*image_rate),
-            _ => self.rate(api),
-        }
+        self.plan(terms.plan).and_then(|rule| rule.own_rate(api)).or_else(|| self.rate(api))
     }
 
     /// The same version with at most some plans added: every field and every plan of
@@ -240,24 +196,9 @@ impl Version {
             && plans.iter().all(|(name, rule)| self.plans.get(name) == Some(rule))
     }
 
-    /// The legacy credits rule, if this version carries one.
-    pub fn credits(&self) -> Option<(Decimal, bool, DateTime<Utc>)> {
-        match self.plan(Plan::ApiCredits) {
-            Some(PlanRule::Credits { image_rate, purchasable, expires_at, .. }) => {
-                Some((*image_rate, *purchasable, *expires_at))
-            }
-            _ => None,
-        }
-    }
-
     /// The prepaid price of `terms` for one cycle: what decides upgrade vs downgrade.
     pub fn price(&self, terms: &PlanTerms) -> Decimal {
-        match self.plan(terms.plan) {
-            Some(PlanRule::Bucket { step_images, step_price, .. }) => {
-                *step_price * Decimal::from(terms.bucket_images / step_images)
-            }
-            _ => Decimal::ZERO,
-        }
+        self.plan(terms.plan).map_or(Decimal::ZERO, |rule| rule.prepaid_price(terms.bucket_images))
     }
 }
 

@@ -53,6 +53,8 @@ pub enum Plan {
 }
 
 impl Plan {
+    /// Every plan, for lookups by key. Not checked by the compiler: a new plan is added
+    /// here by hand (left out, `from_key` refuses it). Its family is `Plan::family`.
     pub const ALL: [Plan; 11] = [
         Plan::ApiFreeTrial,
         Plan::ApiBasic,
@@ -85,16 +87,6 @@ impl Plan {
 
     pub fn from_key(s: &str) -> Option<Plan> {
         Plan::ALL.into_iter().find(|p| p.key() == s)
-    }
-
-    /// Plans sold as prepaid buckets in steps of 1,000 images.
-    pub fn has_bucket(self) -> bool {
-        matches!(self, Plan::ApiBasic | Plan::ApiPlus)
-    }
-
-    /// The app track's subscriptions (`app_*`).
-    pub fn is_app(self) -> bool {
-        matches!(self, Plan::AppFree | Plan::AppPro | Plan::AppMax | Plan::AppUltra | Plan::AppTeams)
     }
 }
 
@@ -199,30 +191,16 @@ pub enum AccountChange {
 
 impl AccountChange {
     /// True for the changes that shape the plan timeline (start, change, cancel, contract).
+    /// (The family's own decisions on them, `rules_matter` among them, are in `plans`.)
     pub fn is_plan_change(&self) -> bool {
-        matches!(
-            self,
-            AccountChange::PlanStarted(_)
-                | AccountChange::PlanChanged(_)
-                | AccountChange::PlanCancelled
-                | AccountChange::ContractSigned(_)
-                | AccountChange::AppPlanStarted(..)
-                | AccountChange::AppPlanChanged(..)
-        )
-    }
-
-    /// True for the plans the billing rule sets price differently (`timeline::Rules`): a
-    /// weekly app subscription, legacy credits.
-    pub fn rules_matter(&self) -> bool {
         match self {
-            AccountChange::AppPlanStarted(_, o) | AccountChange::AppPlanChanged(_, o) => {
-                o.interval == BillingInterval::Weekly
-            }
-            AccountChange::PlanStarted(t) | AccountChange::PlanChanged(t) => t.plan == Plan::ApiCredits,
-            AccountChange::PlanCancelled
+            AccountChange::PlanStarted(_)
+            | AccountChange::PlanChanged(_)
+            | AccountChange::PlanCancelled
             | AccountChange::ContractSigned(_)
-            | AccountChange::QualityRefund { .. }
-            | AccountChange::CreditsPurchased { .. } => false,
+            | AccountChange::AppPlanStarted(..)
+            | AccountChange::AppPlanChanged(..) => true,
+            AccountChange::QualityRefund { .. } | AccountChange::CreditsPurchased { .. } => false,
         }
     }
 }

@@ -152,7 +152,7 @@ impl CycleFigures {
     /// contract allotment at the fee paid per committed image.
     pub fn forfeited(&self) -> Decimal {
         let buckets: Decimal =
-            self.gens.iter().filter(|g| matches!(g.allowance, Allowance::Bucket { .. })).map(GenFigures::unused).sum();
+            self.gens.iter().filter(|g| g.allowance.forfeits_unused_value()).map(GenFigures::unused).sum();
         buckets + self.contract.as_ref().map_or(Decimal::ZERO, ContractFigures::forfeited_value)
     }
 }
@@ -205,14 +205,12 @@ impl<'a> Walk<'a> {
     ) -> Walk<'a> {
         let draws = Draws {
             credits: CreditWalk::new(credits, spec),
-            contract: spec.gens.iter().find_map(|g| match &g.allowance {
-                Allowance::Contract(m) => Some(ContractFigures::new(m, contract)),
-                _ => None,
-            }),
-            app: spec.gens.iter().find_map(|g| match &g.allowance {
-                Allowance::App(m) => Some(AppFigures::new(m, top_ups)),
-                _ => None,
-            }),
+            contract: spec
+                .gens
+                .iter()
+                .find_map(|g| g.allowance.contract_month())
+                .map(|m| ContractFigures::new(m, contract)),
+            app: spec.gens.iter().find_map(|g| g.allowance.app_month()).map(|m| AppFigures::new(m, top_ups)),
         };
         let out = CycleFigures {
             gens: spec.gens.iter().map(GenFigures::new).collect(),

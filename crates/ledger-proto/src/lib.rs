@@ -354,7 +354,12 @@ fn app_options(terms: &PlanTerms, interval: &str, seats: u32) -> Result<Option<A
 fn plan_fields(t: &PlanTerms, change: &AccountChange) -> (String, u64, String, String, u32) {
     let (interval, seats) = match change {
         AccountChange::AppPlanStarted(_, o) | AccountChange::AppPlanChanged(_, o) => (o.interval.key().into(), o.seats),
-        _ => (String::new(), 0),
+        AccountChange::PlanStarted(_)
+        | AccountChange::PlanChanged(_)
+        | AccountChange::PlanCancelled
+        | AccountChange::QualityRefund { .. }
+        | AccountChange::CreditsPurchased { .. }
+        | AccountChange::ContractSigned(_) => (String::new(), 0),
     };
     (t.plan.key().into(), t.bucket_images, policy_key(t.upgrade_policy), interval, seats)
 }

@@ -135,7 +135,7 @@ pub(crate) fn upgrade(
     at: DateTime<Utc>,
 ) -> bool {
     let gen = a.cycle.gens.last().expect("a cycle has a generation");
-    let Allowance::App(month) = &gen.allowance else { return false };
+    let Some(month) = gen.allowance.app_month() else { return false };
     let old_fee = fee(version, gen.terms.plan, month.options.interval, month.options.seats);
     let new_fee = fee(version, terms.plan, interval, seats);
     let (Some(old_fee), Some(new_fee)) = (old_fee, new_fee) else { return false };
@@ -428,7 +428,7 @@ pub struct Summary {
 /// Exports and AI credits, for an app cycle.
 pub fn summaries(figures: &CycleFigures) -> Vec<Summary> {
     let Some(a) = figures.app.as_ref() else { return Vec::new() };
-    if !figures.gens.iter().any(|g| matches!(g.allowance, Allowance::App(_))) {
+    if !figures.gens.iter().any(|g| g.allowance.app_month().is_some()) {
         return Vec::new();
     }
     vec![

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
-use crate::catalog::Version;
-use crate::event::Api;
+use crate::catalog::{PlanRule, Version};
+use crate::event::{Api, Plan};
 use crate::figures::{CycleFigures, Draws, GenFigures, Purchase, UsageRec};
 use crate::ids::EventId;
 use crate::plans::{Allowance, Meter, MeterInput, MeterKind, Usage};
@@ -114,6 +114,20 @@ impl<'a> CreditWalk<'a> {
 pub(crate) fn draw(g: &mut GenFigures, draws: &mut Draws<'_>, usage: Usage<'_>) -> Decimal {
     let credits = draws.credits.draw(usage.rec);
     g.cover(usage.value, usage.rate * Decimal::from(credits))
+}
+
+impl Version {
+    /// The legacy credits rule, if this version carries one: the credit rate, whether it
+    /// is sold, when credits expire. (A lookup of the credits family's own rule, so it
+    /// lives with the family.)
+    pub fn credits(&self) -> Option<(Decimal, bool, DateTime<Utc>)> {
+        match self.plan(Plan::ApiCredits) {
+            Some(PlanRule::Credits { image_rate, purchasable, expires_at, .. }) => {
+                Some((*image_rate, *purchasable, *expires_at))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Whether images past the credits are billed at the catalog's rate for their API

@@ -1,10 +1,13 @@
 //! The plan families, one module each (checks, cycle opening, draw-down, meters, invoice
-//! lines and summary), and the only exhaustive matches over them: adding a family means
-//! a variant here, its module, and a rule in the catalog.
+//! lines and summary), and every decision by family as an exhaustive match: here over
+//! `Allowance` (what a generation is worth), in `family` over `Family`, `Plan` and
+//! `PlanRule`. Adding a family means a variant in each, its module, and a rule in the
+//! catalog; the compiler then lists every decision to take for it (ARCHITECTURE.md).
 pub mod app;
 pub mod bucket;
 pub mod contract;
 pub mod credits;
+pub mod family;
 pub mod partner;
 pub mod trial;
 
@@ -21,6 +24,7 @@ use crate::timeline::{cycle_of, version_in_force, CycleSpec, Rules, Violation};
 
 pub use app::AppMonth;
 pub use contract::ContractMonth;
+pub use family::{Advised, Family, StartedBy};
 
 /// What an allowance is worth in one bucket generation.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -90,7 +94,35 @@ impl Allowance {
     /// bills nothing.
     pub fn billed_rate(&self, version: &Version, terms: &PlanTerms, api: Api) -> Option<Decimal> {
         let rate = self.rate(version, terms, api)?;
-        Some(if matches!(self, Allowance::Trial { .. }) { Decimal::ZERO } else { rate })
+        Some(if self.is_free() { Decimal::ZERO } else { rate })
+    }
+
+    /// Whether usage under the allowance is free: a trial's is recorded, never billed
+    /// (refunds and late usage price it 0). App events are already rated 0 by `rate`.
+    pub fn is_free(&self) -> bool {
+        match self {
+            Allowance::Trial { .. } => true,
+            Allowance::Bucket { .. }
+            | Allowance::Partner { .. }
+            | Allowance::Credits { .. }
+            | Allowance::Contract(_)
+            | Allowance::App(_) => false,
+        }
+    }
+
+    /// Whether the allowance's unused value (`value()` less what usage covered) is
+    /// forfeited at the cycle's end: a bucket's is (no rollover); a trial is free; the
+    /// other families meter in units (a contract forfeits allotment images,
+    /// `ContractFigures::forfeited_value`).
+    pub fn forfeits_unused_value(&self) -> bool {
+        match self {
+            Allowance::Bucket { .. } => true,
+            Allowance::Trial { .. }
+            | Allowance::Partner { .. }
+            | Allowance::Credits { .. }
+            | Allowance::Contract(_)
+            | Allowance::App(_) => false,
+        }
     }
 
     /// The value of a bucket or trial allowance; the other families meter in units.
@@ -148,6 +180,97 @@ impl Allowance {
         }
     }
 
+    /// The contract month, for a generation of a contract term.
+    pub fn contract_month(&self) -> Option<&ContractMonth> {
+        match self {
+            Allowance::Contract(m) => Some(m),
+            Allowance::Bucket { .. }
+            | Allowance::Trial { .. }
+            | Allowance::Partner { .. }
+            | Allowance::Credits { .. }
+            | Allowance::App(_) => None,
+        }
+    }
+
+    /// The app subscription month, for a generation of an app subscription.
+    pub fn app_month(&self) -> Option<&AppMonth> {
+        match self {
+            Allowance::App(m) => Some(m),
+            Allowance::Bucket { .. }
+            | Allowance::Trial { .. }
+            | Allowance::Partner { .. }
+            | Allowance::Credits { .. }
+            | Allowance::Contract(_) => None,
+        }
+    }
+
+    /// What credits bought now would be: top-ups on an app month, legacy credits on the
+    /// credits plan; the other families sell none.
+    pub(crate) fn purchasable(&self) -> Option<Purchasable<'_>> {
+        match self {
+            Allowance::App(m) => Some(Purchasable::TopUps(m)),
+            Allowance::Credits { .. } => Some(Purchasable::Credits),
+            Allowance::Bucket { .. } | Allowance::Trial { .. } | Allowance::Partner { .. } | Allowance::Contract(_) => {
+                None
+            }
+        }
+    }
+
+    /// What a generation had available beside its own allowance, from what crossed
+    /// cycles and was bought: legacy `credits`, an app month's AI credits with its
+    /// `top_ups`, a contract month's allotment (with the rollover in `carry`) and the
+    /// term's usage before it. Asked only where `carries_over`.
+    pub(crate) fn available(
+        &self,
+        used: MeterInput,
+        credits: u64,
+        top_ups: u64,
+        carry: contract::ContractCarry,
+    ) -> MeterInput {
+        match self {
+            Allowance::Credits { .. } => MeterInput { credits, ..used },
+            Allowance::App(m) => MeterInput { credits, ai_available: m.ai_credits + top_ups, ..used },
+            Allowance::Contract(m) => {
+                let month = contract::ContractFigures::new(m, carry);
+                MeterInput {
+                    credits,
+                    contract_available: month.available(),
+                    contract_used_before: month.used_before,
+                    ..used
+                }
+            }
+            Allowance::Bucket { .. } | Allowance::Trial { .. } | Allowance::Partner { .. } => used,
+        }
+    }
+
+    /// Whether a cycle of this allowance hands the next one a position even when nothing
+    /// was bought: a contract term's usage and rollover. Legacy credits and AI-credit
+    /// top-ups cross cycles only once bought (`carried_into` checks the purchases itself).
+    pub fn carries_without_purchases(&self) -> bool {
+        match self {
+            Allowance::Contract(_) => true,
+            Allowance::Bucket { .. }
+            | Allowance::Trial { .. }
+            | Allowance::Partner { .. }
+            | Allowance::Credits { .. }
+            | Allowance::App(_) => false,
+        }
+    }
+
+    /// Whether a refund after the close needs each record's credit draws: images past
+    /// the credits were billed at the catalog's rate, not the credit's (rules V2,
+    /// `past_at_list`).
+    pub fn keeps_credit_draws(&self) -> bool {
+        match self {
+            Allowance::Credits { past_at_list, .. } => *past_at_list,
+            Allowance::Bucket { .. }
+            | Allowance::Trial { .. }
+            | Allowance::Partner { .. }
+            | Allowance::Contract(_)
+            | Allowance::App(_) => false,
+        }
+    }
+
     /// The allowance's meters (what alerts fire on and the balance shows), in the order
     /// alerts are checked.
     pub fn meters(&self, m: &MeterInput) -> Vec<Meter> {
@@ -176,6 +299,15 @@ pub(crate) fn draw(g: &mut GenFigures, draws: &mut Draws<'_>, usage: Usage<'_>) 
             Decimal::ZERO
         }
     }
+}
+
+/// What a `CreditsPurchased` buys while a generation of an allowance is in force.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Purchasable<'a> {
+    /// AI-credit top-ups of an app month (`app::check_top_up`: whether its plan sells them).
+    TopUps(&'a AppMonth),
+    /// Legacy API credits (`credits::check_purchase`).
+    Credits,
 }
 
 /// One usage record as a generation draws it.
@@ -297,13 +429,14 @@ pub(crate) fn open_cycle(
 
 /// New subscriptions to a plan the version keeps only for existing holders are refused.
 pub fn check_sold(version: Option<&Version>, terms: &PlanTerms) -> Result<(), Reject> {
-    match version.and_then(|v| v.plan(terms.plan).map(|rule| (v, rule))) {
-        Some((v, PlanRule::Credits { purchasable: false, .. })) => Err(Reject::new(
-            RejectCode::PlanNotSold,
-            format!("plan {} is legacy in catalog version {}: no new subscriptions", terms.plan.key(), v.id),
-        )),
-        _ => Ok(()),
+    let Some((v, rule)) = version.and_then(|v| v.plan(terms.plan).map(|rule| (v, rule))) else { return Ok(()) };
+    if rule.sold() {
+        return Ok(());
     }
+    Err(Reject::new(
+        RejectCode::PlanNotSold,
+        format!("plan {} is legacy in catalog version {}: no new subscriptions", terms.plan.key(), v.id),
+    ))
 }
 
 /// How invoices name a plan: the catalog's label, or its key.

@@ -9,7 +9,6 @@ use crate::entry::{CreditsExpired, CycleClosed, Entry};
 use crate::figures::CycleFigures;
 use crate::plans::app::AppFigures;
 use crate::plans::contract::{ContractCarry, ContractFigures};
-use crate::plans::Allowance;
 use crate::report::fmt_time;
 use crate::timeline::{self, RuleBook, Rules};
 
@@ -175,7 +174,7 @@ impl Team {
         let figures = self.cycle_figures(catalog, self.closed, None);
         self.carried = Carried::out_of(self.carried, &figures);
         let spec = &self.schedule[self.closed];
-        if spec.gens.iter().any(|g| matches!(g.allowance, Allowance::Credits { past_at_list: true, .. })) {
+        if spec.gens.iter().any(|g| g.allowance.keeps_credit_draws()) {
             let draws = figures.credits.as_ref().map(|c| c.draws.as_slice()).unwrap_or_default();
             self.credit_draws.extend(draws.iter().map(|(seq, n)| (*seq, u32::try_from(*n).expect("images are u32"))));
         }

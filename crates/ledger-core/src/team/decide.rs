@@ -8,7 +8,7 @@ use crate::catalog::Catalog;
 use crate::entry::{Entry, RefundTarget};
 use crate::event::{AccountChange, Api, Event};
 use crate::ids::EventId;
-use crate::plans::{app, credits, Allowance};
+use crate::plans::{app, credits, Purchasable};
 use crate::reject::{Reject, RejectCode};
 use crate::report::fmt_time;
 use crate::timeline;
@@ -79,17 +79,19 @@ impl Team {
             let detail = format!("credit purchase at {} falls in a closed cycle", fmt_time(at));
             return Err(Reject::new(RejectCode::LateAccountChange, detail));
         }
-        if let Some(month) = self.app_month_at(at) {
-            return app::check_top_up(month, at);
-        }
-        let on_credits = self
-            .in_force(at)
-            .map(|(c, gen)| (matches!(gen.allowance, Allowance::Credits { .. }), &self.schedule[c].version_id));
-        let Some((true, version_id)) = on_credits else {
+        let no_plan = || {
             let detail = format!("no api_credits plan is active at {}", fmt_time(at));
-            return Err(Reject::new(RejectCode::NoCreditsPlan, detail));
+            Reject::new(RejectCode::NoCreditsPlan, detail)
         };
-        credits::check_purchase(catalog.version(version_id).expect("cycle version exists"), at)
+        let Some((c, gen)) = self.in_force(at) else { return Err(no_plan()) };
+        match gen.allowance.purchasable() {
+            Some(Purchasable::TopUps(month)) => app::check_top_up(month, at),
+            Some(Purchasable::Credits) => {
+                let version_id = &self.schedule[c].version_id;
+                credits::check_purchase(catalog.version(version_id).expect("cycle version exists"), at)
+            }
+            None => Err(no_plan()),
+        }
     }
 
     pub(super) fn check_refund(

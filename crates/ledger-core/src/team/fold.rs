@@ -8,6 +8,7 @@ use crate::catalog::Catalog;
 use crate::entry::{Entry, RefundTarget};
 use crate::event::{AccountChange, AccountEvent, Api, ImageProcessed};
 use crate::figures::{CarryKind, CarryLine, Purchase, UsageRec};
+use crate::plans::Purchasable;
 use crate::reject::Fault;
 use crate::timeline::Rules;
 
@@ -111,7 +112,11 @@ impl Team {
         let AccountChange::CreditsPurchased { credits, amount } = e.change else {
             return Err("purchase entry without CreditsPurchased".into());
         };
-        if self.app_month_at(e.occurred_at).is_some() {
+        let top_up = match self.in_force(e.occurred_at).and_then(|(_, g)| g.allowance.purchasable()) {
+            Some(Purchasable::TopUps(_)) => true,
+            Some(Purchasable::Credits) | None => false,
+        };
+        if top_up {
             // An AI-credit top-up: kept until used (no expiry).
             let top_up = Purchase {
                 seq,

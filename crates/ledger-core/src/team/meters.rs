@@ -9,8 +9,7 @@ use super::Team;
 use crate::catalog::Catalog;
 use crate::ids::EventId;
 use crate::money::fmt_exact;
-use crate::plans::contract::ContractFigures;
-use crate::plans::{Allowance, MeterInput, MeterKind};
+use crate::plans::{MeterInput, MeterKind};
 use crate::report::{fmt_time, Alert};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -100,15 +99,11 @@ impl Team {
         let bought = |purchases: &[crate::figures::Purchase], upto: DateTime<Utc>| -> u64 {
             purchases.iter().filter(|p| spec.contains(p.at) && p.at <= upto).map(|p| p.credits).sum()
         };
-        let mut input =
-            MeterInput { credits: carried.credits + bought(&self.purchases, DateTime::<Utc>::MAX_UTC), ..used };
-        if let Allowance::App(m) = allowance {
-            input.ai_available = m.ai_credits + carried.top_ups + bought(&self.top_ups, at);
-        }
-        if let Allowance::Contract(m) = allowance {
-            let month = ContractFigures::new(m, carried.contract);
-            (input.contract_available, input.contract_used_before) = (month.available(), month.used_before);
-        }
-        input
+        allowance.available(
+            used,
+            carried.credits + bought(&self.purchases, DateTime::<Utc>::MAX_UTC),
+            carried.top_ups + bought(&self.top_ups, at),
+            carried.contract,
+        )
     }
 }

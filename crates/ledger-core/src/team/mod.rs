@@ -18,7 +18,7 @@ use crate::entry::{Entry, RefundTarget};
 use crate::event::{AccountEvent, Api, Event};
 use crate::figures::{CarryLine, Purchase, UsageRec};
 use crate::ids::{EventId, TeamId};
-use crate::plans::{AppMonth, Meter, MeterInput};
+use crate::plans::{Meter, MeterInput};
 use crate::report::{fmt_time, Alert, Invoice, Unplanned};
 use crate::timeline::{self, CycleSpec, Gen, RuleBook, Rules};
 
@@ -233,14 +233,6 @@ impl Team {
     /// Whether a plan in force at the record's time prices its API.
     fn priced(&self, catalog: &Catalog, rec: &UsageRec) -> bool {
         self.rate_in_force(catalog, rec.at, rec.api).is_some()
-    }
-
-    /// The app subscription month in force at `t`, if the team is on one.
-    fn app_month_at(&self, t: DateTime<Utc>) -> Option<&AppMonth> {
-        match &self.in_force(t)?.1.allowance {
-            crate::plans::Allowance::App(m) => Some(m),
-            _ => None,
-        }
     }
 
     fn ensure_horizon(&mut self, catalog: &Catalog, t: DateTime<Utc>) {

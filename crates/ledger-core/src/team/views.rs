@@ -10,7 +10,7 @@ use crate::figures::{self, CycleFigures, Purchase, UsageRec, Walk};
 use crate::money::fmt_exact;
 use crate::plans::app::TopUpInput;
 use crate::plans::credits::CreditInput;
-use crate::plans::{Allowance, Meter};
+use crate::plans::Meter;
 use crate::report::{
     self, fmt_time, AllowanceBalance, AllowanceForecast, Balance, CycleView, Exceptions, Forecast, Invoice,
     InvoiceInput, MeterSeries, SeriesPoint, Unplanned, UsageSeries,
@@ -26,14 +26,11 @@ impl Team {
 
     /// Credits left when open cycle `c` starts (the open cycles before it drew some).
     pub(super) fn carried_into(&self, catalog: &Catalog, c: usize) -> Carried {
-        let is_contract = |spec: &CycleSpec| spec.gens.iter().any(|g| matches!(g.allowance, Allowance::Contract(_)));
+        let carries = |spec: &CycleSpec| spec.gens.iter().any(|g| g.allowance.carries_without_purchases());
         if c == self.closed {
             return self.carried;
         }
-        if self.purchases.is_empty()
-            && self.top_ups.is_empty()
-            && !self.schedule[self.closed..c].iter().any(is_contract)
-        {
+        if self.purchases.is_empty() && self.top_ups.is_empty() && !self.schedule[self.closed..c].iter().any(carries) {
             return Carried::default();
         }
         (self.closed..c)

@@ -4,9 +4,9 @@ use chrono::{DateTime, Utc};
 
 use crate::catalog::Catalog;
 use crate::event::BillingInterval;
-use crate::event::{AccountChange, AccountEvent, AppOptions, ContractTerms, Plan, PlanTerms, UpgradePolicy};
+use crate::event::{AccountChange, AccountEvent, AppOptions, ContractTerms, PlanTerms, UpgradePolicy};
 use crate::ids::EventId;
-use crate::plans::{self, app, bucket, contract, AppMonth, ContractMonth};
+use crate::plans::{self, app, bucket, contract, AppMonth, ContractMonth, StartedBy};
 use crate::reject::{Reject, RejectCode};
 use crate::timeline::calendar::cycle_start;
 use crate::timeline::{CycleSpec, Rules, Violation};
@@ -59,7 +59,7 @@ impl Weekly {
     /// The weekly subscription the cycle ends on, if it is one.
     fn of(catalog: &Catalog, cycle: &CycleSpec) -> Option<Weekly> {
         let last = cycle.gens.last()?;
-        let plans::Allowance::App(m) = &last.allowance else { return None };
+        let m = last.allowance.app_month()?;
         let version = catalog.version(&cycle.version_id)?;
         let fee = app::fee(version, last.terms.plan, m.options.interval, m.options.seats)?;
         (m.options.interval == BillingInterval::Weekly).then_some(Weekly { since: m.since, fee })
@@ -197,19 +197,26 @@ fn apply_change(
     cancelled: Option<(Weekly, DateTime<Utc>)>,
 ) -> Result<(), Violation> {
     let refuse = |code, reason: String| Err(Violation::new(&e.event_id, Reject::new(code, reason)));
-    match (&e.change, active.as_mut()) {
-        (AccountChange::PlanStarted(terms) | AccountChange::PlanChanged(terms), _)
-            if terms.plan == Plan::ApiEnterprise =>
-        {
-            refuse(
-                RejectCode::ContractRequired,
-                "api_enterprise starts with a ContractSigned carrying its terms".into(),
-            )
+    // Plans that come with their own terms are not started or changed to by a plain
+    // plan event.
+    if let AccountChange::PlanStarted(terms) | AccountChange::PlanChanged(terms) = &e.change {
+        match terms.plan.family().started_by() {
+            StartedBy::PlanEvent => {}
+            StartedBy::ContractSigned => {
+                return refuse(
+                    RejectCode::ContractRequired,
+                    "api_enterprise starts with a ContractSigned carrying its terms".into(),
+                );
+            }
+            StartedBy::AppPlanEvent => {
+                return refuse(
+                    RejectCode::AppOptionsRequired,
+                    format!("app plan {} needs its billing interval and seats", terms.plan.key()),
+                );
+            }
         }
-        (AccountChange::PlanStarted(terms) | AccountChange::PlanChanged(terms), _) if terms.plan.is_app() => refuse(
-            RejectCode::AppOptionsRequired,
-            format!("app plan {} needs its billing interval and seats", terms.plan.key()),
-        ),
+    }
+    match (&e.change, active.as_mut()) {
         (AccountChange::PlanStarted(_) | AccountChange::AppPlanStarted(..), Some(_)) => {
             refuse(RejectCode::PlanAlreadyActive, "PlanStarted while a plan is active; use PlanChanged".into())
         }
@@ -263,7 +270,11 @@ fn start(
             let month = ContractMonth { terms: terms.clone(), term_start: anchor, term_end, month: 0 };
             (contract::open_cycle(catalog, anchor, first_end, month, cause)?, None)
         }
-        _ => return Ok(None),
+        AccountChange::PlanChanged(_)
+        | AccountChange::AppPlanChanged(..)
+        | AccountChange::PlanCancelled
+        | AccountChange::QualityRefund { .. }
+        | AccountChange::CreditsPurchased { .. } => return Ok(None),
     };
     let cycle = CycleSpec { rules, ..cycle };
     Ok(Some(Active { anchor, k: 0, policy, pending: None, cycle, last_event: e.event_id.clone() }))
@@ -304,7 +315,10 @@ fn change(a: &mut Active, e: &AccountEvent, catalog: &Catalog) -> Result<(), Vio
             }
         }
         AccountChange::PlanCancelled => a.pending = Some(Pending::Cancel),
-        _ => {}
+        AccountChange::PlanStarted(_)
+        | AccountChange::AppPlanStarted(..)
+        | AccountChange::QualityRefund { .. }
+        | AccountChange::CreditsPurchased { .. } => {}
     }
     Ok(())
 }
