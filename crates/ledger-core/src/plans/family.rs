@@ -6,8 +6,10 @@
 //! decision themselves.
 use rust_decimal::Decimal;
 
-use crate::catalog::PlanRule;
-use crate::event::{AccountChange, Api, BillingInterval, Plan};
+use crate::catalog::{PlanRule, Version};
+use crate::event::{AccountChange, Api, BillingInterval, Plan, PlanTerms};
+use crate::plans::bucket;
+use crate::timeline::Charge;
 
 /// A plan family: the kind of allowance a plan gives and how its cycles bill. Outside
 /// `plans/`, decide by family only through the exhaustive methods on `Family`,
@@ -156,7 +158,8 @@ impl PlanRule {
 
     /// What one cycle of the plan costs up front with `bucket_images`: a bucket's steps;
     /// nothing for the others (an app subscription's fee is `app::fee`, a contract's its
-    /// terms).
+    /// terms). A change to a plan priced above the current one is an upgrade that applies
+    /// at once (`bucket::upgrade`, from `timeline::derive`).
     pub fn prepaid_price(&self, bucket_images: u64) -> Decimal {
         match self {
             PlanRule::Bucket { step_images, step_price, .. } => {
@@ -167,6 +170,20 @@ impl PlanRule {
             | PlanRule::Credits { .. }
             | PlanRule::Enterprise { .. }
             | PlanRule::App { .. } => Decimal::ZERO,
+        }
+    }
+
+    /// The charge a cycle of the plan opens with, at `price` (`Version::price`): a
+    /// bucket's fee; nothing for the other families `open_cycle` opens (contracts and app
+    /// subscriptions open their own cycles, with their fees).
+    pub(crate) fn opening_fee(&self, version: &Version, terms: &PlanTerms, price: Decimal) -> Option<Charge> {
+        match self {
+            PlanRule::Bucket { .. } => bucket::fee(version, terms, price),
+            PlanRule::Trial { .. }
+            | PlanRule::Partner { .. }
+            | PlanRule::Credits { .. }
+            | PlanRule::Enterprise { .. }
+            | PlanRule::App { .. } => None,
         }
     }
 

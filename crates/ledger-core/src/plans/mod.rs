@@ -423,7 +423,8 @@ pub(crate) fn open_cycle(
     check_plan(version, &terms).map_err(|reject| Violation::new(cause, reject))?;
     let price = version.price(&terms);
     let allowance = Allowance::of_rule(version, &terms, price, rules);
-    let charges = bucket::fee(version, &terms, price).into_iter().collect();
+    let rule = version.plan(terms.plan).expect("checked plan");
+    let charges = rule.opening_fee(version, &terms, price).into_iter().collect();
     Ok(CycleSpec { rules, ..cycle_of(start, end, version, terms, allowance, charges) })
 }
 
