@@ -203,6 +203,6 @@ fn new_input_topics_with_the_same_count_and_more_records_stop_their_partition() 
     assert_eq!(stops.len(), 1, "{stderr}");
     assert!(stops[0].starts_with(&format!("usage-ledger: stopped partition {partition} ")), "{}", stops[0]);
     assert!(stops[0].contains("is not the one the ledger consumed there"), "{}", stops[0]);
-    assert!(stderr.contains("first opened with another Kafka cluster"), "{stderr}");
+    assert!(stderr.contains("last opened with another Kafka cluster"), "{stderr}");
     assert_eq!(ul_ok(&data, &["verify"]), before, "nothing was appended or skipped");
 }

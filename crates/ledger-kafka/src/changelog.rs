@@ -133,19 +133,33 @@ pub fn cluster_id(brokers: &str) -> Result<Option<String>> {
     Ok(consumer.client().fetch_cluster_id(Duration::from_secs(10)))
 }
 
-/// The record at `offset` of `topic`/`partition`, or `None` when the partition's log
-/// does not hold it (it starts past it, ends before it, or skips it).
-pub fn record_at(brokers: &str, topic: &str, partition: i32, offset: u64) -> Result<Option<crate::Record>> {
+/// What a partition's log holds at one offset.
+#[derive(Debug)]
+pub enum RecordAt {
+    Found(crate::Record),
+    /// The log starts past the offset (retention took it): nothing to compare.
+    Trimmed,
+    /// The log ends at or before the offset, or skips it (compaction).
+    Missing,
+}
+
+/// The record at `offset` of `topic`/`partition`.
+pub fn record_at(brokers: &str, topic: &str, partition: i32, offset: u64) -> Result<RecordAt> {
     let settings = [
         ("group.id", "usage-ledger-check".to_string()),
         ("enable.auto.commit", "false".into()),
         ("auto.offset.reset", "error".into()),
+        // tansu 0.6 sleeps through a fetch's whole wait even with records there.
+        ("fetch.wait.max.ms", "10".into()),
     ];
     let consumer: BaseConsumer = config::client(brokers, &settings, false).create()?;
     let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
     let offset = offset as i64;
-    if offset < low || offset >= high {
-        return Ok(None);
+    if offset < low {
+        return Ok(RecordAt::Trimmed);
+    }
+    if offset >= high {
+        return Ok(RecordAt::Missing);
     }
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
@@ -155,8 +169,8 @@ pub fn record_at(brokers: &str, topic: &str, partition: i32, offset: u64) -> Res
         match consumer.poll(Duration::from_millis(100)) {
             // A fetch below deleted records repeats the first survivor (tansu).
             Some(Ok(m)) if m.offset() < offset => continue,
-            Some(Ok(m)) if m.offset() > offset => return Ok(None),
-            Some(Ok(m)) => return Ok(Some(crate::Record::from_message(&m))),
+            Some(Ok(m)) if m.offset() > offset => return Ok(RecordAt::Missing),
+            Some(Ok(m)) => return Ok(RecordAt::Found(crate::Record::from_message(&m))),
             Some(Err(e)) => return Err(e.into()),
             None => {}
         }

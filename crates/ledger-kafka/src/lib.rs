@@ -43,7 +43,9 @@ pub mod mock;
 mod partitioner;
 mod producer;
 
-pub use changelog::{cluster_id, record_at, watermarks, ChangelogWriter, PartitionReader, CHANGELOG, RECORD_BYTES_MAX};
+pub use changelog::{
+    cluster_id, record_at, watermarks, ChangelogWriter, PartitionReader, RecordAt, CHANGELOG, RECORD_BYTES_MAX,
+};
 pub use config::{configure, from_env, property, Properties};
 pub use partitioner::{murmur2, partition_for};
 pub use producer::{Delivery, Outgoing, Producer};

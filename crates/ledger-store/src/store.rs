@@ -282,18 +282,16 @@ impl Store {
         }
     }
 
-    /// Checks the ledger against the Kafka cluster it is opened with, recording it the
-    /// first time: the cluster it was first opened with when that differs.
+    /// Records the Kafka cluster the ledger is opened with: the one it was opened with
+    /// before, when that differs (said once: the new one is recorded).
     pub fn check_cluster(&self, id: &str) -> Result<Option<String>> {
-        match meta::cluster(&self.tree)? {
-            Some(first) if first != id => Ok(Some(first)),
-            Some(_) => Ok(None),
-            None => {
-                meta::set_cluster(&self.tree, id)?;
-                self.db.flush()?;
-                Ok(None)
-            }
+        let before = meta::cluster(&self.tree)?;
+        if before.as_deref() == Some(id) {
+            return Ok(None);
         }
+        meta::set_cluster(&self.tree, id)?;
+        self.db.flush()?;
+        Ok(before)
     }
 
     /// Whether the store holds anything besides its own metadata.

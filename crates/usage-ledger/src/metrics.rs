@@ -36,6 +36,7 @@ pub struct Metrics {
     pub duplicates: Counter,
     /// By reason; counted through `dead_lettered`, which keeps the total beside it.
     dead_letters: Family<Reason, Counter>,
+    /// Every reason's together, for the closing line.
     dead_letters_all: Counter,
     pub published: Counter,
     /// Published by kind: alert, invoice, dead_letter.

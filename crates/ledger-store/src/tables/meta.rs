@@ -3,8 +3,8 @@
 //! (the ledger's position in its changelog: next offset u64 BE ‖ head digest, 40 bytes;
 //! only ledgers of the replicated service have one) and `inputs` (the input topics'
 //! partition count the service built the ledger from, u32 BE) and `cluster` (the id of
-//! the Kafka cluster the service first opened it with, UTF-8); `inputs` and `cluster`
-//! are not replicated: each copy records what it was opened with.
+//! the Kafka cluster the service last opened it with, UTF-8); `inputs` and `cluster`
+//! are not replicated (nor exported): each copy records what it was opened with.
 use ledger_core::Catalog;
 
 use super::entries::Hash;
@@ -25,8 +25,8 @@ fn catalog_value(catalog: &Catalog) -> Vec<u8> {
 
 /// The keys of the store's own metadata, which a changelog export leaves out (each
 /// copy records its own).
-pub(crate) fn own_keys() -> [Vec<u8>; 3] {
-    [format_key(), catalog_key(), changelog_key()]
+pub(crate) fn own_keys() -> [Vec<u8>; 5] {
+    [format_key(), catalog_key(), changelog_key(), inputs_key(), cluster_key()]
 }
 
 /// Whether `key` is one of this table's.
@@ -93,7 +93,7 @@ fn cluster_key() -> Vec<u8> {
     KeyKind::Meta.key(b"cluster")
 }
 
-/// The id of the Kafka cluster the ledger was first opened with, if recorded.
+/// The id of the Kafka cluster the ledger was last opened with, if recorded.
 pub(crate) fn cluster(tree: &sled::Tree) -> Result<Option<String>> {
     match tree.get(cluster_key())? {
         Some(v) => Ok(Some(String::from_utf8(v.to_vec()).map_err(|_| Error::Corrupt("Mcluster".into()))?)),
@@ -101,6 +101,7 @@ pub(crate) fn cluster(tree: &sled::Tree) -> Result<Option<String>> {
     }
 }
 
+/// Records the Kafka cluster the ledger is opened with.
 pub(crate) fn set_cluster(tree: &sled::Tree, id: &str) -> Result<()> {
     tree.insert(cluster_key(), id.as_bytes())?;
     Ok(())

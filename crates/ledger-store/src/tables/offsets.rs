@@ -8,15 +8,20 @@ use crate::{Error, Result};
 /// of the record just before it when the caller knows it (a record consumed from Kafka).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InputPosition {
+    /// `topic/partition`.
     pub source: String,
+    /// The next offset to consume.
     pub next: u64,
+    /// The fingerprint of the record at `next - 1`.
     pub last: Option<[u8; 32]>,
 }
 
 /// The last record the ledger consumed of a source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LastConsumed {
+    /// Its offset.
     pub offset: u64,
+    /// SHA-256 of its key and payload (`ledger_kafka::Record::fingerprint`).
     pub fingerprint: [u8; 32],
 }
 

@@ -212,8 +212,8 @@ impl Shards {
             }
             // Another cluster is not wrong by itself (a migration that keeps offsets):
             // the positions are checked against its records, which decides.
-            if let Some(first) = self.cluster.as_deref().map(|now| store.check_cluster(now)).transpose()?.flatten() {
-                warn!(partition, first = %first, now = ?self.cluster, "The ledger was first opened with another Kafka cluster: its positions are checked against the records they follow here.");
+            if let Some(before) = self.cluster.as_deref().map(|now| store.check_cluster(now)).transpose()?.flatten() {
+                warn!(partition, before = %before, now = ?self.cluster, "The ledger was last opened with another Kafka cluster: its positions are checked against the records they follow here.");
             }
             self.assigned.insert(partition, store);
         }
@@ -365,13 +365,18 @@ fn check_input(
     }
     // The record before the position, unless retention took it (nothing to compare).
     if let Some(last) = last.filter(|l| l.offset + 1 == need as u64 && l.offset as i64 >= low) {
-        let found = ledger_kafka::record_at(brokers, topic, partition, last.offset)?;
-        if found.map(|r| r.fingerprint()) != Some(last.fingerprint) {
-            anyhow::bail!(
-                "{topic}/{partition}: the record at offset {} is not the one the ledger consumed there (its fingerprint {} differs): this is not the log the ledger read (the topic was recreated); nothing was skipped",
-                last.offset,
-                hex::encode(&last.fingerprint[..8])
-            );
+        let at = last.offset;
+        let recorded = hex::encode(&last.fingerprint[..8]);
+        match ledger_kafka::record_at(brokers, topic, partition, at)? {
+            ledger_kafka::RecordAt::Found(r) if r.fingerprint() == last.fingerprint => {}
+            ledger_kafka::RecordAt::Found(r) => anyhow::bail!(
+                "{topic}/{partition}: the record at offset {at} is not the one the ledger consumed there (fingerprint {}…, the ledger's {recorded}…): this is not the log the ledger read (the topic was recreated); nothing was skipped",
+                hex::encode(&r.fingerprint()[..8])
+            ),
+            ledger_kafka::RecordAt::Trimmed => {}
+            ledger_kafka::RecordAt::Missing => anyhow::bail!(
+                "{topic}/{partition} holds no record at offset {at}, the last the ledger consumed (fingerprint {recorded}…): the log was compacted or recreated; nothing was skipped"
+            ),
         }
     }
     Ok(next.map(|n| n as i64))

@@ -65,6 +65,7 @@ pub(super) struct DeadLetters<'m> {
 }
 
 impl<'m> DeadLetters<'m> {
+    /// None yet; each counted in `metrics` as it is added.
     pub fn new(metrics: &'m Metrics) -> DeadLetters<'m> {
         DeadLetters { metrics, msgs: Vec::new() }
     }
@@ -103,6 +104,7 @@ impl<'m> DeadLetters<'m> {
         }
     }
 
+    /// The dead letters, to stage in the batch's write.
     pub fn into_msgs(self) -> Vec<OutboxMsg> {
         self.msgs
     }
