@@ -128,9 +128,7 @@ fn a_trimmed_input_stops_its_partition_in_one_line_and_bills_nothing() {
 #[test]
 fn recreated_topics_stop_the_service_in_one_line_and_skip_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let (first, second) = (tmp.path().join("first"), tmp.path().join("second"));
-    std::fs::create_dir_all(&first).unwrap();
-    std::fs::create_dir_all(&second).unwrap();
+    let (first, second) = broker_dirs(tmp.path());
     let file = crate::support::scenarios_dir().join("E2.jsonl");
     let data = tmp.path().join("data");
     let before = {
@@ -165,9 +163,7 @@ fn recreated_topics_stop_the_service_in_one_line_and_skip_nothing() {
 fn new_input_topics_with_the_same_count_and_more_records_stop_their_partition() {
     use ledger_proto::pb::account_event::Change;
     let tmp = tempfile::tempdir().unwrap();
-    let (first, second) = (tmp.path().join("first"), tmp.path().join("second"));
-    std::fs::create_dir_all(&first).unwrap();
-    std::fs::create_dir_all(&second).unwrap();
+    let (first, second) = broker_dirs(tmp.path());
     let data = tmp.path().join("data");
     let april = 1_775_001_600; // 2026-04-01T00:00:00Z
     let start = |bucket| {
@@ -205,4 +201,13 @@ fn new_input_topics_with_the_same_count_and_more_records_stop_their_partition() 
     assert!(stops[0].contains("is not the one the ledger consumed there"), "{}", stops[0]);
     assert!(stderr.contains("last opened with another Kafka cluster"), "{stderr}");
     assert_eq!(ul_ok(&data, &["verify"]), before, "nothing was appended or skipped");
+}
+
+/// The directories of two brokers in `tmp`: the one a ledger was built on, and its
+/// replacement.
+fn broker_dirs(tmp: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (first, second) = (tmp.join("first"), tmp.join("second"));
+    std::fs::create_dir_all(&first).unwrap();
+    std::fs::create_dir_all(&second).unwrap();
+    (first, second)
 }

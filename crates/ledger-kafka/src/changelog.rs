@@ -143,8 +143,9 @@ pub enum RecordAt {
     Missing,
 }
 
-/// The record at `offset` of `topic`/`partition`.
-pub fn record_at(brokers: &str, topic: &str, partition: i32, offset: u64) -> Result<RecordAt> {
+/// The record at `offset` of `topic`/`partition`, whose log the caller found to span
+/// `bounds` (`watermarks`).
+pub fn record_at(brokers: &str, topic: &str, partition: i32, offset: u64, bounds: (i64, i64)) -> Result<RecordAt> {
     let settings = [
         ("group.id", "usage-ledger-check".to_string()),
         ("enable.auto.commit", "false".into()),
@@ -152,8 +153,7 @@ pub fn record_at(brokers: &str, topic: &str, partition: i32, offset: u64) -> Res
         // tansu 0.6 sleeps through a fetch's whole wait even with records there.
         ("fetch.wait.max.ms", "10".into()),
     ];
-    let consumer: BaseConsumer = config::client(brokers, &settings, false).create()?;
-    let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
+    let (low, high) = bounds;
     let offset = offset as i64;
     if offset < low {
         return Ok(RecordAt::Trimmed);
@@ -161,6 +161,7 @@ pub fn record_at(brokers: &str, topic: &str, partition: i32, offset: u64) -> Res
     if offset >= high {
         return Ok(RecordAt::Missing);
     }
+    let consumer: BaseConsumer = config::client(brokers, &settings, false).create()?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
     consumer.assign(&tpl)?;

@@ -367,7 +367,7 @@ fn check_input(
     if let Some(last) = last.filter(|l| l.offset + 1 == need as u64 && l.offset as i64 >= low) {
         let at = last.offset;
         let recorded = hex::encode(&last.fingerprint[..8]);
-        match ledger_kafka::record_at(brokers, topic, partition, at)? {
+        match ledger_kafka::record_at(brokers, topic, partition, at, (low, high))? {
             ledger_kafka::RecordAt::Found(r) if r.fingerprint() == last.fingerprint => {}
             ledger_kafka::RecordAt::Found(r) => anyhow::bail!(
                 "{topic}/{partition}: the record at offset {at} is not the one the ledger consumed there (fingerprint {}…, the ledger's {recorded}…): this is not the log the ledger read (the topic was recreated); nothing was skipped",
